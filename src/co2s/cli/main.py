@@ -1,0 +1,195 @@
+"""The ``co2s`` command line: a thin layer over the Python API, one subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from co2s import __version__
+from co2s.errors import Co2sError
+
+
+def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    help_ = "preset name (see `co2s presets`) or YAML config path"
+    if required:
+        p.add_argument("config", help=help_)
+    else:
+        p.add_argument("config", nargs="?", help=help_ + "; default: the config stored in the checkpoint")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.iters=500 (repeatable)")
+
+
+def cmd_train(args) -> int:
+    from co2s.config.loader import load_config
+    from co2s.engine.trainer import train
+
+    overrides = list(args.overrides) + ([f"out_dir={args.out}"] if args.out else [])
+    config = load_config(args.config, overrides)
+    result = train(config, progress=not args.no_progress)
+    best = result.best
+    msg = f"finished {result.steps} steps in {result.run_dir}"
+    if best:
+        msg += f"; best {best['split']} mIoU {best['mIoU']:.2f} at step {best['step']}"
+    print(msg)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from co2s.config.loader import load_config
+    from co2s.evaluation.run import evaluate_checkpoint, print_report
+
+    config = None
+    if args.config:
+        config = load_config(args.config, args.overrides)
+    elif args.overrides:
+        from co2s.config.loader import apply_overrides, validate
+        from co2s.engine.checkpoint import load_checkpoint
+
+        stored = load_checkpoint(args.checkpoint)["config"]
+        config = validate(apply_overrides(stored, args.overrides), f"config of {args.checkpoint}")
+    result = evaluate_checkpoint(args.checkpoint, config, args.split, args.out, args.device,
+                                 progress=not args.no_progress)
+    print_report(result)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from co2s.inference.predict import predict_files
+
+    results = predict_files(args.checkpoint, args.inputs, args.out, args.device,
+                            progress=not args.no_progress)
+    failed = [r for r in results if r.error]
+    for r in results:
+        print(f"error: {r.error}" if r.error else f"{r.source} -> {', '.join(map(str, r.outputs))}",
+              file=sys.stderr if r.error else sys.stdout)
+    print(f"{len(results) - len(failed)} of {len(results)} image(s) predicted into {args.out}")
+    return 1 if failed else 0
+
+
+def cmd_splits(args) -> int:
+    from pathlib import Path
+
+    from co2s.config.loader import load_config
+    from co2s.data.labels import LabelEncoder
+    from co2s.data.sources import read_folder, read_list_file, read_split, resolve
+    from co2s.data.splits import make_splits
+    from co2s.errors import DataError
+
+    encoder, ignore, color = None, 255, False
+    if args.config:
+        config = load_config(args.config, args.overrides)
+        data = config.data
+        source = args.source or data.splits.train
+        if not source:
+            raise DataError("give a SOURCE list/folder or set data.splits.train in the config")
+        samples = read_split(source, data, labelled=args.stratify, name="train")
+        source = str(resolve(data.root, source))
+        encoder, ignore, color = LabelEncoder.from_config(data), data.ignore_index, data.color_masks
+    else:
+        if not args.source:
+            raise DataError("give a SOURCE list file or folder, or --config")
+        path = Path(args.source)
+        if path.is_dir():
+            samples = read_folder(path, labelled=args.stratify)
+        elif path.is_file():
+            samples = read_list_file(path, Path(args.root or "."), None, labelled=args.stratify)
+        else:
+            raise DataError(f"split source not found: {path}")
+        if not samples:
+            raise DataError(f"{path} lists no samples")
+        source = str(path)
+    info = make_splits(samples, args.ratio, args.seed, args.out, args.stratify, encoder, ignore,
+                       color, source)
+    print(f"{info['labelled']} labelled + {info['unlabelled']} unlabelled of {info['total']} "
+          f"(ratio {info['ratio']}, seed {info['seed']}) -> {info['out_dir']}/labelled.txt, unlabelled.txt")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from co2s.demo import run_demo
+
+    run_demo(args.out, args.overrides, args.seed, progress=not args.no_progress)
+    return 0
+
+
+def cmd_presets(args) -> int:
+    from co2s.config.loader import dump_yaml, load_config, preset_names
+
+    if args.name:
+        print(dump_yaml(load_config(args.name)), end="")
+    else:
+        print("\n".join(preset_names()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="co2s",
+        description="Semi-supervised semantic segmentation of remote-sensing imagery.",
+    )
+    parser.add_argument("--version", action="version", version=f"co2s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model from a config; resumes an existing run directory")
+    _add_config_args(p)
+    p.add_argument("--out", help="run directory (default: runs/<name>, or out_dir in the config)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="sliding-window evaluation of a checkpoint: mIoU, IoU, OA, F1")
+    _add_config_args(p, required=False)
+    p.add_argument("--checkpoint", required=True, help="a .ckpt written by co2s train")
+    p.add_argument("--split", default="test", choices=["test", "val", "labelled", "train"],
+                   help="which data.splits entry to score (default: test)")
+    p.add_argument("--out", help="metrics JSON path (default: metrics.json beside the checkpoint)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, auto (default)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="predict images of any size into index PNGs and colour previews")
+    p.add_argument("--checkpoint", required=True, help="a .ckpt written by co2s train")
+    p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("splits", help="seeded labelled/unlabelled split lists for a labelling ratio")
+    p.add_argument("source", nargs="?", help="training list file or folder (default: data.splits.train)")
+    p.add_argument("--config", help="preset or YAML: data root, ID format and label handling")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--ratio", required=True, help="labelled fraction, e.g. 1/8 or 0.125")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stratify", action="store_true", help="keep the share of each dominant class")
+    p.add_argument("--root", help="data root for mask paths in SOURCE (without --config)")
+    p.add_argument("--out", required=True, help="folder for labelled.txt, unlabelled.txt, split.json")
+    p.set_defaults(func=cmd_splits)
+
+    p = sub.add_parser("demo", help="generate synthetic aerial data, train, evaluate and predict")
+    p.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override the demo config, e.g. --set train.iters=100")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("presets", help="list the packaged presets, or print one")
+    p.add_argument("name", nargs="?")
+    p.set_defaults(func=cmd_presets)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except Co2sError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; `co2s train` resumes from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Load a run config: preset or YAML file, inheritance, ``--set`` overrides, validation.
+
+A config is a YAML mapping. ``preset: NAME`` (or ``base: path.yaml``) at the top level starts from
+a packaged preset (or another file) and deep-merges the file's own keys on top. Strings may refer
+to environment variables as ``${VAR}`` or ``${VAR:-default}``. Every error names the file and the
+key path, so a typo is found before any data is read.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from co2s.config.schema import Config
+from co2s.errors import ConfigError
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def preset_names() -> list[str]:
+    """Names of the configs shipped with the package (``co2s train NAME`` accepts them)."""
+    folder = resources.files("co2s") / "presets"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _preset_text(name: str) -> str:
+    path = resources.files("co2s") / "presets" / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(preset_names())}")
+    return path.read_text()
+
+
+def _parse_yaml(text: str, origin: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{origin}:{where}: invalid YAML: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: a config must be a YAML mapping, got {type(data).__name__}")
+    return data
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``override`` into a copy of ``base``; mappings merge, anything else replaces."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _load_raw(source: str, seen: tuple[str, ...] = ()) -> tuple[dict[str, Any], str]:
+    """Return (merged mapping, origin label) of a preset name or a YAML path, following bases."""
+    path = Path(source)
+    if path.suffix in {".yaml", ".yml"} or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {source}")
+        origin = str(path)
+        raw = _parse_yaml(path.read_text(), origin)
+    else:
+        origin = f"preset {source!r}"
+        raw = _parse_yaml(_preset_text(source), origin)
+    if origin in seen:
+        raise ConfigError(f"{origin}: circular base/preset chain: {' -> '.join(seen + (origin,))}")
+    parent_name = raw.pop("preset", None) or raw.pop("base", None)
+    if parent_name is None:
+        return raw, origin
+    if not isinstance(parent_name, str):
+        raise ConfigError(f"{origin}: 'preset'/'base' must be a preset name or a YAML path")
+    if path.is_file() and parent_name.endswith((".yaml", ".yml")) and not Path(parent_name).is_absolute():
+        parent_name = str(path.parent / parent_name)
+    parent, _ = _load_raw(parent_name, seen + (origin,))
+    return deep_merge(parent, raw), origin
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Parse ``a.b.c=value`` (value as YAML: numbers, booleans, null, lists)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key.path=value")
+    key, _, text = item.partition("=")
+    keys = [k for k in key.strip().split(".") if k]
+    if not keys:
+        raise ConfigError(f"--set {item!r}: empty key")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    return keys, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        keys, value = parse_override(item)
+        node = out
+        for k in keys[:-1]:
+            child = node.get(k)
+            if child is None:
+                child = node[k] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {k!r} is not a section")
+            node = child
+        node[keys[-1]] = value
+    return out
+
+
+def _expand_env(value: Any) -> Any:
+    if isinstance(value, str):
+        return _ENV.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), value)
+    if isinstance(value, dict):
+        return {k: _expand_env(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v) for v in value]
+    return value
+
+
+def format_validation_error(exc: ValidationError, origin: str) -> str:
+    lines = [f"invalid config {origin}:"]
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (typo?)"
+        elif err["type"] == "missing":
+            msg = "required value missing"
+        lines.append(f"  {path}: {msg}")
+    return "\n".join(lines)
+
+
+def validate(raw: dict[str, Any], origin: str = "config") -> Config:
+    try:
+        return Config.model_validate(_expand_env(raw))
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, origin)) from None
+
+
+def load_config(source: str, overrides: list[str] | None = None) -> Config:
+    """Load a preset name or YAML path, apply ``--set`` overrides, and validate."""
+    raw, origin = _load_raw(source)
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+        origin = f"{origin} (with --set {' '.join(overrides)})"
+    return validate(raw, origin)
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """Plain-data form (YAML/JSON safe) of a validated config."""
+    return config.model_dump(mode="json")
+
+
+def dump_yaml(config: Config) -> str:
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False)

@@ -1,0 +1,201 @@
+"""Typed configuration: every YAML key a run reads is declared here, with its default.
+
+Unknown keys are errors (``extra="forbid"``) so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+RGB = tuple[int, int, int]
+
+
+class IdFormat(_Strict):
+    """Templates for list files whose lines are bare IDs (e.g. AI4Mars: ``NLA_3976...M1``)."""
+
+    image: str = Field(description="image path template relative to the data root, with {id}")
+    mask: str | None = Field(default=None, description="mask path template with {id}")
+
+    @field_validator("image", "mask")
+    @classmethod
+    def _has_placeholder(cls, value: str | None) -> str | None:
+        if value is not None and "{id}" not in value:
+            raise ValueError(f"template {value!r} must contain '{{id}}'")
+        return value
+
+
+class SplitsConfig(_Strict):
+    """Where each split's samples come from.
+
+    Each entry is a list file (lines ``image [mask]`` relative to ``data.root``, or bare IDs when
+    ``data.id_format`` is set) or a folder (``images/`` + ``masks/`` or ``labels/`` matched by stem;
+    a folder of images alone is read as unlabelled). Relative entries resolve against ``data.root``.
+    """
+
+    train: str | None = Field(default=None, description="full training list (source for `co2s splits`)")
+    labelled: str | None = Field(default=None, description="labelled training samples")
+    unlabelled: str | None = Field(default=None, description="unlabelled training images")
+    val: str | None = Field(default=None, description="validation split (checkpoint selection)")
+    test: str | None = Field(default=None, description="test split (final report)")
+
+
+class DataConfig(_Strict):
+    root: str = Field(default=".", description="data root; list-file paths are relative to it")
+    classes: list[str] = Field(min_length=1, description="class names, in index order")
+    concepts: dict[str, list[str]] = Field(
+        default_factory=dict, description="optional synonyms per class (for text guidance)"
+    )
+    palette: list[RGB] | None = Field(default=None, description="RGB colour per class")
+    ignore_index: int = Field(default=255, ge=0, le=65535)
+    reduce_zero_label: bool = Field(
+        default=False, description="0 becomes ignore, other values shift down by one"
+    )
+    label_map: dict[int, int] = Field(
+        default_factory=dict, description="remap raw mask values before anything else"
+    )
+    color_masks: bool = Field(
+        default=False, description="masks are RGB colour-coded with `palette`"
+    )
+    id_format: IdFormat | None = None
+    splits: SplitsConfig = Field(default_factory=SplitsConfig)
+    bands: list[int] | None = Field(
+        default=None, description="1-based band indices to read, in order; null reads all"
+    )
+    scale: float | Literal["auto"] = Field(
+        default="auto",
+        description="divide raw values by this; auto: 255 for uint8, 65535 for uint16, 1 for float",
+    )
+    mean: list[float] | None = Field(default=None, description="per-band mean after scaling")
+    std: list[float] | None = Field(default=None, description="per-band std after scaling")
+    validate_files: Literal["full", "exists", "none"] = Field(
+        default="full",
+        description="up-front check: full reads every mask and image header; exists only stats files",
+    )
+
+    @field_validator("classes")
+    @classmethod
+    def _unique_classes(cls, value: list[str]) -> list[str]:
+        dupes = sorted({c for c in value if value.count(c) > 1})
+        if dupes:
+            raise ValueError(f"duplicate class names: {dupes}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DataConfig:
+        n = len(self.classes)
+        if self.palette is not None and len(self.palette) != n:
+            raise ValueError(f"palette has {len(self.palette)} colours for {n} classes")
+        if self.color_masks and self.palette is None:
+            raise ValueError("color_masks needs a palette")
+        unknown = sorted(set(self.concepts) - set(self.classes))
+        if unknown:
+            raise ValueError(f"concepts given for unknown classes: {unknown}")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give both mean and std, or neither")
+        if self.mean is not None and self.std is not None:
+            if len(self.mean) != len(self.std):
+                raise ValueError("mean and std must have the same length")
+            if any(s <= 0 for s in self.std):
+                raise ValueError("std values must be positive")
+            if self.bands is not None and len(self.bands) != len(self.mean):
+                raise ValueError(f"{len(self.bands)} bands selected but {len(self.mean)} mean values")
+        if self.bands is not None and any(b < 1 for b in self.bands):
+            raise ValueError("bands are 1-based indices")
+        if n > self.ignore_index and self.ignore_index < 256:
+            raise ValueError(f"ignore_index {self.ignore_index} collides with a class index")
+        return self
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+class ModelConfig(_Strict):
+    name: Literal["lite_unet"] = Field(default="lite_unet", description="model architecture")
+    width: int = Field(default=32, ge=4, description="channels of the first stage (lite_unet)")
+    depth: int = Field(default=4, ge=2, le=6, description="encoder stages (lite_unet)")
+    in_channels: int | None = Field(
+        default=None, description="input bands; null infers from data.bands / data.mean / 3"
+    )
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+
+
+class EngineConfig(_Strict):
+    """Devices and precision, handed to Lightning Fabric."""
+
+    accelerator: str = Field(default="auto", description="cpu, cuda, mps, auto")
+    devices: int | str = Field(default=1, description="devices per node (int, 'auto', or list string)")
+    num_nodes: int = Field(default=1, ge=1)
+    strategy: str = Field(default="auto", description="auto, ddp, fsdp, ...")
+    precision: Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true"] = "32-true"
+
+
+class TrainConfig(_Strict):
+    method: Literal["supervised"] = "supervised"
+    crop_size: int = Field(default=256, ge=16)
+    batch_size: int = Field(default=2, ge=1, description="labelled images per device per step")
+    iters: int | None = Field(default=None, ge=1, description="total iterations (wins over epochs)")
+    epochs: int | None = Field(default=None, ge=1, description="passes over the training set")
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    poly_power: float = Field(default=0.9, ge=0)
+    warmup_iters: int = Field(default=0, ge=0)
+    grad_accum: int = Field(default=1, ge=1)
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    val_every: int = Field(default=500, ge=1, description="validate every N iterations")
+    val_max_images: int | None = Field(
+        default=None, ge=1, description="validate on the first N images of the val split"
+    )
+    ckpt_every: int = Field(default=100, ge=1, description="write `latest` every N iterations")
+    log_every: int = Field(default=20, ge=1)
+    num_workers: int = Field(default=2, ge=0)
+    seed: int = 0
+    deterministic: bool = False
+
+    @model_validator(mode="after")
+    def _has_length(self) -> TrainConfig:
+        if self.iters is None and self.epochs is None:
+            raise ValueError("set train.iters or train.epochs")
+        lo, hi = self.scale_range
+        if not 0 < lo <= hi:
+            raise ValueError("scale_range must be 0 < low <= high")
+        return self
+
+
+class EvalConfig(_Strict):
+    window: int | None = Field(default=None, ge=16, description="sliding window; null = crop_size")
+    stride: int | None = Field(default=None, ge=1, description="null = int(window * 5 / 6)")
+    batch_size: int = Field(default=4, ge=1, description="windows per forward pass")
+
+
+class Config(_Strict):
+    """A whole run: what to learn from (data), what to train (model), and how (train, engine)."""
+
+    name: str = Field(default="run", description="run name; default output folder runs/<name>")
+    out_dir: str | None = Field(default=None, description="run directory; null = runs/<name>")
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+
+    @property
+    def run_dir(self) -> str:
+        return self.out_dir or f"runs/{self.name}"
+
+    @property
+    def in_channels(self) -> int:
+        if self.model.in_channels is not None:
+            return self.model.in_channels
+        if self.data.bands is not None:
+            return len(self.data.bands)
+        if self.data.mean is not None:
+            return len(self.data.mean)
+        return 3

@@ -1,0 +1,73 @@
+"""Raw mask values to training labels: colour decoding, value remap, reduce-zero-label, checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from co2s.errors import DataError
+
+
+@dataclass(frozen=True)
+class LabelEncoder:
+    """Turns a raw mask into class indices ``0..num_classes-1`` plus ``ignore_index``.
+
+    Order of operations (the usual MMSeg semantics): colour-coded masks are decoded with the
+    palette (unknown colours become ignore), then ``label_map`` remaps raw values, then
+    ``reduce_zero_label`` maps 0 to ignore and shifts every other value down by one.
+    """
+
+    num_classes: int
+    ignore_index: int = 255
+    reduce_zero_label: bool = False
+    label_map: dict[int, int] = field(default_factory=dict)
+    palette: tuple[tuple[int, int, int], ...] | None = None
+
+    @classmethod
+    def from_config(cls, data) -> LabelEncoder:
+        palette = tuple(tuple(c) for c in data.palette) if data.color_masks else None
+        return cls(
+            num_classes=data.num_classes,
+            ignore_index=data.ignore_index,
+            reduce_zero_label=data.reduce_zero_label,
+            label_map=dict(data.label_map),
+            palette=palette,
+        )
+
+    def decode_colors(self, rgb: np.ndarray) -> np.ndarray:
+        assert self.palette is not None
+        codes = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
+        out = np.full(codes.shape, self.ignore_index, dtype=np.int64)
+        for index, (r, g, b) in enumerate(self.palette):
+            out[codes == ((r << 16) | (g << 8) | b)] = index
+        return out
+
+    def encode(self, raw: np.ndarray, source: str = "mask") -> np.ndarray:
+        """Return int64 labels; raise :class:`DataError` naming ``source`` on invalid values."""
+        labels = self.decode_colors(raw) if self.palette is not None else raw.astype(np.int64)
+        if self.label_map:
+            remapped = labels.copy()
+            for src, dst in self.label_map.items():
+                remapped[labels == src] = dst
+            labels = remapped
+        if self.reduce_zero_label:
+            ignore = (labels == 0) | (labels == self.ignore_index)
+            labels = labels - 1
+            labels[ignore] = self.ignore_index
+        self.check(labels, source)
+        return labels
+
+    def check(self, labels: np.ndarray, source: str = "mask") -> None:
+        valid = ((labels >= 0) & (labels < self.num_classes)) | (labels == self.ignore_index)
+        if not valid.all():
+            bad = np.unique(labels[~valid])
+            shown = ", ".join(str(v) for v in bad[:10]) + (" ..." if bad.size > 10 else "")
+            hint = ""
+            if self.reduce_zero_label:
+                hint = " (after reduce_zero_label: raw value v became v-1)"
+            raise DataError(
+                f"{source}: label value(s) {shown}{hint} are neither a class index "
+                f"0..{self.num_classes - 1} nor ignore_index {self.ignore_index}; "
+                "check data.classes, data.reduce_zero_label and data.label_map"
+            )

@@ -1,0 +1,125 @@
+"""Seeded labelled/unlabelled partitions of a training list (``co2s splits``).
+
+The labelled part is ``round(n x ratio)`` samples (at least one, never all); with ``stratify``
+each dominant class contributes in proportion to its share. Output lines are the source lines
+as written, in source order, so the same seed gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections import Counter
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from co2s.data.io import read_mask
+from co2s.data.labels import LabelEncoder
+from co2s.data.sources import Sample
+from co2s.errors import DataError
+
+
+def parse_ratio(text: str | float) -> float:
+    """'1/8', '0.125' or 0.125 -> 0.125; must lie strictly between 0 and 1."""
+    try:
+        value = float(Fraction(str(text).strip()))
+    except (ValueError, ZeroDivisionError):
+        raise DataError(f"ratio {text!r} is not a fraction like 1/8 or a number like 0.125") from None
+    if not 0 < value < 1:
+        raise DataError(f"ratio {text!r} must be between 0 and 1")
+    return value
+
+
+def ratio_tag(text: str | float) -> str:
+    """Folder-friendly name of a ratio: '1/8' -> '1_8'."""
+    return str(text).strip().replace("/", "_")
+
+
+def dominant_class(sample: Sample, encoder: LabelEncoder | None, ignore_index: int, color: bool) -> int:
+    raw = read_mask(sample.mask, color=color)
+    labels = encoder.encode(raw, str(sample.mask)) if encoder else raw.astype(np.int64)
+    values = labels[labels != ignore_index]
+    if values.size == 0:
+        return -1  # an all-ignore mask is its own stratum
+    return int(np.bincount(values).argmax())
+
+
+def _allocate(group_sizes: dict[int, int], n_labelled: int) -> dict[int, int]:
+    """Per-group counts summing to n_labelled, proportional to group size (largest remainder)."""
+    total = sum(group_sizes.values())
+    exact = {g: n_labelled * size / total for g, size in group_sizes.items()}
+    counts = {g: int(v) for g, v in exact.items()}
+    leftover = n_labelled - sum(counts.values())
+    for g in sorted(exact, key=lambda g: (-(exact[g] - counts[g]), g))[:leftover]:
+        counts[g] += 1
+    return counts
+
+
+def choose_labelled(n: int, ratio: float, seed: int, strata: list[int] | None = None) -> list[int]:
+    """Sorted indices of the labelled part."""
+    n_labelled = max(1, round(n * ratio))
+    if n_labelled >= n:
+        raise DataError(f"ratio {ratio:g} of {n} samples leaves no unlabelled sample")
+    rng = random.Random(seed)
+    if strata is None:
+        return sorted(rng.sample(range(n), n_labelled))
+    groups: dict[int, list[int]] = {}
+    for index, stratum in enumerate(strata):
+        groups.setdefault(stratum, []).append(index)
+    counts = _allocate({g: len(v) for g, v in groups.items()}, n_labelled)
+    chosen = []
+    for g in sorted(groups):
+        chosen += rng.sample(groups[g], counts[g])
+    return sorted(chosen)
+
+
+def make_splits(
+    samples: list[Sample],
+    ratio: str | float,
+    seed: int,
+    out_dir: str | os.PathLike,
+    stratify: bool = False,
+    encoder: LabelEncoder | None = None,
+    ignore_index: int = 255,
+    color_masks: bool = False,
+    source: str = "",
+) -> dict:
+    """Write ``labelled.txt``, ``unlabelled.txt`` and ``split.json`` into ``out_dir``."""
+    value = parse_ratio(ratio)
+    entries = Counter(s.entry for s in samples)
+    dupes = [e for e, c in entries.items() if c > 1]
+    if dupes:
+        first = next(s for s in samples if s.entry == dupes[0])
+        raise DataError(f"{first.origin}: {dupes[0]!r} is listed more than once in {source or 'the source'}")
+    strata = None
+    if stratify:
+        missing = [s for s in samples if s.mask is None]
+        if missing:
+            raise DataError(f"{missing[0].origin}: stratified splits need a mask for every sample")
+        strata = [dominant_class(s, encoder, ignore_index, color_masks)
+                  for s in tqdm(samples, desc="reading masks", leave=False)]
+    labelled_idx = set(choose_labelled(len(samples), value, seed, strata))
+    labelled = [s.entry for i, s in enumerate(samples) if i in labelled_idx]
+    unlabelled = [s.entry for i, s in enumerate(samples) if i not in labelled_idx]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    info = {
+        "source": source, "ratio": str(ratio), "seed": seed, "stratified": stratify,
+        "total": len(samples), "labelled": len(labelled), "unlabelled": len(unlabelled),
+    }
+    if strata is not None:
+        info["strata_labelled"] = dict(sorted(Counter(strata[i] for i in labelled_idx).items()))
+    for name, lines in (("labelled.txt", labelled), ("unlabelled.txt", unlabelled)):
+        _atomic_write(out_dir / name, "".join(line + "\n" for line in lines))
+    _atomic_write(out_dir / "split.json", json.dumps(info, indent=2) + "\n")
+    return {**info, "out_dir": str(out_dir)}
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,246 @@
+"""The training engine: Lightning Fabric for devices, DDP and precision; an iteration loop that
+validates, checkpoints atomically and resumes exactly where ``latest`` left off."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from lightning_fabric import Fabric
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from co2s.config.loader import config_to_dict, validate
+from co2s.data.dataset import LabelledCrops, WholeImages
+from co2s.data.labels import LabelEncoder
+from co2s.data.sampler import ResumableSampler
+from co2s.data.sources import read_split, validate_samples
+from co2s.data.transforms import WeakViewParams
+from co2s.engine.checkpoint import load_checkpoint, save_checkpoint
+from co2s.engine.metrics_log import MetricsLog
+from co2s.engine.optim import poly_factor, set_lr
+from co2s.engine.run_dir import prepare_run_dir, write_run_info
+from co2s.errors import CheckpointError, DataError
+from co2s.evaluation.evaluator import evaluate
+from co2s.methods import build_method
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    best: dict | None  # {"step", "mIoU", "split"} of the best validation, if any
+
+
+def make_fabric(config) -> Fabric:
+    e = config.engine
+    return Fabric(
+        accelerator=e.accelerator, devices=e.devices, num_nodes=e.num_nodes,
+        strategy=e.strategy, precision=e.precision,
+    )
+
+
+def total_steps(config, num_samples: int, world_size: int) -> int:
+    """``train.iters`` if set, else epochs x steps per pass over the training set."""
+    t = config.train
+    if t.iters is not None:
+        return t.iters
+    per_step = t.batch_size * world_size * t.grad_accum
+    return t.epochs * math.ceil(num_samples / per_step)
+
+
+def _rng_state(fabric) -> dict:
+    # Every rank's torch RNG (dropout masks differ per rank), gathered so rank 0 can save them.
+    local = torch.get_rng_state()
+    states = fabric.all_gather(local) if fabric.world_size > 1 else local[None]
+    state = {"torch": states.cpu(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(fabric, state: dict) -> None:
+    torch_states = state["torch"]
+    if torch_states.shape[0] == fabric.world_size:
+        torch.set_rng_state(torch_states[fabric.global_rank].to(torch.uint8))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    def __init__(self, config, run_dir: str | os.PathLike | None = None, progress: bool = True):
+        self.config = config
+        self.run_dir = Path(run_dir or config.run_dir)
+        self.progress = progress
+
+    # -- data -----------------------------------------------------------------------------
+    def _load_splits(self):
+        data = self.config.data
+        if not data.splits.labelled:
+            raise DataError("data.splits.labelled is not set: training needs labelled samples")
+        encoder = LabelEncoder.from_config(data)
+        labelled = read_split(data.splits.labelled, data, labelled=True, name="labelled")
+        validate_samples(labelled, encoder, data.validate_files, data.color_masks, "checking labelled")
+        val = None
+        if data.splits.val:
+            val = read_split(data.splits.val, data, labelled=True, name="val")
+            if self.config.train.val_max_images:
+                val = val[: self.config.train.val_max_images]
+            validate_samples(val, encoder, data.validate_files, data.color_masks, "checking val")
+        return labelled, val
+
+    def _loader(self, dataset, fabric, start: int) -> DataLoader:
+        t = self.config.train
+        sampler = ResumableSampler(len(dataset), t.seed, fabric.global_rank, fabric.world_size, start)
+        return DataLoader(
+            dataset, batch_size=t.batch_size, sampler=sampler, num_workers=t.num_workers,
+            pin_memory=fabric.device.type == "cuda", persistent_workers=t.num_workers > 0,
+            # Own generator: creating the iterator must not consume the global RNG, or a resumed
+            # run's dropout masks would differ from an uninterrupted run's.
+            generator=torch.Generator().manual_seed(t.seed),
+        )
+
+    # -- the loop -------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        config, t = self.config, self.config.train
+        fabric = make_fabric(config)
+        fabric.launch()
+        if t.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        labelled, val = self._load_splits()
+
+        if fabric.is_global_zero:
+            prepare_run_dir(config, self.run_dir)
+        fabric.barrier()
+        fabric.seed_everything(t.seed, verbose=False)  # same initial weights on every rank
+        method = build_method(config)
+        method.setup(fabric)
+        torch.manual_seed(t.seed + 7919 * fabric.global_rank)  # per-rank dropout streams
+
+        total = total_steps(config, len(labelled), fabric.world_size)
+        state = {"step": 0, "best": None, **method.modules, **{f"opt_{k}": v for k, v in method.optimizers.items()}}
+        log = MetricsLog(self.run_dir / "metrics.jsonl", enabled=fabric.is_global_zero)
+        latest = self.run_dir / "latest.ckpt"
+        if latest.is_file():
+            self._resume(fabric, latest, method, state)
+            log.truncate_after(state["step"])
+            if fabric.is_global_zero:
+                print(f"resuming {self.run_dir} from step {state['step']}")
+        if fabric.is_global_zero:
+            write_run_info(self.run_dir, {"resumed_from_step": state["step"], "total_steps": total,
+                                          "world_size": fabric.world_size})
+
+        weak = WeakViewParams(
+            crop_size=(t.crop_size, t.crop_size), scale_range=tuple(t.scale_range),
+            ignore_index=config.data.ignore_index,
+        )
+        dataset = LabelledCrops(labelled, config.data, weak)
+        loader = self._loader(dataset, fabric, start=state["step"] * t.batch_size * t.grad_accum)
+        loader = fabric.setup_dataloaders(loader, use_distributed_sampler=False)
+        val_set = WholeImages(val, config.data) if val else None
+
+        bar = tqdm(total=total, initial=state["step"], desc="training", dynamic_ncols=True,
+                   disable=not (self.progress and fabric.is_global_zero))
+        batches = iter(loader)
+        window_start, window_images, sums = time.perf_counter(), 0, {}
+        for m in method.modules.values():
+            m.train()
+        while state["step"] < total:
+            step = state["step"]
+            for opt in method.optimizers.values():
+                set_lr(opt, poly_factor(step, total, t.poly_power, t.warmup_iters))
+            for micro in range(t.grad_accum):
+                batch = next(batches)
+                last = micro == t.grad_accum - 1
+                with _no_sync(fabric, method.modules.values(), enabled=not last):
+                    loss, logs = method.training_loss(batch, step, total)
+                    fabric.backward(loss / t.grad_accum)
+                for key, value in logs.items():
+                    sums[key] = sums.get(key, 0.0) + float(value) / t.grad_accum
+                window_images += batch["image"].shape[0] * fabric.world_size
+            for opt in method.optimizers.values():
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            state["step"] = step + 1
+            bar.update(1)
+
+            done = state["step"]
+            if done % t.log_every == 0 or done == total:
+                elapsed = time.perf_counter() - window_start
+                steps_in_window = (done - 1) % t.log_every + 1
+                record = {"step": done, "kind": "train",
+                          **{k: v / steps_in_window for k, v in sums.items()},
+                          "lr": next(iter(method.optimizers.values())).param_groups[0]["lr"],
+                          "images_per_sec": window_images / max(elapsed, 1e-9)}
+                log.write(record)
+                bar.set_postfix(loss=f"{record.get('loss', float('nan')):.4f}")
+                window_start, window_images, sums = time.perf_counter(), 0, {}
+            if val_set is not None and (done % t.val_every == 0 or done == total):
+                self._validate(fabric, method, val_set, state, log)
+            if done % t.ckpt_every == 0 or done == total or (val_set is not None and done % t.val_every == 0):
+                save_checkpoint(fabric, latest, self._checkpoint_state(fabric, state))
+        bar.close()
+        log.close()
+        return TrainResult(self.run_dir, state["step"], state["best"])
+
+    def _checkpoint_state(self, fabric, state: dict) -> dict:
+        return {**state, "config": config_to_dict(self.config), "rng": _rng_state(fabric)}
+
+    def _resume(self, fabric, path: Path, method, state: dict) -> None:
+        ckpt = load_checkpoint(path)
+        saved = validate(ckpt["config"], f"config stored in {path}")
+        if saved.model != self.config.model or saved.data.classes != self.config.data.classes:
+            raise CheckpointError(f"{path} holds a different model or class list; cannot resume")
+        for name, module in method.modules.items():
+            module.load_state_dict(ckpt[name])
+        for name, opt in method.optimizers.items():
+            opt.load_state_dict(ckpt[f"opt_{name}"])
+        state["step"], state["best"] = int(ckpt["step"]), ckpt.get("best")
+        _set_rng_state(fabric, ckpt["rng"])
+
+    def _validate(self, fabric, method, val_set, state: dict, log: MetricsLog) -> None:
+        for m in method.modules.values():
+            m.eval()
+        results = {}
+        for name, predictor in method.predictors().items():
+            def predict(x, predictor=predictor):
+                with fabric.autocast():
+                    return predictor(x)
+            results[name] = evaluate(
+                predict, val_set, self.config, fabric.device, fabric.global_rank,
+                fabric.world_size, progress=False,
+            )
+        for m in method.modules.values():
+            m.train()
+        main = next(iter(results))
+        score = results[main]["mIoU"]
+        record = {"step": state["step"], "kind": "val", "split": "val",
+                  **{f"mIoU/{k}": r["mIoU"] for k, r in results.items()}, "mIoU": score}
+        log.write(record)
+        best = state["best"]
+        if best is None or score > best["mIoU"]:
+            state["best"] = {"step": state["step"], "mIoU": score, "split": "val", "model": main}
+            save_checkpoint(fabric, self.run_dir / "best.ckpt", self._checkpoint_state(fabric, state))
+        if fabric.is_global_zero:
+            tqdm.write(f"step {state['step']}: val mIoU {score:.2f} (best {state['best']['mIoU']:.2f}"
+                       f" at step {state['best']['step']})")
+
+
+def _no_sync(fabric, modules, enabled: bool) -> contextlib.ExitStack:
+    """Skip DDP's gradient all-reduce on accumulation micro-batches before the last."""
+    stack = contextlib.ExitStack()
+    for module in modules:
+        stack.enter_context(fabric.no_backward_sync(module, enabled=enabled))
+    return stack
+
+
+def train(config, run_dir=None, progress: bool = True) -> TrainResult:
+    return Trainer(config, run_dir, progress).fit()

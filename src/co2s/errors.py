@@ -1,0 +1,19 @@
+"""Errors that reach the user as one clear message (the CLI prints them without a traceback)."""
+
+from __future__ import annotations
+
+
+class Co2sError(Exception):
+    """Base class: a problem the user can fix (bad config, bad data, bad checkpoint)."""
+
+
+class ConfigError(Co2sError):
+    """A config file or override is invalid; the message names the file and the key path."""
+
+
+class DataError(Co2sError):
+    """A data file or list is missing or invalid; the message names the file (and line)."""
+
+
+class CheckpointError(Co2sError):
+    """A checkpoint is missing, unreadable or does not match the config."""

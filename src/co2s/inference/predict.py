@@ -1,0 +1,102 @@
+"""``co2s predict`` for ordinary images: sliding-window prediction to index PNGs and colour previews.
+
+Each input is read whole; whole-scene streaming of large GeoTIFFs builds on the same
+``sliding_window_logits``.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from co2s.data.io import IMAGE_SUFFIXES, atomic_save_image, colorize, read_image, save_index_png, scale_image
+from co2s.engine.checkpoint import load_model_from_checkpoint
+from co2s.errors import Co2sError, DataError
+from co2s.evaluation.evaluator import window_and_stride
+from co2s.evaluation.run import resolve_device
+from co2s.inference.sliding_window import sliding_window_logits
+
+
+@dataclass
+class PredictionResult:
+    source: Path
+    outputs: list[Path]
+    error: str | None = None
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files, folders (their images) and glob patterns, in a stable order."""
+    paths: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            paths += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+        elif any(ch in item for ch in "*?["):
+            matches = sorted(Path(m) for m in glob.glob(item))
+            if not matches:
+                raise DataError(f"no file matches {item!r}")
+            paths += matches
+        else:
+            paths.append(p)
+    if not paths:
+        raise DataError("no input images given")
+    return paths
+
+
+@torch.no_grad()
+def predict_image(model, image: torch.Tensor, config, device) -> tuple[np.ndarray, np.ndarray]:
+    """Class indices and confidence (max softmax) of one ``[C, H, W]`` scaled image."""
+    window, stride = window_and_stride(config)
+    logits = sliding_window_logits(
+        model, image[None].to(device), config.data.num_classes, window, stride, config.eval.batch_size
+    )
+    prob = logits.softmax(1)[0]
+    conf, labels = prob.max(0)
+    return labels.cpu().numpy().astype(np.uint8), conf.cpu().numpy()
+
+
+def predict_files(
+    checkpoint: str | os.PathLike,
+    inputs: list[str],
+    out_dir: str | os.PathLike,
+    device: str = "auto",
+    progress: bool = True,
+) -> list[PredictionResult]:
+    """Predict every input; one failing input is reported and the others still run."""
+    model, config, _ = load_model_from_checkpoint(checkpoint)
+    dev = resolve_device(device)
+    model.to(dev)
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise Co2sError(f"cannot create output folder {out_dir}: {exc}") from None
+    palette = config.data.palette
+    results = []
+    for path in tqdm(expand_inputs(inputs), desc="predicting", disable=not progress):
+        try:
+            image = torch.from_numpy(scale_image(read_image(path, config.data.bands), config.data.scale))
+            if image.shape[0] != model.in_channels:
+                raise DataError(
+                    f"{path}: has {image.shape[0]} band(s) but the model was trained on "
+                    f"{model.in_channels} (see data.bands)"
+                )
+            labels, _ = predict_image(model, image, config, dev)
+            index_path = out_dir / f"{path.stem}.png"
+            save_index_png(index_path, labels, palette)
+            outputs = [index_path]
+            if palette:
+                color_path = out_dir / f"{path.stem}_color.png"
+                atomic_save_image(Image.fromarray(colorize(labels, palette)), color_path)
+                outputs.append(color_path)
+            results.append(PredictionResult(path, outputs))
+        except Co2sError as exc:
+            results.append(PredictionResult(path, [], str(exc)))
+    return results

@@ -1,0 +1,37 @@
+"""What the training engine needs from a method: its modules, optimisers, and a loss per batch.
+
+The engine owns the loop (devices, accumulation, schedules, checkpoints, validation); a method
+owns what happens to one batch, readable top to bottom in its ``training_loss``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+
+class Method:
+    #: labelled training samples per step come from ``data.splits.labelled``; semi-supervised
+    #: methods also consume ``data.splits.unlabelled``.
+    uses_unlabelled: bool = False
+
+    def __init__(self, config) -> None:
+        self.config = config
+        self.modules: dict[str, nn.Module] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+
+    def setup(self, fabric) -> None:
+        """Move modules and optimisers to Fabric's devices and strategy (DDP, precision...)."""
+        for name, module in self.modules.items():
+            module, optimizer = fabric.setup(module, self.optimizers[name])
+            self.modules[name], self.optimizers[name] = module, optimizer
+
+    def training_loss(self, batch: dict, step: int, total_steps: int) -> tuple[torch.Tensor, dict]:
+        """Loss to back-propagate for one batch, and scalars to log."""
+        raise NotImplementedError
+
+    def predictors(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+        """Named tile-to-logits functions evaluated on the validation split."""
+        raise NotImplementedError
