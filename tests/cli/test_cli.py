@@ -1,0 +1,116 @@
+"""The command line as a user meets it: help, exit codes, and one clear message per bad input."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from co2s.cli.main import main
+from tests.conftest import tiny_config_dict
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "co2s.cli.main", *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd)
+
+
+def test_help_lists_the_verbs():
+    out = run_cli("--help")
+    assert out.returncode == 0
+    for verb in ("train", "evaluate", "predict", "splits", "demo"):
+        assert verb in out.stdout
+
+
+@pytest.fixture
+def config_file(tiny_dataset, tmp_path):
+    def make(**data_changes):
+        cfg = tiny_config_dict(tiny_dataset, tmp_path / "run", iters=4)
+        cfg["data"]["splits"].update(data_changes)
+        path = tmp_path / "cfg.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+    return make
+
+
+def _bad(capsys, *argv):
+    code = main([*map(str, argv)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("error: ") and "Traceback" not in err
+    return err
+
+
+def test_bad_inputs_each_give_one_message(tiny_dataset, config_file, tmp_path, capsys):
+    root = tiny_dataset
+    (root / "missing.txt").write_text("images/t0.png masks/t0.png\nimages/nope.png masks/t1.png\n")
+    err = _bad(capsys, "train", config_file(labelled="missing.txt"))
+    assert "missing.txt:2: image not found" in err and "nope.png" in err
+
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(root / "masks" / "small.png")
+    (root / "size.txt").write_text("images/t0.png masks/small.png\n")
+    err = _bad(capsys, "train", config_file(labelled="size.txt"))
+    assert "size.txt:1" in err and "48x48" in err and "20x20" in err
+
+    Image.fromarray(np.full((48, 48), 7, np.uint8)).save(root / "masks" / "seven.png")
+    (root / "value.txt").write_text("images/t0.png masks/seven.png\n")
+    err = _bad(capsys, "train", config_file(labelled="value.txt"))
+    assert "seven.png" in err and "value.txt:1" in err and "label value(s) 7" in err
+
+    (root / "empty.txt").write_text("")
+    assert "empty.txt lists no samples" in _bad(capsys, "train", config_file(labelled="empty.txt"))
+
+    assert "unknown preset 'nosuch'" in _bad(capsys, "train", "nosuch")
+
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(yaml.safe_dump({**yaml.safe_load(config_file().read_text()), "trian": {}}))
+    err = _bad(capsys, "train", typo)
+    assert "typo.yaml" in err and "trian: unknown key" in err
+
+    assert "checkpoint not found" in _bad(capsys, "evaluate", "--checkpoint", tmp_path / "no.ckpt")
+    assert not (tmp_path / "run" / "latest.ckpt").exists()  # nothing trained on bad input
+
+
+def test_overlap_is_refused(tiny_dataset, tmp_path):
+    from co2s.config.loader import validate
+    from co2s.data.sources import check_disjoint, read_split
+    from co2s.errors import DataError
+
+    (tiny_dataset / "u.txt").write_text("images/t1.png\n")
+    data = validate(tiny_config_dict(tiny_dataset, tmp_path / "r")).data
+    with pytest.raises(DataError, match="both labelled and unlabelled"):
+        check_disjoint(read_split("train.txt", data, True), read_split("u.txt", data, False))
+
+
+def test_train_evaluate_predict_round_trip(config_file, tiny_dataset, tmp_path):
+    cfg = config_file()
+    assert run_cli("train", cfg, "--no-progress").returncode == 0
+    ckpt = tmp_path / "run" / "best.ckpt"
+    out = run_cli("evaluate", "--checkpoint", ckpt, "--split", "test", "--no-progress")
+    assert out.returncode == 0, out.stderr
+    assert "mean" in out.stdout and "overall accuracy" in out.stdout
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    for key in ("mIoU", "OA", "IoU", "F1", "confusion_matrix", "split", "checkpoint"):
+        assert key in metrics
+    assert metrics["split"] == "test" and set(metrics["IoU"]) == {"c0", "c1", "c2"}
+    # mIoU recomputed independently from the confusion matrix
+    cm = np.array(metrics["confusion_matrix"], dtype=float)
+    tp, union = np.diag(cm), cm.sum(0) + cm.sum(1) - np.diag(cm)
+    assert np.isclose(metrics["mIoU"], 100 * np.mean(tp[union > 0] / union[union > 0]))
+    assert np.isclose(metrics["OA"], 100 * tp.sum() / cm.sum())
+
+    big = np.random.default_rng(0).integers(0, 255, (70, 90, 3), dtype=np.uint8)
+    Image.fromarray(big).save(tmp_path / "scene.jpg")
+    (tmp_path / "broken.png").write_text("garbage")
+    out = run_cli("predict", "--checkpoint", ckpt, tmp_path / "scene.jpg", tmp_path / "broken.png",
+                  "--out", tmp_path / "pred", "--no-progress")
+    assert out.returncode == 1  # one input failed, the other was still predicted
+    assert "broken.png" in out.stderr and "1 of 2 image(s) predicted" in out.stdout
+    with Image.open(tmp_path / "pred" / "scene.png") as img:
+        assert img.mode == "P" and img.size == (90, 70)
+        assert np.asarray(img).max() < 3
+    with Image.open(tmp_path / "pred" / "scene_color.png") as img:
+        assert img.mode == "RGB"

@@ -1,0 +1,99 @@
+import pytest
+import yaml
+
+from co2s.config.loader import load_config, preset_names
+from co2s.errors import ConfigError
+
+PAPER = {"whdld": 6, "loveda": 7, "potsdam": 6, "gid15": 15, "mer": 9, "msl": 9}
+
+
+def test_every_preset_validates():
+    names = preset_names()
+    assert set(PAPER) | {"ai4mars", "demo"} <= set(names)
+    for name in names:
+        config = load_config(name)
+        assert len(config.data.palette) == config.data.num_classes
+
+
+@pytest.mark.parametrize("name,classes", PAPER.items())
+def test_paper_presets_follow_the_spec(name, classes):
+    config = load_config(name)
+    assert config.data.num_classes == classes
+    assert config.data.reduce_zero_label == (name in {"whdld", "loveda", "potsdam"})
+    assert config.train.crop_size == (256 if name == "whdld" else 512)
+    assert config.train.epochs == (150 if name == "mer" else 80)
+    # every class has a concept list (the class name itself is added when prompts are built)
+    assert set(config.data.concepts) == set(config.data.classes)
+
+
+def test_ai4mars_preset_matches_the_shared_data_readme():
+    config = load_config("ai4mars")
+    assert config.data.classes == ["soil", "bedrock", "sand", "big_rock"]
+    assert config.data.ignore_index == 255
+    assert config.data.splits.test.endswith("test_gold.txt")
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_unknown_key_names_file_and_key_path(tmp_path):
+    path = _write(tmp_path, "preset: demo\ntrain:\n  lerning_rate: 0.1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert path in str(err.value) and "train.lerning_rate" in str(err.value)
+    assert "unknown key" in str(err.value)
+
+
+def test_wrong_type_names_key_path(tmp_path):
+    path = _write(tmp_path, "preset: demo\ntrain:\n  batch_size: many\n")
+    with pytest.raises(ConfigError, match=r"train\.batch_size"):
+        load_config(path)
+
+
+def test_missing_required_value(tmp_path):
+    path = _write(tmp_path, "data:\n  root: x\ntrain:\n  iters: 3\n")
+    with pytest.raises(ConfigError, match=r"data\.classes: required value missing"):
+        load_config(path)
+
+
+def test_yaml_syntax_error_names_line(tmp_path):
+    path = _write(tmp_path, "preset: demo\ntrain:\n  iters: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"run\.yaml: line \d+"):
+        load_config(path)
+
+
+def test_unknown_preset_lists_available():
+    with pytest.raises(ConfigError, match="unknown preset 'whdl'.*whdld"):
+        load_config("whdl")
+
+
+def test_set_overrides_parse_values_and_reject_typos():
+    config = load_config("demo", ["train.iters=7", "data.bands=[1, 2, 3]", "train.lr=2e-4"])
+    assert config.train.iters == 7 and config.data.bands == [1, 2, 3] and config.train.lr == 2e-4
+    with pytest.raises(ConfigError, match=r"train\.itres.*unknown key"):
+        load_config("demo", ["train.itres=7"])
+    with pytest.raises(ConfigError, match="expected key.path=value"):
+        load_config("demo", ["train.iters"])
+
+
+def test_base_file_and_environment_variables(tmp_path, monkeypatch):
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump({"preset": "demo", "train": {"iters": 11}}))
+    child = _write(tmp_path, "base: base.yaml\ndata:\n  root: ${MY_DATA:-fallback}/x\n")
+    assert load_config(child).data.root == "fallback/x"
+    monkeypatch.setenv("MY_DATA", "/data")
+    config = load_config(child)
+    assert config.data.root == "/data/x" and config.train.iters == 11
+    assert config.data.classes[0] == "cropland"  # inherited from the demo preset
+
+
+def test_cross_field_checks():
+    with pytest.raises(ConfigError, match="palette has 2 colours for 6 classes"):
+        load_config("demo", ["data.palette=[[1,2,3],[4,5,6]]"])
+    with pytest.raises(ConfigError, match="train.iters or train.epochs"):
+        load_config("demo", ["train.iters=null"])
+    with pytest.raises(ConfigError, match="duplicate class"):
+        load_config("demo", ["data.classes=[a, a, b, c, d, e]", "data.concepts={}"])

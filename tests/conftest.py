@@ -1,0 +1,74 @@
+"""Shared fixtures: tiny on-disk datasets and configs, and the path of the shared real data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from co2s.config.loader import validate
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("CO2S_DATA_DIR", REPO.parent / "shared" / "data"))
+
+
+def shared_dataset(name: str) -> Path:
+    """Path of a dataset in ../shared/data, or skip the test with a message when it is absent."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"shared data {path} not found (set CO2S_DATA_DIR to the folder holding {name})")
+    return path
+
+
+def write_tiny_dataset(root: Path, n: int = 6, size: int = 48, classes: int = 3, seed: int = 0) -> Path:
+    """Images whose colour carries the label, with list files in the Co2S format."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    lines = []
+    colours = rng.integers(0, 255, (classes, 3))
+    for i in range(n):
+        mask = np.zeros((size, size), np.uint8)
+        for _ in range(4):
+            y, x = rng.integers(0, size - 8, 2)
+            h, w = rng.integers(8, size // 2, 2)
+            mask[y : y + h, x : x + w] = rng.integers(0, classes)
+        mask[0, :3] = 255  # a few ignore pixels
+        image = colours[np.minimum(mask, classes - 1)] + rng.normal(0, 10, (size, size, 3))
+        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(root / "images" / f"t{i}.png")
+        Image.fromarray(mask).save(root / "masks" / f"t{i}.png")
+        lines.append(f"images/t{i}.png masks/t{i}.png")
+    (root / "train.txt").write_text("\n".join(lines[: n - 2]) + "\n")
+    (root / "val.txt").write_text("\n".join(lines[n - 2 :]) + "\n")
+    return root
+
+
+def tiny_config_dict(root: Path, run_dir: Path, classes: int = 3, **train) -> dict:
+    return {
+        "name": "tiny",
+        "out_dir": str(run_dir),
+        "data": {
+            "root": str(root),
+            "classes": [f"c{i}" for i in range(classes)],
+            "palette": [[i * 60, 255 - i * 60, 100] for i in range(classes)],
+            "splits": {"labelled": "train.txt", "val": "val.txt", "test": "val.txt"},
+        },
+        "model": {"width": 8, "depth": 3},
+        "train": {"crop_size": 32, "batch_size": 2, "iters": 6, "val_every": 3, "ckpt_every": 2,
+                  "log_every": 2, "num_workers": 0, "lr": 0.01, **train},
+        "eval": {"batch_size": 4},
+        "engine": {"accelerator": "cpu"},
+    }
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path) -> Path:
+    return write_tiny_dataset(tmp_path / "data")
+
+
+@pytest.fixture
+def tiny_config(tiny_dataset, tmp_path):
+    return validate(tiny_config_dict(tiny_dataset, tmp_path / "run"))

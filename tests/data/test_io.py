@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+import rasterio
+from PIL import Image
+from rasterio.transform import from_origin
+
+from co2s.data.io import read_image, read_mask, save_index_png, scale_image
+from co2s.errors import DataError
+
+
+def _geotiff(path, array, crs="EPSG:32633"):
+    bands, h, w = array.shape
+    with rasterio.open(path, "w", driver="GTiff", height=h, width=w, count=bands, dtype=array.dtype,
+                       crs=crs, transform=from_origin(500000, 4000000, 10, 10)) as dst:
+        dst.write(array)
+
+
+def test_png_jpeg_and_grey(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    Image.fromarray(rgb).save(tmp_path / "a.jpg")
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "g.png")
+    assert np.array_equal(read_image(tmp_path / "a.png"), rgb.transpose(2, 0, 1))
+    assert read_image(tmp_path / "a.jpg").shape == (3, 20, 30)
+    assert np.array_equal(read_image(tmp_path / "g.png"), rgb[None, ..., 0])
+    assert np.array_equal(read_image(tmp_path / "a.png", bands=[3, 1]), rgb.transpose(2, 0, 1)[[2, 0]])
+
+
+@pytest.mark.parametrize("dtype,scale", [(np.uint16, 65535.0), (np.float32, 1.0), (np.uint8, 255.0)])
+def test_multiband_geotiff(tmp_path, dtype, scale):
+    array = (np.random.default_rng(1).random((5, 16, 24)) * 1000).astype(dtype)
+    _geotiff(tmp_path / "s.tif", array)
+    got = read_image(tmp_path / "s.tif")
+    assert got.dtype == dtype and np.array_equal(got, array)
+    assert np.array_equal(read_image(tmp_path / "s.tif", bands=[4, 2]), array[[3, 1]])
+    np.testing.assert_allclose(scale_image(got), array.astype(np.float32) / scale, rtol=1e-6)
+    with pytest.raises(DataError, match=r"s\.tif: has 5 band\(s\), config selects band\(s\) \[6\]"):
+        read_image(tmp_path / "s.tif", bands=[1, 6])
+
+
+def test_masks_palette_index_and_colour(tmp_path):
+    idx = np.random.default_rng(2).integers(0, 4, (10, 12), dtype=np.uint8)
+    palette = [[255, 0, 0], [0, 255, 0], [0, 0, 255], [9, 9, 9]]
+    save_index_png(tmp_path / "m.png", idx, palette)
+    with Image.open(tmp_path / "m.png") as img:
+        assert img.mode == "P"
+    assert np.array_equal(read_mask(tmp_path / "m.png"), idx)  # indices, not colours
+    colours = read_mask(tmp_path / "m.png", color=True)
+    assert np.array_equal(colours, np.asarray(palette, np.uint8)[idx])
+    Image.fromarray(colours).save(tmp_path / "rgb.png")
+    with pytest.raises(DataError, match=r"rgb\.png is a RGB image.*color_masks"):
+        read_mask(tmp_path / "rgb.png")
+    _geotiff(tmp_path / "m.tif", idx[None])
+    assert np.array_equal(read_mask(tmp_path / "m.tif"), idx)
+
+
+def test_bad_files_name_the_file(tmp_path):
+    (tmp_path / "fake.png").write_text("not an image")
+    (tmp_path / "fake.tif").write_text("not a raster")
+    with pytest.raises(DataError, match=r"cannot read image .*fake\.png"):
+        read_image(tmp_path / "fake.png")
+    with pytest.raises(DataError, match=r"cannot read raster .*fake\.tif"):
+        read_image(tmp_path / "fake.tif")
+    with pytest.raises(DataError, match=r"image not found: .*nope\.png"):
+        read_image(tmp_path / "nope.png")
+    with pytest.raises(DataError, match=r"mask not found"):
+        read_mask(tmp_path / "nope.png")

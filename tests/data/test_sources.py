@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from co2s.config.loader import validate
+from co2s.data.labels import LabelEncoder
+from co2s.data.sources import check_disjoint, read_list_file, read_split, validate_samples
+from co2s.errors import DataError
+from tests.conftest import tiny_config_dict
+
+
+def _data(root, **extra):
+    cfg = tiny_config_dict(root, root / "run")
+    cfg["data"].update(extra)
+    return validate(cfg).data
+
+
+def test_paper_style_list(tiny_dataset):
+    samples = read_split("train.txt", _data(tiny_dataset), labelled=True)
+    assert len(samples) == 4
+    assert samples[0].image == tiny_dataset / "images/t0.png"
+    assert samples[0].mask == tiny_dataset / "masks/t0.png"
+    assert samples[1].origin.endswith("train.txt:2")
+
+
+def test_id_lists_and_unlabelled_lists(tiny_dataset):
+    (tiny_dataset / "ids.txt").write_text("t0\nt3\n")
+    data = _data(tiny_dataset, id_format={"image": "images/{id}.png", "mask": "masks/{id}.png"})
+    samples = read_split("ids.txt", data, labelled=True)
+    assert [s.mask.name for s in samples] == ["t0.png", "t3.png"]
+    (tiny_dataset / "unl.txt").write_text("images/t1.png\n# comment\n\nimages/t2.png masks/t2.png\n")
+    unl = read_split("unl.txt", _data(tiny_dataset), labelled=False)
+    assert [s.mask for s in unl] == [None, None]  # masks of unlabelled lines are never used
+
+
+def test_folder_layouts(tiny_dataset):
+    data = _data(tiny_dataset)
+    labelled = read_split(str(tiny_dataset), data, labelled=True)
+    assert len(labelled) == 6 and all(s.mask.stem == s.image.stem for s in labelled)
+    assert len(read_split("images", data, labelled=False)) == 6
+    (tiny_dataset / "masks" / "t5.png").unlink()
+    with pytest.raises(DataError, match=r"no mask for 1 image\(s\): t5\.png"):
+        read_split(str(tiny_dataset), data, labelled=True)
+
+
+def test_list_file_errors_name_file_and_line(tiny_dataset):
+    (tiny_dataset / "bad.txt").write_text("images/t0.png masks/t0.png\na b c\n")
+    with pytest.raises(DataError, match=r"bad\.txt:2: expected 'image \[mask\]', got 3 fields"):
+        read_list_file(tiny_dataset / "bad.txt", tiny_dataset)
+    (tiny_dataset / "nomask.txt").write_text("images/t0.png\n")
+    with pytest.raises(DataError, match=r"nomask\.txt:1: no mask for a labelled sample"):
+        read_split("nomask.txt", _data(tiny_dataset), labelled=True)
+    (tiny_dataset / "empty.txt").write_text("\n# nothing\n")
+    with pytest.raises(DataError, match=r"data\.splits\.labelled: .*empty\.txt lists no samples"):
+        read_split("empty.txt", _data(tiny_dataset), labelled=True, name="labelled")
+    with pytest.raises(DataError, match=r"missing\.txt does not exist"):
+        read_split("missing.txt", _data(tiny_dataset), labelled=True)
+
+
+def test_validation_finds_missing_files_mismatched_sizes_and_bad_values(tiny_dataset):
+    data = _data(tiny_dataset)
+    enc = LabelEncoder.from_config(data)
+    (tiny_dataset / "l.txt").write_text("images/t0.png masks/t0.png\nimages/gone.png masks/t1.png\n")
+    with pytest.raises(DataError, match=r"l\.txt:2: image not found: .*gone\.png"):
+        validate_samples(read_split("l.txt", data, True), enc, "exists")
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(tiny_dataset / "masks" / "small.png")
+    (tiny_dataset / "l.txt").write_text("images/t0.png masks/small.png\n")
+    with pytest.raises(DataError, match=r"l\.txt:1: image t0\.png is 48x48 but mask small\.png is 10x10"):
+        validate_samples(read_split("l.txt", data, True), enc, "full")
+    Image.fromarray(np.full((48, 48), 9, np.uint8)).save(tiny_dataset / "masks" / "nine.png")
+    (tiny_dataset / "l.txt").write_text("images/t0.png masks/nine.png\n")
+    with pytest.raises(DataError, match=r"nine\.png \(listed at .*l\.txt:1\): label value\(s\) 9"):
+        validate_samples(read_split("l.txt", data, True), enc, "full")
+
+
+def test_labelled_and_unlabelled_must_not_overlap(tiny_dataset):
+    data = _data(tiny_dataset)
+    (tiny_dataset / "u.txt").write_text("images/t5.png\nimages/t2.png\n")
+    with pytest.raises(DataError, match=r"1 image\(s\) are both labelled and unlabelled, e\.g\. t2\.png"):
+        check_disjoint(read_split("train.txt", data, True), read_split("u.txt", data, False))

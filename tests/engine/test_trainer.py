@@ -1,0 +1,117 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+from co2s.config.loader import validate
+from co2s.engine.checkpoint import load_checkpoint, load_model_from_checkpoint
+from co2s.engine.metrics_log import read_log
+from co2s.engine.trainer import train
+from co2s.errors import CheckpointError, ConfigError
+from tests.conftest import tiny_config_dict
+
+
+def test_training_writes_run_directory(tiny_config):
+    result = train(tiny_config, progress=False)
+    run = result.run_dir
+    assert result.steps == 6
+    for name in ("config.yaml", "run_info.jsonl", "metrics.jsonl", "latest.ckpt", "best.ckpt"):
+        assert (run / name).is_file(), name
+    assert not list(run.glob(".*.tmp"))  # atomic writes leave no temporaries
+    info = json.loads((run / "run_info.jsonl").read_text().splitlines()[0])
+    assert info["co2s_version"] and "git_revision" in info
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["iters"] == 6
+    log = read_log(run / "metrics.jsonl")
+    train_steps = [r["step"] for r in log if r["kind"] == "train"]
+    val_steps = [r["step"] for r in log if r["kind"] == "val"]
+    assert train_steps == [2, 4, 6] and val_steps == [3, 6]
+    assert all(r["loss"] > 0 and r["lr"] > 0 and r["images_per_sec"] > 0 for r in log if r["kind"] == "train")
+    ckpt = load_checkpoint(run / "latest.ckpt")
+    assert ckpt["step"] == 6 and ckpt["config"]["train"]["iters"] == 6
+    assert result.best["split"] == "val" and result.best["step"] in (3, 6)
+    model, config, _ = load_model_from_checkpoint(run / "best.ckpt")
+    assert config.data.classes == ["c0", "c1", "c2"] and not model.training
+
+
+def test_finished_run_is_not_retrained_and_other_config_is_refused(tiny_dataset, tmp_path):
+    cfg = tiny_config_dict(tiny_dataset, tmp_path / "run", iters=4)
+    train(validate(cfg), progress=False)
+    before = (tmp_path / "run" / "latest.ckpt").stat().st_mtime_ns
+    assert train(validate(cfg), progress=False).steps == 4
+    assert (tmp_path / "run" / "latest.ckpt").stat().st_mtime_ns == before
+    cfg["train"]["lr"] = 0.5
+    with pytest.raises(ConfigError, match=r"already holds a run with a different config:\n  train\.lr: 0\.01 -> 0\.5"):
+        train(validate(cfg), progress=False)
+
+
+def test_bad_checkpoints_give_clear_errors(tmp_path, tiny_config):
+    train(tiny_config, progress=False)
+    data = (tiny_config.run_dir and open(f"{tiny_config.run_dir}/latest.ckpt", "rb").read())
+    (tmp_path / "trunc.ckpt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*trunc\.ckpt"):
+        load_checkpoint(tmp_path / "trunc.ckpt")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.ckpt")
+    with pytest.raises(CheckpointError, match="not a co2s checkpoint"):
+        load_checkpoint(tmp_path / "other.ckpt")
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "none.ckpt")
+
+
+def _launch(config_path, env):
+    return subprocess.Popen(
+        [sys.executable, "-m", "co2s.cli.main", "train", str(config_path), "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+
+
+def test_sigkilled_run_resumes_to_identical_weights(tiny_dataset, tmp_path):
+    """Kill -9 mid-run, restart: it resumes from `latest` and ends where an unbroken run ends."""
+    iters = 120
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    configs = {}
+    for name in ("straight", "killed"):
+        cfg = tiny_config_dict(tiny_dataset, tmp_path / name, iters=iters, ckpt_every=5,
+                               val_every=1000, deterministic=True)
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        configs[name] = path
+
+    proc = _launch(configs["killed"], env)
+    latest = tmp_path / "killed" / "latest.ckpt"
+    deadline = time.time() + 120
+    killed_at = None
+    while time.time() < deadline and proc.poll() is None:
+        if latest.is_file():
+            step = load_checkpoint(latest)["step"]
+            if step >= 10:
+                proc.send_signal(signal.SIGKILL)
+                killed_at = step
+                break
+        time.sleep(0.05)
+    proc.wait()
+    assert killed_at is not None and killed_at < iters, "the run ended before it could be killed"
+
+    resumed = _launch(configs["killed"], env)
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+    resumed_from = int(out.split("from step ")[1].split()[0])
+    assert resumed_from >= killed_at and resumed_from % 5 == 0
+
+    straight = _launch(configs["straight"], env)
+    out2, _ = straight.communicate(timeout=300)
+    assert straight.returncode == 0, out2
+
+    a = load_checkpoint(tmp_path / "straight" / "latest.ckpt")
+    b = load_checkpoint(latest)
+    assert a["step"] == b["step"] == iters
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    # the log holds each step once, even across the crash
+    steps = [r["step"] for r in read_log(tmp_path / "killed" / "metrics.jsonl") if r["kind"] == "train"]
+    assert steps == sorted(set(steps)) and steps[-1] == iters
