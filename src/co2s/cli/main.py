@@ -26,6 +26,8 @@ def cmd_train(args) -> int:
     overrides = list(args.overrides) + ([f"out_dir={args.out}"] if args.out else [])
     config = load_config(args.config, overrides)
     result = train(config, progress=not args.no_progress)
+    if not result.is_global_zero:
+        return 0
     best = result.best
     msg = f"finished {result.steps} steps in {result.run_dir}"
     if best:
@@ -163,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stratify", action="store_true", help="keep the share of each dominant class")
     p.add_argument("--root", help="data root for mask paths in SOURCE (without --config)")
     p.add_argument("--out", required=True, help="folder for labelled.txt, unlabelled.txt, split.json")
+    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_splits)
 
     p = sub.add_parser("demo", help="generate synthetic aerial data, train, evaluate and predict")
@@ -181,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from co2s.progress import set_progress
+
+    set_progress(not getattr(args, "no_progress", False))
     try:
         return args.func(args)
     except Co2sError as exc:

@@ -12,11 +12,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
 
 from co2s.data.io import IMAGE_SUFFIXES, image_size, read_mask
 from co2s.data.labels import LabelEncoder
 from co2s.errors import DataError
+from co2s.progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ def validate_samples(
                 raise DataError(f"{s.origin}: {what} not found: {p}")
     if level != "full":
         return
-    for s in tqdm(samples, desc=desc, leave=False, disable=len(samples) < 200):
+    for s in progress_bar(samples, desc=desc, enabled=len(samples) >= 200):
         if s.mask is None:
             image_size(s.image)
             continue

@@ -15,12 +15,12 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from co2s.data.io import read_mask
 from co2s.data.labels import LabelEncoder
 from co2s.data.sources import Sample
 from co2s.errors import DataError
+from co2s.progress import progress_bar
 
 
 def parse_ratio(text: str | float) -> float:
@@ -101,7 +101,7 @@ def make_splits(
         if missing:
             raise DataError(f"{missing[0].origin}: stratified splits need a mask for every sample")
         strata = [dominant_class(s, encoder, ignore_index, color_masks)
-                  for s in tqdm(samples, desc="reading masks", leave=False)]
+                  for s in progress_bar(samples, desc="reading masks")]
     labelled_idx = set(choose_labelled(len(samples), value, seed, strata))
     labelled = [s.entry for i, s in enumerate(samples) if i in labelled_idx]
     unlabelled = [s.entry for i, s in enumerate(samples) if i not in labelled_idx]

@@ -8,6 +8,7 @@ import math
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from co2s.engine.run_dir import prepare_run_dir, write_run_info
 from co2s.errors import CheckpointError, DataError
 from co2s.evaluation.evaluator import evaluate
 from co2s.methods import build_method
+from co2s.progress import progress_bar
 
 
 @dataclass
@@ -36,6 +38,7 @@ class TrainResult:
     run_dir: Path
     steps: int
     best: dict | None  # {"step", "mIoU", "split"} of the best validation, if any
+    is_global_zero: bool = True  # False on the other DDP ranks, which should stay quiet
 
 
 def make_fabric(config) -> Fabric:
@@ -58,7 +61,12 @@ def total_steps(config, num_samples: int, world_size: int) -> int:
 def _rng_state(fabric) -> dict:
     # Every rank's torch RNG (dropout masks differ per rank), gathered so rank 0 can save them.
     local = torch.get_rng_state()
-    states = fabric.all_gather(local) if fabric.world_size > 1 else local[None]
+    if fabric.world_size > 1:
+        with warnings.catch_warnings():  # Fabric's all_gather warns about a torch deprecation
+            warnings.simplefilter("ignore")
+            states = fabric.all_gather(local.to(fabric.device))
+    else:
+        states = local[None]
     state = {"torch": states.cpu(), "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -147,8 +155,8 @@ class Trainer:
         loader = fabric.setup_dataloaders(loader, use_distributed_sampler=False)
         val_set = WholeImages(val, config.data) if val else None
 
-        bar = tqdm(total=total, initial=state["step"], desc="training", dynamic_ncols=True,
-                   disable=not (self.progress and fabric.is_global_zero))
+        bar = progress_bar(total=total, initial=state["step"], desc="training", leave=True,
+                           enabled=self.progress and fabric.is_global_zero)
         batches = iter(loader)
         window_start, window_images, sums = time.perf_counter(), 0, {}
         for m in method.modules.values():
@@ -189,7 +197,7 @@ class Trainer:
                 save_checkpoint(fabric, latest, self._checkpoint_state(fabric, state))
         bar.close()
         log.close()
-        return TrainResult(self.run_dir, state["step"], state["best"])
+        return TrainResult(self.run_dir, state["step"], state["best"], fabric.is_global_zero)
 
     def _checkpoint_state(self, fabric, state: dict) -> dict:
         return {**state, "config": config_to_dict(self.config), "rng": _rng_state(fabric)}

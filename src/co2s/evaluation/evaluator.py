@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from tqdm import tqdm
 
 from co2s.data.dataset import WholeImages
 from co2s.evaluation.metrics import confusion_metric, scores_from_confusion
+from co2s.progress import progress_bar
 from co2s.inference.sliding_window import default_stride, sliding_window_logits
 
 
@@ -36,7 +36,7 @@ def evaluate(
     window, stride = window_and_stride(config)
     metric = confusion_metric(data.num_classes, data.ignore_index).to(device)
     indices = range(rank, len(dataset), world_size)
-    for i in tqdm(indices, desc="evaluating", leave=False, disable=not progress):
+    for i in progress_bar(indices, desc="evaluating", enabled=progress):
         item = dataset[i]
         image = item["image"][None].to(device)
         mask = item["mask"][None].to(device)

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from co2s.data.io import IMAGE_SUFFIXES, atomic_save_image, colorize, read_image, save_index_png, scale_image
 from co2s.engine.checkpoint import load_model_from_checkpoint
@@ -22,6 +21,7 @@ from co2s.errors import Co2sError, DataError
 from co2s.evaluation.evaluator import window_and_stride
 from co2s.evaluation.run import resolve_device
 from co2s.inference.sliding_window import sliding_window_logits
+from co2s.progress import progress_bar
 
 
 @dataclass
@@ -80,7 +80,7 @@ def predict_files(
         raise Co2sError(f"cannot create output folder {out_dir}: {exc}") from None
     palette = config.data.palette
     results = []
-    for path in tqdm(expand_inputs(inputs), desc="predicting", disable=not progress):
+    for path in progress_bar(expand_inputs(inputs), desc="predicting", enabled=progress, leave=True):
         try:
             image = torch.from_numpy(scale_image(read_image(path, config.data.bands), config.data.scale))
             if image.shape[0] != model.in_channels:
