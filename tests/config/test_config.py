@@ -97,3 +97,11 @@ def test_cross_field_checks():
         load_config("demo", ["train.iters=null"])
     with pytest.raises(ConfigError, match="duplicate class"):
         load_config("demo", ["data.classes=[a, a, b, c, d, e]", "data.concepts={}"])
+
+
+def test_demo_preset_matches_the_generated_data():
+    from co2s.data.synthetic import DEMO_CLASSES, DEMO_PALETTE
+
+    config = load_config("demo")
+    assert tuple(config.data.classes) == DEMO_CLASSES
+    assert [tuple(c) for c in config.data.palette] == list(DEMO_PALETTE)
