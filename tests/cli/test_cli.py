@@ -74,15 +74,12 @@ def test_bad_inputs_each_give_one_message(tiny_dataset, config_file, tmp_path, c
     assert not (tmp_path / "run" / "latest.ckpt").exists()  # nothing trained on bad input
 
 
-def test_overlap_is_refused(tiny_dataset, tmp_path):
-    from co2s.config.loader import validate
-    from co2s.data.sources import check_disjoint, read_split
-    from co2s.errors import DataError
-
-    (tiny_dataset / "u.txt").write_text("images/t1.png\n")
-    data = validate(tiny_config_dict(tiny_dataset, tmp_path / "r")).data
-    with pytest.raises(DataError, match="both labelled and unlabelled"):
-        check_disjoint(read_split("train.txt", data, True), read_split("u.txt", data, False))
+def test_overlapping_unlabelled_list_stops_training(tiny_dataset, config_file, tmp_path, capsys):
+    (tiny_dataset / "u.txt").write_text("images/t5.png\nimages/t1.png\n")
+    err = _bad(capsys, "train", config_file(unlabelled="u.txt"))
+    assert "1 image(s) are both labelled and unlabelled, e.g. t1.png" in err
+    assert "train.txt:2" in err and "u.txt:2" in err
+    assert not (tmp_path / "run" / "latest.ckpt").exists()
 
 
 def test_train_evaluate_predict_round_trip(config_file, tiny_dataset, tmp_path):

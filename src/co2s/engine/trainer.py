@@ -21,7 +21,7 @@ from co2s.config.loader import config_to_dict, validate
 from co2s.data.dataset import LabelledCrops, WholeImages
 from co2s.data.labels import LabelEncoder
 from co2s.data.sampler import ResumableSampler
-from co2s.data.sources import read_split, validate_samples
+from co2s.data.sources import check_disjoint, read_split, validate_samples
 from co2s.data.transforms import WeakViewParams
 from co2s.engine.checkpoint import load_checkpoint, save_checkpoint
 from co2s.engine.metrics_log import MetricsLog
@@ -96,6 +96,12 @@ class Trainer:
         encoder = LabelEncoder.from_config(data)
         labelled = read_split(data.splits.labelled, data, labelled=True, name="labelled")
         validate_samples(labelled, encoder, data.validate_files, data.color_masks, "checking labelled")
+        if data.splits.unlabelled:
+            # Read even when the method ignores it: an overlapping list is a data error either way.
+            unlabelled = read_split(data.splits.unlabelled, data, labelled=False, name="unlabelled")
+            check_disjoint(labelled, unlabelled)
+            validate_samples(unlabelled, encoder, "exists" if data.validate_files == "full"
+                             else data.validate_files)
         val = None
         if data.splits.val:
             val = read_split(data.splits.val, data, labelled=True, name="val")
