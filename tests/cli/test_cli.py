@@ -111,3 +111,17 @@ def test_train_evaluate_predict_round_trip(config_file, tiny_dataset, tmp_path):
         assert np.asarray(img).max() < 3
     with Image.open(tmp_path / "pred" / "scene_color.png") as img:
         assert img.mode == "RGB"
+
+    import rasterio
+
+    profile = dict(driver="GTiff", height=40, width=50, dtype="uint16")
+    with rasterio.open(tmp_path / "three.tif", "w", count=3, **profile) as dst:
+        dst.write(np.full((3, 40, 50), 30000, np.uint16))
+    with rasterio.open(tmp_path / "four.tif", "w", count=4, **profile) as dst:
+        dst.write(np.zeros((4, 40, 50), np.uint16))
+    out = run_cli("predict", "--checkpoint", ckpt, tmp_path / "three.tif", tmp_path / "four.tif",
+                  "--out", tmp_path / "pred", "--no-progress")
+    assert "four.tif: has 4 band(s) but the model was trained on 3" in out.stderr
+    with Image.open(tmp_path / "pred" / "three.png") as img:
+        assert img.size == (50, 40)
+    assert not (tmp_path / "pred" / "four.png").exists()
