@@ -114,13 +114,48 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_model_summary(args) -> int:
+    import json
+
+    from co2s.config.loader import load_config
+    from co2s.models.summary import format_summary, model_summary
+
+    config = load_config(args.config, args.overrides)
+    summary = model_summary(config, load_weights=not args.random_weights, input_size=args.input_size)
+    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    return 0
+
+
+def cmd_embed_text(args) -> int:
+    from co2s.config.loader import load_config
+    from co2s.errors import ConfigError
+    from co2s.models.backbones.weights import load_backbone_weights
+    from co2s.models.guidance import concept_lists, save_prototypes, text_prototypes
+    from co2s.models.text_encoder import load_tokenizer
+
+    config = load_config(args.config, args.overrides)
+    clip_source = args.clip
+    if clip_source is None:
+        clips = [s for s in config.model.students if s.backbone.kind == "clip"]
+        if not clips or not (clips[0].text.model or clips[0].backbone.weights):
+            raise ConfigError("give --clip (CLIP weights) or a config with a CLIP student that has weights")
+        clip_source = clips[0].text.model or clips[0].backbone.weights
+    model, _ = load_backbone_weights("clip", clip_source)
+    tokenizer = load_tokenizer(args.tokenizer or clip_source)
+    prototypes = text_prototypes(model, tokenizer, concept_lists(config.data.classes, config.data.concepts),
+                                 args.template)
+    path = save_prototypes(args.out, prototypes, config.data.classes, clip_source, args.template)
+    print(f"{prototypes.shape[0]} class prototypes of dimension {prototypes.shape[1]} -> {path}")
+    return 0
+
+
 def cmd_presets(args) -> int:
-    from co2s.config.loader import dump_yaml, load_config, preset_names
+    from co2s.config.loader import dump_yaml, load_config, model_presets, preset_names
 
     if args.name:
         print(dump_yaml(load_config(args.name)), end="")
     else:
-        print("\n".join(preset_names()))
+        print("\n".join(preset_names() + model_presets()))
     return 0
 
 
@@ -175,6 +210,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override the demo config, e.g. --set train.iters=100")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("model-summary", help="parameters (total/trainable) and shapes of each student")
+    _add_config_args(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--random-weights", action="store_true",
+                   help="build the architectures with random weights (no weight files needed)")
+    p.add_argument("--input-size", type=int, help="square input size (default: train.crop_size)")
+    p.set_defaults(func=cmd_model_summary)
+
+    p = sub.add_parser("embed-text", help="class prototypes from a CLIP text encoder, saved for reuse")
+    _add_config_args(p)
+    p.add_argument("--out", required=True, help="output .safetensors file")
+    p.add_argument("--clip", help="CLIP weights (default: the config's CLIP student)")
+    p.add_argument("--tokenizer", help="tokenizer folder or cached Hub id (default: the CLIP source)")
+    p.add_argument("--template", default="a photo of a {}", help="prompt template (default: 'a photo of a {}')")
+    p.set_defaults(func=cmd_embed_text)
 
     p = sub.add_parser("presets", help="list the packaged presets, or print one")
     p.add_argument("name", nargs="?")

@@ -1,7 +1,8 @@
 """Load a run config: preset or YAML file, inheritance, ``--set`` overrides, validation.
 
-A config is a YAML mapping. ``preset: NAME`` (or ``base: path.yaml``) at the top level starts from
-a packaged preset (or another file) and deep-merges the file's own keys on top. Strings may refer
+A config is a YAML mapping. ``preset: NAME`` (or ``base: path.yaml``, or a list of them, merged in
+order) at the top level starts from packaged presets or other files and deep-merges the file's own
+keys on top, e.g. ``preset: [ai4mars, models/co2s-tiny]``. Strings may refer
 to environment variables as ``${VAR}`` or ``${VAR:-default}``. Every error names the file and the
 key path, so a typo is found before any data is read.
 """
@@ -30,10 +31,17 @@ def preset_names() -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
+def model_presets() -> list[str]:
+    """Model fragments (``preset: models/NAME`` in a config): student pairs and tiny variants."""
+    folder = resources.files("co2s") / "presets" / "models"
+    return sorted(f"models/{p.name[:-5]}" for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
 def _preset_text(name: str) -> str:
     path = resources.files("co2s") / "presets" / f"{name}.yaml"
     if not path.is_file():
-        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(preset_names())}")
+        known = ", ".join(preset_names() + model_presets())
+        raise ConfigError(f"unknown preset {name!r}; available: {known}")
     return path.read_text()
 
 
@@ -76,15 +84,19 @@ def _load_raw(source: str, seen: tuple[str, ...] = ()) -> tuple[dict[str, Any], 
         raw = _parse_yaml(_preset_text(source), origin)
     if origin in seen:
         raise ConfigError(f"{origin}: circular base/preset chain: {' -> '.join(seen + (origin,))}")
-    parent_name = raw.pop("preset", None) or raw.pop("base", None)
-    if parent_name is None:
+    parents = raw.pop("preset", None) or raw.pop("base", None)
+    if parents is None:
         return raw, origin
-    if not isinstance(parent_name, str):
-        raise ConfigError(f"{origin}: 'preset'/'base' must be a preset name or a YAML path")
-    if path.is_file() and parent_name.endswith((".yaml", ".yml")) and not Path(parent_name).is_absolute():
-        parent_name = str(path.parent / parent_name)
-    parent, _ = _load_raw(parent_name, seen + (origin,))
-    return deep_merge(parent, raw), origin
+    if isinstance(parents, str):
+        parents = [parents]
+    if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+        raise ConfigError(f"{origin}: 'preset'/'base' must be a name or path, or a list of them")
+    merged: dict[str, Any] = {}
+    for parent in parents:  # later parents override earlier ones, the file overrides all
+        if path.is_file() and parent.endswith((".yaml", ".yml")) and not Path(parent).is_absolute():
+            parent = str(path.parent / parent)
+        merged = deep_merge(merged, _load_raw(parent, seen + (origin,))[0])
+    return deep_merge(merged, raw), origin
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

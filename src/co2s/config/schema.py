@@ -5,7 +5,7 @@ Unknown keys are errors (``extra="forbid"``) so a typo never silently falls back
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -117,14 +117,96 @@ class DataConfig(_Strict):
         return len(self.classes)
 
 
+class BackboneConfig(_Strict):
+    """A pretrained ViT: where its weights come from and which of them train."""
+
+    kind: Literal["clip", "dinov3", "dinov2"]
+    weights: str | None = Field(
+        default=None,
+        description="Hub id (local cache), save_pretrained folder, official DINOv3 .pth or OpenAI "
+        "CLIP .pt; null builds the architecture `arch` with random weights",
+    )
+    arch: str | dict[str, Any] = Field(
+        default="vit-b16", description="architecture when weights is null: vit-b16, tiny, or config keys"
+    )
+    layers: list[int] | None = Field(
+        default=None,
+        description="hidden-state indices used (0 = embeddings, k = block k); clip: skips [0, 4]; "
+        "dino: [3, 8, 12] (skips, then the cost-volume map)",
+    )
+    tune: Literal["frozen", "attention", "last_n", "full"] = Field(
+        default="attention", description="which backbone weights train (paper: attention)"
+    )
+    tune_last: int = Field(default=0, ge=0, description="blocks trained with tune: last_n")
+    lr_mult: float = Field(default=0.01, ge=0, description="backbone learning rate x base lr")
+    rope_rescale: bool = Field(
+        default=False, description="DINOv3: keep transformers' random RoPE rescaling in training"
+    )
+
+    @model_validator(mode="after")
+    def _tune_last(self) -> BackboneConfig:
+        if self.tune == "last_n" and self.tune_last < 1:
+            raise ValueError("tune: last_n needs tune_last >= 1")
+        return self
+
+
+class TextConfig(_Strict):
+    """Where the CLIP student's class prototypes come from (SPEC 2.2)."""
+
+    prototypes: str | None = Field(
+        default=None,
+        description="file written by `co2s embed-text`; null computes them at start-up; "
+        "'random': seeded random vectors, only for random-weight test students",
+    )
+    model: str | None = Field(
+        default=None, description="CLIP weights for the text tower; null = the backbone's weights"
+    )
+    tokenizer: str | None = Field(
+        default=None, description="tokenizer folder or Hub id; null = the text model's source"
+    )
+    template: str = "a photo of a {}"
+
+
+class StudentConfig(_Strict):
+    name: str = Field(description="short name used in logs and metrics (e.g. clip, dino)")
+    backbone: BackboneConfig
+    guidance: Literal["text", "queries", "none"] = "queries"
+    head: Literal["vlg", "deeplabv3plus"] = "vlg"
+    text: TextConfig = Field(default_factory=TextConfig)
+    decoder_lr_mult: float = Field(default=10.0, ge=0)
+    queries_lr_mult: float = Field(default=1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StudentConfig:
+        if self.guidance == "text" and self.backbone.kind != "clip":
+            raise ValueError("text guidance needs a CLIP backbone (its joint image-text space)")
+        if self.head == "vlg" and self.guidance == "none":
+            raise ValueError("the vlg head needs guidance (text or queries); use head: deeplabv3plus")
+        return self
+
+
 class ModelConfig(_Strict):
-    name: Literal["lite_unet"] = Field(default="lite_unet", description="model architecture")
+    name: Literal["lite_unet", "students"] = Field(
+        default="lite_unet", description="lite_unet: the built-in CNN; students: ViT students"
+    )
     width: int = Field(default=32, ge=4, description="channels of the first stage (lite_unet)")
     depth: int = Field(default=4, ge=2, le=6, description="encoder stages (lite_unet)")
     in_channels: int | None = Field(
         default=None, description="input bands; null infers from data.bands / data.mean / 3"
     )
     dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+    students: list[StudentConfig] = Field(
+        default_factory=list, description="the ViT students (name: students); single-student methods use the first"
+    )
+
+    @model_validator(mode="after")
+    def _students(self) -> ModelConfig:
+        if self.name == "students" and not self.students:
+            raise ValueError("model.name: students needs model.students")
+        names = [s.name for s in self.students]
+        if len(set(names)) != len(names):
+            raise ValueError(f"student names must differ: {names}")
+        return self
 
 
 class EngineConfig(_Strict):

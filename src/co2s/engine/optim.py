@@ -6,10 +6,10 @@ import torch
 from torch import nn
 
 
-def param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
-    """Two groups: weights with decay; biases and normalisation parameters without."""
+def split_decay(module: nn.Module, lr: float, weight_decay: float) -> list[dict]:
+    """Trainable parameters in two groups: weights with decay; biases and norms (1-d) without."""
     decay, no_decay = [], []
-    for name, param in model.named_parameters():
+    for name, param in module.named_parameters():
         if not param.requires_grad:
             continue
         (no_decay if param.ndim <= 1 or name.endswith(".bias") else decay).append(param)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from co2s.engine.optim import param_groups
 from co2s.methods.base import Method
 from co2s.models.factory import build_model
 
@@ -16,7 +15,7 @@ class Supervised(Method):
         t = config.train
         model = build_model(config)
         self.modules["model"] = model
-        self.optimizers["model"] = torch.optim.AdamW(param_groups(model, t.lr, t.weight_decay), lr=t.lr)
+        self.optimizers["model"] = torch.optim.AdamW(model.param_groups(t.lr, t.weight_decay), lr=t.lr)
 
     def training_loss(self, batch, step, total_steps):
         logits = self.modules["model"](batch["image"])

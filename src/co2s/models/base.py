@@ -37,6 +37,12 @@ class SegmentationModel(nn.Module):
             raise ValueError(f"model expects {self.in_channels} band(s), got {x.shape[1]}")
         return (x - self.mean) / self.std
 
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        """Optimiser groups; models with parts at different learning rates override this."""
+        from co2s.engine.optim import split_decay
+
+        return split_decay(self, lr, weight_decay)
+
     def extract(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Normalised images to the feature maps the decoder uses."""
         raise NotImplementedError

@@ -1,0 +1,72 @@
+"""What a ViT student backbone provides to the decoder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: names of the attention projections, per backbone family, for attention-only tuning
+ATTENTION_NAMES = ("q_proj", "k_proj", "v_proj", "out_proj", "o_proj", "query", "key", "value",
+                   "attention.output.dense")
+
+
+@dataclass
+class BackboneFeatures:
+    """Two skip maps of earlier blocks and the map the cost volume is built from, all ``[B, C, h, w]``."""
+
+    skips: list[torch.Tensor]
+    last: torch.Tensor
+
+    def as_list(self) -> list[torch.Tensor]:
+        return [*self.skips, self.last]
+
+
+class ViTBackbone(nn.Module):
+    """A pretrained ViT exposing patch maps of chosen blocks (see subclasses)."""
+
+    patch_size: int
+    feature_dim: int  # channels of ``last``
+    skip_dims: tuple[int, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def blocks(self) -> list[nn.Module]:
+        """The transformer blocks, in order (for last-N tuning)."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> BackboneFeatures:
+        raise NotImplementedError
+
+    def set_tuning(self, policy: str, last_n: int = 0) -> None:
+        """Which backbone weights train: ``frozen``, ``attention`` (q, k, v and output
+        projections of every block; the paper's policy), ``last_n`` blocks, or ``full``."""
+        for p in self.parameters():
+            p.requires_grad = policy == "full"
+        if policy == "attention":
+            for block in self.blocks():
+                for name, module in block.named_modules():
+                    if isinstance(module, nn.Linear) and any(name.endswith(a) for a in ATTENTION_NAMES):
+                        for p in module.parameters():
+                            p.requires_grad = True
+        elif policy == "last_n":
+            for block in self.blocks()[len(self.blocks()) - last_n :] if last_n else []:
+                for p in block.parameters():
+                    p.requires_grad = True
+        elif policy not in {"frozen", "full"}:
+            raise ValueError(f"unknown tuning policy {policy!r}")
+        self.freeze_unused()
+
+    def freeze_unused(self) -> None:
+        """Parameters the dense features never use get no gradient; keep them frozen (DDP-safe)."""
+
+
+def to_map(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Patch tokens ``[B, h*w, C]`` to a map ``[B, C, h, w]``."""
+    return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[-1], height, width)

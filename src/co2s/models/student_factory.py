@@ -1,0 +1,169 @@
+"""Build ViT students from config: backbone (loaded and verified, or a named architecture with
+random weights), guidance (text prototypes or learnable queries) and decoder."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from transformers import (
+    CLIPConfig,
+    CLIPModel,
+    Dinov2Config,
+    Dinov2Model,
+    DINOv3ViTConfig,
+    DINOv3ViTModel,
+)
+
+from co2s.errors import ConfigError
+from co2s.models.backbones.base import ViTBackbone
+from co2s.models.backbones.clip import ClipBackbone
+from co2s.models.backbones.dino import DinoV2Backbone, DinoV3Backbone
+from co2s.models.guidance import LearnableQueries, TextGuidance, concept_lists, load_prototypes, text_prototypes
+from co2s.models.heads import DeepLabV3PlusHead, LanguageGuidedHead
+from co2s.models.student import Student
+
+# Architectures buildable without weights: the paper's ViT-B/16s (for summaries and scale tests)
+# and tiny variants of the same code (a few layers, small width) for tests, the demo and CPU studies.
+_CLIP_TEXT_B = dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8,
+                    max_position_embeddings=77, vocab_size=49408, hidden_act="quick_gelu")
+ARCHS: dict[str, dict[str, dict[str, Any]]] = {
+    "clip": {
+        "vit-b16": dict(
+            vision_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                               num_attention_heads=12, patch_size=16, image_size=224, hidden_act="quick_gelu"),
+            text_config=_CLIP_TEXT_B, projection_dim=512,
+        ),
+        "tiny": dict(
+            vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                               num_attention_heads=4, patch_size=16, image_size=224, hidden_act="quick_gelu"),
+            text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                             max_position_embeddings=77, vocab_size=49408, hidden_act="quick_gelu"),
+            projection_dim=32,
+        ),
+    },
+    "dinov3": {
+        "vit-b16": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                        patch_size=16, num_register_tokens=4, layerscale_value=1.0, key_bias=False),
+        "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                     patch_size=16, num_register_tokens=4, layerscale_value=1.0, key_bias=False),
+    },
+    "dinov2": {
+        "vit-b14": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                        patch_size=14, image_size=518),
+        "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                     patch_size=16, image_size=224),
+    },
+}
+ARCHS["dinov2"]["vit-b16"] = {**ARCHS["dinov2"]["vit-b14"], "patch_size": 16, "image_size": 224}
+
+
+def _arch_config(kind: str, arch) -> dict[str, Any]:
+    if isinstance(arch, dict):
+        base = arch.get("base")
+        merged = copy.deepcopy(ARCHS[kind][base]) if base else {}
+        for key, value in arch.items():
+            if key == "base":
+                continue
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key] = {**merged[key], **value}
+            else:
+                merged[key] = value
+        return merged
+    if arch not in ARCHS[kind]:
+        raise ConfigError(f"unknown {kind} architecture {arch!r}; known: {sorted(ARCHS[kind])}")
+    return copy.deepcopy(ARCHS[kind][arch])
+
+
+def _random_model(kind: str, arch):
+    cfg = _arch_config(kind, arch)
+    if kind == "clip":
+        return CLIPModel(CLIPConfig(**cfg))
+    if kind == "dinov3":
+        return DINOv3ViTModel(DINOv3ViTConfig(**cfg))
+    return Dinov2Model(Dinov2Config(**cfg))
+
+
+def default_layers(kind: str, depth: int) -> list[int]:
+    """The paper's choice scaled to the depth: CLIP skips 0 and depth/3; DINO depth/4, 2depth/3, depth."""
+    if kind == "clip":
+        return [0, max(1, depth // 3)]
+    return sorted({max(1, depth // 4), max(2, (2 * depth) // 3), depth})
+
+
+def build_backbone(cfg) -> tuple[ViTBackbone, torch.nn.Module, dict[str, torch.Tensor] | None]:
+    """The wrapped backbone, the transformers model it came from, and the reference weights it
+    must hold (None for random initialisation)."""
+    reference = None
+    if cfg.weights:
+        from co2s.models.backbones.weights import load_backbone_weights
+
+        model, reference = load_backbone_weights(cfg.kind, cfg.weights)
+    else:
+        model = _random_model(cfg.kind, cfg.arch)
+    if cfg.kind == "clip":
+        depth = model.config.vision_config.num_hidden_layers
+        layers = cfg.layers if cfg.layers is not None else default_layers("clip", depth)
+        backbone = ClipBackbone(model.vision_model, model.visual_projection, tuple(layers))
+    elif cfg.kind == "dinov3":
+        layers = cfg.layers if cfg.layers is not None else default_layers("dino", model.config.num_hidden_layers)
+        backbone = DinoV3Backbone(model, tuple(layers), rope_rescale=cfg.rope_rescale)
+    else:
+        layers = cfg.layers if cfg.layers is not None else default_layers("dino", model.config.num_hidden_layers)
+        backbone = DinoV2Backbone(model, tuple(layers))
+    backbone.set_tuning(cfg.tune, cfg.tune_last)
+    return backbone, model, reference
+
+
+def _text_guidance(student_cfg, clip_model, data) -> TextGuidance:
+    text = student_cfg.text
+    dim = clip_model.config.projection_dim
+    if text.prototypes == "random":
+        # Only for random-weight test/CPU students: a random text tower would mean no more.
+        g = torch.Generator().manual_seed(0)
+        return TextGuidance(torch.randn(data.num_classes, dim, generator=g))
+    if text.prototypes:
+        return TextGuidance(load_prototypes(text.prototypes, data.classes, dim))
+    source = text.model or student_cfg.backbone.weights
+    if text.model and text.model != student_cfg.backbone.weights:
+        from co2s.models.backbones.weights import load_backbone_weights
+
+        clip_model, _ = load_backbone_weights("clip", text.model)
+    tokenizer_source = text.tokenizer or source
+    if tokenizer_source is None:
+        raise ConfigError(
+            f"student {student_cfg.name!r}: text guidance needs class prototypes: give "
+            "text.prototypes (from `co2s embed-text`) or CLIP weights with a tokenizer (text.tokenizer)"
+        )
+    from co2s.models.text_encoder import load_tokenizer
+
+    tokenizer = load_tokenizer(tokenizer_source)
+    prototypes = text_prototypes(clip_model, tokenizer, concept_lists(data.classes, data.concepts),
+                                 text.template)
+    return TextGuidance(prototypes)
+
+
+def build_student(student_cfg, data) -> Student:
+    backbone, hf_model, reference = build_backbone(student_cfg.backbone)
+    n = data.num_classes
+    if student_cfg.guidance == "text":
+        guidance = _text_guidance(student_cfg, hf_model, data)
+    elif student_cfg.guidance == "queries":
+        guidance = LearnableQueries(n, backbone.feature_dim)
+    else:
+        guidance = None
+    if student_cfg.head == "vlg":
+        head = LanguageGuidedHead(backbone.feature_dim, backbone.feature_dim, tuple(backbone.skip_dims))
+    else:
+        head = DeepLabV3PlusHead(backbone.feature_dim, tuple(backbone.skip_dims), n)
+    student = Student(backbone, head, guidance, n, {
+        "backbone": student_cfg.backbone.lr_mult, "decoder": student_cfg.decoder_lr_mult,
+        "queries": student_cfg.queries_lr_mult,
+    })
+    if reference is not None:
+        # Guard against a later step re-initialising pretrained weights (SPEC 2.9.3).
+        from co2s.models.backbones.weights import verify_weights
+
+        verify_weights(hf_model, reference, str(student_cfg.backbone.weights))
+    return student
