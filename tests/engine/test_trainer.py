@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from co2s.config.loader import validate
-from co2s.engine.checkpoint import load_checkpoint, load_model_from_checkpoint
+from co2s.engine.checkpoint import load_checkpoint, load_models_from_checkpoint
 from co2s.engine.metrics_log import read_log
 from co2s.engine.trainer import train
 from co2s.errors import CheckpointError, ConfigError
@@ -35,8 +35,8 @@ def test_training_writes_run_directory(tiny_config):
     ckpt = load_checkpoint(run / "latest.ckpt")
     assert ckpt["step"] == 6 and ckpt["config"]["train"]["iters"] == 6
     assert result.best["split"] == "val" and result.best["step"] in (3, 6)
-    model, config, _ = load_model_from_checkpoint(run / "best.ckpt")
-    assert config.data.classes == ["c0", "c1", "c2"] and not model.training
+    models, config, _ = load_models_from_checkpoint(run / "best.ckpt")
+    assert config.data.classes == ["c0", "c1", "c2"] and not models["model"].training
 
 
 def test_finished_run_is_not_retrained_and_other_config_is_refused(tiny_dataset, tmp_path):
@@ -70,14 +70,26 @@ def _launch(config_path, env):
     )
 
 
-def test_sigkilled_run_resumes_to_identical_weights(tiny_dataset, tmp_path):
+CO2S_TINY = {"name": "students", "students": [
+    {"name": "clip", "backbone": {"kind": "clip", "arch": "tiny", "tune": "attention"}, "guidance": "text",
+     "text": {"prototypes": "random"}},
+    {"name": "dino", "backbone": {"kind": "dinov3", "arch": "tiny", "tune": "attention"}, "guidance": "queries"}]}
+
+
+@pytest.mark.parametrize("method,iters", [("supervised", 120), ("co2s", 40)])
+def test_sigkilled_run_resumes_to_identical_weights(tiny_dataset, tmp_path, method, iters):
     """Kill -9 mid-run, restart: it resumes from `latest` and ends where an unbroken run ends."""
-    iters = 120
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     configs = {}
+    (tiny_dataset / "train.txt").write_text("".join(f"images/t{i}.png masks/t{i}.png\n" for i in range(3)))
+    (tiny_dataset / "unl.txt").write_text("images/t3.png\nimages/t4.png\nimages/t5.png\n")
     for name in ("straight", "killed"):
         cfg = tiny_config_dict(tiny_dataset, tmp_path / name, iters=iters, ckpt_every=5,
-                               val_every=1000, deterministic=True)
+                               val_every=1000, deterministic=True, method=method)
+        if method == "co2s":
+            cfg["model"] = CO2S_TINY
+            cfg["data"]["splits"]["unlabelled"] = "unl.txt"
+            cfg["train"]["semi"] = {"tau": 0.5}
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(cfg))
         configs[name] = path
@@ -110,8 +122,11 @@ def test_sigkilled_run_resumes_to_identical_weights(tiny_dataset, tmp_path):
     a = load_checkpoint(tmp_path / "straight" / "latest.ckpt")
     b = load_checkpoint(latest)
     assert a["step"] == b["step"] == iters
-    for key in a["model"]:
-        assert torch.equal(a["model"][key], b["model"][key]), key
+    names = ["model"] if method == "supervised" else ["clip", "dino"]
+    for name in names:
+        for key in a[name]:
+            assert torch.equal(a[name][key], b[name][key]), (name, key)
+        assert a[f"opt_{name}"]["state"].keys() == b[f"opt_{name}"]["state"].keys()
     # the log holds each step once, even across the crash
     steps = [r["step"] for r in read_log(tmp_path / "killed" / "metrics.jsonl") if r["kind"] == "train"]
     assert steps == sorted(set(steps)) and steps[-1] == iters

@@ -50,7 +50,7 @@ def cmd_evaluate(args) -> int:
         stored = load_checkpoint(args.checkpoint)["config"]
         config = validate(apply_overrides(stored, args.overrides), f"config of {args.checkpoint}")
     result = evaluate_checkpoint(args.checkpoint, config, args.split, args.out, args.device,
-                                 progress=not args.no_progress)
+                                 progress=not args.no_progress, prediction=args.student)
     print_report(result)
     return 0
 
@@ -59,7 +59,7 @@ def cmd_predict(args) -> int:
     from co2s.inference.predict import predict_files
 
     results = predict_files(args.checkpoint, args.inputs, args.out, args.device,
-                            progress=not args.no_progress)
+                            progress=not args.no_progress, prediction=args.student)
     failed = [r for r in results if r.error]
     for r in results:
         print(f"error: {r.error}" if r.error else f"{r.source} -> {', '.join(map(str, r.outputs))}",
@@ -179,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["test", "val", "labelled", "train"],
                    help="which data.splits entry to score (default: test)")
     p.add_argument("--out", help="metrics JSON path (default: metrics.json beside the checkpoint)")
+    p.add_argument("--student", help="which prediction leads the report: a student's name, mean or "
+                   "confidence (default: train.semi.fusion for two students); all are reported")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, auto (default)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)
@@ -187,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="a .ckpt written by co2s train")
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--student", help="a student's name, or the fusion mean / confidence "
+                   "(default: train.semi.fusion for two students)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_predict)

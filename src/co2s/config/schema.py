@@ -219,10 +219,39 @@ class EngineConfig(_Strict):
     precision: Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true"] = "32-true"
 
 
+class SemiConfig(_Strict):
+    """Semi-supervised settings (SPEC 2.4, 2.5, 2.8)."""
+
+    tau: float = Field(default=0.95, ge=0, le=1, description="pseudo-label confidence threshold")
+    unlabelled_batch_size: int | None = Field(
+        default=None, ge=1, description="unlabelled images per device per step; null = batch_size"
+    )
+    stability: bool = Field(default=True, description="co2s: the cross-student stability loss")
+    stability_gradient: bool = Field(
+        default=True,
+        description="the student side of L_sta keeps its gradient; false reproduces the authors' "
+        "released code (detached, no interaction)",
+    )
+    stability_weight: float = Field(default=0.5, ge=0, description="lambda after the ramp")
+    stability_ramp: float = Field(default=0.2, ge=0, le=1, description="ramp length, fraction of iters")
+    fp_dropout: float = Field(default=0.5, ge=0, lt=1, description="feature-perturbation dropout2d")
+    fusion: str = Field(
+        default="confidence",
+        description="co2s inference: mean, confidence (per pixel, the more confident student), "
+        "or one student's name",
+    )
+
+
 class TrainConfig(_Strict):
-    method: Literal["supervised"] = "supervised"
+    method: Literal["supervised", "fixmatch", "unimatch", "co2s"] = "supervised"
     crop_size: int = Field(default=256, ge=16)
     batch_size: int = Field(default=2, ge=1, description="labelled images per device per step")
+    semi: SemiConfig = Field(default_factory=SemiConfig)
+    lr_reference_batch: int | None = Field(
+        default=None, ge=1,
+        description="linear lr scaling: lr x global batch / this (paper: 8 for WHDLD, 4 otherwise); "
+        "null uses lr as given",
+    )
     iters: int | None = Field(default=None, ge=1, description="total iterations (wins over epochs)")
     epochs: int | None = Field(default=None, ge=1, description="passes over the training set")
     lr: float = Field(default=1e-3, gt=0)
@@ -267,6 +296,19 @@ class Config(_Strict):
     train: TrainConfig
     eval: EvalConfig = Field(default_factory=EvalConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
+
+    @model_validator(mode="after")
+    def _method_fits_model(self) -> Config:
+        method, model = self.train.method, self.model
+        if method == "co2s":
+            if model.name != "students" or len(model.students) != 2:
+                raise ValueError("train.method co2s needs model.name: students with two students")
+            names = [s.name for s in model.students]
+            if self.train.semi.fusion not in {"mean", "confidence", *names}:
+                raise ValueError(f"train.semi.fusion must be mean, confidence or one of {names}")
+        if method in {"fixmatch", "unimatch", "co2s"} and not self.data.splits.unlabelled:
+            raise ValueError(f"train.method {method} needs data.splits.unlabelled")
+        return self
 
     @property
     def run_dir(self) -> str:

@@ -8,7 +8,14 @@ from torch.utils.data import Dataset
 from co2s.data.io import read_image, read_mask, scale_image
 from co2s.data.labels import LabelEncoder
 from co2s.data.sources import Sample
-from co2s.data.transforms import WeakViewParams, weak_view
+from co2s.data.transforms import (
+    CutMixParams,
+    StrongViewParams,
+    WeakViewParams,
+    cutmix_box,
+    strong_view,
+    weak_view,
+)
 from co2s.errors import DataError
 
 
@@ -81,3 +88,53 @@ class WholeImages(Dataset):
     def __getitem__(self, index: int) -> dict:
         image, mask = self.reader.pair(self.samples[index])
         return {"image": image, "mask": mask, "name": self.samples[index].image.name}
+
+
+class UnlabelledPairs(Dataset):
+    """Unlabelled training samples for UniMatch-style methods, each with its CutMix source.
+
+    An item holds the weak view, two strong views and two CutMix boxes of image ``u``, and the weak
+    and strong views of a *different* image ``u'`` (its CutMix source; SPEC 2.9.4: never the same
+    image augmented again). ``valid`` marks non-padded pixels. ``gt`` is the weak view's mask when
+    the list gives one (benchmarks): used only to log pseudo-label accuracy, never for training.
+    """
+
+    def __init__(self, samples: list[Sample], data, weak: WeakViewParams,
+                 strong: StrongViewParams | None = None, cutmix: CutMixParams | None = None) -> None:
+        if len(samples) < 2:
+            raise DataError("the unlabelled split needs at least 2 images (each is mixed with another)")
+        self.samples = samples
+        self.reader = SampleReader(data)
+        self.weak, self.strong = weak, strong or StrongViewParams()
+        self.cutmix = cutmix or CutMixParams()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def partner(self, index: int, seed: int) -> int:
+        """A seeded choice among the other images."""
+        return (index + 1 + seed % (len(self.samples) - 1)) % len(self.samples)
+
+    def _views(self, index: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        sample = self.samples[index]
+        image = self.reader.image(sample)
+        mask = self.reader.mask(sample) if sample.mask is not None else None
+        if mask is not None and mask.shape != image.shape[1:]:
+            mask = None  # a benchmark's optional mask that does not fit is just not used
+        weak, gt, valid = weak_view(image, mask, self.weak, generator)
+        if gt is None:
+            gt = torch.full(valid.shape, self.weak.ignore_index, dtype=torch.long)
+        return {"w": weak, "s1": strong_view(weak, self.strong, generator),
+                "s2": strong_view(weak, self.strong, generator), "valid": valid, "gt": gt}
+
+    def __getitem__(self, key) -> dict[str, torch.Tensor]:
+        index, seed = _split_key(key)
+        generator = torch.Generator().manual_seed(seed)
+        u = self._views(index, generator)
+        mix = self._views(self.partner(index, seed), generator)
+        size = tuple(u["w"].shape[-2:])
+        return {
+            "u_w": u["w"], "u_s1": u["s1"], "u_s2": u["s2"], "u_valid": u["valid"], "u_gt": u["gt"],
+            "box1": cutmix_box(size, self.cutmix, generator), "box2": cutmix_box(size, self.cutmix, generator),
+            "mix_w": mix["w"], "mix_s1": mix["s1"], "mix_s2": mix["s2"], "mix_valid": mix["valid"],
+        }

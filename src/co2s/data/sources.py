@@ -36,7 +36,8 @@ def _list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def read_list_file(path: Path, root: Path, id_format=None, labelled: bool = True) -> list[Sample]:
+def read_list_file(path: Path, root: Path, id_format=None, labelled: bool = True,
+                   keep_masks: bool = False) -> list[Sample]:
     try:
         lines = path.read_text().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -58,16 +59,19 @@ def read_list_file(path: Path, root: Path, id_format=None, labelled: bool = True
             mask = resolve(root, tokens[1]) if len(tokens) == 2 else None
         if labelled and mask is None:
             raise DataError(f"{where}: no mask for a labelled sample: {text!r}")
-        samples.append(Sample(image, mask if labelled else None, where, text))
+        if not labelled and not (keep_masks and mask is not None and mask.is_file()):
+            mask = None
+        samples.append(Sample(image, mask, where, text))
     return samples
 
 
-def read_folder(folder: Path, labelled: bool = True) -> list[Sample]:
+def read_folder(folder: Path, labelled: bool = True, keep_masks: bool = False) -> list[Sample]:
     images_dir = folder / "images" if (folder / "images").is_dir() else folder
     masks_dir = next((folder / d for d in ("masks", "labels") if (folder / d).is_dir()), None)
     images = _list_images(images_dir)
     if not labelled:
-        return [Sample(p, None, str(folder), str(p.relative_to(folder))) for p in images]
+        masks = {p.stem: p for p in _list_images(masks_dir)} if keep_masks and masks_dir else {}
+        return [Sample(p, masks.get(p.stem), str(folder), str(p.relative_to(folder))) for p in images]
     if masks_dir is None:
         raise DataError(f"{folder}: a labelled folder needs images/ and masks/ (or labels/) inside")
     masks = {p.stem: p for p in _list_images(masks_dir)}
@@ -84,14 +88,19 @@ def read_folder(folder: Path, labelled: bool = True) -> list[Sample]:
     ]
 
 
-def read_split(spec: str, data, labelled: bool, name: str = "split") -> list[Sample]:
-    """Resolve a split entry of the config (list file or folder) into samples."""
+def read_split(spec: str, data, labelled: bool, name: str = "split", keep_masks: bool = False) -> list[Sample]:
+    """Resolve a split entry of the config (list file or folder) into samples.
+
+    Unlabelled splits drop their masks unless ``keep_masks`` (then masks that exist on disk are
+    kept, for diagnostics such as pseudo-label accuracy; training never reads them).
+    """
+
     root = Path(data.root).expanduser()
     path = resolve(root, spec)
     if path.is_dir():
-        samples = read_folder(path, labelled)
+        samples = read_folder(path, labelled, keep_masks)
     elif path.is_file():
-        samples = read_list_file(path, root, data.id_format, labelled)
+        samples = read_list_file(path, root, data.id_format, labelled, keep_masks)
     else:
         raise DataError(f"data.splits.{name}: {path} does not exist (data.root is {root})")
     if not samples:

@@ -43,14 +43,16 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
-def load_model_from_checkpoint(path: str | os.PathLike, config=None):
-    """Rebuild the trained model of a checkpoint for inference (eval mode, CPU).
+def load_models_from_checkpoint(path: str | os.PathLike, config=None):
+    """Rebuild the trained model(s) of a checkpoint for inference (eval mode, CPU).
 
-    ``config`` defaults to the one stored in the checkpoint; a given one must describe the
-    same model and classes, or the weights would be silently misread.
+    Returns ``(models by name, config, checkpoint)``. ``config`` defaults to the one stored in the
+    checkpoint; a given one must describe the same model and classes, or the weights would be
+    silently misread. ViT students are rebuilt from the architecture recorded in the checkpoint,
+    so the pretrained files they started from are not needed.
     """
     from co2s.config.loader import validate
-    from co2s.models.factory import build_model
+    from co2s.models.factory import build_models
 
     ckpt = load_checkpoint(path)
     stored = validate(ckpt["config"], f"config stored in {path}")
@@ -60,9 +62,12 @@ def load_model_from_checkpoint(path: str | os.PathLike, config=None):
         raise CheckpointError(
             f"{path} was trained with a different model or class list than the given config"
         )
-    model = build_model(config)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit the model: {exc}") from None
-    return model.eval(), config, ckpt
+    config = config.model_copy(update={"train": config.train.model_copy(update={"method": stored.train.method})})
+    models = build_models(config, ckpt.get("architectures"))
+    for name, model in models.items():
+        try:
+            model.load_state_dict(ckpt[name])
+        except (KeyError, RuntimeError) as exc:
+            raise CheckpointError(f"{path}: weights of {name!r} do not fit the model: {exc}") from None
+        model.eval()
+    return models, config, ckpt

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from co2s.config.loader import config_to_dict, validate
-from co2s.data.dataset import LabelledCrops, WholeImages
+from co2s.data.dataset import LabelledCrops, UnlabelledPairs, WholeImages
 from co2s.data.labels import LabelEncoder
 from co2s.data.sampler import ResumableSampler
 from co2s.data.sources import check_disjoint, read_split, validate_samples
@@ -28,7 +28,8 @@ from co2s.engine.metrics_log import MetricsLog
 from co2s.engine.optim import poly_factor, set_lr
 from co2s.engine.run_dir import prepare_run_dir, write_run_info
 from co2s.errors import CheckpointError, DataError
-from co2s.evaluation.evaluator import evaluate
+from co2s.evaluation.evaluator import evaluate_all
+from co2s.inference.fusion import FUSIONS
 from co2s.methods import build_method
 from co2s.progress import progress_bar
 
@@ -49,13 +50,26 @@ def make_fabric(config) -> Fabric:
     )
 
 
-def total_steps(config, num_samples: int, world_size: int) -> int:
-    """``train.iters`` if set, else epochs x steps per pass over the training set."""
+def total_steps(config, num_samples: int, world_size: int, batch_size: int | None = None) -> int:
+    """``train.iters`` if set, else epochs x steps per pass over the training set (the unlabelled
+    set for semi-supervised methods; the labelled set is repeated to match)."""
     t = config.train
     if t.iters is not None:
         return t.iters
-    per_step = t.batch_size * world_size * t.grad_accum
+    per_step = (batch_size or t.batch_size) * world_size * t.grad_accum
     return t.epochs * math.ceil(num_samples / per_step)
+
+
+def lr_scale(config, world_size: int) -> float:
+    """Linear scaling rule: lr x (global labelled batch / ``train.lr_reference_batch``).
+
+    The paper's learning rates were tuned for a global batch of 8 (WHDLD: 2 per GPU x 4) or 4
+    (the others: 1 x 4); set ``lr_reference_batch`` to that to keep them right on other hardware.
+    """
+    t = config.train
+    if t.lr_reference_batch is None:
+        return 1.0
+    return t.batch_size * world_size * t.grad_accum / t.lr_reference_batch
 
 
 def _rng_state(fabric) -> dict:
@@ -96,9 +110,12 @@ class Trainer:
         encoder = LabelEncoder.from_config(data)
         labelled = read_split(data.splits.labelled, data, labelled=True, name="labelled")
         validate_samples(labelled, encoder, data.validate_files, data.color_masks, "checking labelled")
+        unlabelled = None
         if data.splits.unlabelled:
             # Read even when the method ignores it: an overlapping list is a data error either way.
-            unlabelled = read_split(data.splits.unlabelled, data, labelled=False, name="unlabelled")
+            # Masks an unlabelled list happens to give are kept only to log pseudo-label accuracy.
+            unlabelled = read_split(data.splits.unlabelled, data, labelled=False, name="unlabelled",
+                                    keep_masks=True)
             check_disjoint(labelled, unlabelled)
             validate_samples(unlabelled, encoder, "exists" if data.validate_files == "full"
                              else data.validate_files)
@@ -108,18 +125,19 @@ class Trainer:
             if self.config.train.val_max_images:
                 val = val[: self.config.train.val_max_images]
             validate_samples(val, encoder, data.validate_files, data.color_masks, "checking val")
-        return labelled, val
+        return labelled, unlabelled, val
 
-    def _loader(self, dataset, fabric, start: int) -> DataLoader:
+    def _loader(self, dataset, fabric, start: int, batch_size: int, seed: int) -> DataLoader:
         t = self.config.train
-        sampler = ResumableSampler(len(dataset), t.seed, fabric.global_rank, fabric.world_size, start)
-        return DataLoader(
-            dataset, batch_size=t.batch_size, sampler=sampler, num_workers=t.num_workers,
+        sampler = ResumableSampler(len(dataset), seed, fabric.global_rank, fabric.world_size, start)
+        loader = DataLoader(
+            dataset, batch_size=batch_size, sampler=sampler, num_workers=t.num_workers,
             pin_memory=fabric.device.type == "cuda", persistent_workers=t.num_workers > 0,
             # Own generator: creating the iterator must not consume the global RNG, or a resumed
             # run's dropout masks would differ from an uninterrupted run's.
-            generator=torch.Generator().manual_seed(t.seed),
+            generator=torch.Generator().manual_seed(seed),
         )
+        return fabric.setup_dataloaders(loader, use_distributed_sampler=False)
 
     # -- the loop -------------------------------------------------------------------------
     def fit(self) -> TrainResult:
@@ -129,18 +147,23 @@ class Trainer:
         if t.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
-        labelled, val = self._load_splits()
+        labelled, unlabelled, val = self._load_splits()
 
         if fabric.is_global_zero:
             prepare_run_dir(config, self.run_dir)
         fabric.barrier()
         fabric.seed_everything(t.seed, verbose=False)  # same initial weights on every rank
-        method = build_method(config)
+        method = build_method(config, lr_scale=lr_scale(config, fabric.world_size))
         method.setup(fabric)
         torch.manual_seed(t.seed + 7919 * fabric.global_rank)  # per-rank dropout streams
 
-        total = total_steps(config, len(labelled), fabric.world_size)
-        state = {"step": 0, "best": None, **method.modules, **{f"opt_{k}": v for k, v in method.optimizers.items()}}
+        ub = t.semi.unlabelled_batch_size or t.batch_size
+        uses_unlabelled = method.uses_unlabelled
+        total = (total_steps(config, len(unlabelled), fabric.world_size, ub) if uses_unlabelled
+                 else total_steps(config, len(labelled), fabric.world_size))
+        state = {"step": 0, "best": None, "best_per_prediction": {}, **method.modules,
+                 **{f"opt_{k}": v for k, v in method.optimizers.items()}}
+        self._model_names = list(method.modules)
         log = MetricsLog(self.run_dir / "metrics.jsonl", enabled=fabric.is_global_zero)
         latest = self.run_dir / "latest.ckpt"
         if latest.is_file():
@@ -157,13 +180,15 @@ class Trainer:
             ignore_index=config.data.ignore_index,
         )
         dataset = LabelledCrops(labelled, config.data, weak)
-        loader = self._loader(dataset, fabric, start=state["step"] * t.batch_size * t.grad_accum)
-        loader = fabric.setup_dataloaders(loader, use_distributed_sampler=False)
+        start = state["step"] * t.grad_accum
+        batches = iter(self._loader(dataset, fabric, start * t.batch_size, t.batch_size, t.seed))
+        if uses_unlabelled:
+            pairs = UnlabelledPairs(unlabelled, config.data, weak)
+            u_batches = iter(self._loader(pairs, fabric, start * ub, ub, t.seed + 1))
         val_set = WholeImages(val, config.data) if val else None
 
         bar = progress_bar(total=total, initial=state["step"], desc="training", leave=True,
                            enabled=self.progress and fabric.is_global_zero)
-        batches = iter(loader)
         window_start, window_images, sums = time.perf_counter(), 0, {}
         for m in method.modules.values():
             m.train()
@@ -173,6 +198,8 @@ class Trainer:
                 set_lr(opt, poly_factor(step, total, t.poly_power, t.warmup_iters))
             for micro in range(t.grad_accum):
                 batch = next(batches)
+                if uses_unlabelled:
+                    batch = {**batch, **next(u_batches)}
                 last = micro == t.grad_accum - 1
                 with _no_sync(fabric, method.modules.values(), enabled=not last):
                     loss, logs = method.training_loss(batch, step, total)
@@ -192,7 +219,7 @@ class Trainer:
                 steps_in_window = (done - 1) % t.log_every + 1
                 record = {"step": done, "kind": "train",
                           **{k: v / steps_in_window for k, v in sums.items()},
-                          "lr": next(iter(method.optimizers.values())).param_groups[0]["lr"],
+                          **_learning_rates(method.optimizers),
                           "images_per_sec": window_images / max(elapsed, 1e-9)}
                 log.write(record)
                 bar.set_postfix(loss=f"{record.get('loss', float('nan')):.4f}")
@@ -202,11 +229,15 @@ class Trainer:
             if done % t.ckpt_every == 0 or done == total or (val_set is not None and done % t.val_every == 0):
                 save_checkpoint(fabric, latest, self._checkpoint_state(fabric, state))
         bar.close()
+        if state["step"] == total:
+            log.write({"step": total, "kind": "final", **_weights_in_sync(fabric, method.modules)})
         log.close()
         return TrainResult(self.run_dir, state["step"], state["best"], fabric.is_global_zero)
 
     def _checkpoint_state(self, fabric, state: dict) -> dict:
-        return {**state, "config": config_to_dict(self.config), "rng": _rng_state(fabric)}
+        architectures = {name: getattr(state[name], "arch_config", None) for name in self._model_names}
+        return {**state, "config": config_to_dict(self.config), "rng": _rng_state(fabric),
+                "architectures": {k: v for k, v in architectures.items() if v is not None}}
 
     def _resume(self, fabric, path: Path, method, state: dict) -> None:
         ckpt = load_checkpoint(path)
@@ -218,34 +249,73 @@ class Trainer:
         for name, opt in method.optimizers.items():
             opt.load_state_dict(ckpt[f"opt_{name}"])
         state["step"], state["best"] = int(ckpt["step"]), ckpt.get("best")
+        state["best_per_prediction"] = ckpt.get("best_per_prediction", {})
         _set_rng_state(fabric, ckpt["rng"])
 
     def _validate(self, fabric, method, val_set, state: dict, log: MetricsLog) -> None:
         for m in method.modules.values():
             m.eval()
-        results = {}
+        models = {}
         for name, predictor in method.predictors().items():
             def predict(x, predictor=predictor):
                 with fabric.autocast():
                     return predictor(x)
-            results[name] = evaluate(
-                predict, val_set, self.config, fabric.device, fabric.global_rank,
-                fabric.world_size, progress=False,
-            )
+            models[name] = predict
+        fusions = list(FUSIONS) if len(models) == 2 else []
+        results = evaluate_all(models, val_set, self.config, fusions, fabric.device, fabric.global_rank,
+                               fabric.world_size, progress=False)
         for m in method.modules.values():
             m.train()
-        main = next(iter(results))
+        main = self.config.train.semi.fusion if len(models) == 2 else next(iter(models))
         score = results[main]["mIoU"]
-        record = {"step": state["step"], "kind": "val", "split": "val",
+        record = {"step": state["step"], "kind": "val", "split": "val", "selected_by": main,
                   **{f"mIoU/{k}": r["mIoU"] for k, r in results.items()}, "mIoU": score}
         log.write(record)
+        for name, r in results.items():  # every student's and fusion's own best, for the record
+            old = state["best_per_prediction"].get(name)
+            if old is None or r["mIoU"] > old["mIoU"]:
+                state["best_per_prediction"][name] = {"step": state["step"], "mIoU": r["mIoU"]}
         best = state["best"]
         if best is None or score > best["mIoU"]:
-            state["best"] = {"step": state["step"], "mIoU": score, "split": "val", "model": main}
+            state["best"] = {"step": state["step"], "mIoU": score, "split": "val", "prediction": main}
             save_checkpoint(fabric, self.run_dir / "best.ckpt", self._checkpoint_state(fabric, state))
         if fabric.is_global_zero:
-            tqdm.write(f"step {state['step']}: val mIoU {score:.2f} (best {state['best']['mIoU']:.2f}"
+            others = ", ".join(f"{k} {r['mIoU']:.2f}" for k, r in results.items() if k != main)
+            tqdm.write(f"step {state['step']}: val mIoU {score:.2f} ({main}"
+                       f"{'; ' + others if others else ''}; best {state['best']['mIoU']:.2f}"
                        f" at step {state['best']['step']})")
+
+
+def _weights_in_sync(fabric, modules: dict) -> dict:
+    """Whether every rank ends with the same weights (DDP must keep them identical)."""
+    sums = {}
+    for name, module in modules.items():
+        params = [p.detach().double() for p in module.parameters()]
+        local = torch.stack([sum(p.sum() for p in params), sum((p * p).sum() for p in params)])
+        if fabric.world_size > 1:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                gathered = fabric.all_gather(local.to(fabric.device)).cpu()
+        else:
+            gathered = local[None].cpu()
+        sums[name] = gathered.tolist()
+    in_sync = all(all(row == rows[0] for row in rows) for rows in sums.values())
+    if not in_sync and fabric.is_global_zero:
+        warnings.warn(f"weights differ across ranks at the end of training: {sums}")
+    return {"ranks": fabric.world_size, "ranks_in_sync": in_sync, "weight_checksums": sums}
+
+
+def _learning_rates(optimizers: dict) -> dict[str, float]:
+    """Current lr of every decayed parameter group (``lr`` alone for a single plain model)."""
+    out = {}
+    for opt_name, opt in optimizers.items():
+        for group in opt.param_groups:
+            name = group.get("name", "")
+            if not name.endswith("/no_decay"):
+                out[f"lr/{opt_name}/{name}".rstrip("/")] = group["lr"]
+    if len(out) == 1:
+        return {"lr": next(iter(out.values()))}
+    return out
 
 
 def _no_sync(fabric, modules, enabled: bool) -> contextlib.ExitStack:

@@ -16,11 +16,11 @@ import torch
 from PIL import Image
 
 from co2s.data.io import IMAGE_SUFFIXES, atomic_save_image, colorize, read_image, save_index_png, scale_image
-from co2s.engine.checkpoint import load_model_from_checkpoint
+from co2s.engine.checkpoint import load_models_from_checkpoint
 from co2s.errors import Co2sError, DataError
-from co2s.evaluation.evaluator import window_and_stride
-from co2s.evaluation.run import resolve_device
-from co2s.inference.sliding_window import sliding_window_logits
+from co2s.evaluation.evaluator import image_logits
+from co2s.evaluation.run import default_prediction, resolve_device
+from co2s.inference.fusion import FUSIONS, predictions
 from co2s.progress import progress_bar
 
 
@@ -51,14 +51,13 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
 
 
 @torch.no_grad()
-def predict_image(model, image: torch.Tensor, config, device) -> tuple[np.ndarray, np.ndarray]:
-    """Class indices and confidence (max softmax) of one ``[C, H, W]`` scaled image."""
-    window, stride = window_and_stride(config)
-    logits = sliding_window_logits(
-        model, image[None].to(device), config.data.num_classes, window, stride, config.eval.batch_size
-    )
-    prob = logits.softmax(1)[0]
-    conf, labels = prob.max(0)
+def predict_image(models: dict, image: torch.Tensor, config, device, prediction: str) -> tuple[np.ndarray, np.ndarray]:
+    """Class indices and confidence (max probability) of one ``[C, H, W]`` scaled image."""
+    logits = image_logits(models, image[None].to(device), config)
+    fusions = [prediction] if prediction in FUSIONS else []
+    score = predictions(logits, fusions)[prediction]
+    prob = score if prediction in FUSIONS else score.softmax(1)
+    conf, labels = prob[0].max(0)
     return labels.cpu().numpy().astype(np.uint8), conf.cpu().numpy()
 
 
@@ -68,11 +67,21 @@ def predict_files(
     out_dir: str | os.PathLike,
     device: str = "auto",
     progress: bool = True,
+    prediction: str | None = None,
 ) -> list[PredictionResult]:
-    """Predict every input; one failing input is reported and the others still run."""
-    model, config, _ = load_model_from_checkpoint(checkpoint)
+    """Predict every input; one failing input is reported and the others still run.
+
+    ``prediction``: a student's name or a fusion mode (default: the checkpoint's configured one).
+    """
+    models, config, _ = load_models_from_checkpoint(checkpoint)
+    prediction = prediction or default_prediction(config, models)
+    choices = [*models, *(FUSIONS if len(models) == 2 else ())]
+    if prediction not in choices:
+        raise Co2sError(f"unknown --student {prediction!r}; choose from {choices}")
     dev = resolve_device(device)
-    model.to(dev)
+    for model in models.values():
+        model.to(dev)
+    in_channels = next(iter(models.values())).in_channels
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -83,12 +92,12 @@ def predict_files(
     for path in progress_bar(expand_inputs(inputs), desc="predicting", enabled=progress, leave=True):
         try:
             image = torch.from_numpy(scale_image(read_image(path, config.data.bands), config.data.scale))
-            if image.shape[0] != model.in_channels:
+            if image.shape[0] != in_channels:
                 raise DataError(
                     f"{path}: has {image.shape[0]} band(s) but the model was trained on "
-                    f"{model.in_channels} (see data.bands)"
+                    f"{in_channels} (see data.bands)"
                 )
-            labels, _ = predict_image(model, image, config, dev)
+            labels, _ = predict_image(models, image, config, dev, prediction)
             index_path = out_dir / f"{path.stem}.png"
             save_index_png(index_path, labels, palette)
             outputs = [index_path]

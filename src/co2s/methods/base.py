@@ -11,16 +11,23 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from co2s.models.factory import build_models
+
 
 class Method:
     #: labelled training samples per step come from ``data.splits.labelled``; semi-supervised
     #: methods also consume ``data.splits.unlabelled``.
     uses_unlabelled: bool = False
 
-    def __init__(self, config) -> None:
+    def __init__(self, config, lr_scale: float = 1.0) -> None:
+        """One model per name (``model``, or the two students of ``co2s``), one AdamW each."""
         self.config = config
-        self.modules: dict[str, nn.Module] = {}
-        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        t = config.train
+        self.modules: dict[str, nn.Module] = build_models(config)
+        self.optimizers: dict[str, torch.optim.Optimizer] = {
+            name: torch.optim.AdamW(model.param_groups(t.lr * lr_scale, t.weight_decay), lr=t.lr * lr_scale)
+            for name, model in self.modules.items()
+        }
 
     def setup(self, fabric) -> None:
         """Move modules and optimisers to Fabric's devices and strategy (DDP, precision...)."""
@@ -34,4 +41,4 @@ class Method:
 
     def predictors(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
         """Named tile-to-logits functions evaluated on the validation split."""
-        raise NotImplementedError
+        return {"model": self.modules["model"]}

@@ -76,13 +76,19 @@ def _arch_config(kind: str, arch) -> dict[str, Any]:
     return copy.deepcopy(ARCHS[kind][arch])
 
 
+_CLASSES = {"clip": (CLIPConfig, CLIPModel), "dinov3": (DINOv3ViTConfig, DINOv3ViTModel),
+            "dinov2": (Dinov2Config, Dinov2Model)}
+
+
 def _random_model(kind: str, arch):
-    cfg = _arch_config(kind, arch)
-    if kind == "clip":
-        return CLIPModel(CLIPConfig(**cfg))
-    if kind == "dinov3":
-        return DINOv3ViTModel(DINOv3ViTConfig(**cfg))
-    return Dinov2Model(Dinov2Config(**cfg))
+    config_class, model_class = _CLASSES[kind]
+    return model_class(config_class(**_arch_config(kind, arch)))
+
+
+def _model_from_saved_config(kind: str, saved: dict[str, Any]):
+    """The architecture recorded in a co2s checkpoint, with placeholder weights to be loaded."""
+    config_class, model_class = _CLASSES[kind]
+    return model_class(config_class.from_dict(saved))
 
 
 def default_layers(kind: str, depth: int) -> list[int]:
@@ -92,11 +98,15 @@ def default_layers(kind: str, depth: int) -> list[int]:
     return sorted({max(1, depth // 4), max(2, (2 * depth) // 3), depth})
 
 
-def build_backbone(cfg) -> tuple[ViTBackbone, torch.nn.Module, dict[str, torch.Tensor] | None]:
+def build_backbone(cfg, saved_arch: dict[str, Any] | None = None
+                   ) -> tuple[ViTBackbone, torch.nn.Module, dict[str, torch.Tensor] | None]:
     """The wrapped backbone, the transformers model it came from, and the reference weights it
-    must hold (None for random initialisation)."""
+    must hold (None for random initialisation). ``saved_arch`` (from a co2s checkpoint) rebuilds
+    the architecture without reading the pretrained files: the checkpoint holds the weights."""
     reference = None
-    if cfg.weights:
+    if saved_arch is not None:
+        model = _model_from_saved_config(cfg.kind, saved_arch)
+    elif cfg.weights:
         from co2s.models.backbones.weights import load_backbone_weights
 
         model, reference = load_backbone_weights(cfg.kind, cfg.weights)
@@ -116,9 +126,11 @@ def build_backbone(cfg) -> tuple[ViTBackbone, torch.nn.Module, dict[str, torch.T
     return backbone, model, reference
 
 
-def _text_guidance(student_cfg, clip_model, data) -> TextGuidance:
+def _text_guidance(student_cfg, clip_model, data, placeholder: bool = False) -> TextGuidance:
     text = student_cfg.text
     dim = clip_model.config.projection_dim
+    if placeholder:  # filled by the checkpoint's state dict
+        return TextGuidance(torch.ones(data.num_classes, dim))
     if text.prototypes == "random":
         # Only for random-weight test/CPU students: a random text tower would mean no more.
         g = torch.Generator().manual_seed(0)
@@ -144,11 +156,12 @@ def _text_guidance(student_cfg, clip_model, data) -> TextGuidance:
     return TextGuidance(prototypes)
 
 
-def build_student(student_cfg, data) -> Student:
-    backbone, hf_model, reference = build_backbone(student_cfg.backbone)
+def build_student(student_cfg, data, saved_arch: dict[str, Any] | None = None) -> Student:
+    """A student from config; with ``saved_arch`` (a checkpoint's record) no weight file is read."""
+    backbone, hf_model, reference = build_backbone(student_cfg.backbone, saved_arch)
     n = data.num_classes
     if student_cfg.guidance == "text":
-        guidance = _text_guidance(student_cfg, hf_model, data)
+        guidance = _text_guidance(student_cfg, hf_model, data, placeholder=saved_arch is not None)
     elif student_cfg.guidance == "queries":
         guidance = LearnableQueries(n, backbone.feature_dim)
     else:
@@ -161,6 +174,7 @@ def build_student(student_cfg, data) -> Student:
         "backbone": student_cfg.backbone.lr_mult, "decoder": student_cfg.decoder_lr_mult,
         "queries": student_cfg.queries_lr_mult,
     })
+    student.arch_config = hf_model.config.to_dict()
     if reference is not None:
         # Guard against a later step re-initialising pretrained weights (SPEC 2.9.3).
         from co2s.models.backbones.weights import verify_weights

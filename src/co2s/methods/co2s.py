@@ -1,0 +1,50 @@
+"""Co2S: two heterogeneous students trained with UniMatch terms each, plus the confidence-
+arbitrated stability loss through which the confident student teaches the other (SPEC 2.4-2.5)."""
+
+from __future__ import annotations
+
+from co2s.methods.base import Method
+from co2s.methods.losses import (
+    arbitration_masks,
+    stability_loss,
+    stability_weight,
+    teaching_shares,
+    unimatch_loss,
+)
+from co2s.methods.unimatch import unimatch_terms
+
+
+class Co2S(Method):
+    uses_unlabelled = True
+
+    def training_loss(self, batch, step, total_steps):
+        semi, ignore = self.config.train.semi, self.config.data.ignore_index
+        (a_name, a_model), (b_name, b_model) = self.modules.items()  # "global" (CLIP), "local" (DINO)
+
+        # Each student's UniMatch terms: supervised, two strong views, feature perturbation.
+        a = unimatch_terms(a_model, batch, semi.tau, semi.fp_dropout, ignore)
+        b = unimatch_terms(b_model, batch, semi.tau, semi.fp_dropout, ignore)
+
+        # Arbitration on the weak view: where exactly one student is confident, or both are and
+        # one is at least as confident, that one teaches the other.
+        a_learns, b_learns = arbitration_masks(a.confidence, b.confidence, semi.tau, batch["u_valid"])
+        detach = not semi.stability_gradient  # True reproduces the released code: no interaction
+        sta_a = stability_loss(a.weak_logits, b.weak_logits, a_learns, detach_student=detach)
+        sta_b = stability_loss(b.weak_logits, a.weak_logits, b_learns, detach_student=detach)
+        lam = stability_weight(step, total_steps, semi.stability_weight, semi.stability_ramp) if semi.stability else 0.0
+
+        loss_a = unimatch_loss(a.sup, a.s1, a.s2, a.fp) + lam * sta_a
+        loss_b = unimatch_loss(b.sup, b.s1, b.s2, b.fp) + lam * sta_b
+        shares = teaching_shares(a_learns, b_learns, batch["u_valid"])
+        logs = {"loss": (loss_a + loss_b).detach(), "lambda": lam,
+                f"{b_name}_teaches": shares["dino_teaches"], f"{a_name}_teaches": shares["clip_teaches"],
+                "no_teaching": shares["no_teaching"]}
+        for name, t, sta, total in ((a_name, a, sta_a, loss_a), (b_name, b, sta_b, loss_b)):
+            logs.update({f"{name}/loss": total.detach(), f"{name}/sup": t.sup.detach(),
+                         f"{name}/s1": t.s1.detach(), f"{name}/s2": t.s2.detach(),
+                         f"{name}/fp": t.fp.detach(), f"{name}/sta": sta.detach(),
+                         **{f"{name}/{k}": v for k, v in t.logs.items()}})
+        return loss_a + loss_b, logs
+
+    def predictors(self):
+        return dict(self.modules)

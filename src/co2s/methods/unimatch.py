@@ -1,0 +1,91 @@
+"""UniMatch (one student): weak-to-strong consistency on two CutMixed strong views plus a
+feature-perturbation stream (SPEC 2.4). ``unimatch_terms`` is the per-student part that Co2S
+runs for each of its students."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from co2s.data.transforms import apply_cutmix
+from co2s.methods.base import Method
+from co2s.methods.losses import masked_cross_entropy, pseudo_labels, supervised_cross_entropy, unimatch_loss
+
+
+@dataclass
+class StudentTerms:
+    sup: torch.Tensor
+    s1: torch.Tensor
+    s2: torch.Tensor
+    fp: torch.Tensor
+    weak_logits: torch.Tensor  # the student's own logits on u_w, with their gradient (for L_sta)
+    confidence: torch.Tensor  # detached confidence of those logits
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+def unimatch_terms(model, batch: dict, tau: float, fp_dropout: float, ignore_index: int) -> StudentTerms:
+    """Every loss term of one student on one batch, top to bottom as in SPEC 2.4."""
+    x, y, u_w, valid = batch["image"], batch["mask"], batch["u_w"], batch["u_valid"]
+
+    # 1. Pseudo-labels of the CutMix source u' (a different batch): eval mode, no gradient.
+    with torch.no_grad():
+        model.eval()
+        mix_labels, mix_conf = pseudo_labels(model(batch["mix_w"]))
+        model.train()
+
+    # 2. One forward of [x, u_w], with the feature-perturbation stream (dropout2d on every map).
+    logits, logits_fp = model(torch.cat([x, u_w]), perturb_features=True, dropout=fp_dropout)
+    pred_x, pred_w = logits.split([len(x), len(u_w)])
+    pred_w_fp = logits_fp[len(x):]
+    labels_w, conf_w = pseudo_labels(pred_w)  # detached
+
+    # 3. CutMix the strong views with u' and mix labels, confidences and validity the same way.
+    mixed = {}
+    for i in ("1", "2"):
+        box = batch[f"box{i}"]
+        mixed[i] = (
+            apply_cutmix(batch[f"u_s{i}"], batch[f"mix_s{i}"], box),
+            apply_cutmix(labels_w, mix_labels, box),
+            apply_cutmix(conf_w, mix_conf, box),
+            apply_cutmix(valid, batch["mix_valid"], box),
+        )
+
+    # 4. One forward of both strong views.
+    pred_s1, pred_s2 = model(torch.cat([mixed["1"][0], mixed["2"][0]])).chunk(2)
+
+    # 5. Losses: supervised CE; strong and feature-perturbed CE against the confident pseudo-labels,
+    #    divided by the number of valid pixels.
+    sup = supervised_cross_entropy(pred_x, y, ignore_index)
+    s1 = masked_cross_entropy(pred_s1, *mixed["1"][1:], tau)
+    s2 = masked_cross_entropy(pred_s2, *mixed["2"][1:], tau)
+    fp = masked_cross_entropy(pred_w_fp, labels_w, conf_w, valid, tau)
+    return StudentTerms(sup, s1, s2, fp, pred_w, conf_w,
+                        pseudo_label_logs(labels_w, conf_w, valid, batch.get("u_gt"), tau, ignore_index))
+
+
+def pseudo_label_logs(labels, conf, valid, gt, tau, ignore_index) -> dict[str, float]:
+    """Confident-pixel ratio and, where the unlabelled images have masks on disk, pseudo-label
+    accuracy (a diagnostic: the masks never reach a loss)."""
+    n_valid = valid.sum().clamp(min=1)
+    logs = {"confident_ratio": float(((conf >= tau) & valid).sum() / n_valid)}
+    if gt is not None:
+        known = valid & (gt != ignore_index)
+        if known.any():
+            logs["pseudo_label_acc"] = float((labels[known] == gt[known]).float().mean())
+            confident = known & (conf >= tau)
+            if confident.any():
+                logs["pseudo_label_acc_confident"] = float((labels[confident] == gt[confident]).float().mean())
+    return logs
+
+
+class UniMatch(Method):
+    uses_unlabelled = True
+
+    def training_loss(self, batch, step, total_steps):
+        semi = self.config.train.semi
+        t = unimatch_terms(self.modules["model"], batch, semi.tau, semi.fp_dropout,
+                           self.config.data.ignore_index)
+        loss = unimatch_loss(t.sup, t.s1, t.s2, t.fp)
+        return loss, {"loss": loss.detach(), "sup": t.sup.detach(), "s1": t.s1.detach(),
+                      "s2": t.s2.detach(), "fp": t.fp.detach(), **t.logs}
