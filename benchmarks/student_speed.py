@@ -37,7 +37,8 @@ def run_cell(name: str, size: int, batch: int, device: str, precision: str, repe
     spec = STUDENTS[name]
     student_cfg = {"name": name, "backbone": {"kind": spec["kind"], "arch": spec["arch"]},
                    "guidance": spec["guidance"], "text": {"prototypes": "random"}}
-    config = load_config("demo", ["model.name=students", f"model.students=[{student_cfg!r}]"])
+    config = load_config("demo", ["train.method=supervised", "model.name=students",
+                                  f"model.students=[{student_cfg!r}]"])
     model = build_student(config.model.students[0], config.data).to(device)
     x = torch.rand(batch, 3, size, size, device=device)
     y = torch.randint(0, config.data.num_classes, (batch, size, size), device=device)

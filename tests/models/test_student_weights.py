@@ -44,7 +44,7 @@ def saved_dino(tmp_path):
 
 
 def _config(*students):
-    return load_config("demo", ["model.name=students", f"model.students={list(students)!r}"])
+    return load_config("demo", ["train.method=supervised", "model.name=students", f"model.students={list(students)!r}"])
 
 
 def test_backbone_keeps_the_checkpoint_weights_through_every_build_step(saved_dino):
@@ -101,7 +101,7 @@ def test_text_prototypes_from_clip_text_tower(saved_clip, tmp_path, capsys):
 
     # `co2s embed-text` saves the same prototypes; a config can point at the file
     config_file = tmp_path / "c.yaml"
-    config_file.write_text(json.dumps({"preset": "demo", "model": {"name": "students", "students": [
+    config_file.write_text(json.dumps({"preset": "demo", "train": {"method": "supervised"}, "model": {"name": "students", "students": [
         {"name": "clip", "backbone": {"kind": "clip", "weights": str(path)}, "guidance": "text"}]}}))
     out = tmp_path / "protos.safetensors"
     assert main(["embed-text", str(config_file), "--out", str(out)]) == 0

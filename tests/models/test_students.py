@@ -16,7 +16,7 @@ def _student_cfg(kind, guidance="queries", head="vlg", **backbone):
 
 
 def _config(*students):
-    return load_config("demo", ["model.name=students"] + [f"model.students={list(students)!r}"])
+    return load_config("demo", ["train.method=supervised", "model.name=students", f"model.students={list(students)!r}"])
 
 
 def test_maskclip_dense_embedding_matches_a_hand_computation():

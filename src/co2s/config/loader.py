@@ -84,6 +84,8 @@ def _load_raw(source: str, seen: tuple[str, ...] = ()) -> tuple[dict[str, Any], 
         raw = _parse_yaml(_preset_text(source), origin)
     if origin in seen:
         raise ConfigError(f"{origin}: circular base/preset chain: {' -> '.join(seen + (origin,))}")
+    if "preset" in raw and "base" in raw:
+        raise ConfigError(f"{origin}: give 'preset' or 'base', not both (either takes a list)")
     parents = raw.pop("preset", None) or raw.pop("base", None)
     if parents is None:
         return raw, origin
