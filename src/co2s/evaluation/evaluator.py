@@ -56,10 +56,3 @@ def evaluate_all(
         for name, score in scores.items():
             metrics[name].update(score.argmax(1), mask)
     return {n: scores_from_confusion(m.compute().cpu(), data.classes) for n, m in metrics.items()}
-
-
-def evaluate(predict_logits: Predictor, dataset: WholeImages, config, device="cpu", rank: int = 0,
-             world_size: int = 1, progress: bool = True) -> dict:
-    """Scores of one model."""
-    return evaluate_all({"model": predict_logits}, dataset, config, (), device, rank, world_size,
-                        progress)["model"]

@@ -7,7 +7,7 @@ import torch
 from co2s.data.transforms import apply_cutmix
 from co2s.methods.base import Method
 from co2s.methods.losses import masked_cross_entropy, pseudo_labels, supervised_cross_entropy
-from co2s.methods.unimatch import pseudo_label_logs
+from co2s.methods.unimatch import pseudo_label_logs, source_pseudo_labels
 
 
 class FixMatch(Method):
@@ -17,10 +17,7 @@ class FixMatch(Method):
         model, semi = self.modules["model"], self.config.train.semi
         x, y, u_w, valid = batch["image"], batch["mask"], batch["u_w"], batch["u_valid"]
 
-        with torch.no_grad():  # pseudo-labels of the CutMix source, eval mode
-            model.eval()
-            mix_labels, mix_conf = pseudo_labels(model(batch["mix_w"]))
-            model.train()
+        mix_labels, mix_conf = source_pseudo_labels(model, batch["mix_w"])
 
         pred_x, pred_w = model(torch.cat([x, u_w])).split([len(x), len(u_w)])
         labels_w, conf_w = pseudo_labels(pred_w)

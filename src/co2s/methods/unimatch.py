@@ -24,15 +24,21 @@ class StudentTerms:
     logs: dict[str, float] = field(default_factory=dict)
 
 
+@torch.no_grad()
+def source_pseudo_labels(model, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels and confidences of the CutMix source images, predicted in eval mode."""
+    model.eval()
+    labels, conf = pseudo_labels(model(images))
+    model.train()
+    return labels, conf
+
+
 def unimatch_terms(model, batch: dict, tau: float, fp_dropout: float, ignore_index: int) -> StudentTerms:
     """Every loss term of one student on one batch, top to bottom as in SPEC 2.4."""
     x, y, u_w, valid = batch["image"], batch["mask"], batch["u_w"], batch["u_valid"]
 
     # 1. Pseudo-labels of the CutMix source u' (a different batch): eval mode, no gradient.
-    with torch.no_grad():
-        model.eval()
-        mix_labels, mix_conf = pseudo_labels(model(batch["mix_w"]))
-        model.train()
+    mix_labels, mix_conf = source_pseudo_labels(model, batch["mix_w"])
 
     # 2. One forward of [x, u_w], with the feature-perturbation stream (dropout2d on every map).
     logits, logits_fp = model(torch.cat([x, u_w]), perturb_features=True, dropout=fp_dropout)

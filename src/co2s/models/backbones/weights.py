@@ -208,15 +208,11 @@ def verify_weights(module: nn.Module, reference: dict[str, Tensor], source: str,
         if reason:
             changed.append(f"{prefix + key} ({reason})")
     unexpected = [prefix + k for k in own if k not in reference]
-    if missing or unexpected or changed:
-        parts = []
-        if changed:
-            parts.append(f"{len(changed)} tensor(s) differ from the checkpoint: {_names(changed)}")
-        if missing:
-            parts.append(f"{len(missing)} checkpoint tensor(s) missing from the model: {_names(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} model tensor(s) not in the checkpoint: {_names(unexpected)}")
-        raise CheckpointError(f"{source}: the model does not hold the pretrained weights; " + "; ".join(parts))
+    _raise_if_any(f"{source}: the model does not hold the pretrained weights", [
+        (changed, f"{len(changed)} tensor(s) differ from the checkpoint"),
+        (missing, f"{len(missing)} checkpoint tensor(s) missing from the model"),
+        (unexpected, f"{len(unexpected)} model tensor(s) not in the checkpoint"),
+    ])
 
 
 def reference_subset(reference: dict[str, Tensor], prefix: str, new_prefix: str = "") -> dict[str, Tensor]:
@@ -246,6 +242,13 @@ def _difference(value: Tensor, ref: Tensor) -> str:
     return "values differ"
 
 
+def _raise_if_any(headline: str, problems: list[tuple[list[str], str]]) -> None:
+    """One CheckpointError listing every non-empty group of problem names, or nothing."""
+    parts = [f"{label}: {_names(items)}" for items, label in problems if items]
+    if parts:
+        raise CheckpointError(f"{headline}; " + "; ".join(parts))
+
+
 def _names(items: list[str], limit: int = 12) -> str:
     shown = ", ".join(items[:limit])
     return shown + (f", ... and {len(items) - limit} more" if len(items) > limit else "")
@@ -260,15 +263,11 @@ def _check_keys_and_shapes(expected: dict[str, Tensor], converted: dict[str, Ten
         for k, v in converted.items()
         if k in expected and tuple(v.shape) != tuple(expected[k].shape)
     ]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"no value for model tensors {_names(missing)}")
-        if unexpected:
-            parts.append(f"no model tensor for {_names(unexpected)}")
-        if shapes:
-            parts.append(f"shape mismatch {_names(shapes)}")
-        raise CheckpointError(f"{source}: converted weights do not fit the model: " + "; ".join(parts))
+    _raise_if_any(f"{source}: converted weights do not fit the model", [
+        (missing, "no value for model tensors"),
+        (unexpected, "no model tensor for"),
+        (shapes, "shape mismatch"),
+    ])
 
 
 # --------------------------------------------------------------------------------------------
