@@ -1,0 +1,352 @@
+"""Semi-supervised study on real data (AI4Mars MSL): every method at equal budget, seeds, fusions.
+
+For each labelled fraction and seed it writes a seeded split of ``train.txt`` (labelled part, the
+rest unlabelled), trains every method with the same iterations, batch, crop, learning rate and
+student architectures, selects the checkpoint on a fixed subset of ``val.txt`` and scores it on
+``test_gold.txt``. Methods (``--methods``):
+
+    supervised-clip  supervised-dino        labelled images only, each student architecture
+    fixmatch-clip                            one CutMixed strong view
+    unimatch-clip    unimatch-dino           two strong views + feature perturbation
+    co2s                                     both students, L_sta with the student's gradient
+    co2s-detached                            the authors' released code: L_sta detached
+
+Two-student runs are scored per student and per fusion (mean, confidence). Each run is a
+``co2s train`` + ``co2s evaluate`` subprocess in its own run folder, so an interrupted study resumes
+where it stopped (finished runs are skipped, unfinished ones resume from ``latest.ckpt``).
+
+Outputs in ``--out``: ``results.json`` (every run: config, seed, per-class IoU, mIoU per student
+and fusion, best validation, time), ``results.md`` (mean +- spread over seeds), and plots
+``miou_vs_fraction.png`` and ``co2s_training.png`` (pseudo-label accuracy and teaching shares).
+
+    python benchmarks/ssl_study.py --jobs 2                     # the CPU size (see docs/benchmarks.md)
+    python benchmarks/ssl_study.py --report-only                 # tables and plots from finished runs
+    python benchmarks/ssl_study.py --students models/co2s-vitb16 --crop 512 --batch 4 \\
+        --iters 20000 --lr 2e-5 --val-every 2000 --threads 0 --engine engine.precision=bf16-mixed
+
+The default size (tiny random-weight students, crop 128) finishes on a 2-core CPU; the paper's
+students need a GPU and their pretrained weights (``models/co2s-vitb16``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+
+from co2s.config.loader import config_to_dict, load_config
+from co2s.data.sources import read_split
+from co2s.data.splits import make_splits, ratio_tag
+from co2s.engine.metrics_log import read_log
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: method name -> train.method, students (by name, from the students preset), semi overrides
+METHODS = {
+    "supervised-clip": ("supervised", ["clip"], {}),
+    "supervised-dino": ("supervised", ["dino"], {}),
+    "fixmatch-clip": ("fixmatch", ["clip"], {}),
+    "unimatch-clip": ("unimatch", ["clip"], {}),
+    "unimatch-dino": ("unimatch", ["dino"], {}),
+    "co2s": ("co2s", ["clip", "dino"], {"stability_gradient": True}),
+    "co2s-detached": ("co2s", ["clip", "dino"], {"stability_gradient": False}),
+}
+PREDICTIONS = ("clip", "dino", "mean", "confidence")  # of a two-student run, in table order
+CURVE_KEYS = ("clip/pseudo_label_acc", "dino/pseudo_label_acc", "clip/confident_ratio",
+              "dino/confident_ratio", "clip_teaches", "dino_teaches", "no_teaching")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default=os.environ.get("CO2S_DATA_DIR", str(REPO.parent / "shared/data"))
+                   + "/ai4mars-msl-256", help="the AI4Mars MSL folder (default: ../shared/data/ai4mars-msl-256)")
+    p.add_argument("--out", default=str(REPO / "benchmarks/results/ssl_study"))
+    p.add_argument("--fractions", nargs="+", default=["1/16", "1/8"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--students", default="models/co2s-tiny", help="model preset with a clip and a dino student")
+    p.add_argument("--iters", type=int, default=200)
+    p.add_argument("--crop", type=int, default=128)
+    p.add_argument("--batch", type=int, default=2, help="labelled (and unlabelled) images per step")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--tau", type=float, default=0.5, help="pseudo-label confidence threshold")
+    p.add_argument("--val-every", type=int, help="default: iters / 2")
+    p.add_argument("--val-images", type=int, default=60, help="fixed subset: the first N of val.txt")
+    p.add_argument("--eval-window", type=int, default=256, help="test window (256 = whole AI4Mars image)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="any further config override, applied to every run (e.g. engine.precision=bf16-mixed)")
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run (0: torch's default)")
+    p.add_argument("--report-only", action="store_true", help="only collect finished runs into tables/plots")
+    return p.parse_args(argv)
+
+
+def base_config(args) -> dict:
+    """The shared config of every run, resolved from the presets into one explicit dict."""
+    data = Path(args.data)
+    if not (data / "splits/train.txt").is_file():
+        sys.exit(f"AI4Mars data not found at {data} (give --data or CO2S_DATA_DIR); see ../shared/data/README")
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump({"preset": ["ai4mars", args.students]}, f)
+    try:
+        config = load_config(f.name, [
+            f"data.root={data}", "data.validate_files=exists",
+            f"train.crop_size={args.crop}", f"train.batch_size={args.batch}", f"train.iters={args.iters}",
+            f"train.lr={args.lr}", f"train.semi.tau={args.tau}",
+            f"train.val_every={args.val_every or max(1, args.iters // 2)}",
+            f"train.val_max_images={args.val_images}", "train.log_every=10", "train.num_workers=0",
+            f"eval.window={args.eval_window}", *args.overrides,
+        ])
+    finally:
+        os.unlink(f.name)
+    return config_to_dict(config)
+
+
+def run_config(base: dict, method: str, split_dir: Path, seed: int) -> dict:
+    train_method, students, semi = METHODS[method]
+    cfg = json.loads(json.dumps(base))  # deep copy
+    by_name = {s["name"]: s for s in cfg["model"]["students"]}
+    missing = [n for n in students if n not in by_name]
+    if missing:
+        sys.exit(f"the students preset has no student named {missing}; it has {sorted(by_name)}")
+    cfg["model"]["students"] = [by_name[n] for n in students]
+    cfg["name"] = f"{method}-{split_dir.name}"
+    cfg["data"]["splits"]["labelled"] = str(split_dir / "labelled.txt")
+    cfg["data"]["splits"]["unlabelled"] = str(split_dir / "unlabelled.txt")
+    cfg["train"]["method"] = train_method
+    cfg["train"]["seed"] = seed
+    cfg["train"]["semi"].update(semi)
+    return cfg
+
+
+def write_splits(base: dict, fractions: list[str], seeds: list[int], out: Path) -> dict[tuple, Path]:
+    """Seeded labelled/unlabelled lists of train.txt per (fraction, seed); the split seed is the run seed."""
+    config = load_config_dict(base)
+    samples = read_split(config.data.splits.train, config.data, labelled=False, name="train")
+    dirs = {}
+    for fraction in fractions:
+        for seed in seeds:
+            d = out / "splits" / f"{ratio_tag(fraction)}_seed{seed}"
+            if not (d / "split.json").is_file():
+                make_splits(samples, fraction, seed, d, source=str(config.data.splits.train))
+            dirs[fraction, seed] = d
+    return dirs
+
+
+def load_config_dict(raw: dict):
+    from co2s.config.loader import validate
+
+    return validate(raw, "study config")
+
+
+def execute(run_dir: Path, cfg: dict, threads: int) -> dict:
+    """Train (or resume) and evaluate one run in subprocesses; returns its record."""
+    done = run_dir / "study_run.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg_path = run_dir.parent / f"{run_dir.name}.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    env = dict(os.environ)
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    cli = [sys.executable, "-m", "co2s.cli.main"]
+    log = (run_dir.parent / f"{run_dir.name}.log").open("a")
+    t0 = time.time()
+    steps = [
+        [*cli, "train", str(cfg_path), "--out", str(run_dir), "--no-progress"],
+        [*cli, "evaluate", "--checkpoint", str(run_dir / "best.ckpt"), "--split", "test",
+         "--out", str(run_dir / "test_metrics.json"), "--no-progress"],
+    ]
+    times = []
+    for command in steps:
+        start = time.time()
+        proc = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        times.append(time.time() - start)
+        if proc.returncode:
+            return {"run_dir": str(run_dir), "error": f"{command[3]} exited {proc.returncode}; see {log.name}"}
+    record = {"run_dir": str(run_dir), "train_s": round(times[0], 1), "evaluate_s": round(times[1], 1),
+              "wall_s": round(time.time() - t0, 1)}
+    done.write_text(json.dumps(record, indent=2))
+    return record
+
+
+def collect(run_dir: Path, method: str, fraction: str, seed: int) -> dict:
+    """Everything the report needs from a finished run folder."""
+    record = {"method": method, "fraction": fraction, "seed": seed, "run_dir": str(run_dir)}
+    status = run_dir / "study_run.json"
+    if not status.is_file():
+        return {**record, "status": "missing"}
+    metrics = json.loads((run_dir / "test_metrics.json").read_text())
+    log = read_log(run_dir / "metrics.jsonl")
+    vals = [r for r in log if r["kind"] == "val"]
+    best = max(vals, key=lambda r: r["mIoU"]) if vals else None
+    record.update(
+        status="done",
+        timing=json.loads(status.read_text()),
+        config=yaml.safe_load((run_dir / "config.yaml").read_text()),
+        test={name: {"mIoU": p["mIoU"], "OA": p["OA"], "IoU": p["IoU"]}
+              for name, p in metrics["predictions"].items()},
+        test_prediction=metrics["prediction"],
+        checkpoint_step=metrics["checkpoint_step"],
+        best_val={"step": best["step"], "mIoU": best["mIoU"]} if best else None,
+        curve=[{"step": r["step"], **{k: r[k] for k in CURVE_KEYS if k in r}}
+               for r in log if r["kind"] == "train"],
+    )
+    return record
+
+
+def rows(records: list[dict]) -> list[tuple[str, str, str]]:
+    """(row label, method, prediction) in table order: single-student runs, then each prediction of co2s."""
+    out = []
+    for method in METHODS:
+        found = [r for r in records if r["method"] == method and r["status"] == "done"]
+        if not found:
+            continue
+        preds = [p for p in PREDICTIONS if p in found[0]["test"]]
+        if len(found[0]["test"]) == 1:
+            out.append((method, method, next(iter(found[0]["test"]))))
+        else:
+            out += [(f"{method} ({p}{' fusion' if p in ('mean', 'confidence') else ''})", method, p) for p in preds]
+    return out
+
+
+def cell(records, method, prediction, fraction, key=("mIoU",)) -> list[float]:
+    values = []
+    for r in records:
+        if r["method"] == method and r["fraction"] == fraction and r["status"] == "done":
+            v = r["test"][prediction]
+            for k in key:
+                v = v[k]
+            values.append(v)
+    return values
+
+
+def fmt(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.2f} (n=1)"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def markdown(records: list[dict], fractions: list[str], classes: list[str], settings: dict) -> str:
+    lines = ["# AI4Mars MSL semi-supervised study", "",
+             "Test mIoU (%) on test_gold.txt, mean ± sample standard deviation over seeds "
+             f"(seeds: {settings['seeds']}); checkpoint chosen on the first {settings['val_images']} "
+             "images of val.txt.", "",
+             "| method | " + " | ".join(f"{f} labelled" for f in fractions) + " |",
+             "|---|" + "---|" * len(fractions)]
+    for label, method, pred in rows(records):
+        lines.append(f"| {label} | " + " | ".join(fmt(cell(records, method, pred, f)) for f in fractions) + " |")
+    for fraction in fractions:
+        lines += ["", f"Per-class test IoU (%), {fraction} labelled:", "",
+                  "| method | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
+        for label, method, pred in rows(records):
+            lines.append(f"| {label} | " + " | ".join(
+                fmt(cell(records, method, pred, fraction, ("IoU", c))) for c in classes) + " |")
+    lines += ["", "Run settings: " + json.dumps(settings), ""]
+    missing = [f"{r['method']} {r['fraction']} seed {r['seed']}" for r in records if r["status"] != "done"]
+    if missing:
+        lines += ["Missing runs: " + ", ".join(missing), ""]
+    return "\n".join(lines)
+
+
+def plots(records: list[dict], fractions: list[str], out: Path) -> list[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed (pip install -c constraints.txt '.[bench]'): no plots")
+        return []
+    from co2s.data.splits import parse_ratio
+
+    xs = [parse_ratio(f) for f in fractions]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, method, pred in rows(records):
+        means = [statistics.mean(v) if (v := cell(records, method, pred, f)) else float("nan") for f in fractions]
+        spreads = [statistics.stdev(v) if len(v := cell(records, method, pred, f)) > 1 else 0 for f in fractions]
+        ax.errorbar(xs, means, yerr=spreads, marker="o", capsize=3, label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(xs, fractions)
+    ax.set_xlabel("labelled fraction of train.txt")
+    ax.set_ylabel("test mIoU (%)")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    paths = [out / "miou_vs_fraction.png"]
+    fig.savefig(paths[0], dpi=120)
+    plt.close(fig)
+
+    co2s_runs = [r for r in records if r["method"].startswith("co2s") and r["status"] == "done"]
+    if co2s_runs:
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+        panels = [("pseudo-label accuracy (all pixels)", ("clip/pseudo_label_acc", "dino/pseudo_label_acc")),
+                  ("confident pixel ratio", ("clip/confident_ratio", "dino/confident_ratio")),
+                  ("teaching shares", ("clip_teaches", "dino_teaches"))]
+        for ax, (title, keys) in zip(axes, panels):
+            for r in co2s_runs:
+                for key in keys:
+                    points = [(c["step"], c[key]) for c in r["curve"] if key in c]
+                    if points:
+                        steps, values = zip(*points)
+                        ax.plot(steps, values, lw=1,
+                                label=f"{r['method']} {r['fraction']} s{r['seed']} {key.split('/')[0]}")
+            ax.set_title(title)
+            ax.set_xlabel("iteration")
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=6)
+        fig.tight_layout()
+        paths.append(out / "co2s_training.png")
+        fig.savefig(paths[1], dpi=120)
+        plt.close(fig)
+    return paths
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    base = base_config(args)
+    split_dirs = write_splits(base, args.fractions, args.seeds, out)
+    plan = [(m, f, s) for f in args.fractions for s in args.seeds for m in args.methods]
+
+    def run_dir(m, f, s):
+        return out / "runs" / m / f"{ratio_tag(f)}_seed{s}"
+
+    if not args.report_only:
+        def job(item):
+            m, f, s = item
+            record = execute(run_dir(m, f, s), run_config(base, m, split_dirs[f, s], s), args.threads)
+            status = record.get("error") or f"{record['wall_s']:.0f} s"
+            print(f"[{time.strftime('%H:%M:%S')}] {m} {f} seed {s}: {status}", flush=True)
+
+        print(f"{len(plan)} runs, {args.jobs} at a time -> {out}", flush=True)
+        with ThreadPoolExecutor(args.jobs) as pool:
+            list(pool.map(job, plan))
+
+    records = [collect(run_dir(m, f, s), m, f, s) for m, f, s in plan]
+    settings = {"students": args.students, "iters": args.iters, "crop": args.crop, "batch": args.batch,
+                "lr": args.lr, "tau": args.tau, "val_images": args.val_images, "seeds": args.seeds,
+                "eval_window": args.eval_window, "overrides": args.overrides}
+    (out / "results.json").write_text(json.dumps({"settings": settings, "runs": records}, indent=1))
+    (out / "results.md").write_text(markdown(records, args.fractions, base["data"]["classes"], settings))
+    made = plots(records, args.fractions, out)
+    print((out / "results.md").read_text())
+    print("wrote", ", ".join(str(p) for p in [out / "results.json", out / "results.md", *made]))
+    return 0 if all(r["status"] == "done" for r in records) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
