@@ -15,7 +15,7 @@ def build_models(config, architectures: dict | None = None) -> dict[str, Segment
     if config.train.method == "co2s":
         from co2s.models.student_factory import build_student
 
-        return {s.name: build_student(s, config.data, architectures.get(s.name))
+        return {s.name: build_student(s, config.data, architectures.get(s.name), config.in_channels)
                 for s in config.model.students}
     return {"model": build_model(config, architectures.get("model"))}
 
@@ -30,5 +30,5 @@ def build_model(config, saved_arch: dict | None = None) -> SegmentationModel:
     if m.name == "students":
         from co2s.models.student_factory import build_student
 
-        return build_student(m.students[0], data, saved_arch)
+        return build_student(m.students[0], data, saved_arch, config.in_channels)
     raise ValueError(f"unknown model {m.name!r}")  # unreachable: the schema restricts names

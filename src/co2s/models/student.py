@@ -17,8 +17,12 @@ from co2s.models.base import SegmentationModel
 
 class Student(SegmentationModel):
     def __init__(self, backbone: ViTBackbone, head: nn.Module, guidance: nn.Module | None,
-                 num_classes: int, lr_mults: dict[str, float] | None = None) -> None:
-        super().__init__(num_classes, in_channels=3, mean=backbone.mean, std=backbone.std)
+                 num_classes: int, lr_mults: dict[str, float] | None = None, in_channels: int = 3,
+                 mean=None, std=None) -> None:
+        """``mean``/``std`` default to the backbone's RGB pretraining values (see
+        :mod:`co2s.models.multispectral` for more bands)."""
+        super().__init__(num_classes, in_channels, mean=backbone.mean if mean is None else mean,
+                         std=backbone.std if std is None else std)
         self.backbone = backbone
         self.guidance = guidance
         self.head = head

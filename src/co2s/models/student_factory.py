@@ -22,6 +22,7 @@ from co2s.models.backbones.clip import ClipBackbone
 from co2s.models.backbones.dino import DinoV2Backbone, DinoV3Backbone
 from co2s.models.guidance import LearnableQueries, TextGuidance, concept_lists, load_prototypes, text_prototypes
 from co2s.models.heads import DeepLabV3PlusHead, LanguageGuidedHead
+from co2s.models.multispectral import band_normalisation, widen_patch_embedding
 from co2s.models.student import Student
 
 # Architectures buildable without weights: the paper's ViT-B/16s (for summaries and scale tests)
@@ -156,9 +157,14 @@ def _text_guidance(student_cfg, clip_model, data, placeholder: bool = False) -> 
     return TextGuidance(prototypes)
 
 
-def build_student(student_cfg, data, saved_arch: dict[str, Any] | None = None) -> Student:
-    """A student from config; with ``saved_arch`` (a checkpoint's record) no weight file is read."""
+def build_student(student_cfg, data, saved_arch: dict[str, Any] | None = None,
+                  in_channels: int = 3) -> Student:
+    """A student from config; with ``saved_arch`` (a checkpoint's record) no weight file is read.
+
+    ``in_channels`` > 3 widens the backbone's patch embedding once its weights are loaded.
+    """
     backbone, hf_model, reference = build_backbone(student_cfg.backbone, saved_arch)
+    mean, std = band_normalisation(backbone.mean, backbone.std, data, in_channels)
     n = data.num_classes
     if student_cfg.guidance == "text":
         guidance = _text_guidance(student_cfg, hf_model, data, placeholder=saved_arch is not None)
@@ -173,11 +179,12 @@ def build_student(student_cfg, data, saved_arch: dict[str, Any] | None = None) -
     student = Student(backbone, head, guidance, n, {
         "backbone": student_cfg.backbone.lr_mult, "decoder": student_cfg.decoder_lr_mult,
         "queries": student_cfg.queries_lr_mult,
-    })
-    student.arch_config = hf_model.config.to_dict()
+    }, in_channels, mean, std)
     if reference is not None:
         # Guard against a later step re-initialising pretrained weights (SPEC 2.9.3).
         from co2s.models.backbones.weights import verify_weights
 
         verify_weights(hf_model, reference, str(student_cfg.backbone.weights))
+    widen_patch_embedding(hf_model, student_cfg.backbone.kind, in_channels)  # after the check
+    student.arch_config = hf_model.config.to_dict()
     return student

@@ -19,11 +19,12 @@ def model_summary(config, load_weights: bool = True, input_size: int | None = No
     from co2s.models.student_factory import build_student
 
     size = input_size or config.train.crop_size
-    x = torch.zeros(1, config.in_channels if config.model.name == "lite_unet" else 3, size, size)
+    x = torch.zeros(1, config.in_channels, size, size)
     entries = []
     if config.model.name == "students":
         for cfg in config.model.students:
-            student = build_student(cfg if load_weights else _without_weights(cfg), config.data).eval()
+            student = build_student(cfg if load_weights else _without_weights(cfg), config.data,
+                                    in_channels=config.in_channels).eval()
             counts = student.parameter_counts()
             features = student.extract(student.normalize(x))
             entries.append({
