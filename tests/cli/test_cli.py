@@ -122,6 +122,6 @@ def test_train_evaluate_predict_round_trip(config_file, tiny_dataset, tmp_path):
     out = run_cli("predict", "--checkpoint", ckpt, tmp_path / "three.tif", tmp_path / "four.tif",
                   "--out", tmp_path / "pred", "--no-progress")
     assert "four.tif: has 4 band(s) but the model was trained on 3" in out.stderr
-    with Image.open(tmp_path / "pred" / "three.png") as img:
-        assert img.size == (50, 40)
-    assert not (tmp_path / "pred" / "four.png").exists()
+    with rasterio.open(tmp_path / "pred" / "three_classes.tif") as src:  # TIFFs are predicted as scenes
+        assert (src.width, src.height) == (50, 40)
+    assert not list((tmp_path / "pred").glob("four*"))

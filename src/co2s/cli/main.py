@@ -57,11 +57,17 @@ def cmd_evaluate(args) -> int:
 
 def cmd_predict(args) -> int:
     from co2s.inference.predict import predict_files
+    from co2s.inference.scene import PredictOptions
 
+    options = PredictOptions(tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
+                             precision=args.precision, tta=args.tta, confidence=args.confidence,
+                             preview=args.preview, overviews=args.overviews)
     results = predict_files(args.checkpoint, args.inputs, args.out, args.device,
-                            progress=not args.no_progress, prediction=args.student)
+                            progress=not args.no_progress, prediction=args.student, options=options)
     failed = [r for r in results if r.error]
     for r in results:
+        for note in r.warnings:
+            print(f"warning: {note}", file=sys.stderr)
         print(f"error: {r.error}" if r.error else f"{r.source} -> {', '.join(map(str, r.outputs))}",
               file=sys.stderr if r.error else sys.stdout)
     print(f"{len(results) - len(failed)} of {len(results)} image(s) predicted into {args.out}")
@@ -185,13 +191,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="predict images of any size into index PNGs and colour previews")
+    p = sub.add_parser(
+        "predict", help="predict images and whole scenes of any size (GeoTIFF in, GeoTIFF out)",
+        description="Plain PNG/JPEG/BMP images give an index PNG and a colour PNG. Other rasters "
+        "(GeoTIFF, VRT, ...) are streamed in windows into <stem>_classes.tif: uint8 classes with "
+        "the input's CRS and transform, nodata 255 where the input is nodata, the palette as "
+        "colour table. Overlapping tiles are blended with a smooth (Hann) weight. See "
+        "docs/prediction.md.")
     p.add_argument("--checkpoint", required=True, help="a .ckpt written by co2s train")
-    p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    p.add_argument("inputs", nargs="+", help="image or raster files, folders or glob patterns")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--student", help="a student's name, or the fusion mean / confidence "
                    "(default: train.semi.fusion for two students)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--tile", type=int, help="tile size in pixels (default: eval.window or train.crop_size)")
+    p.add_argument("--overlap", type=float, help="overlap of neighbouring tiles: pixels (>= 1) or a "
+                   "fraction of the tile (< 1); default: from eval.stride, else 1/6 of the tile")
+    p.add_argument("--batch-size", type=int, help="tiles per forward pass (default: eval.batch_size)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, auto (default)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="autocast precision (fp16 on GPUs only; default fp32)")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation: average with the "
+                   "horizontally mirrored tiles (twice the compute)")
+    p.add_argument("--confidence", action="store_true",
+                   help="also write <stem>_confidence.tif (float32 max probability, NaN as nodata)")
+    p.add_argument("--preview", action="store_true", help="also write <stem>_preview.png, a colour "
+                   "preview at most 2048 px on its longer side")
+    p.add_argument("--overviews", action="store_true", help="add overviews to the GeoTIFF outputs")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_predict)
 

@@ -17,7 +17,10 @@ from PIL import Image, UnidentifiedImageError
 from co2s.errors import DataError
 
 TIFF_SUFFIXES = {".tif", ".tiff"}
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"} | TIFF_SUFFIXES
+PLAIN_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
+IMAGE_SUFFIXES = PLAIN_IMAGE_SUFFIXES | TIFF_SUFFIXES
+#: rasters predicted as whole scenes (any file rasterio opens is accepted when named explicitly)
+SCENE_SUFFIXES = TIFF_SUFFIXES | {".vrt", ".jp2", ".img"}
 
 
 def _is_tiff(path: Path) -> bool:
@@ -38,13 +41,14 @@ def _read_raster(path: Path, bands: list[int] | None) -> np.ndarray:
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(path) as src:
                 if bands is not None:
-                    _check_bands(path, bands, src.count)
+                    check_bands(path, bands, src.count)
                 return src.read(bands)
     except RasterioIOError as exc:
         raise DataError(f"cannot read raster {path}: {exc}") from None
 
 
-def _check_bands(path: Path, bands: list[int], count: int) -> None:
+def check_bands(path: Path, bands: list[int], count: int) -> None:
+    """``bands`` (1-based) must exist in a file of ``count`` bands."""
     bad = [b for b in bands if b > count]
     if bad:
         raise DataError(f"{path}: has {count} band(s), config selects band(s) {bad} (1-based)")
@@ -69,7 +73,7 @@ def read_image(path: str | os.PathLike, bands: list[int] | None = None) -> np.nd
             raise DataError(f"cannot read image {path}: {exc}") from None
         array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
         if bands is not None:
-            _check_bands(path, bands, array.shape[0])
+            check_bands(path, bands, array.shape[0])
             array = array[[b - 1 for b in bands]]
     if array.size == 0:
         raise DataError(f"image {path} is empty ({array.shape})")

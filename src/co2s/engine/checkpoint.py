@@ -28,6 +28,21 @@ def save_checkpoint(fabric, path: str | os.PathLike, state: dict[str, Any]) -> N
     fabric.barrier()
 
 
+def write_model_checkpoint(path: str | os.PathLike, config, models: dict, step: int = 0) -> Path:
+    """Atomically write a weights-and-config checkpoint of ``models`` (no optimiser or RNG state):
+    enough for ``evaluate`` and ``predict``, for models built outside the trainer (benchmarks, tests)."""
+    from co2s.config.loader import config_to_dict
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    architectures = {name: m.arch_config for name, m in models.items() if getattr(m, "arch_config", None)}
+    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "config": config_to_dict(config),
+                "step": step, "architectures": architectures,
+                **{name: m.state_dict() for name, m in models.items()}}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():

@@ -27,3 +27,11 @@ def predictions(student_logits: dict[str, torch.Tensor], fusions: list[str]) -> 
         for mode in fusions:
             out[mode] = fuse(a, b, mode)
     return out
+
+
+def class_probabilities(student_logits: dict[str, torch.Tensor], prediction: str) -> torch.Tensor:
+    """Probabilities ``[B, K, H, W]`` of ``prediction``: a model's name (softmax of its logits) or
+    a fusion of the two students."""
+    if prediction in FUSIONS:
+        return predictions(student_logits, [prediction])[prediction]
+    return student_logits[prediction].float().softmax(1)

@@ -1,26 +1,36 @@
-"""``co2s predict`` for ordinary images: sliding-window prediction to index PNGs and colour previews.
+"""``co2s predict``: images and whole scenes, one checkpoint, one call.
 
-Each input is read whole; whole-scene streaming of large GeoTIFFs builds on the same
-``sliding_window_logits``.
+Plain PNG/JPEG/BMP images are read whole and give an index PNG (with the palette) and a colour
+PNG. Every other raster (GeoTIFF, VRT, ...) is predicted as a scene, streamed in windows into
+GeoTIFFs (``co2s.inference.scene``). Both use the same tile grid, blending and options.
 """
 
 from __future__ import annotations
 
 import glob
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from co2s.data.io import IMAGE_SUFFIXES, atomic_save_image, colorize, read_image, save_index_png, scale_image
+from co2s.data.io import (
+    PLAIN_IMAGE_SUFFIXES,
+    SCENE_SUFFIXES,
+    atomic_save_image,
+    colorize,
+    read_image,
+    save_index_png,
+    scale_image,
+)
 from co2s.engine.checkpoint import load_models_from_checkpoint
 from co2s.errors import Co2sError, DataError
-from co2s.evaluation.evaluator import image_logits
 from co2s.evaluation.run import default_prediction, resolve_device
-from co2s.inference.fusion import FUSIONS, predictions
+from co2s.inference.fusion import FUSIONS
+from co2s.inference.scene import PredictOptions, check_band_count, model_predictors, predict_scene
+from co2s.inference.streaming import TileGrid, stream_predictions, tile_and_stride
 from co2s.progress import progress_bar
 
 
@@ -29,15 +39,17 @@ class PredictionResult:
     source: Path
     outputs: list[Path]
     error: str | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files, folders (their images) and glob patterns, in a stable order."""
+    """Files, folders (their images and rasters) and glob patterns, in a stable order."""
+    suffixes = PLAIN_IMAGE_SUFFIXES | SCENE_SUFFIXES
     paths: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            paths += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+            paths += sorted(q for q in p.iterdir() if q.suffix.lower() in suffixes)
         elif any(ch in item for ch in "*?["):
             matches = sorted(Path(m) for m in glob.glob(item))
             if not matches:
@@ -50,15 +62,53 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     return paths
 
 
+def is_plain_image(path: Path) -> bool:
+    return path.suffix.lower() in PLAIN_IMAGE_SUFFIXES
+
+
 @torch.no_grad()
-def predict_image(models: dict, image: torch.Tensor, config, device, prediction: str) -> tuple[np.ndarray, np.ndarray]:
+def predict_image(models: dict, image: torch.Tensor, config, device, prediction: str,
+                  options: PredictOptions | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Class indices and confidence (max probability) of one ``[C, H, W]`` scaled image."""
-    logits = image_logits(models, image[None].to(device), config)
-    fusions = [prediction] if prediction in FUSIONS else []
-    score = predictions(logits, fusions)[prediction]
-    prob = score if prediction in FUSIONS else score.softmax(1)
-    conf, labels = prob[0].max(0)
-    return labels.cpu().numpy().astype(np.uint8), conf.cpu().numpy()
+    options = options or PredictOptions()
+    _, height, width = image.shape
+    grid = TileGrid.over(height, width, *tile_and_stride(config, options.tile, options.overlap))
+    labels = np.empty((height, width), np.uint8)
+    confidence = np.empty((height, width), np.float32)
+
+    def read(y, x, h, w):
+        return image[:, y : y + h, x : x + w], None
+
+    for y0, rows, conf in stream_predictions(read, grid, model_predictors(models, prediction, device, options),
+                                             config.data.num_classes, prediction,
+                                             options.batch_size or config.eval.batch_size, device):
+        labels[y0 : y0 + rows.shape[0]], confidence[y0 : y0 + rows.shape[0]] = rows, conf
+    return labels, confidence
+
+
+def _predict_plain_image(path: Path, models, config, out_dir: Path, prediction: str, device,
+                         options: PredictOptions) -> list[Path]:
+    image = torch.from_numpy(scale_image(read_image(path, config.data.bands), config.data.scale))
+    check_band_count(path, image.shape[0], next(iter(models.values())).in_channels)
+    labels, _ = predict_image(models, image, config, device, prediction, options)
+    palette = config.data.palette
+    index_path = out_dir / f"{path.stem}.png"
+    save_index_png(index_path, labels, palette)
+    outputs = [index_path]
+    if palette:
+        color_path = out_dir / f"{path.stem}_color.png"
+        atomic_save_image(Image.fromarray(colorize(labels, palette)), color_path)
+        outputs.append(color_path)
+    return outputs
+
+
+def _writable_folder(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise Co2sError(f"cannot create output folder {out_dir}: {exc}") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise Co2sError(f"cannot write to output folder {out_dir}: permission denied")
 
 
 def predict_files(
@@ -68,11 +118,13 @@ def predict_files(
     device: str = "auto",
     progress: bool = True,
     prediction: str | None = None,
+    options: PredictOptions | None = None,
 ) -> list[PredictionResult]:
     """Predict every input; one failing input is reported and the others still run.
 
     ``prediction``: a student's name or a fusion mode (default: the checkpoint's configured one).
     """
+    options = options or PredictOptions()
     models, config, _ = load_models_from_checkpoint(checkpoint)
     prediction = prediction or default_prediction(config, models)
     choices = [*models, *(FUSIONS if len(models) == 2 else ())]
@@ -81,31 +133,26 @@ def predict_files(
     dev = resolve_device(device)
     for model in models.values():
         model.to(dev)
-    in_channels = next(iter(models.values())).in_channels
+    tile_and_stride(config, options.tile, options.overlap)  # bad options stop before any file
+    if options.batch_size is not None and options.batch_size < 1:
+        raise Co2sError(f"--batch-size must be at least 1, got {options.batch_size}")
+    model_predictors(models, prediction, dev, options)
+    paths = expand_inputs(inputs)
     out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise Co2sError(f"cannot create output folder {out_dir}: {exc}") from None
-    palette = config.data.palette
-    results = []
-    for path in progress_bar(expand_inputs(inputs), desc="predicting", enabled=progress, leave=True):
+    _writable_folder(out_dir)
+    results, first_of_name = [], {}
+    for path in progress_bar(paths, desc="predicting", enabled=progress and len(paths) > 1, leave=True):
         try:
-            image = torch.from_numpy(scale_image(read_image(path, config.data.bands), config.data.scale))
-            if image.shape[0] != in_channels:
-                raise DataError(
-                    f"{path}: has {image.shape[0]} band(s) but the model was trained on "
-                    f"{in_channels} (see data.bands)"
-                )
-            labels, _ = predict_image(models, image, config, dev, prediction)
-            index_path = out_dir / f"{path.stem}.png"
-            save_index_png(index_path, labels, palette)
-            outputs = [index_path]
-            if palette:
-                color_path = out_dir / f"{path.stem}_color.png"
-                atomic_save_image(Image.fromarray(colorize(labels, palette)), color_path)
-                outputs.append(color_path)
-            results.append(PredictionResult(path, outputs))
+            name = (path.stem, is_plain_image(path))
+            if name in first_of_name:
+                raise DataError(f"{path}: its outputs would overwrite those of {first_of_name[name]} "
+                                "(same file name); predict it into another --out folder")
+            first_of_name[name] = path
+            if is_plain_image(path):
+                outputs, notes = _predict_plain_image(path, models, config, out_dir, prediction, dev, options), []
+            else:
+                outputs, notes = predict_scene(path, models, config, out_dir, prediction, dev, options, progress)
+            results.append(PredictionResult(path, outputs, warnings=notes))
         except Co2sError as exc:
             results.append(PredictionResult(path, [], str(exc)))
     return results

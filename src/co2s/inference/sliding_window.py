@@ -1,7 +1,7 @@
 """Sliding-window inference (SPEC 3.3): windows of the crop size, overlapping logits averaged.
 
-Also the building block of whole-scene prediction: ``window_starts`` and ``predict_windows`` are
-reused there with a smooth weight to blend tiles without seams.
+Also the reference for whole-scene prediction (``co2s.inference.streaming``), which lays out the
+same grid with ``window_starts`` and blends tiles with the smooth ``blend_weight``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,17 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
 
 def default_stride(window: int) -> int:
     return max(1, int(window * 5 / 6))
+
+
+def blend_weight(height: int, width: int, floor: float = 1e-3) -> torch.Tensor:
+    """A separable Hann window ``[height, width]``: 1 at the centre, falling smoothly towards the
+    edges, where a tile sees the least context. Overlapping tiles then hand over gradually (no
+    seams). Floored at ``floor`` so a pixel covered by a single tile keeps a positive weight."""
+
+    def hann(n: int) -> torch.Tensor:
+        return torch.sin(torch.pi * (torch.arange(n, dtype=torch.float64) + 0.5) / n).square().clamp_min(floor)
+
+    return (hann(height)[:, None] * hann(width)[None, :]).float()
 
 
 @torch.no_grad()

@@ -1,0 +1,306 @@
+"""Whole-scene prediction of georeferenced rasters (SPEC 4): read in windows, write in windows.
+
+A scene of any size is predicted in strips of tile rows (``co2s.inference.streaming``): input
+windows are read as the tiles need them and finished rows are written to the outputs one block row
+at a time, so memory does not grow with the scene's height (and only through a few hundred rows
+with its width). Outputs, beside each other in the output folder:
+
+- ``<stem>_classes.tif``: uint8 class indices, the input's CRS, transform and size, nodata 255
+  where the input is nodata (all selected bands masked: nodata value, alpha band or internal
+  mask), the palette as colour table, 256 x 256 tiles, deflate; optionally overviews (mode);
+- ``<stem>_confidence.tif`` (optional): float32 probability of the predicted class, NaN as nodata;
+- ``<stem>_preview.png`` (optional): an RGBA colour preview at most ``PREVIEW_SIZE`` pixels on its
+  longer side, nodata transparent, built from the rows as they are written.
+
+Every file is written under a hidden temporary name and renamed only once all are complete, so an
+interrupted or failed run never leaves a valid-looking partial output.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from co2s.data.io import check_bands, colorize, scale_image
+from co2s.errors import Co2sError, DataError
+from co2s.inference.streaming import TileGrid, stream_predictions, tile_and_stride, tile_logits
+from co2s.progress import progress_bar
+
+NODATA = 255
+BLOCK = 256
+PREVIEW_SIZE = 2048
+GDAL_CACHE_BYTES = 64 * 2**20  # GDAL's block cache defaults to 5 % of RAM, which would grow with the scene
+
+
+@dataclass
+class PredictOptions:
+    """What ``co2s predict`` does besides choosing the model: tiling, speed and extra outputs."""
+
+    tile: int | None = None  # default: eval.window or train.crop_size
+    overlap: float | None = None  # pixels (>= 1) or fraction of the tile (< 1); default eval.stride's
+    batch_size: int | None = None  # tiles per forward pass; default eval.batch_size
+    precision: str = "fp32"  # fp32, bf16 or fp16 (autocast; fp16 on GPUs only)
+    tta: bool = False  # average with the horizontally mirrored tiles
+    confidence: bool = False
+    preview: bool = False
+    overviews: bool = False
+
+
+def check_band_count(path: Path, count: int, in_channels: int) -> None:
+    if count != in_channels:
+        raise DataError(f"{path}: has {count} band(s) but the model was trained on {in_channels} "
+                        "(see data.bands)")
+
+
+def model_predictors(models: dict, prediction: str, device: torch.device, options: PredictOptions) -> dict:
+    """Tile predictors of the models ``prediction`` needs: one student, or both for a fusion."""
+    needed = {prediction: models[prediction]} if prediction in models else models
+    return {name: tile_logits(model, device, options.precision, options.tta) for name, model in needed.items()}
+
+
+class RasterSource:
+    """An open raster with the config's bands: scaled windows and their validity."""
+
+    def __init__(self, path: Path, data, in_channels: int) -> None:
+        import rasterio
+        from rasterio.enums import MaskFlags
+        from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+        self.path, self.scale = path, data.scale
+        if not path.is_file():
+            raise DataError(f"image not found: {path}")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                self.dataset = rasterio.open(path)
+        except RasterioIOError as exc:
+            raise DataError(f"cannot read raster {path}: {exc}") from None
+        try:
+            ds = self.dataset
+            if ds.count == 0:
+                held = f": it holds {len(ds.subdatasets)} subdatasets ({', '.join(ds.subdatasets[:2])}" \
+                    f"{', ...' if len(ds.subdatasets) > 2 else ''}); export the one to predict as a GeoTIFF" \
+                    if ds.subdatasets else ""
+                raise DataError(f"{path}: the raster has no bands{held}")
+            self.bands = list(data.bands or range(1, ds.count + 1))
+            check_bands(path, self.bands, ds.count)
+            check_band_count(path, len(self.bands), in_channels)
+            self.masked = any(MaskFlags.all_valid not in ds.mask_flag_enums[b - 1] for b in self.bands)
+            self.floating = np.issubdtype(np.dtype(ds.dtypes[self.bands[0] - 1]), np.floating)
+        except BaseException:
+            self.dataset.close()
+            raise
+
+    @property
+    def georeferenced(self) -> bool:
+        return self.dataset.crs is not None or not self.dataset.transform.is_identity
+
+    def _window(self, y: int, x: int, h: int, w: int):
+        from rasterio.windows import Window
+
+        return Window(x, y, w, h)
+
+    def _checked(self, read, what: str):
+        from rasterio.errors import RasterioError
+
+        try:
+            return read()
+        except RasterioError as exc:
+            raise DataError(f"{self.path}: cannot read {what}: {exc}") from None
+
+    def valid(self, y: int, x: int, h: int, w: int, raw: np.ndarray | None = None) -> np.ndarray | None:
+        """Pixels where any selected band holds data (GDAL's dataset-mask rule) and, for float
+        rasters, every selected band is finite; ``None`` when every pixel is valid."""
+        window = self._window(y, x, h, w)
+        valid = None
+        if self.masked:
+            masks = self._checked(lambda: self.dataset.read_masks(self.bands, window=window), "its mask")
+            valid = masks.max(0) > 0
+        if self.floating:
+            if raw is None:
+                raw = self._checked(lambda: self.dataset.read(self.bands, window=window), "a window")
+            finite = np.isfinite(raw).all(0)
+            valid = finite if valid is None else valid & finite
+        return valid
+
+    def read(self, y: int, x: int, h: int, w: int) -> tuple[torch.Tensor, np.ndarray | None]:
+        """Scaled image window ``[C, h, w]`` (non-finite values as 0) and its validity."""
+        raw = self._checked(lambda: self.dataset.read(self.bands, window=self._window(y, x, h, w)), "a window")
+        valid = self.valid(y, x, h, w, raw)
+        image = scale_image(raw, self.scale)
+        if self.floating:
+            image[~np.isfinite(image)] = 0
+        return torch.from_numpy(image), valid
+
+    def close(self) -> None:
+        self.dataset.close()
+
+
+class SceneOutputs:
+    """The output files of one scene, filled block row by block row under temporary names."""
+
+    def __init__(self, source: RasterSource, out_dir: Path, palette: list | None, num_classes: int,
+                 options: PredictOptions) -> None:
+        import rasterio
+
+        ds = source.dataset
+        self.source, self.height, self.width = source, ds.height, ds.width
+        stem = source.path.stem
+        self.final = {"classes": out_dir / f"{stem}_classes.tif"}
+        if options.confidence:
+            self.final["confidence"] = out_dir / f"{stem}_confidence.tif"
+        if options.preview:
+            self.final["preview"] = out_dir / f"{stem}_preview.png"
+        self.temp = {key: path.with_name(f".{path.name}.partial") for key, path in self.final.items()}
+        self.overviews = options.overviews
+        self.valid_pixels = 0
+        self.files = {}
+        profile = dict(driver="GTiff", width=ds.width, height=ds.height, count=1, tiled=True,
+                       blockxsize=BLOCK, blockysize=BLOCK, compress="deflate", BIGTIFF="IF_SAFER")
+        if source.georeferenced:
+            profile.update(crs=ds.crs, transform=ds.transform)
+        try:
+            self.files["classes"] = rasterio.open(self.temp["classes"], "w", dtype="uint8", nodata=NODATA,
+                                                  **profile)
+            if palette:
+                colours = {i: (*rgb, 255) for i, rgb in enumerate(palette)}
+                self.files["classes"].write_colormap(1, {**colours, NODATA: (0, 0, 0, 0)})
+            if options.confidence:
+                self.files["confidence"] = rasterio.open(self.temp["confidence"], "w", dtype="float32",
+                                                         nodata=float("nan"), predictor=3, **profile)
+        except Exception as exc:
+            self.discard()
+            raise Co2sError(f"cannot write to {out_dir}: {exc}") from None
+        self.preview = None
+        if options.preview:
+            self.step = max(1, math.ceil(max(ds.height, ds.width) / PREVIEW_SIZE))
+            self.preview = np.zeros((math.ceil(ds.height / self.step), math.ceil(ds.width / self.step), 4),
+                                    np.uint8)
+            self.palette = palette or [[round(255 * i / max(1, num_classes - 1))] * 3 for i in range(num_classes)]
+        self.top, self.pending = 0, []  # rows [top, top + pending rows) wait for a whole block row
+
+    def write_rows(self, y0: int, classes: np.ndarray, confidence: np.ndarray | None) -> None:
+        """Take the finished rows from ``y0`` on; whole block rows go to the files."""
+        self.pending.append((classes, confidence))
+        end = y0 + classes.shape[0]
+        cut = end if end == self.height else end // BLOCK * BLOCK
+        if cut <= self.top:
+            return
+        classes = np.concatenate([c for c, _ in self.pending])
+        confidence = np.concatenate([f for _, f in self.pending]) if confidence is not None else None
+        rows = cut - self.top
+        self._write_block_rows(self.top, classes[:rows], None if confidence is None else confidence[:rows])
+        self.pending = [(classes[rows:], None if confidence is None else confidence[rows:])] if end > cut else []
+        self.top = cut
+
+    def _write_block_rows(self, y: int, classes: np.ndarray, confidence: np.ndarray | None) -> None:
+        from rasterio.windows import Window
+
+        h = classes.shape[0]
+        valid = self.source.valid(y, 0, h, self.width)
+        if valid is not None:
+            classes[~valid] = NODATA
+            if confidence is not None:
+                confidence[~valid] = np.nan
+        self.valid_pixels += h * self.width if valid is None else int(valid.sum())
+        window = Window(0, y, self.width, h)
+        try:
+            self.files["classes"].write(classes, 1, window=window)
+            if confidence is not None:
+                self.files["confidence"].write(confidence, 1, window=window)
+        except Exception as exc:
+            raise Co2sError(f"cannot write {self.final['classes'].parent}: {exc}") from None
+        if self.preview is not None:
+            first = -y % self.step
+            picked = classes[first :: self.step, :: self.step]
+            rgba = np.concatenate([colorize(picked, self.palette, NODATA),
+                                   np.where(picked == NODATA, 0, 255).astype(np.uint8)[..., None]], -1)
+            row = (y + first) // self.step
+            self.preview[row : row + rgba.shape[0]] = rgba
+
+    def finish(self) -> list[Path]:
+        """Close and complete the temporary files (overviews, preview), then rename them all."""
+        from rasterio.enums import Resampling
+
+        for f in self.files.values():
+            f.close()
+        if self.overviews:
+            import rasterio
+
+            factors = [2**i for i in range(1, 32) if max(self.height, self.width) >> i >= BLOCK]
+            for key, resampling in (("classes", Resampling.mode), ("confidence", Resampling.average)):
+                if key in self.temp and factors:
+                    with rasterio.open(self.temp[key], "r+") as dst:
+                        dst.build_overviews(factors, resampling)
+                        dst.update_tags(ns="rio_overview", resampling=resampling.name)
+        if self.preview is not None:
+            Image.fromarray(self.preview, "RGBA").save(self.temp["preview"], format="PNG")
+        for key, path in self.final.items():
+            os.replace(self.temp[key], path)
+        return list(self.final.values())
+
+    def discard(self) -> None:
+        """Close and delete the temporary files (after an error or an interruption)."""
+        for f in self.files.values():
+            try:
+                f.close()
+            except Exception:  # the error being handled matters more than a failed close
+                pass
+        for path in self.temp.values():
+            path.unlink(missing_ok=True)
+
+
+def predict_scene(path: Path, models: dict, config, out_dir: Path, prediction: str,
+                  device: torch.device, options: PredictOptions,
+                  progress: bool = True) -> tuple[list[Path], list[str]]:
+    """Predict one raster into the outputs of the module docstring; returns them and any warnings."""
+    import rasterio
+
+    num_classes = config.data.num_classes
+    if num_classes >= NODATA:
+        raise Co2sError(f"{num_classes} classes do not fit a uint8 class raster with nodata {NODATA}")
+    in_channels = next(iter(models.values())).in_channels
+    notes = []
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES, COMPRESS_OVERVIEW="DEFLATE"):
+        source = RasterSource(path, config.data, in_channels)
+        try:
+            if source.dataset.crs is None:
+                notes.append(f"{path} has no CRS; its outputs are written without one")
+            grid = TileGrid.over(source.dataset.height, source.dataset.width,
+                                 *tile_and_stride(config, options.tile, options.overlap))
+            predictors = model_predictors(models, prediction, device, options)
+            outputs = SceneOutputs(source, out_dir, config.data.palette, num_classes, options)
+            bar = progress_bar(total=grid.num_tiles, desc=path.name, unit="tile", enabled=progress)
+            start, pixels = time.perf_counter(), 0
+
+            def report(tiles: int, finished: int) -> None:
+                nonlocal pixels
+                pixels += finished
+                bar.update(tiles)
+                bar.set_postfix_str(f"{pixels / 1e6 / max(time.perf_counter() - start, 1e-9):.2f} MP/s",
+                                    refresh=False)
+
+            try:
+                for y0, classes, confidence in stream_predictions(
+                        source.read, grid, predictors, num_classes, prediction,
+                        options.batch_size or config.eval.batch_size, device, options.confidence, report):
+                    outputs.write_rows(y0, classes, confidence)
+                written = outputs.finish()
+            except BaseException:
+                outputs.discard()
+                raise
+            finally:
+                bar.close()
+            if outputs.valid_pixels == 0:
+                notes.append(f"{path}: every pixel is nodata; its class raster is all nodata ({NODATA})")
+        finally:
+            source.close()
+    return written, notes
