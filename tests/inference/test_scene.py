@@ -20,6 +20,7 @@ from co2s.data.io import scale_image
 from co2s.engine.checkpoint import write_model_checkpoint
 from co2s.errors import Co2sError
 from co2s.inference.fusion import class_probabilities
+from co2s.inference import scene as scene_module
 from co2s.inference.predict import predict_files
 from co2s.inference.scene import NODATA, PredictOptions
 from co2s.inference.sliding_window import blend_weight, sliding_window_logits
@@ -125,7 +126,10 @@ def read_band(path):
         return src.read(1)
 
 
-def test_scene_keeps_georeferencing_and_nodata_and_equals_whole_image_inference(trained, tmp_path):
+@pytest.mark.parametrize("panel_width", [4096, 768])  # one panel; four panels
+def test_scene_keeps_georeferencing_and_nodata_and_equals_whole_image_inference(trained, tmp_path, panel_width,
+                                                                                monkeypatch):
+    monkeypatch.setattr(scene_module, "PANEL_WIDTH", panel_width)
     ckpt, config, model = trained
     image, truth = synthetic_scene(700, 2500)
     image[:, 100:400, 300:900] = 0  # a nodata hole
@@ -166,7 +170,8 @@ def test_two_tile_sizes_agree(trained, tmp_path):
     assert (a == b).mean() >= 0.995
 
 
-def test_confidence_preview_overviews_and_tta(trained, tmp_path):
+def test_confidence_preview_overviews_and_tta(trained, tmp_path, monkeypatch):
+    monkeypatch.setattr(scene_module, "PANEL_WIDTH", 1024)  # three panels
     ckpt, config, model = trained
     image = synthetic_scene(300, 2600, seed=4)[0]
     image[:, :50, :50] = 0
@@ -302,7 +307,6 @@ def test_bad_inputs_each_give_one_clear_message_and_leave_nothing(trained, tmp_p
 
 def test_failure_midway_leaves_no_partial_file(trained, tmp_path, monkeypatch):
     from co2s.errors import DataError
-    from co2s.inference import scene as scene_module
 
     ckpt, _, _ = trained
     scene = write_raster(tmp_path / "scene.tif", synthetic_scene(600, 300)[0])

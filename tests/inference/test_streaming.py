@@ -18,7 +18,7 @@ def _context_model(tiles):
     return torch.sin(tiles[:, :1] * 7 + k) + tiles.mean((1, 2, 3), keepdim=True) * k + ramp * (k - 1)
 
 
-def _stream(image, tile, stride, batch, valid=None, prediction="m", models=None):
+def _stream(image, tile, stride, batch, valid=None, prediction="m", models=None, panel_width=4096):
     _, h, w = image.shape
     grid = TileGrid.over(h, w, tile, stride)
 
@@ -26,28 +26,34 @@ def _stream(image, tile, stride, batch, valid=None, prediction="m", models=None)
         return image[:, y : y + hh, x : x + ww], None if valid is None else valid[y : y + hh, x : x + ww]
 
     labels, conf = np.full((h, w), 99, np.uint8), np.full((h, w), -1.0, np.float32)
+    written = np.zeros((h, w), int)
     seen = []
-    for y0, rows, c in stream_predictions(read, grid, models or {"m": _context_model}, 3, prediction,
-                                          batch, on_progress=lambda t, p: seen.append((t, p))):
-        labels[y0 : y0 + len(rows)], conf[y0 : y0 + len(rows)] = rows, c
-    assert sum(t for t, _ in seen) == grid.num_tiles and sum(p for _, p in seen) == h * w
+    for y0, x0, rows, c in stream_predictions(read, grid, models or {"m": _context_model}, 3, prediction,
+                                              batch, on_progress=lambda t, p: seen.append((t, p)),
+                                              panel_width=panel_width):
+        rh, rw = rows.shape
+        labels[y0 : y0 + rh, x0 : x0 + rw], conf[y0 : y0 + rh, x0 : x0 + rw] = rows, c
+        written[y0 : y0 + rh, x0 : x0 + rw] += 1
+    assert (written == 1).all()  # every pixel exactly once
+    assert sum(t for t, _ in seen) == grid.tiles_to_predict(panel_width) and sum(p for _, p in seen) == h * w
     return labels, conf
 
 
-@pytest.mark.parametrize("h, w, tile, stride, batch", [
-    (50, 70, 16, 13, 3),   # the usual 1/6 overlap
-    (50, 70, 16, 5, 2),    # overlap above half a tile: rows carried over several tile rows
-    (33, 41, 16, 16, 4),   # no overlap except the flush last tiles
-    (10, 70, 16, 12, 1),   # image lower than a tile: one tile row of the image's height
-    (12, 9, 16, 12, 4),    # image smaller than a tile: one tile
+@pytest.mark.parametrize("h, w, tile, stride, batch, panel", [
+    (50, 70, 16, 13, 3, 4096),  # the usual 1/6 overlap, one panel
+    (50, 70, 16, 13, 3, 24),    # three panels, tiles straddling their borders
+    (50, 70, 16, 5, 2, 32),     # overlap above half a tile: rows carried over several tile rows
+    (33, 41, 16, 16, 4, 16),    # no overlap except the flush last tiles; panels of one tile
+    (10, 70, 16, 12, 1, 20),    # image lower than a tile: one tile row of the image's height
+    (12, 9, 16, 12, 4, 4096),   # image smaller than a tile: one tile
 ])
-def test_streamed_result_equals_whole_image_sliding_windows(h, w, tile, stride, batch):
+def test_streamed_result_equals_whole_image_sliding_windows(h, w, tile, stride, batch, panel):
     torch.manual_seed(0)
     image = torch.rand(1, h, w)
     logits = sliding_window_logits(_context_model, image[None], 3, tile, stride,
                                    weight=blend_weight(min(tile, h), min(tile, w)))
     conf, expected = logits.softmax(1)[0].max(0)
-    labels, got_conf = _stream(image, tile, stride, batch)
+    labels, got_conf = _stream(image, tile, stride, batch, panel_width=panel)
     np.testing.assert_array_equal(labels, expected.numpy())
     np.testing.assert_allclose(got_conf, conf.numpy(), rtol=0, atol=1e-6)
 
@@ -60,7 +66,7 @@ def test_fusion_is_applied_to_each_students_blended_logits():
     whole = {name: sliding_window_logits(m, image[None], 3, 16, 11, weight=weight) for name, m in models.items()}
     for mode in ("mean", "confidence", "b"):
         conf, expected = class_probabilities(whole, mode)[0].max(0)
-        labels, got = _stream(image, 16, 11, 3, prediction=mode, models=models)
+        labels, got = _stream(image, 16, 11, 3, prediction=mode, models=models, panel_width=20)
         np.testing.assert_array_equal(labels, expected.numpy())
         np.testing.assert_allclose(got, conf.numpy(), atol=1e-6)
 
@@ -78,8 +84,7 @@ def test_tiles_without_valid_pixels_are_skipped_without_changing_valid_pixels():
 
     labels, conf = _stream(image, 16, 13, 2, valid, models={"m": counting})
     full_labels, full_conf = _stream(image, 16, 13, 2)
-    grid = TileGrid.over(48, 60, 16, 13)
-    assert sum(calls) < grid.num_tiles  # tiles were skipped
+    assert sum(calls) < TileGrid.over(48, 60, 16, 13).num_tiles  # tiles were skipped
     np.testing.assert_array_equal(labels[valid], full_labels[valid])
     np.testing.assert_allclose(conf[valid], full_conf[valid], atol=1e-6)
 

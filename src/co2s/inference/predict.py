@@ -79,10 +79,11 @@ def predict_image(models: dict, image: torch.Tensor, config, device, prediction:
     def read(y, x, h, w):
         return image[:, y : y + h, x : x + w], None
 
-    for y0, rows, conf in stream_predictions(read, grid, model_predictors(models, prediction, device, options),
-                                             config.data.num_classes, prediction,
-                                             options.batch_size or config.eval.batch_size, device):
-        labels[y0 : y0 + rows.shape[0]], confidence[y0 : y0 + rows.shape[0]] = rows, conf
+    for y0, x0, rows, conf in stream_predictions(read, grid, model_predictors(models, prediction, device, options),
+                                                 config.data.num_classes, prediction,
+                                                 options.batch_size or config.eval.batch_size, device):
+        h, w = rows.shape
+        labels[y0 : y0 + h, x0 : x0 + w], confidence[y0 : y0 + h, x0 : x0 + w] = rows, conf
     return labels, confidence
 
 

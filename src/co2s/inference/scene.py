@@ -1,9 +1,9 @@
 """Whole-scene prediction of georeferenced rasters (SPEC 4): read in windows, write in windows.
 
-A scene of any size is predicted in strips of tile rows (``co2s.inference.streaming``): input
-windows are read as the tiles need them and finished rows are written to the outputs one block row
-at a time, so memory does not grow with the scene's height (and only through a few hundred rows
-with its width). Outputs, beside each other in the output folder:
+A scene of any size is predicted in panels of a few thousand columns, each in strips of tile
+rows (``co2s.inference.streaming``): input windows are read as the tiles need them and finished
+rows are written to the outputs one block row of the panel at a time, so memory does not grow with
+the scene. Outputs, beside each other in the output folder:
 
 - ``<stem>_classes.tif``: uint8 class indices, the input's CRS, transform and size, nodata 255
   where the input is nodata (all selected bands masked: nodata value, alpha band or internal
@@ -31,11 +31,12 @@ from PIL import Image
 
 from co2s.data.io import check_bands, colorize, scale_image
 from co2s.errors import Co2sError, DataError
-from co2s.inference.streaming import TileGrid, stream_predictions, tile_and_stride, tile_logits
+from co2s.inference.streaming import PANEL_WIDTH, TileGrid, stream_predictions, tile_and_stride, tile_logits
 from co2s.progress import progress_bar
 
 NODATA = 255
 BLOCK = 256
+assert PANEL_WIDTH % BLOCK == 0, "panels must start on block boundaries: each block is written once"
 PREVIEW_SIZE = 2048
 GDAL_CACHE_BYTES = 64 * 2**20  # GDAL's block cache defaults to 5 % of RAM, which would grow with the scene
 
@@ -185,10 +186,14 @@ class SceneOutputs:
             self.preview = np.zeros((math.ceil(ds.height / self.step), math.ceil(ds.width / self.step), 4),
                                     np.uint8)
             self.palette = palette or [[round(255 * i / max(1, num_classes - 1))] * 3 for i in range(num_classes)]
-        self.top, self.pending = 0, []  # rows [top, top + pending rows) wait for a whole block row
+        self.left, self.top, self.pending = 0, 0, []  # rows [top, top + pending) of the panel at left
 
-    def write_rows(self, y0: int, classes: np.ndarray, confidence: np.ndarray | None) -> None:
-        """Take the finished rows from ``y0`` on; whole block rows go to the files."""
+    def write_rows(self, y0: int, x0: int, classes: np.ndarray, confidence: np.ndarray | None) -> None:
+        """Take finished rows from ``(y0, x0)`` on; whole block rows go to the files.
+
+        Pieces come panel by panel (``x0``: a multiple of the block width), each top to bottom."""
+        if x0 != self.left:
+            self.left, self.top = x0, 0
         self.pending.append((classes, confidence))
         end = y0 + classes.shape[0]
         cut = end if end == self.height else end // BLOCK * BLOCK
@@ -197,21 +202,22 @@ class SceneOutputs:
         classes = np.concatenate([c for c, _ in self.pending])
         confidence = np.concatenate([f for _, f in self.pending]) if confidence is not None else None
         rows = cut - self.top
-        self._write_block_rows(self.top, classes[:rows], None if confidence is None else confidence[:rows])
-        self.pending = [(classes[rows:], None if confidence is None else confidence[rows:])] if end > cut else []
+        self._write_block_rows(self.top, x0, classes[:rows], None if confidence is None else confidence[:rows])
+        self.pending = [(classes[rows:].copy(), None if confidence is None else confidence[rows:].copy())
+                        ] if end > cut else []
         self.top = cut
 
-    def _write_block_rows(self, y: int, classes: np.ndarray, confidence: np.ndarray | None) -> None:
+    def _write_block_rows(self, y: int, x: int, classes: np.ndarray, confidence: np.ndarray | None) -> None:
         from rasterio.windows import Window
 
-        h = classes.shape[0]
-        valid = self.source.valid(y, 0, h, self.width)
+        h, w = classes.shape
+        valid = self.source.valid(y, x, h, w)
         if valid is not None:
             classes[~valid] = NODATA
             if confidence is not None:
                 confidence[~valid] = np.nan
-        self.valid_pixels += h * self.width if valid is None else int(valid.sum())
-        window = Window(0, y, self.width, h)
+        self.valid_pixels += h * w if valid is None else int(valid.sum())
+        window = Window(x, y, w, h)
         try:
             self.files["classes"].write(classes, 1, window=window)
             if confidence is not None:
@@ -219,12 +225,12 @@ class SceneOutputs:
         except Exception as exc:
             raise Co2sError(f"cannot write {self.final['classes'].parent}: {exc}") from None
         if self.preview is not None:
-            first = -y % self.step
-            picked = classes[first :: self.step, :: self.step]
+            top, left = -y % self.step, -x % self.step
+            picked = classes[top :: self.step, left :: self.step]
             rgba = np.concatenate([colorize(picked, self.palette, NODATA),
                                    np.where(picked == NODATA, 0, 255).astype(np.uint8)[..., None]], -1)
-            row = (y + first) // self.step
-            self.preview[row : row + rgba.shape[0]] = rgba
+            row, col = (y + top) // self.step, (x + left) // self.step
+            self.preview[row : row + rgba.shape[0], col : col + rgba.shape[1]] = rgba
 
     def finish(self) -> list[Path]:
         """Close and complete the temporary files (overviews, preview), then rename them all."""
@@ -278,7 +284,8 @@ def predict_scene(path: Path, models: dict, config, out_dir: Path, prediction: s
                                  *tile_and_stride(config, options.tile, options.overlap))
             predictors = model_predictors(models, prediction, device, options)
             outputs = SceneOutputs(source, out_dir, config.data.palette, num_classes, options)
-            bar = progress_bar(total=grid.num_tiles, desc=path.name, unit="tile", enabled=progress)
+            bar = progress_bar(total=grid.tiles_to_predict(PANEL_WIDTH), desc=path.name, unit="tile",
+                               enabled=progress)
             start, pixels = time.perf_counter(), 0
 
             def report(tiles: int, finished: int) -> None:
@@ -289,10 +296,11 @@ def predict_scene(path: Path, models: dict, config, out_dir: Path, prediction: s
                                     refresh=False)
 
             try:
-                for y0, classes, confidence in stream_predictions(
+                for y0, x0, classes, confidence in stream_predictions(
                         source.read, grid, predictors, num_classes, prediction,
-                        options.batch_size or config.eval.batch_size, device, options.confidence, report):
-                    outputs.write_rows(y0, classes, confidence)
+                        options.batch_size or config.eval.batch_size, device, options.confidence, report,
+                        PANEL_WIDTH):
+                    outputs.write_rows(y0, x0, classes, confidence)
                 written = outputs.finish()
             except BaseException:
                 outputs.discard()

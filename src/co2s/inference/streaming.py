@@ -1,13 +1,15 @@
-"""Sliding-window prediction of an image of any size, streamed in strips of tile rows.
+"""Sliding-window prediction of an image of any size, streamed in panels and strips of tile rows.
 
 The tile grid is laid out over the whole image (``window_starts`` over its full height and
 width), and each tile's logits are added with a smooth weight (``blend_weight``) to running sums,
 exactly as :func:`~co2s.inference.sliding_window.sliding_window_logits` does over the whole
-image. Only the sums of rows and columns that a later tile still covers are kept: the band of the
-tile row being predicted, a few tiles wide, and the overlap rows carried to the next tile row.
-Finished pixels leave as class indices and confidences, one strip of rows at a time, so memory
-depends on the tile size and the image width, never on the height, and the result equals
-whole-image inference with the same grid, stride and weight.
+image. The image is cut into vertical panels (``PANEL_WIDTH`` columns), each predicted top to
+bottom with every tile that covers it; within a panel only the sums that a later tile still
+covers are kept: the band of the tile row being predicted, a few tiles wide, and the overlap rows
+carried to the next tile row. Finished pixels leave as class indices and confidences, one strip
+of rows at a time. Memory thus depends on the tile and panel sizes only, never on the image's,
+and every pixel's sum is over the same tiles in the same order as whole-image inference, so the
+result equals it (tiles straddling a panel border are predicted twice: a few percent of work).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from co2s.inference.fusion import class_probabilities
 from co2s.inference.sliding_window import blend_weight, default_stride, window_starts
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+#: columns predicted side by side; wider scenes go in panels (a multiple of the GeoTIFF block)
+PANEL_WIDTH = 4096
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,23 @@ class TileGrid:
     @property
     def num_tiles(self) -> int:
         return len(self.ys) * len(self.xs)
+
+    def panels(self, width: int) -> list[Panel]:
+        """Vertical panels of ``width`` output columns, each with every tile column that covers it
+        (a tile straddling a panel border is predicted for both panels)."""
+        cuts = [*range(0, self.width, width), self.width]
+        return [Panel(a, b, tuple(x for x in self.xs if x < b and x + self.tile_w > a))
+                for a, b in zip(cuts, cuts[1:])]
+
+    def tiles_to_predict(self, panel_width: int) -> int:
+        return len(self.ys) * sum(len(p.xs) for p in self.panels(panel_width))
+
+
+@dataclass(frozen=True)
+class Panel:
+    left: int  # output columns [left, right)
+    right: int
+    xs: tuple[int, ...]  # starts of the tile columns covering them
 
 
 def tile_and_stride(config, tile: int | None = None, overlap: float | None = None) -> tuple[int, int]:
@@ -104,8 +125,10 @@ def stream_predictions(
     device: torch.device | str = "cpu",
     with_confidence: bool = True,
     on_progress: Callable[[int, int], None] | None = None,
-) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
-    """Yield ``(y0, classes [h, W] uint8, confidence [h, W] float32 or None)`` strips, top to bottom.
+    panel_width: int = PANEL_WIDTH,
+) -> Iterator[tuple[int, int, np.ndarray, np.ndarray | None]]:
+    """Yield ``(y0, x0, classes [h, w] uint8, confidence [h, w] float32 or None)`` pieces: panel by
+    panel (``grid.panels``), each top to bottom in strips of rows.
 
     ``read(y, x, h, w)`` returns the scaled image window ``[C, h, w]`` and its validity mask
     (``None``: all valid). A tile without any valid pixel is not predicted: every pixel it covers
@@ -113,31 +136,39 @@ def stream_predictions(
     ``prediction`` (a model name or a fusion) needs; ``on_progress(tiles, pixels)`` reports work done.
     """
     device = torch.device(device)
+    weight = blend_weight(grid.tile_h, grid.tile_w).to(device)
+    for panel in grid.panels(panel_width):
+        yield from _stream_panel(read, grid, panel, predictors, num_classes, prediction, batch_size,
+                                 device, weight, with_confidence, on_progress)
+
+
+def _stream_panel(read, grid: TileGrid, panel: Panel, predictors, num_classes, prediction, batch_size,
+                  device, weight, with_confidence, on_progress):
+    """One panel, tile row by tile row. Global column ``x`` is ``x - origin`` in the running sums."""
     names = list(predictors)
-    n, k, th, tw, width = len(names), num_classes, grid.tile_h, grid.tile_w, grid.width
-    weight = blend_weight(th, tw).to(device)
+    n, k, th, tw = len(names), num_classes, grid.tile_h, grid.tile_w
+    origin, end = panel.xs[0], panel.xs[-1] + tw
+    out_width = panel.right - panel.left
     gaps = [b - a for a, b in zip(grid.ys, grid.ys[1:])] or [th]
     carry_rows = th - min(gaps)
     # Sums of the rows the next tile row still covers (their first ``carried`` rows are live).
-    carry = torch.zeros(n, k, carry_rows, width, device=device)
-    carry_norm = torch.zeros(carry_rows, width, device=device)
+    carry = torch.zeros(n, k, carry_rows, end - origin, device=device)
+    carry_norm = torch.zeros(carry_rows, end - origin, device=device)
     carried = 0
     for r, y0 in enumerate(grid.ys):
         done = (grid.ys[r + 1] if r + 1 < len(grid.ys) else grid.height) - y0  # rows final after this row
-        classes = np.zeros((done, width), np.uint8)
-        confidence = np.zeros((done, width), np.float32) if with_confidence else None
+        classes = np.zeros((done, out_width), np.uint8)
+        confidence = np.zeros((done, out_width), np.float32) if with_confidence else None
         band = torch.zeros(n, k, th, 0, device=device)  # sums over columns [left, left + band width)
         band_norm = torch.zeros(th, 0, device=device)
-        left = 0
-        for c0 in range(0, len(grid.xs), batch_size):
-            cols = grid.xs[c0 : c0 + batch_size]
-            right = cols[-1] + tw
-            grow = right - left - band.shape[-1]
-            new = torch.zeros(n, k, th, grow, device=device)
-            new_norm = torch.zeros(th, grow, device=device)
-            start = left + band.shape[-1]
-            new[:, :, :carried] = carry[:, :, :carried, start:right]
-            new_norm[:carried] = carry_norm[:carried, start:right]
+        left = origin
+        for c0 in range(0, len(panel.xs), batch_size):
+            cols = panel.xs[c0 : c0 + batch_size]
+            start, right = left + band.shape[-1], cols[-1] + tw
+            new = torch.zeros(n, k, th, right - start, device=device)
+            new_norm = torch.zeros(th, right - start, device=device)
+            new[:, :, :carried] = carry[:, :, :carried, start - origin : right - origin]
+            new_norm[:carried] = carry_norm[:carried, start - origin : right - origin]
             band, band_norm = torch.cat([band, new], -1), torch.cat([band_norm, new_norm], -1)
 
             image, valid = read(y0, cols[0], th, right - cols[0])
@@ -151,19 +182,23 @@ def stream_predictions(
                     band_norm[:, x - left : x - left + tw] += weight
 
             last = c0 + len(cols)
-            finished = (grid.xs[last] if last < len(grid.xs) else width) - left
+            finished = (panel.xs[last] if last < len(panel.xs) else end) - left
             if finished > 0:
-                carry[:, :, : th - done, left : left + finished] = band[:, :, done:, :finished]
-                carry_norm[: th - done, left : left + finished] = band_norm[done:, :finished]
-                logits = {name: band[s, :, :done, :finished] / band_norm[:done, :finished].clamp_min(1e-12)
-                          for s, name in enumerate(names)}
-                conf, labels = class_probabilities({m: v[None] for m, v in logits.items()}, prediction)[0].max(0)
-                classes[:, left : left + finished] = labels.cpu().numpy()
-                if confidence is not None:
-                    confidence[:, left : left + finished] = conf.cpu().numpy()
+                carry[:, :, : th - done, left - origin : left - origin + finished] = band[:, :, done:, :finished]
+                carry_norm[: th - done, left - origin : left - origin + finished] = band_norm[done:, :finished]
+                a, b = max(left, panel.left), min(left + finished, panel.right)  # the panel's own columns
+                if b > a:
+                    sums, norm = band[:, :, :done, a - left : b - left], band_norm[:done, a - left : b - left]
+                    logits = {name: (sums[s] / norm.clamp_min(1e-12))[None] for s, name in enumerate(names)}
+                    conf, labels = class_probabilities(logits, prediction)[0].max(0)
+                    classes[:, a - panel.left : b - panel.left] = labels.cpu().numpy()
+                    if confidence is not None:
+                        confidence[:, a - panel.left : b - panel.left] = conf.cpu().numpy()
                 band, band_norm = band[..., finished:], band_norm[:, finished:]
                 left += finished
-            if on_progress:
-                on_progress(len(cols), finished * done if finished > 0 else 0)
+                if on_progress:
+                    on_progress(len(cols), done * max(0, b - a))
+            elif on_progress:
+                on_progress(len(cols), 0)
         carried = th - done
-        yield y0, classes, confidence
+        yield y0, panel.left, classes, confidence
