@@ -120,3 +120,16 @@ def test_tile_and_overlap_options(tmp_path):
             tile_and_stride(config, 100, bad)
     with pytest.raises(Exception, match="fp16 needs a GPU"):
         tile_logits(_context_model, torch.device("cpu"), "fp16")
+
+
+def test_bf16_autocast_on_cpu_gives_float32_logits_close_to_fp32():
+    from co2s.models.lite_unet import LiteUNet
+
+    torch.manual_seed(0)
+    model = LiteUNet(num_classes=3, width=8, depth=3).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        full = tile_logits(model, torch.device("cpu"))(x)
+        half = tile_logits(model, torch.device("cpu"), "bf16")(x)
+    assert half.dtype == torch.float32 and not torch.equal(half, full)  # autocast really ran in bf16
+    torch.testing.assert_close(half, full, atol=0.1, rtol=0.05)
