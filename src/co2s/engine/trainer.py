@@ -9,6 +9,7 @@ import os
 import random
 import time
 import warnings
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,6 +97,50 @@ def _set_rng_state(fabric, state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def training_datasets(config, labelled: list, unlabelled: list | None
+                      ) -> tuple[LabelledCrops, UnlabelledPairs | None]:
+    """Weak-view labelled crops and, given unlabelled samples, their pairs with CutMix sources:
+    what a training step draws from (shared by ``fit`` and the throughput benchmark)."""
+    t = config.train
+    weak = WeakViewParams(
+        crop_size=(t.crop_size, t.crop_size), scale_range=tuple(t.scale_range),
+        ignore_index=config.data.ignore_index,
+    )
+    pairs = UnlabelledPairs(unlabelled, config.data, weak) if unlabelled is not None else None
+    return LabelledCrops(labelled, config.data, weak), pairs
+
+
+def training_batches(labelled: Iterable[dict], unlabelled: Iterable[dict] | None) -> Iterator[dict]:
+    """One dict per micro-batch: labelled crops, merged with unlabelled pairs when given."""
+    if unlabelled is None:
+        return iter(labelled)
+    return ({**x, **u} for x, u in zip(labelled, unlabelled))
+
+
+def train_step(fabric, method, batches: Iterator[dict], step: int, total: int, sums: dict[str, float]) -> int:
+    """One optimiser step exactly as ``fit`` runs it, so benchmarks can time the real thing: poly
+    learning rate, forward and backward of ``train.grad_accum`` micro-batches (DDP all-reduces
+    gradients on the last only), then every optimiser steps. Adds each logged scalar / grad_accum
+    to ``sums`` (the caller's log window); returns the labelled images consumed across ranks."""
+    t = method.config.train
+    for opt in method.optimizers.values():
+        set_lr(opt, poly_factor(step, total, t.poly_power, t.warmup_iters))
+    images = 0
+    for micro in range(t.grad_accum):
+        batch = next(batches)
+        last = micro == t.grad_accum - 1
+        with _no_sync(fabric, method.modules.values(), enabled=not last):
+            loss, logs = method.training_loss(batch, step, total)
+            fabric.backward(loss / t.grad_accum)
+        for key, value in logs.items():
+            sums[key] = sums.get(key, 0.0) + float(value) / t.grad_accum
+        images += batch["image"].shape[0] * fabric.world_size
+    for opt in method.optimizers.values():
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return images
+
+
 class Trainer:
     def __init__(self, config, run_dir: str | os.PathLike | None = None, progress: bool = True):
         self.config = config
@@ -175,16 +220,11 @@ class Trainer:
             write_run_info(self.run_dir, {"resumed_from_step": state["step"], "total_steps": total,
                                           "world_size": fabric.world_size})
 
-        weak = WeakViewParams(
-            crop_size=(t.crop_size, t.crop_size), scale_range=tuple(t.scale_range),
-            ignore_index=config.data.ignore_index,
-        )
-        dataset = LabelledCrops(labelled, config.data, weak)
+        dataset, pairs = training_datasets(config, labelled, unlabelled if uses_unlabelled else None)
         start = state["step"] * t.grad_accum
-        batches = iter(self._loader(dataset, fabric, start * t.batch_size, t.batch_size, t.seed))
-        if uses_unlabelled:
-            pairs = UnlabelledPairs(unlabelled, config.data, weak)
-            u_batches = iter(self._loader(pairs, fabric, start * ub, ub, t.seed + 1))
+        batches = training_batches(
+            self._loader(dataset, fabric, start * t.batch_size, t.batch_size, t.seed),
+            self._loader(pairs, fabric, start * ub, ub, t.seed + 1) if pairs is not None else None)
         val_set = WholeImages(val, config.data) if val else None
 
         bar = progress_bar(total=total, initial=state["step"], desc="training", leave=True,
@@ -194,22 +234,7 @@ class Trainer:
             m.train()
         while state["step"] < total:
             step = state["step"]
-            for opt in method.optimizers.values():
-                set_lr(opt, poly_factor(step, total, t.poly_power, t.warmup_iters))
-            for micro in range(t.grad_accum):
-                batch = next(batches)
-                if uses_unlabelled:
-                    batch = {**batch, **next(u_batches)}
-                last = micro == t.grad_accum - 1
-                with _no_sync(fabric, method.modules.values(), enabled=not last):
-                    loss, logs = method.training_loss(batch, step, total)
-                    fabric.backward(loss / t.grad_accum)
-                for key, value in logs.items():
-                    sums[key] = sums.get(key, 0.0) + float(value) / t.grad_accum
-                window_images += batch["image"].shape[0] * fabric.world_size
-            for opt in method.optimizers.values():
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+            window_images += train_step(fabric, method, batches, step, total, sums)
             state["step"] = step + 1
             bar.update(1)
 

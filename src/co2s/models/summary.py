@@ -7,8 +7,8 @@ import torch
 from co2s.models.factory import build_model
 
 
-def _without_weights(student_cfg):
-    """The same architecture with random weights (no files needed): for sizing, not training."""
+def without_weights(student_cfg):
+    """The same architecture with random weights (no files needed): for sizing and timing, not training."""
     backbone = student_cfg.backbone.model_copy(update={"weights": None})
     text = student_cfg.text.model_copy(update={"prototypes": "random"})
     return student_cfg.model_copy(update={"backbone": backbone, "text": text})
@@ -23,7 +23,7 @@ def model_summary(config, load_weights: bool = True, input_size: int | None = No
     entries = []
     if config.model.name == "students":
         for cfg in config.model.students:
-            student = build_student(cfg if load_weights else _without_weights(cfg), config.data,
+            student = build_student(cfg if load_weights else without_weights(cfg), config.data,
                                     in_channels=config.in_channels).eval()
             counts = student.parameter_counts()
             features = student.extract(student.normalize(x))

@@ -1,0 +1,324 @@
+"""Training throughput of the real training step of each method (a benchmark, not a test).
+
+For supervised, UniMatch and Co2S it times the engine's own ``train_step`` (the method's
+``training_loss``, Fabric's backward with the requested precision, every optimiser's step) and
+reports seconds per step (median of ``--steps`` after ``--warmup``), images per second, peak memory,
+model FLOPs per step (``torch.utils.flop_counter`` around one whole step, forward and backward) and,
+on a known GPU, the fraction of the device's peak that this reaches.
+
+    python benchmarks/throughput.py                                   # tiny students, CPU, fp32 + bf16
+    python benchmarks/throughput.py --precision 32-true --steps 5     # skip bf16 (slow on CPU)
+    python benchmarks/throughput.py --config paper --device cuda      # ViT-B/16 pair, crop 512, 2+2
+
+Configurations: ``tiny`` is the random-weight tiny pair of ``models/co2s-tiny`` (crop 128);
+``paper`` is the architecture pair of ``models/co2s-vitb16`` (CLIP + DINOv3 ViT-B/16, attention-only
+tuning) built with random weights, since timing does not depend on their values (crop 512).
+Supervised and UniMatch train the first student alone; Co2S trains both.
+
+Every (method, precision) cell runs in its own process so that peak resident memory is that cell's
+alone. Batches come from the synthetic demo data written to a temporary folder at the crop size,
+go through the trainer's datasets and are moved to the device before timing: the step is timed
+without data loading (the trainer's loader workers overlap it with compute).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# Benchmark this checkout's code even where the environment installed the package from elsewhere.
+sys.path.insert(0, str(REPO / "src"))
+
+import torch  # noqa: E402
+from torch.utils.data import default_collate  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count  # noqa: E402
+
+from co2s.config.loader import load_config  # noqa: E402
+from co2s.data.sources import read_split  # noqa: E402
+from co2s.data.synthetic import write_demo_dataset  # noqa: E402
+from co2s.engine.trainer import make_fabric, train_step, training_batches, training_datasets  # noqa: E402
+from co2s.methods import build_method  # noqa: E402
+from co2s.models.summary import without_weights  # noqa: E402
+
+CONFIGS = {"tiny": {"models": "models/co2s-tiny", "crop": 128},
+           "paper": {"models": "models/co2s-vitb16", "crop": 512}}
+METHODS = ["supervised", "unimatch", "co2s"]
+PRECISIONS = ["32-true", "bf16-mixed"]
+BATCH_POOL = 2  # distinct batches cycled through the steps
+
+# Dense peaks in TFLOP/s from NVIDIA's datasheets (bf16: tensor cores without sparsity; fp32: the
+# plain FP32 figure, i.e. TF32 off, as torch's default float32 matmuls). The first name contained in
+# torch.cuda.get_device_name() wins, so specific variants come before the SXM parts.
+PEAK_TFLOPS = [
+    ("H100 PCIe", {"bf16-mixed": 756.0, "32-true": 51.0}),
+    ("H100 NVL", {"bf16-mixed": 835.0, "32-true": 60.0}),
+    ("H200 NVL", {"bf16-mixed": 835.0, "32-true": 60.0}),
+    ("H100", {"bf16-mixed": 989.0, "32-true": 67.0}),  # H100 SXM
+    ("H200", {"bf16-mixed": 989.0, "32-true": 67.0}),  # H200 SXM
+    ("A100", {"bf16-mixed": 312.0, "32-true": 19.5}),
+]
+
+
+def _cpu_flash_attention_flops(query, key, value, *args, **kwargs) -> int:
+    return sdpa_flop_count(query, key, value)
+
+
+def _cpu_flash_attention_backward_flops(grad_out, query, key, value, *args, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+# torch's FLOP counter knows the CUDA attention kernels but not the CPU one, which would leave
+# attention out of CPU counts; the same formulas make both devices count the same FLOPs.
+CPU_ATTENTION_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_attention_flops,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_flash_attention_backward_flops,
+}
+
+
+class _TotalsOnly:
+    """Stands in for FlopCounterMode's module tracker, which only splits counts by module: its
+    hooks on module inputs fail on a no-grad forward that receives a view of a trainable parameter
+    (the pseudo-label pass of a student with learnable queries). Everything counts as "Global"."""
+
+    parents = {"Global"}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+@contextlib.contextmanager
+def counting_flops() -> Iterator[FlopCounterMode]:
+    """A FlopCounterMode for one whole training step: totals only, CPU attention counted, and
+    nn.TransformerEncoderLayer's inference fast path off. That fast path (the no-grad eval pass)
+    is one fused op whose matmuls the counter cannot see (and which fails on mixed dtypes under CPU
+    autocast inside the counter); the regular path does the same arithmetic in ops it knows."""
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    counter = FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS)
+    counter.mod_tracker = _TotalsOnly()
+    try:
+        with counter:
+            yield counter
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+def peak_tflops(device_name: str, precision: str) -> float | None:
+    """The datasheet dense peak of this GPU at this precision; None for an unknown device."""
+    for key, peaks in PEAK_TFLOPS:
+        if key.lower() in device_name.lower():
+            return peaks[precision]
+    return None
+
+
+def benchmark_config(args, method: str, precision: str, steps_total: int):
+    """The demo config on the benchmark data with the chosen students, random weights, crop, batch,
+    method, device and precision; single-student methods keep the first student only."""
+    config_file = Path(args.data_root) / "benchmark.yaml"
+    config = load_config(str(config_file), [
+        f"train.method={method}", f"train.crop_size={args.crop}", f"train.batch_size={args.batch}",
+        f"train.iters={steps_total}", "train.num_workers=0", f"engine.accelerator={args.device}",
+        "engine.devices=1", f"engine.precision={precision}",
+    ])
+    students = [without_weights(s) for s in config.model.students]
+    config.model.students = students if method == "co2s" else students[:1]
+    return config
+
+
+def device_batches(config, fabric, unlabelled_batch: int) -> list[dict]:
+    """``BATCH_POOL`` micro-batches as the trainer's loaders collate them, already on the device;
+    with unlabelled pairs when ``unlabelled_batch`` > 0."""
+    data = config.data
+    labelled = read_split(data.splits.labelled, data, labelled=True, name="labelled")
+    unlabelled = (read_split(data.splits.unlabelled, data, labelled=False, name="unlabelled", keep_masks=True)
+                  if unlabelled_batch else None)
+    crops, pairs = training_datasets(config, labelled, unlabelled)
+
+    def collated(dataset, size: int) -> list[dict]:
+        return [fabric.to_device(default_collate([dataset[i * size + j] for j in range(size)]))
+                for i in range(BATCH_POOL)]
+
+    return list(training_batches(collated(crops, config.train.batch_size),
+                                 collated(pairs, unlabelled_batch) if pairs is not None else None))
+
+
+def run_cell(args, method_name: str, precision: str) -> dict:
+    total = args.warmup + args.steps + 1  # the last step is the FLOP count
+    config = benchmark_config(args, method_name, precision, total)
+    fabric = make_fabric(config)
+    fabric.launch()
+    fabric.seed_everything(config.train.seed, verbose=False)
+    method = build_method(config)
+    method.setup(fabric)
+    t = config.train
+    unlabelled = (t.semi.unlabelled_batch_size or t.batch_size) if method.uses_unlabelled else 0
+    batches = itertools.cycle(device_batches(config, fabric, unlabelled))
+    on_gpu = fabric.device.type == "cuda"
+    for module in method.modules.values():
+        module.train()
+
+    step, logs = 0, {}
+
+    def one_step() -> float:
+        nonlocal step
+        if on_gpu:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        train_step(fabric, method, batches, step, total, logs)
+        if on_gpu:
+            torch.cuda.synchronize()
+        step += 1
+        return time.perf_counter() - start
+
+    for _ in range(args.warmup):
+        one_step()
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
+    times = [one_step() for _ in range(args.steps)]
+    peak_gpu_mib = torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None
+    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    with counting_flops() as counter:
+        one_step()
+    flops = counter.get_total_flops()
+
+    seconds = statistics.median(times)
+    device_name = torch.cuda.get_device_name() if on_gpu else None
+    peak = peak_tflops(device_name, precision) if on_gpu else None
+    return {
+        "method": method_name, "precision": precision, "students": [s.name for s in config.model.students],
+        "crop": t.crop_size, "labelled_per_step": t.batch_size, "unlabelled_per_step": unlabelled,
+        "step_s": seconds, "step_s_all": times,
+        "labelled_images_per_s": t.batch_size / seconds,
+        "total_images_per_s": (t.batch_size + unlabelled) / seconds,
+        "peak_gpu_mib": peak_gpu_mib, "peak_rss_mib": peak_rss_mib,
+        "gflops_per_step": flops / 1e9, "achieved_tflops": flops / seconds / 1e12,
+        "peak_tflops": peak, "percent_of_peak": 100 * flops / seconds / 1e12 / peak if peak else None,
+        "trainable_m": sum(p.numel() for m in method.modules.values() for p in m.parameters()
+                           if p.requires_grad) / 1e6,
+    }
+
+
+def hardware(device: str) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(), "gpu": None}
+    if device == "cuda":
+        info.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda,
+                    tf32_matmul=torch.backends.cuda.matmul.allow_tf32)
+    return info
+
+
+def write_benchmark_data(root: Path, config_name: str, crop: int, batch: int) -> None:
+    """Demo tiles at the crop size (enough for ``BATCH_POOL`` batches) and the config every cell
+    loads: the demo preset with the benchmark's students, on these tiles only."""
+    n = batch * BATCH_POOL
+    write_demo_dataset(root, tile_size=crop, n_labelled=n, n_unlabelled=max(n, 2), n_val=0, n_test=0,
+                       n_scenes=0)
+    config = {"preset": ["demo", CONFIGS[config_name]["models"]],
+              "data": {"root": str(root), "splits": {"val": None, "test": None}}}
+    (root / "benchmark.yaml").write_text(json.dumps(config))  # JSON is YAML
+
+
+def markdown_table(results: list[dict]) -> str:
+    def number(value, fmt: str) -> str:
+        return "n/a" if value is None else format(value, fmt)
+
+    lines = ["| method | precision | s/step | labelled img/s | total img/s | peak MiB | GFLOPs/step | % of peak |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['method']} | {r['precision']} | failed | | | | | |")
+            continue
+        memory = r["peak_gpu_mib"] if r["peak_gpu_mib"] is not None else r["peak_rss_mib"]
+        lines.append(f"| {r['method']} | {r['precision']} | {r['step_s']:.3f} | {r['labelled_images_per_s']:.2f} "
+                     f"| {r['total_images_per_s']:.2f} | {memory:.0f} | {r['gflops_per_step']:.1f} "
+                     f"| {number(r['percent_of_peak'], '.1f')} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", choices=list(CONFIGS), default="tiny")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS)
+    parser.add_argument("--precision", nargs="+", choices=PRECISIONS, default=PRECISIONS)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--crop", type=int, help="crop size (default: 128 tiny, 512 paper)")
+    parser.add_argument("--batch", type=int, default=2, help="labelled and unlabelled images per step each")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--out", type=Path, help="JSON results (default benchmarks/results/"
+                        "throughput_<config>_<device>.json)")
+    parser.add_argument("--cell", help=argparse.SUPPRESS)  # internal: method,precision
+    parser.add_argument("--data-root", help=argparse.SUPPRESS)  # internal: written by the parent
+    args = parser.parse_args()
+    args.crop = args.crop or CONFIGS[args.config]["crop"]
+    if args.steps < 1 or args.warmup < 0 or args.batch < 1:
+        parser.error("need --steps >= 1, --warmup >= 0, --batch >= 1")
+
+    if args.cell:
+        method, precision = args.cell.split(",")
+        print(json.dumps(run_cell(args, method, precision)))
+        return
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda but torch sees no CUDA device")
+
+    results = []
+    with tempfile.TemporaryDirectory(prefix="co2s-throughput-") as tmp:
+        write_benchmark_data(Path(tmp), args.config, args.crop, args.batch)
+        for method in args.methods:
+            for precision in args.precision:
+                cmd = [sys.executable, __file__, "--cell", f"{method},{precision}", "--data-root", tmp,
+                       "--config", args.config, "--device", args.device, "--crop", str(args.crop),
+                       "--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+                out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+                if out.returncode != 0:
+                    print(f"{method} {precision}: failed\n{out.stderr[-3000:]}", file=sys.stderr)
+                    results.append({"method": method, "precision": precision, "error": out.stderr[-3000:]})
+                    continue
+                results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+                print(f"{method} {precision}: {results[-1]['step_s']:.3f} s/step", file=sys.stderr)
+
+    print(markdown_table(results))
+    report = {
+        "benchmark": "throughput", "config": args.config, "device": args.device, "crop": args.crop,
+        "batch": args.batch, "steps": args.steps, "warmup": args.warmup, "hardware": hardware(args.device),
+        "note": "One optimiser step of the engine's train_step on random-weight students; data loading "
+                "excluded (batches prefetched on the device). Images per step: labelled = batch, "
+                "unlabelled = batch for unimatch/co2s (each also forwards a CutMix-source batch of the "
+                "same size without gradient; that is not counted as images but is in the FLOPs). "
+                "FLOPs: torch.utils.flop_counter over one step (forward + backward + no-grad "
+                "pseudo-label forwards). Peak memory: torch.cuda.max_memory_allocated over the timed "
+                "steps on GPU, else the cell process's peak RSS. % of peak: achieved FLOP/s over "
+                "NVIDIA datasheet dense peaks (bf16 tensor core; fp32 without TF32), null for unknown "
+                "devices and CPU.",
+        "results": results,
+    }
+    out_path = args.out or REPO / "benchmarks" / "results" / f"throughput_{args.config}_{args.device}.json"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out_path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
