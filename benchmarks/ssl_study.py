@@ -320,7 +320,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     base = base_config(args)
     split_dirs = write_splits(base, args.fractions, args.seeds, out)
-    plan = [(m, f, s) for f in args.fractions for s in args.seeds for m in args.methods]
+    # seed-major, so that a partial study already covers every fraction and method once
+    plan = [(m, f, s) for s in args.seeds for f in args.fractions for m in args.methods]
 
     def run_dir(m, f, s):
         return out / "runs" / m / f"{ratio_tag(f)}_seed{s}"
