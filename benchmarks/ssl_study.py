@@ -274,10 +274,11 @@ def plots(records: list[dict], fractions: list[str], out: Path) -> list[Path]:
 
     xs = [parse_ratio(f) for f in fractions]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, method, pred in rows(records):
+    for i, (label, method, pred) in enumerate(rows(records)):
         means = [statistics.mean(v) if (v := cell(records, method, pred, f)) else float("nan") for f in fractions]
         spreads = [statistics.stdev(v) if len(v := cell(records, method, pred, f)) > 1 else 0 for f in fractions]
-        ax.errorbar(xs, means, yerr=spreads, marker="o", capsize=3, label=label)
+        ax.errorbar(xs, means, yerr=spreads, marker="o", capsize=3, label=label,
+                    color=plt.cm.tab20(i % 20))  # 13 rows: the default 10-colour cycle repeats
     ax.set_xscale("log", base=2)
     ax.set_xticks(xs, fractions)
     ax.set_xlabel("labelled fraction of train.txt")
