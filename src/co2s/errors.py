@@ -17,3 +17,8 @@ class DataError(Co2sError):
 
 class CheckpointError(Co2sError):
     """A checkpoint is missing, unreadable or does not match the config."""
+
+
+class TrainingError(Co2sError):
+    """Training went wrong in a way the user must look at (e.g. a non-finite loss); the message
+    names the step and the files of the batch, and nothing non-finite was written."""

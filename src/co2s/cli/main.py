@@ -25,7 +25,18 @@ def cmd_train(args) -> int:
 
     overrides = list(args.overrides) + ([f"out_dir={args.out}"] if args.out else [])
     config = load_config(args.config, overrides)
-    result = train(config, progress=not args.no_progress)
+    try:
+        result = train(config, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        from pathlib import Path
+
+        latest = Path(config.run_dir) / "latest.ckpt"
+        if latest.is_file():
+            print(f"interrupted; rerun the same command to resume from {latest}", file=sys.stderr)
+        else:
+            print(f"interrupted before the first checkpoint: nothing to resume yet; rerunning the "
+                  f"command starts {config.run_dir} from step 0", file=sys.stderr)
+        return 130
     if not result.is_global_zero:
         return 0
     best = result.best
@@ -159,7 +170,7 @@ def cmd_presets(args) -> int:
     from co2s.config.loader import dump_yaml, load_config, model_presets, preset_names
 
     if args.name:
-        print(dump_yaml(load_config(args.name)), end="")
+        print(dump_yaml(load_config(args.name, args.overrides)), end="")
     else:
         print("\n".join(preset_names() + model_presets()))
     return 0
@@ -256,8 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--template", default="a photo of a {}", help="prompt template (default: 'a photo of a {}')")
     p.set_defaults(func=cmd_embed_text)
 
-    p = sub.add_parser("presets", help="list the packaged presets, or print one")
-    p.add_argument("name", nargs="?")
+    p = sub.add_parser(
+        "presets", help="list the packaged presets, or print one (or a YAML file) fully resolved",
+        description="Without NAME: list the packaged presets. With a preset name or a YAML file: "
+        "print the config fully resolved (bases merged, every default filled in), which validates "
+        "it without training.")
+    p.add_argument("name", nargs="?", help="preset name or YAML config file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value before printing (repeatable)")
     p.set_defaults(func=cmd_presets)
     return parser
 
@@ -273,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; `co2s train` resumes from the last checkpoint", file=sys.stderr)
+        print("interrupted", file=sys.stderr)
         return 130
 
 

@@ -4,8 +4,31 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
+
+from co2s.atomic import write_text
+
+
+def _parse(path: Path) -> list[dict[str, Any]]:
+    """The records of a log; a torn line (a crash or a full disk mid-write) is dropped with a warning."""
+    records = []
+    lines = path.read_text(errors="replace").splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            where = "last line" if number == len(lines) else f"line {number}"
+            warnings.warn(f"{path}: {where} is not a complete JSON record (torn write?); dropped",
+                          stacklevel=3)
+            continue
+        records.append(record)
+    return records
 
 
 class MetricsLog:
@@ -22,16 +45,13 @@ class MetricsLog:
                 self._tb = None
 
     def truncate_after(self, step: int) -> None:
-        """On resume, drop records newer than the checkpoint: they will be logged again."""
+        """Keep only what the checkpoint at ``step`` has seen: newer records are logged again when
+        training continues, and the ``final`` record is written again at the end (``step`` 0 with
+        no checkpoint starts the log afresh)."""
         if not self.enabled or not self.path.is_file():
             return
-        kept = [
-            line for line in self.path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step
-        ]
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.path)
+        kept = [r for r in _parse(self.path) if r.get("step", 0) <= step and r.get("kind") != "final"]
+        write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept), durable=False)
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -51,4 +71,5 @@ class MetricsLog:
 
 
 def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """Every complete record of a metrics log (torn lines dropped with a warning)."""
+    return _parse(Path(path))

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from co2s import __version__
+from co2s.atomic import write_text
 from co2s.config.loader import config_to_dict, dump_yaml
 from co2s.errors import ConfigError
 
@@ -37,34 +38,66 @@ def git_revision() -> str | None:
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
-def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+#: config keys that say where the run lives, not what it is: a moved run directory still resumes
+_LOCATION_KEYS = ("out_dir",)
+
+
+def _same_value(old: Any, new: Any) -> bool:
+    """Equal, or two spellings of the same path (``runs/x``, ``./runs/x``, ``/abs/runs/x``)."""
+    if old == new:
+        return True
+    if isinstance(old, str) and isinstance(new, str):
+        try:
+            return Path(old).expanduser().resolve() == Path(new).expanduser().resolve()
+        except (OSError, RuntimeError, ValueError):
+            return False
+    return False
+
+
+def config_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every setting that differs between two config dicts, comparing paths
+    by where they resolve to and ignoring where the run directory itself is."""
     if isinstance(old, dict) and isinstance(new, dict):
         out = []
         for key in sorted(set(old) | set(new), key=str):
-            out += _diff(old.get(key), new.get(key), f"{prefix}{key}.")
+            if not prefix and key in _LOCATION_KEYS:
+                continue
+            out += config_differences(old.get(key), new.get(key), f"{prefix}{key}.")
         return out
-    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [d for i, (a, b) in enumerate(zip(old, new))
+                for d in config_differences(a, b, f"{prefix}{i}.")]
+    return [] if _same_value(old, new) else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+
+
+def has_checkpoint(run_dir: str | os.PathLike) -> bool:
+    run_dir = Path(run_dir)
+    return (run_dir / "latest.ckpt").is_file() or (run_dir / "best.ckpt").is_file()
 
 
 def prepare_run_dir(config, run_dir: str | os.PathLike) -> Path:
-    """Create the run directory, or check that an existing one belongs to this same config."""
+    """Create the run directory, or check that an existing one belongs to this same config.
+
+    A run directory without a checkpoint (killed before its first save) holds nothing to protect:
+    its config is replaced by the new one.
+    """
     run_dir = Path(run_dir)
     saved = run_dir / "config.yaml"
     if saved.is_file():
         old = yaml.safe_load(saved.read_text())
-        changes = _diff(old, config_to_dict(config))
-        if changes:
+        changes = config_differences(old, config_to_dict(config))
+        if not changes:
+            return run_dir
+        if has_checkpoint(run_dir):
             shown = "\n  ".join(changes[:10])
             raise ConfigError(
                 f"run directory {run_dir} already holds a run with a different config:\n  {shown}\n"
                 "choose another output directory (--out or name), or restore the old settings "
                 "to resume that run"
             )
-        return run_dir
+        print(f"{run_dir} holds no checkpoint yet; starting it again with the new config")
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = saved.with_name(".config.yaml.tmp")
-    tmp.write_text(dump_yaml(config))
-    os.replace(tmp, saved)
+    write_text(saved, dump_yaml(config))
     return run_dir
 
 

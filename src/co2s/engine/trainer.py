@@ -27,8 +27,8 @@ from co2s.data.transforms import WeakViewParams
 from co2s.engine.checkpoint import load_checkpoint, save_checkpoint
 from co2s.engine.metrics_log import MetricsLog
 from co2s.engine.optim import poly_factor, set_lr
-from co2s.engine.run_dir import prepare_run_dir, write_run_info
-from co2s.errors import CheckpointError, DataError
+from co2s.engine.run_dir import config_differences, prepare_run_dir, write_run_info
+from co2s.errors import CheckpointError, DataError, TrainingError
 from co2s.evaluation.evaluator import evaluate_all
 from co2s.inference.fusion import FUSIONS
 from co2s.methods import build_method
@@ -131,6 +131,7 @@ def train_step(fabric, method, batches: Iterator[dict], step: int, total: int, s
         last = micro == t.grad_accum - 1
         with _no_sync(fabric, method.modules.values(), enabled=not last):
             loss, logs = method.training_loss(batch, step, total)
+            _check_finite_loss(fabric, loss, logs, batch, step)
             fabric.backward(loss / t.grad_accum)
         for key, value in logs.items():
             sums[key] = sums.get(key, 0.0) + float(value) / t.grad_accum
@@ -213,9 +214,11 @@ class Trainer:
         latest = self.run_dir / "latest.ckpt"
         if latest.is_file():
             self._resume(fabric, latest, method, state)
-            log.truncate_after(state["step"])
             if fabric.is_global_zero:
                 print(f"resuming {self.run_dir} from step {state['step']}")
+        # Drop what an earlier attempt logged after its last checkpoint (all of it when there is
+        # none): those steps run again and log again.
+        log.truncate_after(state["step"])
         if fabric.is_global_zero:
             write_run_info(self.run_dir, {"resumed_from_step": state["step"], "total_steps": total,
                                           "world_size": fabric.world_size})
@@ -265,10 +268,17 @@ class Trainer:
                 "architectures": {k: v for k, v in architectures.items() if v is not None}}
 
     def _resume(self, fabric, path: Path, method, state: dict) -> None:
-        ckpt = load_checkpoint(path)
+        try:
+            ckpt = load_checkpoint(path)
+        except CheckpointError as exc:
+            raise CheckpointError(f"cannot resume: {exc}. Delete {path} to restart the run from "
+                                  "step 0 (or copy an intact checkpoint there)") from None
         saved = validate(ckpt["config"], f"config stored in {path}")
-        if saved.model != self.config.model or saved.data.classes != self.config.data.classes:
-            raise CheckpointError(f"{path} holds a different model or class list; cannot resume")
+        changes = config_differences(config_to_dict(saved)["model"], config_to_dict(self.config)["model"],
+                                     "model.")
+        if changes or saved.data.classes != self.config.data.classes:
+            shown = "; ".join(changes[:5]) or f"classes {saved.data.classes} -> {self.config.data.classes}"
+            raise CheckpointError(f"{path} holds a different model or class list ({shown}); cannot resume")
         for name, module in method.modules.items():
             module.load_state_dict(ckpt[name])
         for name, opt in method.optimizers.items():
@@ -309,6 +319,29 @@ class Trainer:
             tqdm.write(f"step {state['step']}: val mIoU {score:.2f} ({main}"
                        f"{'; ' + others if others else ''}; best {state['best']['mIoU']:.2f}"
                        f" at step {state['best']['step']})")
+
+
+def _check_finite_loss(fabric, loss: torch.Tensor, logs: dict, batch: dict, step: int) -> None:
+    """Stop before a non-finite loss reaches the weights, naming the step, the terms and the files.
+
+    Every rank takes part in the check (one all-reduce), so all stop together instead of hanging in
+    the gradient all-reduce of the rank that failed.
+    """
+    finite = bool(torch.isfinite(loss.detach()).all())
+    if fabric.world_size > 1:
+        flag = torch.tensor(0.0 if finite else 1.0, device=fabric.device)
+        finite = float(fabric.all_reduce(flag, reduce_op="sum")) == 0.0
+    if finite:
+        return
+    terms = [k for k, v in logs.items() if not math.isfinite(float(v))]
+    files = [str(f) for key in ("path", "u_path", "mix_path") for f in (batch.get(key) or [])]
+    shown = ", ".join(files[:8]) + (f" and {len(files) - 8} more" if len(files) > 8 else "")
+    raise TrainingError(
+        f"step {step + 1}: the training loss is not finite ({float(loss.detach()):g}"
+        f"{'; non-finite terms: ' + ', '.join(terms) if terms else ''}); "
+        f"batch files: {shown or 'not recorded'}. Nothing was written for this step; "
+        "check those images for extreme values (data.scale, data.mean/std) or lower train.lr, then "
+        "rerun to resume from latest.ckpt")
 
 
 def _weights_in_sync(fabric, modules: dict) -> dict:
