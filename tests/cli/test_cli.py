@@ -27,8 +27,8 @@ def test_help_lists_the_verbs():
 
 @pytest.fixture
 def config_file(tiny_dataset, tmp_path):
-    def make(**data_changes):
-        cfg = tiny_config_dict(tiny_dataset, tmp_path / "run", iters=4)
+    def make(method="supervised", **data_changes):
+        cfg = tiny_config_dict(tiny_dataset, tmp_path / "run", iters=4, method=method)
         cfg["data"]["splits"].update(data_changes)
         path = tmp_path / "cfg.yaml"
         path.write_text(yaml.safe_dump(cfg))
@@ -76,7 +76,7 @@ def test_bad_inputs_each_give_one_message(tiny_dataset, config_file, tmp_path, c
 
 def test_overlapping_unlabelled_list_stops_training(tiny_dataset, config_file, tmp_path, capsys):
     (tiny_dataset / "u.txt").write_text("images/t5.png\nimages/t1.png\n")
-    err = _bad(capsys, "train", config_file(unlabelled="u.txt"))
+    err = _bad(capsys, "train", config_file(method="fixmatch", unlabelled="u.txt"))
     assert "1 image(s) are both labelled and unlabelled, e.g. t1.png" in err
     assert "train.txt:2" in err and "u.txt:2" in err
     assert not (tmp_path / "run" / "latest.ckpt").exists()

@@ -12,7 +12,7 @@ import yaml
 import co2s.engine.trainer as trainer_module
 from co2s.cli.main import main
 from co2s.config.loader import validate
-from co2s.engine.checkpoint import load_checkpoint
+from co2s.models.loading import read_checkpoint
 from co2s.engine.metrics_log import read_log
 from co2s.engine.trainer import train
 from co2s.errors import CheckpointError, TrainingError
@@ -105,7 +105,7 @@ def test_run_directory_spelled_differently_or_moved_resumes(tiny_dataset, tmp_pa
     with pytest.raises(KeyboardInterrupt):
         train(validate(cfg), progress=False)
     assert "resuming" in capsys.readouterr().out
-    assert load_checkpoint(tmp_path / "runs" / "a" / "latest.ckpt")["step"] == 4
+    assert read_checkpoint(tmp_path / "runs" / "a" / "latest.ckpt")["step"] == 4
 
     monkeypatch.undo()
     monkeypatch.chdir(tmp_path)
@@ -163,14 +163,14 @@ def test_bad_checkpoint_files_say_what_is_wrong_and_point_to_best(tiny_config, t
     for name, (content, words) in cases.items():
         (run / "latest.ckpt").write_bytes(content)
         with pytest.raises(CheckpointError) as info:
-            load_checkpoint(run / "latest.ckpt")
+            read_checkpoint(run / "latest.ckpt")
         assert words in str(info.value), (name, str(info.value))
         assert "best.ckpt exists" in str(info.value)
         assert "weights_only" not in str(info.value)
 
     torch.save({"model": _Foreign()}, run / "latest.ckpt")
     with pytest.raises(CheckpointError) as info:
-        load_checkpoint(run / "latest.ckpt")
+        read_checkpoint(run / "latest.ckpt")
     assert "Python objects besides tensors" in str(info.value) and "weights_only" not in str(info.value)
 
     # resuming from the damaged latest says how to go on
@@ -180,6 +180,6 @@ def test_bad_checkpoint_files_say_what_is_wrong_and_point_to_best(tiny_config, t
 
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.ckpt")
     with pytest.raises(CheckpointError, match="not a co2s checkpoint"):
-        load_checkpoint(tmp_path / "other.ckpt")
+        read_checkpoint(tmp_path / "other.ckpt")
     with pytest.raises(CheckpointError, match="is a directory"):
-        load_checkpoint(run)
+        read_checkpoint(run)

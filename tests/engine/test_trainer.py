@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from co2s.config.loader import validate
-from co2s.engine.checkpoint import load_checkpoint, load_models_from_checkpoint
+from co2s.models.loading import load_trained_models, read_checkpoint
 from co2s.engine.metrics_log import read_log
 from co2s.engine.trainer import train
 from co2s.errors import CheckpointError, ConfigError
@@ -32,10 +32,10 @@ def test_training_writes_run_directory(tiny_config):
     val_steps = [r["step"] for r in log if r["kind"] == "val"]
     assert train_steps == [2, 4, 6] and val_steps == [3, 6]
     assert all(r["loss"] > 0 and r["lr"] > 0 and r["images_per_sec"] > 0 for r in log if r["kind"] == "train")
-    ckpt = load_checkpoint(run / "latest.ckpt")
+    ckpt = read_checkpoint(run / "latest.ckpt")
     assert ckpt["step"] == 6 and ckpt["config"]["train"]["iters"] == 6
     assert result.best["split"] == "val" and result.best["step"] in (3, 6)
-    models, config, _ = load_models_from_checkpoint(run / "best.ckpt")
+    models, config, _ = load_trained_models(run / "best.ckpt")
     assert config.data.classes == ["c0", "c1", "c2"] and not models["model"].training
 
 
@@ -55,12 +55,12 @@ def test_bad_checkpoints_give_clear_errors(tmp_path, tiny_config):
     data = (tiny_config.run_dir and open(f"{tiny_config.run_dir}/latest.ckpt", "rb").read())
     (tmp_path / "trunc.ckpt").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match=r"checkpoint .*trunc\.ckpt is truncated"):
-        load_checkpoint(tmp_path / "trunc.ckpt")
+        read_checkpoint(tmp_path / "trunc.ckpt")
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.ckpt")
     with pytest.raises(CheckpointError, match="not a co2s checkpoint"):
-        load_checkpoint(tmp_path / "other.ckpt")
+        read_checkpoint(tmp_path / "other.ckpt")
     with pytest.raises(CheckpointError, match="checkpoint not found"):
-        load_checkpoint(tmp_path / "none.ckpt")
+        read_checkpoint(tmp_path / "none.ckpt")
 
 
 def _launch(config_path, env):
@@ -100,7 +100,7 @@ def test_sigkilled_run_resumes_to_identical_weights(tiny_dataset, tmp_path, meth
     killed_at = None
     while time.time() < deadline and proc.poll() is None:
         if latest.is_file():
-            step = load_checkpoint(latest)["step"]
+            step = read_checkpoint(latest)["step"]
             if step >= 10:
                 proc.send_signal(signal.SIGKILL)
                 killed_at = step
@@ -119,8 +119,8 @@ def test_sigkilled_run_resumes_to_identical_weights(tiny_dataset, tmp_path, meth
     out2, _ = straight.communicate(timeout=300)
     assert straight.returncode == 0, out2
 
-    a = load_checkpoint(tmp_path / "straight" / "latest.ckpt")
-    b = load_checkpoint(latest)
+    a = read_checkpoint(tmp_path / "straight" / "latest.ckpt")
+    b = read_checkpoint(latest)
     assert a["step"] == b["step"] == iters
     names = ["model"] if method == "supervised" else ["clip", "dino"]
     for name in names:

@@ -24,7 +24,8 @@ from co2s.inference import scene as scene_module
 from co2s.inference.predict import predict_files
 from co2s.inference.scene import NODATA, PredictOptions
 from co2s.inference.sliding_window import blend_weight, sliding_window_logits
-from co2s.inference.streaming import tile_and_stride
+from co2s.inference.sliding_window import window_and_stride
+from co2s.inference.streaming import overlap_to_stride
 from co2s.models.factory import build_models
 from tests.conftest import tiny_config_dict
 
@@ -101,7 +102,7 @@ def trained(tmp_path_factory):
 def reference_probabilities(models: dict, image: np.ndarray, config, prediction: str, tile=None, overlap=None,
                             scale="auto") -> torch.Tensor:
     """Whole-image sliding-window inference over the full array with the same grid and weight."""
-    tile, stride = tile_and_stride(config, tile, overlap)
+    tile, stride = overlap_to_stride(*window_and_stride(config), tile, overlap)
     x = torch.from_numpy(scale_image(image, scale))[None]
     weight = blend_weight(min(tile, x.shape[2]), min(tile, x.shape[3]))
     with torch.no_grad():

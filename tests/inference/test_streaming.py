@@ -6,7 +6,9 @@ import torch
 
 from co2s.inference.fusion import class_probabilities
 from co2s.inference.sliding_window import blend_weight, sliding_window_logits
-from co2s.inference.streaming import TileGrid, stream_predictions, tile_and_stride, tile_logits
+from co2s.inference.segmenter import Segmenter
+from co2s.models.factory import build_models
+from co2s.inference.streaming import TileGrid, stream_predictions, tile_logits
 from co2s.config.loader import validate
 from tests.conftest import tiny_config_dict
 
@@ -110,14 +112,15 @@ def test_tile_and_overlap_options(tmp_path):
     cfg = tiny_config_dict(tmp_path, tmp_path / "run")
     cfg["eval"]["window"] = 120
     config = validate(cfg)
-    assert tile_and_stride(config) == (120, 100)
-    assert tile_and_stride(config, 64) == (64, 53)
-    assert tile_and_stride(config, 100, 0.25) == (100, 75)
-    assert tile_and_stride(config, 100, 30) == (100, 70)
-    assert tile_and_stride(config, 100, 0) == (100, 100)
+    tile_and_stride = Segmenter({"m": build_models(config)["model"]}, config).tiling
+    assert tile_and_stride() == (120, 100)
+    assert tile_and_stride(64) == (64, 53)
+    assert tile_and_stride(100, 0.25) == (100, 75)
+    assert tile_and_stride(100, 30) == (100, 70)
+    assert tile_and_stride(100, 0) == (100, 100)
     for bad in (100, 2.5, -1):
         with pytest.raises(Exception, match="--overlap"):
-            tile_and_stride(config, 100, bad)
+            tile_and_stride(100, bad)
     with pytest.raises(Exception, match="fp16 needs a GPU"):
         tile_logits(_context_model, torch.device("cpu"), "fp16")
 

@@ -39,7 +39,8 @@ def _batch(config):
 
     lab = LabelledCrops(read_split("train.txt", data, labelled=True), data, weak)
     items = [{**lab[(i, 10 + i)], **pairs[(i, 20 + i)]} for i in range(2)]
-    return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+    return {k: torch.stack([it[k] for it in items]) if isinstance(items[0][k], torch.Tensor)
+            else [it[k] for it in items] for k in items[0]}
 
 
 def _grads(config, modules, batch, step=5, total=10):

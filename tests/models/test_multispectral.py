@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from co2s.config.loader import load_config, validate
-from co2s.engine.checkpoint import load_models_from_checkpoint
+from co2s.models.loading import load_trained_models, read_checkpoint
 from co2s.errors import ConfigError
 from co2s.models.backbones.base import CLIP_MEAN, CLIP_STD
 from co2s.models.multispectral import _patch_embedding
@@ -104,7 +104,8 @@ def test_train_four_band_student_and_reload(tmp_path):
          "guidance": "none", "head": "deeplabv3plus"}]}
     train(validate(cfg), progress=False)
 
-    models, config, ckpt = load_models_from_checkpoint(tmp_path / "run" / "latest.ckpt")
+    models, config, _ = load_trained_models(tmp_path / "run" / "latest.ckpt")
+    ckpt = read_checkpoint(tmp_path / "run" / "latest.ckpt")
     student = models["model"]
     assert student.in_channels == 4 and ckpt["architectures"]["model"]["num_channels"] == 4
     torch.testing.assert_close(student.state_dict()[PATCH_CONV["dinov3"]], ckpt["model"][PATCH_CONV["dinov3"]])

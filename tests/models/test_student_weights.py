@@ -15,23 +15,17 @@ from co2s.models.backbones.weights import verify_weights
 from co2s.models.guidance import concept_lists, load_prototypes
 from co2s.models.student_factory import _random_model, build_backbone, build_student
 from co2s.models.student import Student
-
-
-def _tiny_tokenizer(path):
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for ch in letters:
-        vocab[ch] = len(vocab)
-        vocab[ch + "</w>"] = len(vocab)
-    CLIPTokenizer(vocab=vocab, merges=[]).save_pretrained(path)
+from tests.models.clip_text import USED_MERGES, bpe_merges, prompt_words, write_hf_vocab
 
 
 @pytest.fixture
 def saved_clip(tmp_path):
+    """A tiny CLIP (the real 49408-token text vocabulary) saved with the Hub's tokenizer files."""
     torch.manual_seed(0)
     model = _random_model("clip", "tiny")
     model.save_pretrained(tmp_path / "clip")
-    _tiny_tokenizer(tmp_path / "clip")
+    data = load_config("demo").data
+    write_hf_vocab(tmp_path / "clip", bpe_merges(prompt_words(data.classes, data.concepts))[:USED_MERGES])
     return tmp_path / "clip", model
 
 
@@ -98,6 +92,8 @@ def test_text_prototypes_from_clip_text_tower(saved_clip, tmp_path, capsys):
             expected.append(emb.mean(0))
     expected = F.normalize(torch.stack(expected), dim=-1)
     torch.testing.assert_close(student.guidance(), expected, rtol=1e-5, atol=1e-6)
+    distance = torch.cdist(expected, expected)  # one prototype per class, not one for all
+    assert distance[~torch.eye(len(distance), dtype=torch.bool)].min() > 1e-3
 
     # `co2s embed-text` saves the same prototypes; a config can point at the file
     config_file = tmp_path / "c.yaml"

@@ -44,6 +44,81 @@ def test_maskclip_dense_embedding_matches_a_hand_computation():
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
+def _value_path_by_hand(blk, z):
+    """Block ``blk`` with attention replaced by its value path, from the module's weights:
+    z + out_proj(v_proj(ln_1 z)), then z + fc2(quick_gelu(fc1(ln_2 z)))."""
+    eps = blk.layer_norm1.eps
+    y = F.layer_norm(z, z.shape[-1:], blk.layer_norm1.weight, blk.layer_norm1.bias, eps)
+    v = y @ blk.self_attn.v_proj.weight.T + blk.self_attn.v_proj.bias
+    z = z + v @ blk.self_attn.out_proj.weight.T + blk.self_attn.out_proj.bias
+    y = F.layer_norm(z, z.shape[-1:], blk.layer_norm2.weight, blk.layer_norm2.bias, eps)
+    h = y @ blk.mlp.fc1.weight.T + blk.mlp.fc1.bias
+    h = h * torch.sigmoid(1.702 * h)  # quick_gelu
+    return z + h @ blk.mlp.fc2.weight.T + blk.mlp.fc2.bias
+
+
+@pytest.mark.parametrize("mode", ["hidden", "value"])
+def test_clip_skip_maps_match_a_hand_computation(mode):
+    """hidden: hidden states 0 and 2; value (the paper's code): the value path of blocks 1 and 3
+    applied to those hidden states, no ln_post. Both [B, width, h, w] patch maps."""
+    torch.manual_seed(0)
+    model = _random_model("clip", "tiny").eval()
+    backbone = ClipBackbone(model.vision_model, model.visual_projection, (0, 2), skip_mode=mode)
+    x = torch.rand(2, 3, 48, 64)
+    with torch.no_grad():
+        got = backbone(x).skips
+        hidden = model.vision_model(x, interpolate_pos_encoding=True, output_hidden_states=True).hidden_states
+        layers = model.vision_model.encoder.layers
+        expected = []
+        for i in (0, 2):
+            z = hidden[i] if mode == "hidden" else _value_path_by_hand(layers[i], hidden[i])
+            expected.append(z[:, 1:].transpose(1, 2).reshape(2, -1, 3, 4))
+    assert [tuple(t.shape) for t in got] == [(2, 64, 3, 4)] * 2
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    # the two modes really differ
+    other = ClipBackbone(model.vision_model, model.visual_projection, (0, 2),
+                         skip_mode="hidden" if mode == "value" else "value")
+    with torch.no_grad():
+        assert not torch.allclose(other(x).skips[0], got[0])
+
+
+def test_clip_skips_switch_from_config_and_checkpoint(tmp_path):
+    """backbone.skips reaches the backbone, defaults to hidden, is refused for DINO, and a saved
+    model is rebuilt with the mode it was trained with (the config is in the checkpoint)."""
+    from co2s.engine.checkpoint import write_model_checkpoint
+    from co2s.models.loading import load_trained_models
+    from co2s.errors import ConfigError
+
+    default = _config(_student_cfg("clip"))
+    assert default.model.students[0].backbone.skips == "hidden"
+    assert build_student(default.model.students[0], default.data).backbone.skip_mode == "hidden"
+    config = _config(_student_cfg("clip", skips="value"))
+    student = build_student(config.model.students[0], config.data).eval()
+    assert student.backbone.skip_mode == "value"
+    with pytest.raises(ConfigError, match="skips: value is for clip"):
+        _config(_student_cfg("dinov3", skips="value"))
+    path = write_model_checkpoint(tmp_path / "m.ckpt", config, {"model": student})
+    models, stored, _ = load_trained_models(path)
+    (model,) = models.values()
+    assert model.backbone.skip_mode == "value" and stored.model.students[0].backbone.skips == "value"
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), student(x))
+
+
+def test_packaged_clip_students_use_the_papers_value_skips(tmp_path):
+    """The paper's choice: value paths of blocks 1 and 5 ([0, 4] with skips: value)."""
+    configs = [load_config("whdld"), load_config("demo")]
+    for fragment in ("clip-clip-vitb16", "clip-dinov2-vitb"):
+        path = tmp_path / f"{fragment}.yaml"
+        path.write_text(f"preset: [whdld, models/{fragment}]\n")
+        configs.append(load_config(str(path)))
+    clips = [s.backbone for c in configs for s in c.model.students if s.backbone.kind == "clip"]
+    assert len(clips) == 5 and all(b.skips == "value" for b in clips)
+    assert all(b.layers == [0, 4] for b in clips if b.arch == "vit-b16" and b.weights)
+
+
 @pytest.mark.parametrize("size", [(256, 256), (512, 512), (160, 288)])
 def test_student_logits_have_the_input_size(size):
     torch.manual_seed(0)
@@ -90,9 +165,12 @@ def test_tuning_policies_and_parameter_groups():
     assert not any(p.requires_grad for b in blocks[:-1] for p in b.parameters())
 
 
-def test_clip_last_block_queries_and_keys_stay_frozen():
-    """The dense path never uses them, so they would get no gradient (and break DDP)."""
-    config = _config(_student_cfg("clip", guidance="queries", tune="full"))
+@pytest.mark.parametrize("skips", ["hidden", "value"])
+@pytest.mark.parametrize("tune", ["full", "attention"])
+def test_clip_last_block_queries_and_keys_stay_frozen(skips, tune):
+    """The dense path never uses them, so they would get no gradient (and break DDP). With value
+    skips the skip blocks' q/k are still used by the normal forward: nothing else goes unused."""
+    config = _config(_student_cfg("clip", guidance="queries", tune=tune, skips=skips, layers=[0, 2]))
     student = build_student(config.model.students[0], config.data)
     last = student.backbone.vision.encoder.layers[-1].self_attn
     assert not last.q_proj.weight.requires_grad and last.v_proj.weight.requires_grad

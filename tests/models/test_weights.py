@@ -67,6 +67,12 @@ DINOV3_VITB16_KEYS = {
     "blocks.{i}.ls2.gamma": (768,),
 }
 DINOV3_VITB16_DEPTH = 12
+#: the one tensor of the released files that is not float32: DinoVisionTransformer's RoPE dtype
+#: defaults to bf16 (``pos_embed_rope_dtype="bf16"``) and the training builder
+#: (``dinov3/models/__init__.py``: ``build_model``) keeps that default, so the buffer
+#: ``RopePositionEmbedding.periods`` is computed and saved in bfloat16. Parameters (kept in float32 by
+#: the training's mixed precision) and ``bias_mask`` (``full_like(bias)``) are float32.
+DINOV3_BF16_KEYS = ("rope_embed.periods",)
 
 #: OpenAI ViT-B/16 (clip/model.py with embed_dim 512; vision: 224 px, patch 16, width 768, 12 layers;
 #: text: context 77, vocab 49408, width 512, 12 layers). {t} = "visual.transformer" or "transformer".
@@ -142,9 +148,9 @@ def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-def tiny_dinov3(gated: bool = False, seed: int = 0) -> DINOv3ViTModel:
+def tiny_dinov3(gated: bool = False, seed: int = 0, depth: int = 2) -> DINOv3ViTModel:
     config = DINOv3ViTConfig(
-        hidden_size=DIM, intermediate_size=96 if gated else 128, num_hidden_layers=2, num_attention_heads=HEADS,
+        hidden_size=DIM, intermediate_size=96 if gated else 128, num_hidden_layers=depth, num_attention_heads=HEADS,
         num_register_tokens=REGISTERS, patch_size=PATCH, image_size=32, use_gated_mlp=gated,
         hidden_act="silu" if gated else "gelu", layer_norm_eps=1e-5, rope_theta=100.0,
     )
@@ -168,6 +174,12 @@ def tiny_clip() -> CLIPModel:
     return randomise(CLIPModel(config))
 
 
+def official_rope_periods(head_dim: int, base: float = 100.0, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """``base ** (2 i / (head_dim / 2))`` computed the way the dinov3 code does it: in the dtype of the
+    ``periods`` buffer (bfloat16 for the released models, see DINOV3_BF16_KEYS)."""
+    return base ** (2 * torch.arange(head_dim // 4, dtype=dtype) / (head_dim // 2))
+
+
 def export_dinov3_official(model: DINOv3ViTModel) -> dict[str, torch.Tensor]:
     """A transformers DINOv3 in the naming of Meta's DinoVisionTransformer checkpoints, with a
     non-zero (masked) key bias and a bias_mask as in the released files."""
@@ -181,8 +193,8 @@ def export_dinov3_official(model: DINOv3ViTModel) -> dict[str, torch.Tensor]:
         "mask_token": sd["embeddings.mask_token"].reshape(1, dim),
         "patch_embed.proj.weight": sd["embeddings.patch_embeddings.weight"],
         "patch_embed.proj.bias": sd["embeddings.patch_embeddings.bias"],
-        # the official RopePositionEmbedding._init_weights formula, base 100
-        "rope_embed.periods": 100.0 ** (2 * torch.arange(head_dim // 4, dtype=torch.float32) / (head_dim // 2)),
+        # RopePositionEmbedding._init_weights, base 100, evaluated in the buffer's dtype (bf16), as saved
+        "rope_embed.periods": official_rope_periods(head_dim),
         "norm.weight": sd["norm.weight"],
         "norm.bias": sd["norm.bias"],
     }
@@ -471,9 +483,54 @@ def test_official_dinov3_pth(tmp_path, gated):
     with torch.no_grad():
         out = model(x).last_hidden_state
         assert torch.equal(out, source(x).last_hidden_state)
-        # against the official forward written from the dinov3 sources (different kernels: allclose)
-        torch.testing.assert_close(out, official_dinov3_forward(official, x, HEADS), rtol=1e-5, atol=1e-5)
+        # against the official forward written from the dinov3 sources (different kernels: allclose);
+        # transformers computes exact RoPE frequencies from rope_theta, the file holds bf16-rounded ones
+        exact = {**official, "rope_embed.periods": official_rope_periods(DIM // HEADS, dtype=torch.float64).float()}
+        torch.testing.assert_close(out, official_dinov3_forward(exact, x, HEADS), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out, official_dinov3_forward(official, x, HEADS), rtol=0, atol=0.1)
     verify_weights(model, reference, str(path))
+
+
+@pytest.mark.parametrize("stored", ["bf16 tensor", "float32 holding bf16 values"])
+def test_official_dinov3_bf16_rope_periods_as_released(tmp_path, stored):
+    """The released files hold rope_embed.periods rounded to bf16 (DINOV3_BF16_KEYS); they load,
+    verify, and build a student, with transformers' exact frequencies (rope_theta 100)."""
+    from co2s.config.loader import load_config
+    from co2s.models.student_factory import build_student
+
+    official = export_dinov3_official(tiny_dinov3(depth=3))
+    periods = official["rope_embed.periods"]
+    assert periods.dtype == torch.bfloat16
+    exact = official_rope_periods(DIM // HEADS, dtype=torch.float64)
+    assert not torch.allclose(periods.double(), exact, rtol=1e-5, atol=0)  # really rounded
+    if stored != "bf16 tensor":
+        official["rope_embed.periods"] = periods.float()
+    path = tmp_path / "dinov3_vits16_pretrain_lvd1689m-08c60483.pth"
+    torch.save(official, path)
+    model, reference = load_backbone_weights("dinov3", path)
+    assert model.config.rope_theta == 100.0
+    inv_freq = dict(model.named_buffers())["rope_embeddings.inv_freq"]
+    torch.testing.assert_close(inv_freq.double(), 1 / exact, rtol=1e-6, atol=0)
+    verify_weights(model, reference, str(path))
+
+    cfg = load_config("demo", ["train.method=supervised", "model.name=students", "model.students=" + repr([
+        {"name": "dino", "backbone": {"kind": "dinov3", "weights": str(path), "layers": [1, 2, 3]},
+         "guidance": "queries"}])])
+    student = build_student(cfg.model.students[0], cfg.data)
+    verify_weights(student.backbone.model, reference, str(path))
+
+
+@pytest.mark.parametrize("head_dim", [48, 128])
+def test_official_dinov3_rope_periods_computed_in_bf16(head_dim):
+    """Periods computed by the dinov3 code in bf16 arithmetic are accepted for any head dim (when
+    it is not a power of two, the exponent is rounded too) and give back the base."""
+    dim = 2 * head_dim
+    shapes = dinov3_pattern_shapes(1, {768: dim, 2304: 3 * dim, 3072: 2 * dim})
+    state = {k: torch.randn(shape) for k, shape in shapes.items()}
+    state["blocks.0.attn.qkv.bias_mask"] = torch.cat([torch.ones(dim), torch.zeros(dim), torch.ones(dim)])
+    state["rope_embed.periods"] = official_rope_periods(head_dim)
+    config, _ = convert_dinov3_official(state)
+    assert config.rope_theta == 100.0 and config.num_attention_heads == 2
 
 
 def test_official_dinov3_export_has_the_real_key_set():
@@ -483,13 +540,15 @@ def test_official_dinov3_export_has_the_real_key_set():
     expected = dinov3_pattern_shapes(2, scale)
     expected["rope_embed.periods"] = (DIM // HEADS // 4,)
     assert {k: tuple(v.shape) for k, v in official.items()} == expected
+    assert {k: v.dtype for k, v in official.items()} == \
+        {k: torch.bfloat16 if k in DINOV3_BF16_KEYS else torch.float32 for k in expected}
 
 
 def test_real_size_dinov3_vitb16_key_set_converts_to_the_hub_config():
     """The hard-coded real vitb16 key/shape list (no memory: expanded zeros) maps onto a
     transformers DINOv3ViTModel of the facebook/dinov3-vitb16 configuration, name by name."""
     state = {k: lazy_zeros(s) for k, s in dinov3_pattern_shapes(DINOV3_VITB16_DEPTH).items()}
-    state["rope_embed.periods"] = 100.0 ** (2 * torch.arange(16, dtype=torch.float32) / 32)
+    state["rope_embed.periods"] = official_rope_periods(64)  # bf16, as in the released file
     for i in range(DINOV3_VITB16_DEPTH):
         state[f"blocks.{i}.attn.qkv.bias_mask"] = torch.cat([torch.ones(768), torch.zeros(768), torch.ones(768)])
     config, converted = convert_dinov3_official(state)
@@ -506,6 +565,12 @@ def test_real_size_dinov3_vitb16_key_set_converts_to_the_hub_config():
 def test_official_dinov3_rope_periods_checked():
     official = export_dinov3_official(tiny_dinov3())
     official["rope_embed.periods"] = torch.linspace(0.5, 40.0, 8)  # min/max-period parametrisation
+    with pytest.raises(CheckpointError, match="rope_embed.periods"):
+        convert_dinov3_official(official)
+    # bf16 values a little off the formula (more than the rounding, not geometric) are refused as well
+    wobble = torch.tensor([1.0, 1.02] * 4, dtype=torch.float64)
+    off = official_rope_periods(DIM // HEADS, dtype=torch.float64) * wobble
+    official["rope_embed.periods"] = off.to(torch.bfloat16)
     with pytest.raises(CheckpointError, match="rope_embed.periods"):
         convert_dinov3_official(official)
 
@@ -611,16 +676,16 @@ def test_openai_clip_plain_state_dict(tmp_path):
     verify_weights(model, reference, str(path))
 
 
-def make_torchscript_clip(path: Path) -> OpenAIClip:
+def make_torchscript_clip(path: Path, **arch) -> OpenAIClip:
     """A TorchScript archive like OpenAI's release (traced, half-precision weights); returns the
-    source module with its weights rounded to float16 as stored."""
+    source module with its weights rounded to float16 as stored. ``arch``: OpenAIClip arguments."""
     torch.manual_seed(0)
-    source = OpenAIClip().eval()
+    source = OpenAIClip(**arch).eval()
     with torch.no_grad():
         for p in source.parameters():
             p.mul_(0.3)
             p.copy_(p.half().float())
-    pixels, ids = clip_inputs()
+    pixels, ids = clip_inputs(arch.get("vocab", 50), arch.get("context", 8), arch.get("resolution", 32))
     traced = torch.jit.trace(copy.deepcopy(source), (pixels, ids), check_trace=False)
     traced.half()  # shares parameters with the traced copy only
     traced.save(str(path))

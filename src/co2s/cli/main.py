@@ -56,9 +56,9 @@ def cmd_evaluate(args) -> int:
         config = load_config(args.config, args.overrides)
     elif args.overrides:
         from co2s.config.loader import apply_overrides, validate
-        from co2s.engine.checkpoint import load_checkpoint
+        from co2s.models.loading import read_checkpoint
 
-        stored = load_checkpoint(args.checkpoint)["config"]
+        stored = read_checkpoint(args.checkpoint)["config"]
         config = validate(apply_overrides(stored, args.overrides), f"config of {args.checkpoint}")
     result = evaluate_checkpoint(args.checkpoint, config, args.split, args.out, args.device,
                                  progress=not args.no_progress, prediction=args.student)
@@ -145,24 +145,13 @@ def cmd_model_summary(args) -> int:
 
 def cmd_embed_text(args) -> int:
     from co2s.config.loader import load_config
-    from co2s.errors import ConfigError
-    from co2s.models.backbones.weights import load_backbone_weights
-    from co2s.models.guidance import concept_lists, save_prototypes, text_prototypes
-    from co2s.models.text_encoder import load_tokenizer
+    from co2s.models.guidance import clip_text_prototypes, save_prototypes
 
     config = load_config(args.config, args.overrides)
-    clip_source = args.clip
-    if clip_source is None:
-        clips = [s for s in config.model.students if s.backbone.kind == "clip"]
-        if not clips or not (clips[0].text.model or clips[0].backbone.weights):
-            raise ConfigError("give --clip (CLIP weights) or a config with a CLIP student that has weights")
-        clip_source = clips[0].text.model or clips[0].backbone.weights
-    model, _ = load_backbone_weights("clip", clip_source)
-    tokenizer = load_tokenizer(args.tokenizer or clip_source)
-    prototypes = text_prototypes(model, tokenizer, concept_lists(config.data.classes, config.data.concepts),
-                                 args.template)
-    path = save_prototypes(args.out, prototypes, config.data.classes, clip_source, args.template)
-    print(f"{prototypes.shape[0]} class prototypes of dimension {prototypes.shape[1]} -> {path}")
+    result = clip_text_prototypes(config.data, config.model.students, clip=args.clip, tokenizer=args.tokenizer,
+                                  template=args.template)
+    path = save_prototypes(args.out, result.prototypes, config.data.classes, result.clip_source, result.template)
+    print(f"{result.prototypes.shape[0]} class prototypes of dimension {result.prototypes.shape[1]} -> {path}")
     return 0
 
 
@@ -262,9 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("embed-text", help="class prototypes from a CLIP text encoder, saved for reuse")
     _add_config_args(p)
     p.add_argument("--out", required=True, help="output .safetensors file")
-    p.add_argument("--clip", help="CLIP weights (default: the config's CLIP student)")
-    p.add_argument("--tokenizer", help="tokenizer folder or cached Hub id (default: the CLIP source)")
-    p.add_argument("--template", default="a photo of a {}", help="prompt template (default: 'a photo of a {}')")
+    p.add_argument("--clip", help="CLIP weights (default: the config's first CLIP student: text.model, "
+                   "else backbone.weights)")
+    p.add_argument("--tokenizer", help="folder with vocab.json + merges.txt, OpenAI's bpe_simple_vocab_16e6.txt.gz "
+                   "(or its folder), or a cached Hub id (default: the student's text.tokenizer, else the CLIP source)")
+    p.add_argument("--template", help="prompt template (default: the student's text.template, 'a photo of a {}')")
     p.set_defaults(func=cmd_embed_text)
 
     p = sub.add_parser(

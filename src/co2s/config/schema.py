@@ -5,7 +5,7 @@ Unknown keys are errors (``extra="forbid"``) so a typo never silently falls back
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -15,6 +15,11 @@ class _Strict(BaseModel):
 
 
 RGB = tuple[int, int, int]
+
+#: how two students are fused at inference (SPEC 2.6); a prediction mode is one of these or a
+#: student's name. The one definition: config validation, inference and the CLI read it from here.
+Fusion = Literal["mean", "confidence"]
+FUSIONS: tuple[str, ...] = get_args(Fusion)
 
 
 class IdFormat(_Strict):
@@ -63,6 +68,11 @@ class DataConfig(_Strict):
     color_masks: bool = Field(
         default=False, description="masks are RGB colour-coded with `palette`"
     )
+    ignore_colors: list[RGB] = Field(
+        default_factory=list,
+        description="colour-coded masks: colours that mean ignore (e.g. a black 'no label' border); "
+        "other colours outside `palette` count as unmatched in the label check",
+    )
     id_format: IdFormat | None = None
     splits: SplitsConfig = Field(default_factory=SplitsConfig)
     bands: list[int] | None = Field(
@@ -76,7 +86,19 @@ class DataConfig(_Strict):
     std: list[float] | None = Field(default=None, description="per-band std after scaling")
     validate_files: Literal["full", "exists", "none"] = Field(
         default="full",
-        description="up-front check: full reads every mask and image header; exists only stats files",
+        description="up-front check: full reads every mask and image header (sizes, band counts, "
+        "label values, the label check); exists only stats files",
+    )
+    label_check: Literal["error", "warn"] = Field(
+        default="error",
+        description="with validate_files: full, a class with no pixel in the labelled split or a mask "
+        "with more than max_unmatched_colors of colours outside the palette stops the run (error) "
+        "or is only reported (warn: e.g. a rare class absent from a small labelled split)",
+    )
+    max_unmatched_colors: float = Field(
+        default=0.01, ge=0, le=1,
+        description="color_masks: largest share of a labelled mask's pixels whose colour is neither "
+        "in palette nor in ignore_colors (they become ignore) before the label check reports it",
     )
 
     @field_validator("classes")
@@ -94,6 +116,9 @@ class DataConfig(_Strict):
             raise ValueError(f"palette has {len(self.palette)} colours for {n} classes")
         if self.color_masks and self.palette is None:
             raise ValueError("color_masks needs a palette")
+        both = sorted({tuple(c) for c in self.ignore_colors} & {tuple(c) for c in self.palette or []})
+        if self.color_masks and both:
+            raise ValueError(f"ignore_colors {both} are also class colours in palette")
         unknown = sorted(set(self.concepts) - set(self.classes))
         if unknown:
             raise ValueError(f"concepts given for unknown classes: {unknown}")
@@ -134,6 +159,12 @@ class BackboneConfig(_Strict):
         description="hidden-state indices used (0 = embeddings, k = block k); clip: skips [0, 4]; "
         "dino: [3, 8, 12] (skips, then the cost-volume map)",
     )
+    skips: Literal["hidden", "value"] = Field(
+        default="hidden",
+        description="clip only: what a skip index i in `layers` gives; hidden: hidden state i; value: "
+        "the value path of block i+1 on hidden state i (h + out_proj(v_proj(ln_1 h)), then its MLP "
+        "with residual; the paper's code, with layers [0, 4])",
+    )
     tune: Literal["frozen", "attention", "last_n", "full"] = Field(
         default="attention", description="which backbone weights train (paper: attention)"
     )
@@ -147,6 +178,8 @@ class BackboneConfig(_Strict):
     def _tune_last(self) -> BackboneConfig:
         if self.tune == "last_n" and self.tune_last < 1:
             raise ValueError("tune: last_n needs tune_last >= 1")
+        if self.skips == "value" and self.kind != "clip":
+            raise ValueError(f"skips: value is for clip backbones only ({self.kind} skips are hidden states)")
         return self
 
 
@@ -162,7 +195,10 @@ class TextConfig(_Strict):
         default=None, description="CLIP weights for the text tower; null = the backbone's weights"
     )
     tokenizer: str | None = Field(
-        default=None, description="tokenizer folder or Hub id; null = the text model's source"
+        default=None,
+        description="folder with vocab.json + merges.txt (or tokenizer.json), OpenAI's "
+        "bpe_simple_vocab_16e6.txt.gz or a folder holding it, or a cached Hub id; null = the text "
+        "model's source; must fit the text tower (same vocabulary size and end-of-text token)",
     )
     template: str = "a photo of a {}"
 
@@ -304,8 +340,8 @@ class Config(_Strict):
             if model.name != "students" or len(model.students) != 2:
                 raise ValueError("train.method co2s needs model.name: students with two students")
             names = [s.name for s in model.students]
-            if self.train.semi.fusion not in {"mean", "confidence", *names}:
-                raise ValueError(f"train.semi.fusion must be mean, confidence or one of {names}")
+            if self.train.semi.fusion not in {*FUSIONS, *names}:
+                raise ValueError(f"train.semi.fusion must be one of {[*FUSIONS, *names]}")
         if method in {"fixmatch", "unimatch", "co2s"} and not self.data.splits.unlabelled:
             raise ValueError(f"train.method {method} needs data.splits.unlabelled")
         return self

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
-from co2s.data.io import read_image, read_mask, scale_image
+from co2s.data.io import read_image_valid, read_mask, scale_image
 from co2s.data.labels import LabelEncoder
 from co2s.data.sources import Sample
 from co2s.data.transforms import (
@@ -23,6 +23,8 @@ class SampleReader:
     """Reads one sample as tensors: image ``[C, H, W]`` float (scaled, not normalised), mask ``[H, W]``.
 
     Normalisation by mean/std belongs to the model (each student has its own), so it is not here.
+    Invalid pixels (nodata, non-finite; see :mod:`co2s.data.io`) are 0 in the image and
+    ``ignore_index`` in the mask, so no loss and no score counts them and no NaN reaches a model.
     """
 
     def __init__(self, data) -> None:
@@ -31,22 +33,37 @@ class SampleReader:
         self.color_masks = data.color_masks
         self.encoder = LabelEncoder.from_config(data)
 
+    def image_valid(self, sample: Sample) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Scaled image with invalid pixels set to 0, and its valid pixels (None: all valid)."""
+        raw, valid = read_image_valid(sample.image, self.bands)
+        image = scale_image(raw, self.scale)
+        if valid is not None:
+            image[:, ~valid] = 0
+        return torch.from_numpy(image), None if valid is None else torch.from_numpy(valid)
+
     def image(self, sample: Sample) -> torch.Tensor:
-        return torch.from_numpy(scale_image(read_image(sample.image, self.bands), self.scale))
+        return self.image_valid(sample)[0]
 
     def mask(self, sample: Sample) -> torch.Tensor:
         assert sample.mask is not None
         raw = read_mask(sample.mask, color=self.color_masks)
         return torch.from_numpy(self.encoder.encode(raw, f"{sample.mask} (listed at {sample.origin})"))
 
-    def pair(self, sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
-        image, mask = self.image(sample), self.mask(sample)
+    def read(self, sample: Sample) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Image, mask (``ignore_index`` on invalid pixels) and valid pixels (None: all valid)."""
+        image, valid = self.image_valid(sample)
+        mask = self.mask(sample)
         if image.shape[1:] != mask.shape:
             raise DataError(
                 f"{sample.origin}: image {sample.image.name} is {tuple(image.shape[1:])} but mask "
                 f"{sample.mask.name} is {tuple(mask.shape)}"
             )
-        return image, mask
+        if valid is not None:
+            mask[~valid] = self.encoder.ignore_index
+        return image, mask, valid
+
+    def pair(self, sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.read(sample)[:2]
 
 
 def _split_key(key) -> tuple[int, int]:
@@ -57,7 +74,8 @@ def _split_key(key) -> tuple[int, int]:
 
 
 class LabelledCrops(Dataset):
-    """Labelled training samples as weak-view crops (rescale, pad with ignore, crop, flip)."""
+    """Labelled training samples as weak-view crops (rescale, pad with ignore, crop, flip);
+    ``path`` names the image file (the collated batch holds a list of them)."""
 
     def __init__(self, samples: list[Sample], data, params: WeakViewParams) -> None:
         self.samples = samples
@@ -67,12 +85,13 @@ class LabelledCrops(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, key) -> dict[str, torch.Tensor]:
+    def __getitem__(self, key) -> dict:
         index, seed = _split_key(key)
-        image, mask = self.reader.pair(self.samples[index])
+        sample = self.samples[index]
+        image, mask, valid = self.reader.read(sample)
         generator = torch.Generator().manual_seed(seed)
-        image, mask, _ = weak_view(image, mask, self.params, generator)
-        return {"image": image, "mask": mask}
+        image, mask, _ = weak_view(image, mask, self.params, generator, valid)
+        return {"image": image, "mask": mask, "path": str(sample.image)}
 
 
 class WholeImages(Dataset):
@@ -95,7 +114,8 @@ class UnlabelledPairs(Dataset):
 
     An item holds the weak view, two strong views and two CutMix boxes of image ``u``, and the weak
     and strong views of a *different* image ``u'`` (its CutMix source; SPEC 2.9.4: never the same
-    image augmented again). ``valid`` marks non-padded pixels. ``gt`` is the weak view's mask when
+    image augmented again). ``valid`` marks pixels that are neither padding nor invalid in the
+    image. ``u_path`` and ``mix_path`` name the two source files. ``gt`` is the weak view's mask when
     the list gives one (benchmarks): used only to log pseudo-label accuracy, never for training.
     """
 
@@ -117,24 +137,26 @@ class UnlabelledPairs(Dataset):
 
     def _views(self, index: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         sample = self.samples[index]
-        image = self.reader.image(sample)
+        image, valid = self.reader.image_valid(sample)
         mask = self.reader.mask(sample) if sample.mask is not None else None
         if mask is not None and mask.shape != image.shape[1:]:
             mask = None  # a benchmark's optional mask that does not fit is just not used
-        weak, gt, valid = weak_view(image, mask, self.weak, generator)
+        weak, gt, valid = weak_view(image, mask, self.weak, generator, valid)
         if gt is None:
             gt = torch.full(valid.shape, self.weak.ignore_index, dtype=torch.long)
         return {"w": weak, "s1": strong_view(weak, self.strong, generator),
                 "s2": strong_view(weak, self.strong, generator), "valid": valid, "gt": gt}
 
-    def __getitem__(self, key) -> dict[str, torch.Tensor]:
+    def __getitem__(self, key) -> dict:
         index, seed = _split_key(key)
         generator = torch.Generator().manual_seed(seed)
+        partner = self.partner(index, seed)
         u = self._views(index, generator)
-        mix = self._views(self.partner(index, seed), generator)
+        mix = self._views(partner, generator)
         size = tuple(u["w"].shape[-2:])
         return {
             "u_w": u["w"], "u_s1": u["s1"], "u_s2": u["s2"], "u_valid": u["valid"], "u_gt": u["gt"],
             "box1": cutmix_box(size, self.cutmix, generator), "box2": cutmix_box(size, self.cutmix, generator),
             "mix_w": mix["w"], "mix_s1": mix["s1"], "mix_s2": mix["s2"], "mix_valid": mix["valid"],
+            "u_path": str(self.samples[index].image), "mix_path": str(self.samples[partner].image),
         }

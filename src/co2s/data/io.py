@@ -3,6 +3,11 @@
 Images come back as ``[bands, H, W]`` arrays in their stored dtype; masks as ``[H, W]`` integer
 arrays (palette PNGs give their indices) or ``[H, W, 3]`` for colour-coded masks. Every failure is
 a :class:`DataError` that names the file.
+
+Invalid (nodata) pixels of a raster follow GDAL's rule, shared by training, evaluation and
+whole-scene prediction (:func:`raster_valid`): a pixel is invalid when every selected band is
+masked (the band's nodata value, an alpha band or an internal mask) or, for floating-point data,
+when any selected band is not finite (NaN, inf).
 """
 
 from __future__ import annotations
@@ -29,22 +34,84 @@ def _is_tiff(path: Path) -> bool:
 
 def _check_exists(path: Path, what: str) -> None:
     if not path.is_file():
+        if path.is_dir():
+            raise DataError(f"{what} {path} is a directory, not a file")
         raise DataError(f"{what} not found: {path}")
 
 
-def _read_raster(path: Path, bands: list[int] | None) -> np.ndarray:
+def _open_raster(path: Path):
+    """``rasterio.open`` without the not-georeferenced warning; errors name the file."""
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(path) as src:
-                if bands is not None:
-                    check_bands(path, bands, src.count)
-                return src.read(bands)
+            return rasterio.open(path)
     except RasterioIOError as exc:
         raise DataError(f"cannot read raster {path}: {exc}") from None
+
+
+def raster_nodata_flags(dataset, bands: list[int]) -> tuple[bool, bool]:
+    """``(masked, floating)`` of the selected bands (1-based) of an open rasterio dataset:
+    whether any carries a mask (nodata value, alpha band, internal mask) and whether the data is
+    floating point. When both are False every pixel is valid (no read needed)."""
+    from rasterio.enums import MaskFlags
+
+    masked = any(MaskFlags.all_valid not in dataset.mask_flag_enums[b - 1] for b in bands)
+    floating = np.issubdtype(np.dtype(dataset.dtypes[bands[0] - 1]), np.floating)
+    return masked, floating
+
+
+def raster_valid(dataset, bands: list[int], window=None, raw: np.ndarray | None = None,
+                 flags: tuple[bool, bool] | None = None) -> np.ndarray | None:
+    """Valid pixels ``[h, w]`` of ``window`` (None: the whole raster), or ``None`` when all are.
+
+    GDAL's dataset-mask rule: a pixel is valid where any selected band holds data; for float
+    rasters every selected band must also be finite. ``raw`` is the window's data when already
+    read; ``flags`` the result of :func:`raster_nodata_flags` when already known.
+    """
+    masked, floating = flags if flags is not None else raster_nodata_flags(dataset, bands)
+    valid = None
+    if masked:
+        valid = dataset.read_masks(bands, window=window).max(0) > 0
+    if floating:
+        if raw is None:
+            raw = dataset.read(bands, window=window)
+        finite = np.isfinite(raw).all(0)
+        valid = finite if valid is None else valid & finite
+    return valid
+
+
+def _read_raster(path: Path, bands: list[int] | None, with_valid: bool = False,
+                 colormap: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Data ``[bands, H, W]`` and, when ``with_valid``, the valid pixels (None: all valid).
+
+    ``colormap``: a single-band raster with a colour table comes back as its colours ``[3, H, W]``.
+    """
+    from rasterio.errors import RasterioError
+
+    with _open_raster(path) as src:
+        try:
+            if colormap and src.count == 1:
+                try:
+                    table = src.colormap(1)
+                except ValueError:  # no colour table
+                    table = None
+                if table:
+                    indices = src.read(1)
+                    lut = np.zeros((max(256, max(table) + 1, int(indices.max()) + 1), 3), np.uint8)
+                    for index, rgba in table.items():
+                        lut[index] = rgba[:3]
+                    return lut[indices].transpose(2, 0, 1), None
+            selected = list(bands) if bands is not None else list(range(1, src.count + 1))
+            if bands is not None:
+                check_bands(path, bands, src.count)
+            array = src.read(selected)
+            valid = raster_valid(src, selected, raw=array) if with_valid and selected else None
+            return array, valid
+        except RasterioError as exc:
+            raise DataError(f"cannot read raster {path}: {exc}") from None
 
 
 def check_bands(path: Path, bands: list[int], count: int) -> None:
@@ -59,10 +126,18 @@ def read_image(path: str | os.PathLike, bands: list[int] | None = None) -> np.nd
 
     ``bands`` are 1-based band indices to keep, in order; ``None`` keeps all.
     """
+    return read_image_valid(path, bands, with_valid=False)[0]
+
+
+def read_image_valid(path: str | os.PathLike, bands: list[int] | None = None,
+                     with_valid: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`read_image` and its valid pixels ``[H, W]`` bool (the module's nodata rule), or
+    ``None`` when every pixel is valid (always for PNG/JPEG/BMP)."""
     path = Path(path)
     _check_exists(path, "image")
+    valid = None
     if _is_tiff(path):
-        array = _read_raster(path, bands)
+        array, valid = _read_raster(path, bands, with_valid)
     else:
         try:
             with Image.open(path) as img:
@@ -77,18 +152,22 @@ def read_image(path: str | os.PathLike, bands: list[int] | None = None) -> np.nd
             array = array[[b - 1 for b in bands]]
     if array.size == 0:
         raise DataError(f"image {path} is empty ({array.shape})")
-    return np.ascontiguousarray(array)
+    if valid is not None and valid.all():
+        valid = None
+    return np.ascontiguousarray(array), valid
 
 
 def read_mask(path: str | os.PathLike, color: bool = False) -> np.ndarray:
     """Read a mask: ``[H, W]`` integers, or ``[H, W, 3]`` uint8 when ``color`` (colour-coded masks).
 
-    Palette ("P" mode) PNGs return their indices, as annotation tools write them.
+    Palette ("P" mode) PNGs, and TIFFs with a colour table, return their indices, as annotation
+    tools write them; with ``color`` they return their colours, so colour decoding does not depend
+    on the order of a file's palette.
     """
     path = Path(path)
     _check_exists(path, "mask")
     if _is_tiff(path):
-        array = _read_raster(path, None)
+        array, _ = _read_raster(path, None, colormap=color)
         if color:
             if array.shape[0] < 3:
                 raise DataError(f"colour mask {path} has {array.shape[0]} band(s), expected 3")
@@ -119,22 +198,22 @@ def read_mask(path: str | os.PathLike, color: bool = False) -> np.ndarray:
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """(height, width) from the header only."""
+    height, width, _ = image_header(path)
+    return height, width
+
+
+def image_header(path: str | os.PathLike) -> tuple[int, int, int]:
+    """(height, width, bands) from the header only; bands as :func:`read_image` returns them
+    (a palette image reads as its 3 colour bands)."""
     path = Path(path)
     _check_exists(path, "file")
     if _is_tiff(path):
-        import rasterio
-        from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
-
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                with rasterio.open(path) as src:
-                    return src.height, src.width
-        except RasterioIOError as exc:
-            raise DataError(f"cannot read raster {path}: {exc}") from None
+        with _open_raster(path) as src:
+            return src.height, src.width, src.count
     try:
         with Image.open(path) as img:
-            return img.height, img.width
+            bands = 3 if img.mode == "P" else len(img.getbands())
+            return img.height, img.width, bands
     except (UnidentifiedImageError, OSError) as exc:
         raise DataError(f"cannot read image {path}: {exc}") from None
 

@@ -14,8 +14,8 @@ class LabelEncoder:
     """Turns a raw mask into class indices ``0..num_classes-1`` plus ``ignore_index``.
 
     Order of operations (the usual MMSeg semantics): colour-coded masks are decoded with the
-    palette (unknown colours become ignore), then ``label_map`` remaps raw values, then
-    ``reduce_zero_label`` maps 0 to ignore and shifts every other value down by one.
+    palette (``ignore_colors`` and unknown colours become ignore), then ``label_map`` remaps raw
+    values, then ``reduce_zero_label`` maps 0 to ignore and shifts every other value down by one.
     """
 
     num_classes: int
@@ -23,6 +23,7 @@ class LabelEncoder:
     reduce_zero_label: bool = False
     label_map: dict[int, int] = field(default_factory=dict)
     palette: tuple[tuple[int, int, int], ...] | None = None
+    ignore_colors: tuple[tuple[int, int, int], ...] = ()
 
     @classmethod
     def from_config(cls, data) -> LabelEncoder:
@@ -33,15 +34,32 @@ class LabelEncoder:
             reduce_zero_label=data.reduce_zero_label,
             label_map=dict(data.label_map),
             palette=palette,
+            ignore_colors=tuple(tuple(c) for c in data.ignore_colors),
         )
 
     def decode_colors(self, rgb: np.ndarray) -> np.ndarray:
         assert self.palette is not None
-        codes = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
+        codes = _color_codes(rgb)
         out = np.full(codes.shape, self.ignore_index, dtype=np.int64)
         for index, (r, g, b) in enumerate(self.palette):
             out[codes == ((r << 16) | (g << 8) | b)] = index
         return out
+
+    def unmatched_colors(self, rgb: np.ndarray, top: int = 3) -> tuple[int, list[tuple[tuple, int]]]:
+        """Pixels of a colour mask whose colour is neither in the palette nor an ignore colour
+        (they silently become ignore), and the ``top`` most frequent such colours with counts."""
+        assert self.palette is not None
+        codes = _color_codes(rgb).ravel()
+        known = np.array([(r << 16) | (g << 8) | b for r, g, b in (*self.palette, *self.ignore_colors)],
+                         dtype=np.int64)
+        unknown = codes[~np.isin(codes, known)]
+        if unknown.size == 0:
+            return 0, []
+        values, counts = np.unique(unknown, return_counts=True)
+        order = np.argsort(-counts, kind="stable")[:top]
+        colours = [(((int(v) >> 16) & 255, (int(v) >> 8) & 255, int(v) & 255), int(c))
+                   for v, c in zip(values[order], counts[order])]
+        return int(unknown.size), colours
 
     def encode(self, raw: np.ndarray, source: str = "mask") -> np.ndarray:
         """Return int64 labels; raise :class:`DataError` naming ``source`` on invalid values."""
@@ -71,3 +89,8 @@ class LabelEncoder:
                 f"0..{self.num_classes - 1} nor ignore_index {self.ignore_index}; "
                 "check data.classes, data.reduce_zero_label and data.label_map"
             )
+
+
+def _color_codes(rgb: np.ndarray) -> np.ndarray:
+    """``[..., 3]`` colours as one int64 ``0xRRGGBB`` code per pixel."""
+    return (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]

@@ -4,16 +4,21 @@ List files have one sample per line, ``image_path [mask_path]`` relative to the 
 Co2S/UniMatch split files are read as they are), or bare IDs expanded with ``data.id_format``.
 Folders hold ``images/`` and ``masks/`` (or ``labels/``) matched by file stem; a folder of images
 alone is an unlabelled split. Errors name the list file and line.
+
+:func:`validate_samples` checks a split up front and returns the per-class pixel counts of its
+masks (:class:`LabelStats`); :func:`check_labels` reports classes without pixels and colour masks
+with too many unknown colours; :func:`class_table` formats the counts for the terminal.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 
-from co2s.data.io import IMAGE_SUFFIXES, image_size, read_mask
+from co2s.data.io import IMAGE_SUFFIXES, image_header, read_mask
 from co2s.data.labels import LabelEncoder
 from co2s.errors import DataError
 from co2s.progress import progress_bar
@@ -43,6 +48,7 @@ def read_list_file(path: Path, root: Path, id_format=None, labelled: bool = True
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read list file {path}: {exc}") from None
     samples = []
+    first_line: dict[Path, int] = {}
     for number, line in enumerate(lines, start=1):
         text = line.strip()
         if not text or text.startswith("#"):
@@ -59,6 +65,11 @@ def read_list_file(path: Path, root: Path, id_format=None, labelled: bool = True
             mask = resolve(root, tokens[1]) if len(tokens) == 2 else None
         if labelled and mask is None:
             raise DataError(f"{where}: no mask for a labelled sample: {text!r}")
+        key = image.resolve()
+        if key in first_line:
+            raise DataError(f"{where}: image {image} is listed twice (lines {first_line[key]} and "
+                            f"{number}); each image may appear once in a list")
+        first_line[key] = number
         if not labelled and not (keep_masks and mask is not None and mask.is_file()):
             mask = None
         samples.append(Sample(image, mask, where, text))
@@ -120,33 +131,140 @@ def check_disjoint(labelled: list[Sample], unlabelled: list[Sample]) -> None:
         )
 
 
+@dataclass
+class LabelStats:
+    """What the masks of a split hold, after label handling: pixels per class and ignored
+    pixels, and for colour masks the masks with colours outside the palette."""
+
+    counts: np.ndarray  # int64 [num_classes]
+    ignored: int = 0  # pixels that are ignore_index after label handling (unmatched colours included)
+    masks: int = 0
+    unmatched_pixels: int = 0  # colour masks: pixels of colours in neither palette nor ignore_colors
+    # every colour mask with unmatched pixels: (sample, share of the mask, [(colour, pixels), ...])
+    unmatched: list[tuple[Sample, float, list]] = field(default_factory=list)
+
+
+def _check_file(s: Sample, what: str, p: Path) -> None:
+    if not p.is_file():
+        if p.is_dir():
+            raise DataError(f"{s.origin}: {what} {p} is a directory, not a file")
+        raise DataError(f"{s.origin}: {what} not found: {p}")
+
+
+def _check_band_count(s: Sample, count: int, channels: int | None, bands: list[int] | None) -> None:
+    if bands is not None:
+        missing = [b for b in bands if b > count]
+        if missing:
+            raise DataError(
+                f"{s.origin}: image {s.image} has {count} band(s) but data.bands selects {bands} "
+                f"(1-based): band(s) {missing} do not exist; fix data.bands or the list"
+            )
+    elif channels is not None and count != channels:
+        hint = (f"set data.bands to the bands to read, e.g. data.bands: {list(range(1, channels + 1))}"
+                if count > channels else
+                f"convert the image to {channels} bands or fix the list (data.bands selects bands for "
+                f"every image; e.g. {[1] * channels} repeats a single band)")
+        raise DataError(
+            f"{s.origin}: image {s.image} has {count} band(s) but the config expects {channels} "
+            f"(model.in_channels, else len(data.bands), else len(data.mean), else 3): {hint}"
+        )
+
+
 def validate_samples(
     samples: Iterable[Sample], encoder: LabelEncoder, level: str, color_masks: bool = False,
-    desc: str = "checking data",
-) -> None:
+    desc: str = "checking data", *, masks: bool = True, channels: int | None = None,
+    bands: list[int] | None = None,
+) -> LabelStats | None:
     """Check files up front so bad data stops a run before training, naming file and line.
 
-    ``exists``: every listed file is there. ``full``: also reads every mask, checks its values
-    and that it has the image's size (image headers only, so it stays cheap).
+    ``exists``: every listed file is there (and is a file). ``full``: also reads every image
+    header (size; band count: each of ``bands`` must exist, else the count must equal
+    ``channels``) and, when ``masks``, every mask: its values and that it has the image's size.
+    Returns the split's :class:`LabelStats` when masks were read (``full``), else None.
     """
     if level == "none":
-        return
+        return None
     samples = list(samples)
     for s in samples:
-        for what, p in (("image", s.image), ("mask", s.mask)):
-            if p is not None and not p.is_file():
-                raise DataError(f"{s.origin}: {what} not found: {p}")
+        _check_file(s, "image", s.image)
+        if s.mask is not None and masks:
+            _check_file(s, "mask", s.mask)
     if level != "full":
-        return
+        return None
+    stats = LabelStats(np.zeros(encoder.num_classes, np.int64)) if masks else None
     for s in progress_bar(samples, desc=desc, enabled=len(samples) >= 200):
-        if s.mask is None:
-            image_size(s.image)
+        height, width, count = image_header(s.image)
+        _check_band_count(s, count, channels, bands)
+        if s.mask is None or not masks:
             continue
-        mask = read_mask(s.mask, color=color_masks)
-        encoder.encode(mask, f"{s.mask} (listed at {s.origin})")
-        size = image_size(s.image)
-        if size != mask.shape[:2]:
+        raw = read_mask(s.mask, color=color_masks)
+        labels = encoder.encode(raw, f"{s.mask} (listed at {s.origin})")
+        if (height, width) != labels.shape:
             raise DataError(
-                f"{s.origin}: image {s.image.name} is {size[0]}x{size[1]} but mask "
-                f"{s.mask.name} is {mask.shape[0]}x{mask.shape[1]}"
+                f"{s.origin}: image {s.image.name} is {height}x{width} but mask "
+                f"{s.mask.name} is {labels.shape[0]}x{labels.shape[1]}"
             )
+        known = labels != encoder.ignore_index
+        stats.counts += np.bincount(labels[known].ravel(), minlength=encoder.num_classes)
+        stats.ignored += int(labels.size - known.sum())
+        stats.masks += 1
+        if encoder.palette is not None and raw.ndim == 3:
+            unmatched, colours = encoder.unmatched_colors(raw)
+            if unmatched:
+                stats.unmatched_pixels += unmatched
+                stats.unmatched.append((s, unmatched / labels.size, colours))
+    return stats
+
+
+def _colour_list(colours: list) -> str:
+    return ", ".join(f"{tuple(c)} ({n} px)" for c, n in colours)
+
+
+def check_labels(stats: LabelStats, classes: list[str], mode: str = "error",
+                 max_unmatched: float = 0.01) -> list[str]:
+    """Problems of a labelled split that would silently train the wrong thing: a configured class
+    with no pixel, and colour masks with more than ``max_unmatched`` of their pixels in colours
+    outside the palette (they become ignore). ``mode`` error raises one :class:`DataError` with
+    them all; warn returns them as messages."""
+    problems = []
+    absent = [name for name, n in zip(classes, stats.counts) if n == 0]
+    if absent:
+        problems.append(
+            f"class(es) {', '.join(absent)} have no pixel in the labelled split ({stats.masks} masks): "
+            "the model would never learn them. Check data.classes, data.palette / color_masks, "
+            "data.label_map and data.reduce_zero_label, or the labelled list"
+        )
+    over = sorted((u for u in stats.unmatched if u[1] > max_unmatched), key=lambda u: -u[1])
+    if over:
+        lines = [f"  {s.mask} (listed at {s.origin}): {100 * share:.1f} % unmatched, "
+                 f"{_colour_list(colours)}" for s, share, colours in over[:5]]
+        more = f"\n  ... and {len(over) - 5} more" if len(over) > 5 else ""
+        problems.append(
+            f"{len(over)} colour mask(s) have more than {100 * max_unmatched:g} % of their pixels in "
+            "colours that are not in data.palette (they would become ignore): a palette typo? Fix "
+            "data.palette, list such colours in data.ignore_colors, or raise "
+            "data.max_unmatched_colors\n" + "\n".join(lines) + more
+        )
+    if problems and mode == "error":
+        raise DataError("label check of the labelled split failed:\n- " + "\n- ".join(problems)
+                        + "\n(set data.label_check: warn to train anyway)")
+    return problems
+
+
+def class_table(stats: LabelStats, classes: list[str], title: str = "labelled split") -> str:
+    """Pixels per class (count and share of the labelled pixels), ignored and unmatched pixels."""
+    total = int(stats.counts.sum())
+    width = max(12, *(len(c) for c in classes))
+    lines = [f"{title}: {stats.masks} masks, pixels per class",
+             f"{'class':<{width}}  {'pixels':>12}  {'share':>7}"]
+    for name, n in zip(classes, stats.counts.tolist()):
+        share = f"{100 * n / total:6.2f}%" if total else "      -"
+        flag = "  <- no pixel" if n == 0 else ""
+        lines.append(f"{name:<{width}}  {n:>12}  {share}{flag}")
+    all_pixels = total + stats.ignored
+    lines.append(f"{'(ignored)':<{width}}  {stats.ignored:>12}  "
+                 f"{100 * stats.ignored / all_pixels if all_pixels else 0:6.2f}% of all pixels")
+    if stats.unmatched_pixels:
+        lines.append(f"{'(unmatched)':<{width}}  {stats.unmatched_pixels:>12}  colour(s) not in "
+                     f"data.palette, in {len(stats.unmatched)} mask(s) (counted as ignored)")
+    return "\n".join(lines)

@@ -186,6 +186,7 @@ def weak_view(
     mask: Tensor | None,
     params: WeakViewParams,
     generator: torch.Generator,
+    valid: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor]:
     """Random rescale, pad, random crop and horizontal flip (UniMatch weak view).
 
@@ -194,16 +195,22 @@ def weak_view(
     than ``params.crop_size`` it is padded bottom/right (image 0, mask ``ignore_index``), then a
     random ``crop_size`` window is taken and flipped horizontally with probability ``hflip_p``.
 
+    Invalid input pixels (``valid`` False: nodata; their image values should be finite, e.g. 0)
+    go through the same geometry: after rescaling, an output pixel is invalid when invalid input
+    pixels weigh more than 0.1 % in its interpolated value, and the mask is ``ignore_index``
+    wherever the output is invalid. The random draws do not depend on ``valid``.
+
     Args:
         image: float tensor ``[C, H, W]``.
         mask: integer tensor ``[H, W]`` or None for an unlabelled image.
         params: augmentation parameters.
         generator: source of every random draw.
+        valid: optional bool tensor ``[H, W]``, False on invalid input pixels; None: all valid.
 
     Returns:
         ``(image [C, h, w], mask [h, w] int64 or None, valid [h, w] bool)`` with
-        ``(h, w) = params.crop_size``; ``valid`` is False on padded pixels. ``mask`` is None
-        exactly when the input mask is None.
+        ``(h, w) = params.crop_size``; ``valid`` is False on padded and invalid pixels. ``mask``
+        is None exactly when the input mask is None.
     """
     _check_image(image)
     height, width = image.shape[-2:]
@@ -214,6 +221,11 @@ def weak_view(
             )
         if mask.is_floating_point() or mask.is_complex() or mask.dtype == torch.bool:
             raise ValueError(f"mask must hold integer class indices, got {mask.dtype}")
+    if valid is not None:
+        if valid.shape != (height, width) or valid.dtype != torch.bool:
+            raise ValueError(f"valid must be a bool tensor of shape {(height, width)}, got "
+                             f"{valid.dtype} {tuple(valid.shape)}")
+        valid = None if bool(valid.all()) else valid
 
     # (1) rescale, UniMatch style.
     long_side = max(height, width)
@@ -237,11 +249,25 @@ def weak_view(
             rows = _nearest_indices(height, new_h, mask.device)
             cols = _nearest_indices(width, new_w, mask.device)
             mask = mask[rows[:, None], cols[None, :]]
+        if valid is not None:
+            weight = F.interpolate(
+                (~valid).to(image.dtype)[None, None],
+                size=(new_h, new_w),
+                mode="bilinear",
+                align_corners=False,
+                antialias=shrink,
+            )[0, 0]
+            valid = weight < 1e-3
+    if valid is not None and mask is not None:
+        mask = mask.masked_fill(~valid.to(mask.device), params.ignore_index)
 
     # (2) pad bottom/right to at least the crop size.
     crop_h, crop_w = params.crop_size
     pad_h, pad_w = max(0, crop_h - new_h), max(0, crop_w - new_w)
-    valid = torch.ones((new_h, new_w), dtype=torch.bool, device=image.device)
+    if valid is None:
+        valid = torch.ones((new_h, new_w), dtype=torch.bool, device=image.device)
+    else:
+        valid = valid.to(image.device)
     if pad_h or pad_w:
         image = F.pad(image, (0, pad_w, 0, pad_h), value=0.0)
         valid = F.pad(valid, (0, pad_w, 0, pad_h), value=False)

@@ -16,6 +16,7 @@ import yaml
 
 from co2s import __version__
 from co2s.atomic import write_text
+from co2s.config.compare import config_differences
 from co2s.config.loader import config_to_dict, dump_yaml
 from co2s.errors import ConfigError
 
@@ -36,38 +37,6 @@ def git_revision() -> str | None:
     if out.returncode != 0:
         return None
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-
-
-#: config keys that say where the run lives, not what it is: a moved run directory still resumes
-_LOCATION_KEYS = ("out_dir",)
-
-
-def _same_value(old: Any, new: Any) -> bool:
-    """Equal, or two spellings of the same path (``runs/x``, ``./runs/x``, ``/abs/runs/x``)."""
-    if old == new:
-        return True
-    if isinstance(old, str) and isinstance(new, str):
-        try:
-            return Path(old).expanduser().resolve() == Path(new).expanduser().resolve()
-        except (OSError, RuntimeError, ValueError):
-            return False
-    return False
-
-
-def config_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """``key: old -> new`` for every setting that differs between two config dicts, comparing paths
-    by where they resolve to and ignoring where the run directory itself is."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for key in sorted(set(old) | set(new), key=str):
-            if not prefix and key in _LOCATION_KEYS:
-                continue
-            out += config_differences(old.get(key), new.get(key), f"{prefix}{key}.")
-        return out
-    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
-        return [d for i, (a, b) in enumerate(zip(old, new))
-                for d in config_differences(a, b, f"{prefix}{i}.")]
-    return [] if _same_value(old, new) else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
 
 
 def has_checkpoint(run_dir: str | os.PathLike) -> bool:

@@ -24,13 +24,15 @@ from co2s.data.labels import LabelEncoder
 from co2s.data.sampler import ResumableSampler
 from co2s.data.sources import check_disjoint, read_split, validate_samples
 from co2s.data.transforms import WeakViewParams
-from co2s.engine.checkpoint import load_checkpoint, save_checkpoint
+from co2s.engine.checkpoint import save_checkpoint
+from co2s.models.loading import read_checkpoint
 from co2s.engine.metrics_log import MetricsLog
 from co2s.engine.optim import poly_factor, set_lr
-from co2s.engine.run_dir import config_differences, prepare_run_dir, write_run_info
+from co2s.config.compare import config_differences
+from co2s.engine.run_dir import prepare_run_dir, write_run_info
 from co2s.errors import CheckpointError, DataError, TrainingError
-from co2s.evaluation.evaluator import evaluate_all
-from co2s.inference.fusion import FUSIONS
+from co2s.evaluation.evaluator import score_predictions
+from co2s.inference.segmenter import Segmenter
 from co2s.methods import build_method
 from co2s.progress import progress_bar
 
@@ -150,27 +152,51 @@ class Trainer:
 
     # -- data -----------------------------------------------------------------------------
     def _load_splits(self):
+        """Read and check the splits up front (SPEC 3: bad data stops the run before training).
+
+        With ``data.validate_files: full`` the labelled split's pixels per class are counted: the
+        table is kept in ``self.class_table`` and printed once (rank 0), then the label check runs
+        (``data.label_check``: error stops the run, warn prints its findings on stderr).
+        """
+        import sys
+
+        from lightning_fabric.utilities.rank_zero import rank_zero_only
+
+        from co2s.data.sources import check_labels, class_table
+        from co2s.methods import METHODS
+
         data = self.config.data
         if not data.splits.labelled:
             raise DataError("data.splits.labelled is not set: training needs labelled samples")
         encoder = LabelEncoder.from_config(data)
+        bands = {"channels": self.config.in_channels, "bands": data.bands}
+        rank_zero = getattr(rank_zero_only, "rank", 0) == 0
         labelled = read_split(data.splits.labelled, data, labelled=True, name="labelled")
-        validate_samples(labelled, encoder, data.validate_files, data.color_masks, "checking labelled")
+        stats = validate_samples(labelled, encoder, data.validate_files, data.color_masks,
+                                 "checking labelled", **bands)
+        self.class_table = None
+        if stats is not None:
+            self.class_table = class_table(stats, data.classes)
+            if rank_zero:
+                print(self.class_table, flush=True)
+            for problem in check_labels(stats, data.classes, data.label_check, data.max_unmatched_colors):
+                if rank_zero:
+                    print(f"warning (data.label_check: warn): {problem}", file=sys.stderr, flush=True)
         unlabelled = None
-        if data.splits.unlabelled:
-            # Read even when the method ignores it: an overlapping list is a data error either way.
+        if data.splits.unlabelled and METHODS[self.config.train.method].uses_unlabelled:
+            # Read only when the method trains on it (a supervised run ignores the list).
             # Masks an unlabelled list happens to give are kept only to log pseudo-label accuracy.
             unlabelled = read_split(data.splits.unlabelled, data, labelled=False, name="unlabelled",
                                     keep_masks=True)
             check_disjoint(labelled, unlabelled)
-            validate_samples(unlabelled, encoder, "exists" if data.validate_files == "full"
-                             else data.validate_files)
+            validate_samples(unlabelled, encoder, data.validate_files, desc="checking unlabelled",
+                             masks=False, **bands)
         val = None
         if data.splits.val:
             val = read_split(data.splits.val, data, labelled=True, name="val")
             if self.config.train.val_max_images:
                 val = val[: self.config.train.val_max_images]
-            validate_samples(val, encoder, data.validate_files, data.color_masks, "checking val")
+            validate_samples(val, encoder, data.validate_files, data.color_masks, "checking val", **bands)
         return labelled, unlabelled, val
 
     def _loader(self, dataset, fabric, start: int, batch_size: int, seed: int) -> DataLoader:
@@ -269,7 +295,7 @@ class Trainer:
 
     def _resume(self, fabric, path: Path, method, state: dict) -> None:
         try:
-            ckpt = load_checkpoint(path)
+            ckpt = read_checkpoint(path)
         except CheckpointError as exc:
             raise CheckpointError(f"cannot resume: {exc}. Delete {path} to restart the run from "
                                   "step 0 (or copy an intact checkpoint there)") from None
@@ -290,18 +316,14 @@ class Trainer:
     def _validate(self, fabric, method, val_set, state: dict, log: MetricsLog) -> None:
         for m in method.modules.values():
             m.eval()
-        models = {}
-        for name, predictor in method.predictors().items():
-            def predict(x, predictor=predictor):
-                with fabric.autocast():
-                    return predictor(x)
-            models[name] = predict
-        fusions = list(FUSIONS) if len(models) == 2 else []
-        results = evaluate_all(models, val_set, self.config, fusions, fabric.device, fabric.global_rank,
-                               fabric.world_size, progress=False)
+        # The Segmenter of the models being trained: validation scores what predict would write.
+        # Fabric's module wrappers apply the run's precision in their forward.
+        segmenter = Segmenter(method.modules, self.config)
+        results = score_predictions(segmenter, val_set, rank=fabric.global_rank,
+                                    world_size=fabric.world_size, progress=False)
         for m in method.modules.values():
             m.train()
-        main = self.config.train.semi.fusion if len(models) == 2 else next(iter(models))
+        main = segmenter.prediction
         score = results[main]["mIoU"]
         record = {"step": state["step"], "kind": "val", "split": "val", "selected_by": main,
                   **{f"mIoU/{k}": r["mIoU"] for k, r in results.items()}, "mIoU": score}

@@ -1,4 +1,5 @@
-"""``co2s evaluate``: score a checkpoint on a split and write ``metrics.json`` beside it."""
+"""Evaluation on a split (``co2s evaluate`` and the public ``evaluate``): metrics of what the
+Segmenter predicts, every student and fusion side by side."""
 
 from __future__ import annotations
 
@@ -6,27 +7,56 @@ import json
 import os
 from pathlib import Path
 
-import torch
-
+from co2s.atomic import write_text
 from co2s.data.dataset import WholeImages
 from co2s.data.labels import LabelEncoder
 from co2s.data.sources import read_split, validate_samples
-from co2s.engine.checkpoint import load_models_from_checkpoint
 from co2s.errors import DataError
-from co2s.evaluation.evaluator import evaluate_all, window_and_stride
-from co2s.inference.fusion import FUSIONS
+from co2s.evaluation.evaluator import score_predictions
 from co2s.evaluation.metrics import format_table
+from co2s.inference.segmenter import Segmenter, resolve_device
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+def evaluate(segmenter, data=None, split: str = "test", out: str | os.PathLike | None = None,
+             progress: bool = True, predictions: list[str] | None = None) -> dict:
+    """Score ``segmenter`` on ``data.splits.<split>`` and return the metrics (nothing is written
+    unless ``out`` is given). ``data`` is a data config (default: the Segmenter's own).
 
-
-def default_prediction(config, models: dict) -> str:
-    """What a checkpoint predicts by default: the configured fusion for two students."""
-    return config.train.semi.fusion if len(models) == 2 else next(iter(models))
+    The top-level scores are the Segmenter's prediction (its student or fusion); ``predictions``
+    holds every student and fusion side by side.
+    """
+    data = data or segmenter.config.data
+    if list(data.classes) != segmenter.classes:
+        raise DataError(f"the data config's classes {list(data.classes)} are not the model's {segmenter.classes}")
+    spec = getattr(data.splits, split, None)
+    if not spec:
+        raise DataError(f"data.splits.{split} is not set; give it in the config or with --set")
+    samples = read_split(spec, data, labelled=True, name=split)
+    # up front, as in training: files, image sizes and band counts, mask values
+    validate_samples(samples, LabelEncoder.from_config(data), data.validate_files, data.color_masks,
+                     f"checking {split}", channels=segmenter.in_channels, bands=data.bands)
+    wanted = list(dict.fromkeys([segmenter.prediction, *(predictions or segmenter.choices)]))
+    scores_by_name = score_predictions(segmenter, WholeImages(samples, data), wanted, progress=progress)
+    scores = scores_by_name[segmenter.prediction]
+    keys = ("mIoU", "OA", "mF1", "IoU", "F1", "precision", "recall")
+    result = {
+        **{k: scores[k] for k in keys},
+        "prediction": segmenter.prediction,
+        "classes": list(data.classes),
+        "confusion_matrix": scores["confusion_matrix"],
+        "confusion_matrix_axes": ["true", "predicted"],
+        "pixels": scores["pixels"],
+        "predictions": {name: {k: s[k] for k in (*keys, "confusion_matrix")} for name, s in scores_by_name.items()},
+        "split": split,
+        "split_source": str(spec),
+        "images": len(samples),
+        "window": segmenter.tile,
+        "stride": segmenter.stride,
+        "blend": "hann",
+    }
+    if out is not None:
+        result["path"] = str(write_text(Path(out), json.dumps(result, indent=2)))
+    return result
 
 
 def evaluate_checkpoint(
@@ -38,51 +68,15 @@ def evaluate_checkpoint(
     progress: bool = True,
     prediction: str | None = None,
 ) -> dict:
-    """Evaluate ``checkpoint`` on ``data.splits.<split>``; returns and writes the metrics.
-
-    The top-level scores are those of ``prediction`` (default: the configured fusion for a
-    two-student checkpoint); ``predictions`` holds every student and fusion side by side.
-    """
-    models, config, ckpt = load_models_from_checkpoint(checkpoint, config)
-    spec = getattr(config.data.splits, split, None)
-    if not spec:
-        raise DataError(f"data.splits.{split} is not set; give it in the config or with --set")
-    samples = read_split(spec, config.data, labelled=True, name=split)
-    validate_samples(samples, LabelEncoder.from_config(config.data), "exists")
-    dev = resolve_device(device)
-    for model in models.values():
-        model.to(dev)
-    fusions = list(FUSIONS) if len(models) == 2 else []
-    prediction = prediction or default_prediction(config, models)
-    if prediction not in [*models, *fusions]:
-        raise DataError(f"unknown prediction {prediction!r}; choose from {[*models, *fusions]}")
-    all_scores = evaluate_all(models, WholeImages(samples, config.data), config, fusions, dev,
-                              progress=progress)
-    scores = all_scores[prediction]
-    window, stride = window_and_stride(config)
-    keys = ("mIoU", "OA", "mF1", "IoU", "F1", "precision", "recall")
-    result = {
-        **{k: scores[k] for k in keys},
-        "prediction": prediction,
-        "classes": config.data.classes,
-        "confusion_matrix": scores["confusion_matrix"],
-        "confusion_matrix_axes": ["true", "predicted"],
-        "pixels": scores["pixels"],
-        "predictions": {name: {k: s[k] for k in (*keys, "confusion_matrix")} for name, s in all_scores.items()},
-        "split": split,
-        "split_source": str(spec),
-        "images": len(samples),
-        "checkpoint": str(Path(checkpoint)),
-        "checkpoint_step": int(ckpt["step"]),
-        "best": ckpt.get("best"),
-        "window": window,
-        "stride": stride,
-    }
-    out = Path(out) if out else Path(checkpoint).with_name("metrics.json")
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out)
-    result["path"] = str(out)
+    """``co2s evaluate``: load a checkpoint (or exported model folder), score it on a split and
+    write ``metrics.json`` beside it (or to ``out``)."""
+    segmenter = Segmenter.load(checkpoint, config, prediction).to(resolve_device(device))
+    source = Path(checkpoint)
+    out = Path(out) if out else (source / "metrics.json" if source.is_dir() else source.with_name("metrics.json"))
+    result = evaluate(segmenter, segmenter.config.data, split, None, progress)
+    info = segmenter.info
+    result.update({"checkpoint": str(source), "checkpoint_step": info.get("step"), "best": info.get("best")})
+    result["path"] = str(write_text(out, json.dumps(result, indent=2)))
     return result
 
 

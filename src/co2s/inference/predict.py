@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import glob
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -25,12 +24,9 @@ from co2s.data.io import (
     save_index_png,
     scale_image,
 )
-from co2s.engine.checkpoint import load_models_from_checkpoint
 from co2s.errors import Co2sError, DataError
-from co2s.evaluation.run import default_prediction, resolve_device
-from co2s.inference.fusion import FUSIONS
-from co2s.inference.scene import PredictOptions, check_band_count, model_predictors, predict_scene
-from co2s.inference.streaming import TileGrid, stream_predictions, tile_and_stride
+from co2s.inference.scene import PredictOptions, check_band_count, predict_scene
+from co2s.inference.segmenter import resolve_device
 from co2s.progress import progress_bar
 
 
@@ -66,33 +62,14 @@ def is_plain_image(path: Path) -> bool:
     return path.suffix.lower() in PLAIN_IMAGE_SUFFIXES
 
 
-@torch.no_grad()
-def predict_image(models: dict, image: torch.Tensor, config, device, prediction: str,
-                  options: PredictOptions | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Class indices and confidence (max probability) of one ``[C, H, W]`` scaled image."""
-    options = options or PredictOptions()
-    _, height, width = image.shape
-    grid = TileGrid.over(height, width, *tile_and_stride(config, options.tile, options.overlap))
-    labels = np.empty((height, width), np.uint8)
-    confidence = np.empty((height, width), np.float32)
-
-    def read(y, x, h, w):
-        return image[:, y : y + h, x : x + w], None
-
-    for y0, x0, rows, conf in stream_predictions(read, grid, model_predictors(models, prediction, device, options),
-                                                 config.data.num_classes, prediction,
-                                                 options.batch_size or config.eval.batch_size, device):
-        h, w = rows.shape
-        labels[y0 : y0 + h, x0 : x0 + w], confidence[y0 : y0 + h, x0 : x0 + w] = rows, conf
-    return labels, confidence
-
-
-def _predict_plain_image(path: Path, models, config, out_dir: Path, prediction: str, device,
-                         options: PredictOptions) -> list[Path]:
-    image = torch.from_numpy(scale_image(read_image(path, config.data.bands), config.data.scale))
-    check_band_count(path, image.shape[0], next(iter(models.values())).in_channels)
-    labels, _ = predict_image(models, image, config, device, prediction, options)
-    palette = config.data.palette
+def _predict_plain_image(path: Path, segmenter, out_dir: Path, options: PredictOptions) -> list[Path]:
+    data = segmenter.config.data
+    image = torch.from_numpy(scale_image(read_image(path, data.bands), data.scale))
+    check_band_count(path, image.shape[0], segmenter.in_channels)
+    labels = segmenter.predict(image, options.prediction, tile=options.tile, overlap=options.overlap,
+                               tta=options.tta, precision=options.precision, batch_size=options.batch_size,
+                               confidence=False).classes
+    palette = data.palette
     index_path = out_dir / f"{path.stem}.png"
     save_index_png(index_path, labels, palette)
     outputs = [index_path]
@@ -113,7 +90,7 @@ def _writable_folder(out_dir: Path) -> None:
 
 
 def predict_files(
-    checkpoint: str | os.PathLike,
+    source,
     inputs: list[str],
     out_dir: str | os.PathLike,
     device: str = "auto",
@@ -121,23 +98,21 @@ def predict_files(
     prediction: str | None = None,
     options: PredictOptions | None = None,
 ) -> list[PredictionResult]:
-    """Predict every input; one failing input is reported and the others still run.
+    """Predict every input with a Segmenter (or the checkpoint / exported model folder ``source``);
+    one failing input is reported and the others still run.
 
-    ``prediction``: a student's name or a fusion mode (default: the checkpoint's configured one).
+    ``prediction``: a student's name or a fusion mode (default: the Segmenter's).
     """
+    from co2s.inference.segmenter import Segmenter
+
     options = options or PredictOptions()
-    models, config, _ = load_models_from_checkpoint(checkpoint)
-    prediction = prediction or default_prediction(config, models)
-    choices = [*models, *(FUSIONS if len(models) == 2 else ())]
-    if prediction not in choices:
-        raise Co2sError(f"unknown --student {prediction!r}; choose from {choices}")
-    dev = resolve_device(device)
-    for model in models.values():
-        model.to(dev)
-    tile_and_stride(config, options.tile, options.overlap)  # bad options stop before any file
+    segmenter = source if isinstance(source, Segmenter) else Segmenter.load(source, prediction=prediction)
+    segmenter = segmenter.to(resolve_device(device))
+    options = replace(options, prediction=prediction or options.prediction or segmenter.prediction)
+    segmenter.tiling(options.tile, options.overlap)  # bad options stop before any file
     if options.batch_size is not None and options.batch_size < 1:
         raise Co2sError(f"--batch-size must be at least 1, got {options.batch_size}")
-    model_predictors(models, prediction, dev, options)
+    segmenter.tile_predictors([options.prediction], options.precision, options.tta)
     paths = expand_inputs(inputs)
     out_dir = Path(out_dir)
     _writable_folder(out_dir)
@@ -150,9 +125,9 @@ def predict_files(
                                 "(same file name); predict it into another --out folder")
             first_of_name[name] = path
             if is_plain_image(path):
-                outputs, notes = _predict_plain_image(path, models, config, out_dir, prediction, dev, options), []
+                outputs, notes = _predict_plain_image(path, segmenter, out_dir, options), []
             else:
-                outputs, notes = predict_scene(path, models, config, out_dir, prediction, dev, options, progress)
+                outputs, notes = predict_scene(path, segmenter, out_dir, options, progress)
             results.append(PredictionResult(path, outputs, warnings=notes))
         except Co2sError as exc:
             results.append(PredictionResult(path, [], str(exc)))

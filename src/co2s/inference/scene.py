@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from co2s.data.io import check_bands, colorize, scale_image
+from co2s.data.io import check_bands, colorize, raster_nodata_flags, raster_valid, scale_image
 from co2s.errors import Co2sError, DataError
-from co2s.inference.streaming import PANEL_WIDTH, TileGrid, stream_predictions, tile_and_stride, tile_logits
+from co2s.inference.streaming import PANEL_WIDTH, TileGrid, stream_predictions
 from co2s.progress import progress_bar
 
 NODATA = 255
@@ -50,6 +50,7 @@ class PredictOptions:
     batch_size: int | None = None  # tiles per forward pass; default eval.batch_size
     precision: str = "fp32"  # fp32, bf16 or fp16 (autocast; fp16 on GPUs only)
     tta: bool = False  # average with the horizontally mirrored tiles
+    prediction: str | None = None  # a student or a fusion; default: the Segmenter's
     confidence: bool = False
     preview: bool = False
     overviews: bool = False
@@ -61,18 +62,11 @@ def check_band_count(path: Path, count: int, in_channels: int) -> None:
                         "(see data.bands)")
 
 
-def model_predictors(models: dict, prediction: str, device: torch.device, options: PredictOptions) -> dict:
-    """Tile predictors of the models ``prediction`` needs: one student, or both for a fusion."""
-    needed = {prediction: models[prediction]} if prediction in models else models
-    return {name: tile_logits(model, device, options.precision, options.tta) for name, model in needed.items()}
-
-
 class RasterSource:
     """An open raster with the config's bands: scaled windows and their validity."""
 
     def __init__(self, path: Path, data, in_channels: int) -> None:
         import rasterio
-        from rasterio.enums import MaskFlags
         from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
         self.path, self.scale = path, data.scale
@@ -94,8 +88,7 @@ class RasterSource:
             self.bands = list(data.bands or range(1, ds.count + 1))
             check_bands(path, self.bands, ds.count)
             check_band_count(path, len(self.bands), in_channels)
-            self.masked = any(MaskFlags.all_valid not in ds.mask_flag_enums[b - 1] for b in self.bands)
-            self.floating = np.issubdtype(np.dtype(ds.dtypes[self.bands[0] - 1]), np.floating)
+            self.masked, self.floating = raster_nodata_flags(ds, self.bands)
         except BaseException:
             self.dataset.close()
             raise
@@ -121,16 +114,8 @@ class RasterSource:
         """Pixels where any selected band holds data (GDAL's dataset-mask rule) and, for float
         rasters, every selected band is finite; ``None`` when every pixel is valid."""
         window = self._window(y, x, h, w)
-        valid = None
-        if self.masked:
-            masks = self._checked(lambda: self.dataset.read_masks(self.bands, window=window), "its mask")
-            valid = masks.max(0) > 0
-        if self.floating:
-            if raw is None:
-                raw = self._checked(lambda: self.dataset.read(self.bands, window=window), "a window")
-            finite = np.isfinite(raw).all(0)
-            valid = finite if valid is None else valid & finite
-        return valid
+        return self._checked(lambda: raster_valid(self.dataset, self.bands, window, raw,
+                                                  (self.masked, self.floating)), "its mask")
 
     def read(self, y: int, x: int, h: int, w: int) -> tuple[torch.Tensor, np.ndarray | None]:
         """Scaled image window ``[C, h, w]`` (non-finite values as 0) and its validity."""
@@ -264,25 +249,25 @@ class SceneOutputs:
             path.unlink(missing_ok=True)
 
 
-def predict_scene(path: Path, models: dict, config, out_dir: Path, prediction: str,
-                  device: torch.device, options: PredictOptions,
+def predict_scene(path: Path, segmenter, out_dir: Path, options: PredictOptions,
                   progress: bool = True) -> tuple[list[Path], list[str]]:
-    """Predict one raster into the outputs of the module docstring; returns them and any warnings."""
+    """Predict one raster with ``segmenter`` into the outputs of the module docstring; returns them
+    and any warnings."""
     import rasterio
 
+    config, prediction = segmenter.config, options.prediction or segmenter.prediction
     num_classes = config.data.num_classes
     if num_classes >= NODATA:
         raise Co2sError(f"{num_classes} classes do not fit a uint8 class raster with nodata {NODATA}")
-    in_channels = next(iter(models.values())).in_channels
     notes = []
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES, COMPRESS_OVERVIEW="DEFLATE"):
-        source = RasterSource(path, config.data, in_channels)
+        source = RasterSource(path, config.data, segmenter.in_channels)
         try:
             if source.dataset.crs is None:
                 notes.append(f"{path} has no CRS; its outputs are written without one")
             grid = TileGrid.over(source.dataset.height, source.dataset.width,
-                                 *tile_and_stride(config, options.tile, options.overlap))
-            predictors = model_predictors(models, prediction, device, options)
+                                 *segmenter.tiling(options.tile, options.overlap))
+            predictors = segmenter.tile_predictors([prediction], options.precision, options.tta)
             outputs = SceneOutputs(source, out_dir, config.data.palette, num_classes, options)
             bar = progress_bar(total=grid.tiles_to_predict(PANEL_WIDTH), desc=path.name, unit="tile",
                                enabled=progress)
@@ -298,8 +283,8 @@ def predict_scene(path: Path, models: dict, config, out_dir: Path, prediction: s
             try:
                 for y0, x0, classes, confidence in stream_predictions(
                         source.read, grid, predictors, num_classes, prediction,
-                        options.batch_size or config.eval.batch_size, device, options.confidence, report,
-                        PANEL_WIDTH):
+                        options.batch_size or segmenter.batch_size, segmenter.device, options.confidence,
+                        report, PANEL_WIDTH):
                     outputs.write_rows(y0, x0, classes, confidence)
                 written = outputs.finish()
             except BaseException:

@@ -25,6 +25,13 @@ def default_stride(window: int) -> int:
     return max(1, int(window * 5 / 6))
 
 
+def window_and_stride(config) -> tuple[int, int]:
+    """The configured tiling: ``eval.window`` (default the training crop) and ``eval.stride``
+    (default ``int(window * 5 / 6)``, SPEC 3.3)."""
+    window = config.eval.window or config.train.crop_size
+    return window, config.eval.stride or default_stride(window)
+
+
 def blend_weight(height: int, width: int, floor: float = 1e-3) -> torch.Tensor:
     """A separable Hann window ``[height, width]``: 1 at the centre, falling smoothly towards the
     edges, where a tile sees the least context. Overlapping tiles then hand over gradually (no

@@ -70,13 +70,11 @@ class Panel:
     xs: tuple[int, ...]  # starts of the tile columns covering them
 
 
-def tile_and_stride(config, tile: int | None = None, overlap: float | None = None) -> tuple[int, int]:
-    """Tile size and stride: ``tile`` defaults to the evaluation window (``eval.window`` or
-    ``train.crop_size``); ``overlap`` is in pixels (>= 1) or a fraction of the tile (< 1), by
-    default ``eval.stride``'s for the configured window, else a sixth of the tile."""
-    from co2s.evaluation.evaluator import window_and_stride
-
-    window, stride = window_and_stride(config)
+def overlap_to_stride(window: int, stride: int, tile: int | None = None,
+                      overlap: float | None = None) -> tuple[int, int]:
+    """Tile size and stride from the configured ``window``/``stride`` and optional overrides:
+    ``tile`` defaults to ``window``; ``overlap`` is in pixels (>= 1) or a fraction of the tile
+    (< 1); without it the configured stride holds for the configured window, else a sixth overlaps."""
     tile = tile or window
     if tile < 1:
         raise Co2sError(f"--tile must be a positive number of pixels, got {tile}")
@@ -127,22 +125,45 @@ def stream_predictions(
     on_progress: Callable[[int, int], None] | None = None,
     panel_width: int = PANEL_WIDTH,
 ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray | None]]:
-    """Yield ``(y0, x0, classes [h, w] uint8, confidence [h, w] float32 or None)`` pieces: panel by
-    panel (``grid.panels``), each top to bottom in strips of rows.
+    """Yield ``(y0, x0, classes [h, w] uint8, confidence [h, w] float32 or None)`` pieces of one
+    ``prediction``: panel by panel (``grid.panels``), each top to bottom in strips of rows.
+    See :func:`stream_prediction_maps`."""
+    for y0, x0, pieces in stream_prediction_maps(read, grid, predictors, num_classes, [prediction], batch_size,
+                                                 device, with_confidence, on_progress, panel_width):
+        classes, confidence = pieces[prediction]
+        yield y0, x0, classes, confidence
+
+
+@torch.no_grad()
+def stream_prediction_maps(
+    read: Reader,
+    grid: TileGrid,
+    predictors: dict[str, Callable[[torch.Tensor], torch.Tensor]],
+    num_classes: int,
+    predictions: list[str],
+    batch_size: int = 4,
+    device: torch.device | str = "cpu",
+    with_confidence: bool = True,
+    on_progress: Callable[[int, int], None] | None = None,
+    panel_width: int = PANEL_WIDTH,
+) -> Iterator[tuple[int, int, dict[str, tuple[np.ndarray, np.ndarray | None]]]]:
+    """Yield ``(y0, x0, {prediction: (classes, confidence)})`` pieces, panel by panel, each top
+    to bottom in strips of rows. Several ``predictions`` (students and fusions) share one pass of
+    each model over the tiles: evaluation scores them side by side at the cost of one.
 
     ``read(y, x, h, w)`` returns the scaled image window ``[C, h, w]`` and its validity mask
     (``None``: all valid). A tile without any valid pixel is not predicted: every pixel it covers
     is invalid too, so no valid pixel's result changes. ``predictors`` are the models whose logits
-    ``prediction`` (a model name or a fusion) needs; ``on_progress(tiles, pixels)`` reports work done.
+    the ``predictions`` (model names or fusions) need; ``on_progress(tiles, pixels)`` reports work.
     """
     device = torch.device(device)
     weight = blend_weight(grid.tile_h, grid.tile_w).to(device)
     for panel in grid.panels(panel_width):
-        yield from _stream_panel(read, grid, panel, predictors, num_classes, prediction, batch_size,
+        yield from _stream_panel(read, grid, panel, predictors, num_classes, list(predictions), batch_size,
                                  device, weight, with_confidence, on_progress)
 
 
-def _stream_panel(read, grid: TileGrid, panel: Panel, predictors, num_classes, prediction, batch_size,
+def _stream_panel(read, grid: TileGrid, panel: Panel, predictors, num_classes, predictions, batch_size,
                   device, weight, with_confidence, on_progress):
     """One panel, tile row by tile row. Global column ``x`` is ``x - origin`` in the running sums."""
     names = list(predictors)
@@ -157,8 +178,9 @@ def _stream_panel(read, grid: TileGrid, panel: Panel, predictors, num_classes, p
     carried = 0
     for r, y0 in enumerate(grid.ys):
         done = (grid.ys[r + 1] if r + 1 < len(grid.ys) else grid.height) - y0  # rows final after this row
-        classes = np.zeros((done, out_width), np.uint8)
-        confidence = np.zeros((done, out_width), np.float32) if with_confidence else None
+        pieces = {p: (np.zeros((done, out_width), np.uint8),
+                      np.zeros((done, out_width), np.float32) if with_confidence else None)
+                  for p in predictions}
         band = torch.zeros(n, k, th, 0, device=device)  # sums over columns [left, left + band width)
         band_norm = torch.zeros(th, 0, device=device)
         left = origin
@@ -190,10 +212,11 @@ def _stream_panel(read, grid: TileGrid, panel: Panel, predictors, num_classes, p
                 if b > a:
                     sums, norm = band[:, :, :done, a - left : b - left], band_norm[:done, a - left : b - left]
                     logits = {name: (sums[s] / norm.clamp_min(1e-12))[None] for s, name in enumerate(names)}
-                    conf, labels = class_probabilities(logits, prediction)[0].max(0)
-                    classes[:, a - panel.left : b - panel.left] = labels.cpu().numpy()
-                    if confidence is not None:
-                        confidence[:, a - panel.left : b - panel.left] = conf.cpu().numpy()
+                    for prediction, (classes, confidence) in pieces.items():
+                        conf, labels = class_probabilities(logits, prediction)[0].max(0)
+                        classes[:, a - panel.left : b - panel.left] = labels.cpu().numpy()
+                        if confidence is not None:
+                            confidence[:, a - panel.left : b - panel.left] = conf.cpu().numpy()
                 band, band_norm = band[..., finished:], band_norm[:, finished:]
                 left += finished
                 if on_progress:
@@ -201,4 +224,4 @@ def _stream_panel(read, grid: TileGrid, panel: Panel, predictors, num_classes, p
             elif on_progress:
                 on_progress(len(cols), 0)
         carried = th - done
-        yield y0, panel.left, classes, confidence
+        yield y0, panel.left, pieces

@@ -6,8 +6,6 @@ owns what happens to one batch, readable top to bottom in its ``training_loss``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import nn
 
@@ -38,7 +36,3 @@ class Method:
     def training_loss(self, batch: dict, step: int, total_steps: int) -> tuple[torch.Tensor, dict]:
         """Loss to back-propagate for one batch, and scalars to log."""
         raise NotImplementedError
-
-    def predictors(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
-        """Named tile-to-logits functions evaluated on the validation split."""
-        return {"model": self.modules["model"]}

@@ -45,6 +45,3 @@ class Co2S(Method):
                          f"{name}/fp": t.fp.detach(), f"{name}/sta": sta.detach(),
                          **{f"{name}/{k}": v for k, v in t.logs.items()}})
         return loss_a + loss_b, logs
-
-    def predictors(self):
-        return dict(self.modules)

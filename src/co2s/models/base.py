@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from co2s.models.param_groups import split_decay
+
 
 class SegmentationModel(nn.Module):
     """Images ``[B, C, H, W]`` (scaled, not normalised) in, logits ``[B, K, H, W]`` out."""
@@ -39,8 +41,6 @@ class SegmentationModel(nn.Module):
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
         """Optimiser groups; models with parts at different learning rates override this."""
-        from co2s.engine.optim import split_decay
-
         return split_decay(self, lr, weight_decay)
 
     def extract(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from co2s.engine.optim import split_decay
+from co2s.models.param_groups import split_decay
 from co2s.models.backbones.base import ViTBackbone
 from co2s.models.base import SegmentationModel
 

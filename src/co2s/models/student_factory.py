@@ -20,7 +20,7 @@ from co2s.errors import ConfigError
 from co2s.models.backbones.base import ViTBackbone
 from co2s.models.backbones.clip import ClipBackbone
 from co2s.models.backbones.dino import DinoV2Backbone, DinoV3Backbone
-from co2s.models.guidance import LearnableQueries, TextGuidance, concept_lists, load_prototypes, text_prototypes
+from co2s.models.guidance import LearnableQueries, TextGuidance, clip_text_prototypes, load_prototypes
 from co2s.models.heads import DeepLabV3PlusHead, LanguageGuidedHead
 from co2s.models.multispectral import band_normalisation, widen_patch_embedding
 from co2s.models.student import Student
@@ -116,7 +116,7 @@ def build_backbone(cfg, saved_arch: dict[str, Any] | None = None
     if cfg.kind == "clip":
         depth = model.config.vision_config.num_hidden_layers
         layers = cfg.layers if cfg.layers is not None else default_layers("clip", depth)
-        backbone = ClipBackbone(model.vision_model, model.visual_projection, tuple(layers))
+        backbone = ClipBackbone(model.vision_model, model.visual_projection, tuple(layers), cfg.skips)
     elif cfg.kind == "dinov3":
         layers = cfg.layers if cfg.layers is not None else default_layers("dino", model.config.num_hidden_layers)
         backbone = DinoV3Backbone(model, tuple(layers), rope_rescale=cfg.rope_rescale)
@@ -138,23 +138,7 @@ def _text_guidance(student_cfg, clip_model, data, placeholder: bool = False) -> 
         return TextGuidance(torch.randn(data.num_classes, dim, generator=g))
     if text.prototypes:
         return TextGuidance(load_prototypes(text.prototypes, data.classes, dim))
-    source = text.model or student_cfg.backbone.weights
-    if text.model and text.model != student_cfg.backbone.weights:
-        from co2s.models.backbones.weights import load_backbone_weights
-
-        clip_model, _ = load_backbone_weights("clip", text.model)
-    tokenizer_source = text.tokenizer or source
-    if tokenizer_source is None:
-        raise ConfigError(
-            f"student {student_cfg.name!r}: text guidance needs class prototypes: give "
-            "text.prototypes (from `co2s embed-text`) or CLIP weights with a tokenizer (text.tokenizer)"
-        )
-    from co2s.models.text_encoder import load_tokenizer
-
-    tokenizer = load_tokenizer(tokenizer_source)
-    prototypes = text_prototypes(clip_model, tokenizer, concept_lists(data.classes, data.concepts),
-                                 text.template)
-    return TextGuidance(prototypes)
+    return TextGuidance(clip_text_prototypes(data, student_cfg, clip_model=clip_model).prototypes)
 
 
 def build_student(student_cfg, data, saved_arch: dict[str, Any] | None = None,

@@ -55,7 +55,9 @@ Key-mapping sources
 * DINOv3: ``facebookresearch/dinov3``: ``dinov3/models/vision_transformer.py``
   (``DinoVisionTransformer``: ``cls_token`` (1, 1, D), ``storage_tokens`` (1, R, D), ``mask_token``
   (1, D), ``patch_embed.proj``, ``rope_embed.periods`` (persistent buffer of head_dim / 4 periods
-  ``base ** (4 i / head_dim)``), ``blocks.N``, ``norm``, optional ``cls_norm`` / ``local_cls_norm``),
+  ``base ** (4 i / head_dim)``, computed in the RoPE dtype, bfloat16 by default: the released files
+  hold it in bf16, every other tensor in float32; see :func:`_rope_base`), ``blocks.N``, ``norm``,
+  optional ``cls_norm`` / ``local_cls_norm``),
   its layers (``SelfAttentionBlock``: ``norm1``, ``attn.qkv`` (q, k, v stacked, a
   ``LinearKMaskedBias`` with persistent ``bias_mask`` when ``mask_k_bias``), ``attn.proj``,
   ``ls1.gamma``, ``norm2``, ``mlp.fc1/fc2`` (``Mlp``) or ``mlp.w1/w2/w3`` (``SwiGLUFFN``:
@@ -770,19 +772,37 @@ def convert_dinov3_official(state: dict[str, Tensor]) -> tuple[DINOv3ViTConfig, 
 
 
 def _rope_base(periods: Tensor, head_dim: int) -> float:
-    """The base of ``periods = base ** (4 i / head_dim)`` (the official ``base`` parametrisation)."""
-    periods = periods.double()
-    n = periods.numel()
+    """The base of ``periods = base ** (4 i / head_dim)`` (the official ``base`` parametrisation).
+
+    Accepted: the exact values (within 1e-5, relative), or the values rounded to the RoPE dtype of
+    the ``dinov3`` code: bfloat16 by default, which the released files keep (float16 also exists).
+    A rounded buffer may be stored in its own dtype or as float32 holding the rounded values, and
+    may be rounded once (``exact.to(bf16)``) or computed by the official ``_init_weights`` in that
+    dtype (``base ** (2 * arange(n, dtype) / (head_dim / 2))``, whose exponent is rounded too
+    when head_dim is not a power of two). Only the base is taken from the file: transformers
+    computes its own exact frequencies from ``rope_theta``.
+    """
+    stored = periods.double()
+    n = stored.numel()
     candidates = [100.0]
-    if n > 1 and periods[-1] > 0:
-        candidates.append(float(periods[-1] ** (head_dim / (4 * (n - 1)))))
+    if n > 1 and stored[-1] > 0:
+        estimate = float(stored[-1] ** (head_dim / (4 * (n - 1))))
+        # a bf16-rounded last period gives the base only to ~3 digits: also try it rounded
+        candidates += [estimate] + [float(f"{estimate:.{d}g}") for d in (1, 2, 3)]
     exponents = torch.arange(n, dtype=torch.float64) * 4 / head_dim
     for base in candidates:
-        if torch.allclose(periods, base ** exponents, rtol=1e-5, atol=0):
+        exact = base ** exponents
+        if torch.allclose(stored, exact, rtol=1e-5, atol=0):
             return round(base, 6)
+        for dtype in (torch.bfloat16, torch.float16):
+            rounded = exact.to(dtype).double()
+            computed = (base ** (2 * torch.arange(n, dtype=dtype) / (head_dim // 2))).double()
+            if torch.equal(stored, rounded) or torch.equal(stored, computed):
+                return round(base, 6)
     raise CheckpointError(
-        "rope_embed.periods do not follow base ** (4 i / head_dim) (min/max-period RoPE is not "
-        f"supported by transformers' DINOv3ViTModel): {periods[:4].tolist()}...")
+        "rope_embed.periods do not follow base ** (4 i / head_dim), exactly or rounded to bf16/fp16 "
+        "(min/max-period RoPE is not supported by transformers' DINOv3ViTModel): "
+        f"{stored[:4].tolist()}...")
 
 
 # --------------------------------------------------------------------------------------------
