@@ -78,3 +78,22 @@ def test_labelled_and_unlabelled_must_not_overlap(tiny_dataset):
     (tiny_dataset / "u.txt").write_text("images/t5.png\nimages/t2.png\n")
     with pytest.raises(DataError, match=r"1 image\(s\) are both labelled and unlabelled, e\.g\. t2\.png"):
         check_disjoint(read_split("train.txt", data, True), read_split("u.txt", data, False))
+
+
+def test_split_lists_written_by_co2s_splits_work_from_the_working_folder(tiny_dataset, tmp_path, monkeypatch):
+    """`co2s splits --out splits/x` writes into the working folder; the config names the lists as
+    written, relative, and they are found there when data.root does not hold them."""
+    from co2s.cli.main import main
+    from co2s.config.loader import validate
+    from co2s.data.sources import read_split
+    from tests.conftest import tiny_config_dict
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["splits", str(tiny_dataset / "train.txt"), "--root", str(tiny_dataset), "--ratio", "1/2",
+                 "--out", "splits/half"]) == 0
+    cfg = tiny_config_dict(tiny_dataset, work / "run")
+    cfg["data"]["splits"]["labelled"] = "splits/half/labelled.txt"
+    samples = read_split("splits/half/labelled.txt", validate(cfg).data, labelled=True)
+    assert len(samples) == 2 and all(s.image.is_file() and s.mask.is_file() for s in samples)

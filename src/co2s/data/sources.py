@@ -102,18 +102,23 @@ def read_folder(folder: Path, labelled: bool = True, keep_masks: bool = False) -
 def read_split(spec: str, data, labelled: bool, name: str = "split", keep_masks: bool = False) -> list[Sample]:
     """Resolve a split entry of the config (list file or folder) into samples.
 
+    A relative entry is looked up under ``data.root`` first, then in the working folder (where
+    ``co2s splits --out`` wrote it). The lines of a list file are always relative to ``data.root``.
     Unlabelled splits drop their masks unless ``keep_masks`` (then masks that exist on disk are
     kept, for diagnostics such as pseudo-label accuracy; training never reads them).
     """
 
     root = Path(data.root).expanduser()
     path = resolve(root, spec)
+    if not path.exists() and Path(spec).expanduser().exists():
+        path = Path(spec).expanduser()
     if path.is_dir():
         samples = read_folder(path, labelled, keep_masks)
     elif path.is_file():
         samples = read_list_file(path, root, data.id_format, labelled, keep_masks)
     else:
-        raise DataError(f"data.splits.{name}: {path} does not exist (data.root is {root})")
+        raise DataError(f"data.splits.{name}: {path} does not exist (data.root is {root}; "
+                        f"{spec} is not in the working folder either)")
     if not samples:
         raise DataError(f"data.splits.{name}: {path} lists no samples")
     return samples
