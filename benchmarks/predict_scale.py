@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 MODELS = {
-    "lite_unet": ["model.name=lite_unet", "model.width=8", "model.depth=3", "train.method=supervised"],
+    "lite_unet": ["model={name: lite_unet, width: 8, depth: 3}", "train.method=supervised"],
     "co2s-tiny": [],  # the demo preset's own students and fusion
 }
 BLOCK_ROWS = 512

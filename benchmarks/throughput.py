@@ -48,7 +48,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 
 from co2s.config.loader import load_config  # noqa: E402
 from co2s.data.sources import read_split  # noqa: E402
-from co2s.data.synthetic import write_demo_dataset  # noqa: E402
+from co2s.demo.synthetic import write_demo_dataset  # noqa: E402
 from co2s.engine.trainer import make_fabric, train_step, training_batches, training_datasets  # noqa: E402
 from co2s.methods import build_method  # noqa: E402
 from co2s.models.summary import without_weights  # noqa: E402
@@ -132,13 +132,13 @@ def benchmark_config(args, method: str, precision: str, steps_total: int):
     method, device and precision; single-student methods keep the first student only."""
     config_file = Path(args.data_root) / "benchmark.yaml"
     config = load_config(str(config_file), [
-        f"train.method={method}", f"train.crop_size={args.crop}", f"train.batch_size={args.batch}",
+        f"train.crop_size={args.crop}", f"train.batch_size={args.batch}",
         f"train.iters={steps_total}", "train.num_workers=0", f"engine.accelerator={args.device}",
         "engine.devices=1", f"engine.precision={precision}",
     ])
-    students = [without_weights(s) for s in config.model.students]
-    config.model.students = students if method == "co2s" else students[:1]
-    return config
+    students = [without_weights(s).model_dump(mode="json") for s in config.model.students]
+    return config.override({"train.method": method,
+                            "model.students": students if method == "co2s" else students[:1]})
 
 
 def device_batches(config, fabric, unlabelled_batch: int) -> list[dict]:

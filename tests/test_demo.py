@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from co2s.demo import reference_scores, run_demo
 
 
@@ -13,6 +15,7 @@ def test_reference_scores_of_constant_and_random_predictors():
     assert abs(ref["random_mIoU"] - 100 * (3 / 7 + 1 / 5) / 2) < 1e-9
 
 
+@pytest.mark.slow
 def test_demo_writes_everything_into_one_folder(tmp_path):
     summary = run_demo(tmp_path / "demo", ["train.iters=12", "train.val_every=6", "train.num_workers=0"],
                        progress=False)

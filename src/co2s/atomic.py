@@ -25,10 +25,12 @@ def fsync_path(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def temp_path(path: str | os.PathLike) -> Path:
-    """The hidden temporary name a write of ``path`` goes through (``.name.tmp`` beside it)."""
+def temp_path(path: str | os.PathLike, unique: bool = False) -> Path:
+    """The hidden temporary name a write of ``path`` goes through (``.name.tmp`` beside it); with
+    ``unique``, ``.name.<pid>.tmp``, so that processes writing the same file at once (e.g. every
+    rank of a relaunched command) never write into each other's temporary."""
     path = Path(path)
-    return path.with_name(f".{path.name}.tmp")
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp" if unique else f".{path.name}.tmp")
 
 
 def commit(tmp: str | os.PathLike, path: str | os.PathLike, durable: bool = True) -> None:
@@ -42,10 +44,11 @@ def commit(tmp: str | os.PathLike, path: str | os.PathLike, durable: bool = True
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]:
-    """Yield a temporary path to write; on success it replaces ``path``; on error it is removed."""
+def atomic_path(path: str | os.PathLike, durable: bool = True, unique: bool = False) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces ``path``; on error it is removed.
+    ``unique``: a per-process temporary name (see :func:`temp_path`)."""
     path = Path(path)
-    tmp = temp_path(path)
+    tmp = temp_path(path, unique)
     try:
         yield tmp
         commit(tmp, path, durable)

@@ -100,7 +100,7 @@ def test_cross_field_checks():
 
 
 def test_demo_preset_matches_the_generated_data():
-    from co2s.data.synthetic import DEMO_CLASSES, DEMO_PALETTE
+    from co2s.demo.synthetic import DEMO_CLASSES, DEMO_PALETTE
 
     config = load_config("demo")
     assert tuple(config.data.classes) == DEMO_CLASSES

@@ -11,7 +11,7 @@ from co2s.config.loader import load_config, validate
 from co2s.data.labels import LabelEncoder
 from co2s.data.sources import check_labels, class_table, read_split, validate_samples
 from co2s.data.splits import make_splits
-from co2s.data.synthetic import write_demo_dataset
+from co2s.demo.synthetic import write_demo_dataset
 from co2s.errors import DataError
 from tests.conftest import shared_dataset, tiny_config_dict
 

@@ -3,11 +3,13 @@
 import json
 
 import numpy as np
+import pytest
 
 from co2s.cli.main import main
 from tests.conftest import shared_dataset
 
 
+@pytest.mark.slow
 def test_supervised_ai4mars_then_evaluate_test_gold(tmp_path, capsys):
     root = shared_dataset("ai4mars-msl-256")
     (tmp_path / "lab.txt").write_text("\n".join((root / "splits/train.txt").read_text().split()[:64]) + "\n")

@@ -9,7 +9,7 @@ from PIL import Image
 
 from co2s.config.loader import validate
 from co2s.engine.metrics_log import read_log
-from co2s.engine.trainer import train
+from co2s.api import train
 from co2s.evaluation.run import evaluate_checkpoint
 from co2s.inference.predict import predict_files
 from co2s.models.student_factory import _random_model

@@ -9,7 +9,8 @@ import rasterio
 from PIL import Image
 
 from co2s.config.loader import validate
-from co2s.engine.trainer import Trainer, train
+from co2s.engine.trainer import Trainer
+from co2s.api import train
 from co2s.errors import DataError
 from co2s.evaluation.run import evaluate_checkpoint
 from tests.conftest import tiny_config_dict

@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from co2s.engine.metrics_log import read_log
@@ -10,6 +11,7 @@ from co2s.evaluation.run import evaluate_checkpoint
 from tests.conftest import tiny_config_dict, write_tiny_dataset
 
 
+@pytest.mark.slow
 def test_two_process_ddp_validation_matches_single_process_evaluation(tmp_path):
     root = write_tiny_dataset(tmp_path / "data", n=9)
     (root / "val.txt").write_text("".join(f"images/t{i}.png masks/t{i}.png\n" for i in (4, 5, 6, 7, 8)))

@@ -3,12 +3,14 @@
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from co2s.engine.metrics_log import read_log
 from tests.conftest import tiny_config_dict, write_tiny_dataset
 
 
+@pytest.mark.slow
 def test_two_process_co2s_keeps_both_students_identical_across_ranks(tmp_path):
     root = write_tiny_dataset(tmp_path / "data", n=8)
     (root / "train.txt").write_text("".join(f"images/t{i}.png masks/t{i}.png\n" for i in range(3)))

@@ -14,7 +14,7 @@ from co2s.cli.main import main
 from co2s.config.loader import validate
 from co2s.models.loading import read_checkpoint
 from co2s.engine.metrics_log import read_log
-from co2s.engine.trainer import train
+from co2s.api import train
 from co2s.errors import CheckpointError, TrainingError
 from tests.conftest import tiny_config_dict
 

@@ -1,7 +1,7 @@
 """The supervised engine trains a tiny ViT student end to end (train, checkpoint, evaluate)."""
 
 from co2s.config.loader import validate
-from co2s.engine.trainer import train
+from co2s.api import train
 from co2s.evaluation.run import evaluate_checkpoint
 from tests.conftest import tiny_config_dict
 

@@ -4,7 +4,7 @@ import pytest
 
 from co2s.config.loader import validate
 from co2s.engine.metrics_log import read_log
-from co2s.engine.trainer import train
+from co2s.api import train
 from tests.conftest import tiny_config_dict
 
 

@@ -77,7 +77,7 @@ def test_fewer_than_three_bands_is_refused(tmp_path):
 def test_train_four_band_student_and_reload(tmp_path):
     import rasterio
 
-    from co2s.engine.trainer import train
+    from co2s.api import train
 
     root = tmp_path / "data"
     (root / "images").mkdir(parents=True)
@@ -106,9 +106,9 @@ def test_train_four_band_student_and_reload(tmp_path):
 
     models, config, _ = load_trained_models(tmp_path / "run" / "latest.ckpt")
     ckpt = read_checkpoint(tmp_path / "run" / "latest.ckpt")
-    student = models["model"]
-    assert student.in_channels == 4 and ckpt["architectures"]["model"]["num_channels"] == 4
-    torch.testing.assert_close(student.state_dict()[PATCH_CONV["dinov3"]], ckpt["model"][PATCH_CONV["dinov3"]])
+    student = models["dino"]  # a single student is stored under its own name
+    assert student.in_channels == 4 and ckpt["architectures"]["dino"]["num_channels"] == 4
+    torch.testing.assert_close(student.state_dict()[PATCH_CONV["dinov3"]], ckpt["dino"][PATCH_CONV["dinov3"]])
     assert student.mean.flatten()[3].item() == pytest.approx(0.2)
     with torch.no_grad():
         assert student(torch.rand(1, 4, 32, 32)).shape == (1, 3, 32, 32)

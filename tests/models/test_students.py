@@ -98,7 +98,7 @@ def test_clip_skips_switch_from_config_and_checkpoint(tmp_path):
     assert student.backbone.skip_mode == "value"
     with pytest.raises(ConfigError, match="skips: value is for clip"):
         _config(_student_cfg("dinov3", skips="value"))
-    path = write_model_checkpoint(tmp_path / "m.ckpt", config, {"model": student})
+    path = write_model_checkpoint(tmp_path / "m.ckpt", config, {"clip": student})
     models, stored, _ = load_trained_models(path)
     (model,) = models.values()
     assert model.backbone.skip_mode == "value" and stored.model.students[0].backbone.skips == "value"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from co2s import __version__
 from co2s.errors import Co2sError
@@ -20,16 +21,13 @@ def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def cmd_train(args) -> int:
-    from co2s.config.loader import load_config
-    from co2s.engine.trainer import train
+    from co2s import api
 
     overrides = list(args.overrides) + ([f"out_dir={args.out}"] if args.out else [])
-    config = load_config(args.config, overrides)
+    config = api.load_config(args.config, overrides)
     try:
-        result = train(config, progress=not args.no_progress)
+        run = api.train(config, progress=not args.no_progress)
     except KeyboardInterrupt:
-        from pathlib import Path
-
         latest = Path(config.run_dir) / "latest.ckpt"
         if latest.is_file():
             print(f"interrupted; rerun the same command to resume from {latest}", file=sys.stderr)
@@ -37,44 +35,35 @@ def cmd_train(args) -> int:
             print(f"interrupted before the first checkpoint: nothing to resume yet; rerunning the "
                   f"command starts {config.run_dir} from step 0", file=sys.stderr)
         return 130
-    if not result.is_global_zero:
+    if not run.is_global_zero:  # the other ranks of a multi-process run stay quiet
         return 0
-    best = result.best
-    msg = f"finished {result.steps} steps in {result.run_dir}"
-    if best:
-        msg += f"; best {best['split']} mIoU {best['mIoU']:.2f} at step {best['step']}"
+    msg = f"finished {run.steps} steps in {run.run_dir}"
+    if run.best:
+        msg += f"; best {run.best['split']} mIoU {run.best['mIoU']:.2f} at step {run.best['step']}"
     print(msg)
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from co2s.config.loader import load_config
-    from co2s.evaluation.run import evaluate_checkpoint, print_report
+    from co2s import api
+    from co2s.evaluation.run import print_report
 
-    config = None
-    if args.config:
-        config = load_config(args.config, args.overrides)
-    elif args.overrides:
-        from co2s.config.loader import apply_overrides, validate
-        from co2s.models.loading import read_checkpoint
-
-        stored = read_checkpoint(args.checkpoint)["config"]
-        config = validate(apply_overrides(stored, args.overrides), f"config of {args.checkpoint}")
-    result = evaluate_checkpoint(args.checkpoint, config, args.split, args.out, args.device,
-                                 progress=not args.no_progress, prediction=args.student)
+    config = api.load_config(args.config, args.overrides) if args.config else None
+    result = api.evaluate_checkpoint(args.checkpoint, config, args.split, args.out, args.device,
+                                     progress=not args.no_progress, prediction=args.student,
+                                     overrides=None if args.config else args.overrides)
     print_report(result)
     return 0
 
 
 def cmd_predict(args) -> int:
-    from co2s.inference.predict import predict_files
-    from co2s.inference.scene import PredictOptions
+    from co2s import api
 
-    options = PredictOptions(tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
-                             precision=args.precision, tta=args.tta, confidence=args.confidence,
-                             preview=args.preview, overviews=args.overviews)
-    results = predict_files(args.checkpoint, args.inputs, args.out, args.device,
-                            progress=not args.no_progress, prediction=args.student, options=options)
+    results = api.predict(args.checkpoint, args.inputs, args.out, device=args.device,
+                          prediction=args.student, progress=not args.no_progress, tile=args.tile,
+                          overlap=args.overlap, batch_size=args.batch_size, precision=args.precision,
+                          tta=args.tta, confidence=args.confidence, preview=args.preview,
+                          overviews=args.overviews)
     failed = [r for r in results if r.error]
     for r in results:
         for note in r.warnings:
@@ -86,41 +75,22 @@ def cmd_predict(args) -> int:
 
 
 def cmd_splits(args) -> int:
-    from pathlib import Path
+    from co2s import api
 
-    from co2s.config.loader import load_config
-    from co2s.data.labels import LabelEncoder
-    from co2s.data.sources import read_folder, read_list_file, read_split, resolve
-    from co2s.data.splits import make_splits
-    from co2s.errors import DataError
-
-    encoder, ignore, color = None, 255, False
-    if args.config:
-        config = load_config(args.config, args.overrides)
-        data = config.data
-        source = args.source or data.splits.train
-        if not source:
-            raise DataError("give a SOURCE list/folder or set data.splits.train in the config")
-        samples = read_split(source, data, labelled=args.stratify, name="train")
-        source = str(resolve(data.root, source))
-        encoder, ignore, color = LabelEncoder.from_config(data), data.ignore_index, data.color_masks
-    else:
-        if not args.source:
-            raise DataError("give a SOURCE list file or folder, or --config")
-        path = Path(args.source)
-        if path.is_dir():
-            samples = read_folder(path, labelled=args.stratify)
-        elif path.is_file():
-            samples = read_list_file(path, Path(args.root or "."), None, labelled=args.stratify)
-        else:
-            raise DataError(f"split source not found: {path}")
-        if not samples:
-            raise DataError(f"{path} lists no samples")
-        source = str(path)
-    info = make_splits(samples, args.ratio, args.seed, args.out, args.stratify, encoder, ignore,
-                       color, source)
+    config = api.load_config(args.config, args.overrides) if args.config else None
+    info = api.make_splits(args.source, args.ratio, args.seed, args.out, config=config, root=args.root,
+                           stratify=args.stratify)
     print(f"{info['labelled']} labelled + {info['unlabelled']} unlabelled of {info['total']} "
           f"(ratio {info['ratio']}, seed {info['seed']}) -> {info['out_dir']}/labelled.txt, unlabelled.txt")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from co2s import api
+
+    written = api.export(args.checkpoint, args.out, prediction=args.student, onnx=args.onnx, tile=args.tile)
+    for what, path in written.items():
+        print(f"{what}: {path}")
     return 0
 
 
@@ -181,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="sliding-window evaluation of a checkpoint: mIoU, IoU, OA, F1")
     _add_config_args(p, required=False)
-    p.add_argument("--checkpoint", required=True, help="a .ckpt written by co2s train")
+    p.add_argument("--checkpoint", required=True, help="a .ckpt written by co2s train, or a folder "
+                   "written by co2s export")
     p.add_argument("--split", default="test", choices=["test", "val", "labelled", "train"],
                    help="which data.splits entry to score (default: test)")
     p.add_argument("--out", help="metrics JSON path (default: metrics.json beside the checkpoint)")
@@ -198,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
         "the input's CRS and transform, nodata 255 where the input is nodata, the palette as "
         "colour table. Overlapping tiles are blended with a smooth (Hann) weight. See "
         "docs/prediction.md.")
-    p.add_argument("--checkpoint", required=True, help="a .ckpt written by co2s train")
+    p.add_argument("--checkpoint", required=True, help="a .ckpt written by co2s train, or a folder "
+                   "written by co2s export")
     p.add_argument("inputs", nargs="+", help="image or raster files, folders or glob patterns")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--student", help="a student's name, or the fusion mean / confidence "
@@ -231,6 +203,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for labelled.txt, unlabelled.txt, split.json")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_splits)
+
+    p = sub.add_parser(
+        "export", help="a model folder to share (weights-only safetensors + small config); --onnx adds ONNX",
+        description="Write DIR/model.safetensors (weights only: no optimiser state) and "
+        "DIR/co2s_model.json (classes, palette, bands, scaling, tiling, architectures, prediction "
+        "mode, training config). `co2s predict` and `co2s evaluate` accept DIR in place of a "
+        "checkpoint; co2s.Segmenter.load(DIR) in Python. With --onnx, also DIR/model.onnx: scaled "
+        "image tiles [N, C, tile, tile] in, class probabilities out (see docs/prediction.md).")
+    p.add_argument("checkpoint", help="a .ckpt written by co2s train")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--student", help="prediction mode: a student's name, mean or confidence "
+                   "(default: the checkpoint's)")
+    p.add_argument("--onnx", action="store_true", help="also export model.onnx (needs the onnx extra)")
+    p.add_argument("--tile", type=int, help="ONNX tile size (default: the evaluation window)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="generate synthetic aerial data, train, evaluate and predict")
     p.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")

@@ -116,10 +116,18 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return keys, value
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with overrides set: ``["a.b=value", ...]`` (values parsed as YAML, as ``--set``) or
+    ``{"a.b": value, ...}`` (values used as given)."""
     out = copy.deepcopy(raw)
-    for item in overrides:
-        keys, value = parse_override(item)
+    if isinstance(overrides, dict):
+        pairs = [([k for k in str(key).split(".") if k], value, f"{key}={value!r}")
+                 for key, value in overrides.items()]
+    else:
+        pairs = [(*parse_override(item), item) for item in overrides]
+    for keys, value, item in pairs:
+        if not keys:
+            raise ConfigError(f"override {item!r}: empty key")
         node = out
         for k in keys[:-1]:
             child = node.get(k)
@@ -142,10 +150,21 @@ def _expand_env(value: Any) -> Any:
     return value
 
 
+#: tags of the ``model`` union that pydantic puts in error locations (``model.students.students.0``)
+_UNION_TAGS = {"lite_unet", "students"}
+
+
+def _error_path(loc: tuple) -> str:
+    parts = [str(p) for p in loc]
+    if len(parts) >= 2 and parts[0] == "model" and parts[1] in _UNION_TAGS:
+        parts.pop(1)  # the union variant, not a key the user wrote
+    return ".".join(parts) or "(top level)"
+
+
 def format_validation_error(exc: ValidationError, origin: str) -> str:
     lines = [f"invalid config {origin}:"]
     for err in exc.errors():
-        path = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        path = _error_path(err["loc"])
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key (typo?)"
@@ -162,12 +181,24 @@ def validate(raw: dict[str, Any], origin: str = "config") -> Config:
         raise ConfigError(format_validation_error(exc, origin)) from None
 
 
-def load_config(source: str, overrides: list[str] | None = None) -> Config:
-    """Load a preset name or YAML path, apply ``--set`` overrides, and validate."""
-    raw, origin = _load_raw(source)
+def load_config(source: str | list[str], overrides: list[str] | dict[str, Any] | None = None) -> Config:
+    """Load a preset name or YAML path, or a list of them merged in order (as ``base:`` does, e.g.
+    ``["ai4mars", "models/co2s-tiny"]``), apply overrides (``["train.iters=500"]`` as ``--set``,
+    or ``{"train.iters": 500}``), and validate."""
+    if isinstance(source, (list, tuple)):
+        if not source:
+            raise ConfigError("load_config needs at least one preset or file")
+        raw: dict[str, Any] = {}
+        for item in source:
+            raw = deep_merge(raw, _load_raw(str(item))[0])
+        origin = " + ".join(map(str, source))
+    else:
+        raw, origin = _load_raw(str(source))
     if overrides:
         raw = apply_overrides(raw, overrides)
-        origin = f"{origin} (with --set {' '.join(overrides)})"
+        shown = " ".join(overrides) if not isinstance(overrides, dict) else ", ".join(
+            f"{k}={v!r}" for k, v in overrides.items())
+        origin = f"{origin} (with overrides {shown})"
     return validate(raw, origin)
 
 

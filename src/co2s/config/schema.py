@@ -5,13 +5,15 @@ Unknown keys are errors (``extra="forbid"``) so a typo never silently falls back
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, Union, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Unknown keys are errors; a validated config is immutable (``Config.override`` makes a new
+    # one and re-runs every validator, so no check can be bypassed by assignment).
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 RGB = tuple[int, int, int]
@@ -58,7 +60,7 @@ class DataConfig(_Strict):
         default_factory=dict, description="optional synonyms per class (for text guidance)"
     )
     palette: list[RGB] | None = Field(default=None, description="RGB colour per class")
-    ignore_index: int = Field(default=255, ge=0, le=65535)
+    ignore_index: int = Field(default=255, ge=0, le=65535, description="label value never trained on nor scored")
     reduce_zero_label: bool = Field(
         default=False, description="0 becomes ignore, other values shift down by one"
     )
@@ -73,7 +75,7 @@ class DataConfig(_Strict):
         description="colour-coded masks: colours that mean ignore (e.g. a black 'no label' border); "
         "other colours outside `palette` count as unmatched in the label check",
     )
-    id_format: IdFormat | None = None
+    id_format: IdFormat | None = Field(default=None, description="templates for list files of bare IDs: {image: images/{id}.jpg, mask: masks/{id}.png}")
     splits: SplitsConfig = Field(default_factory=SplitsConfig)
     bands: list[int] | None = Field(
         default=None, description="1-based band indices to read, in order; null reads all"
@@ -145,7 +147,7 @@ class DataConfig(_Strict):
 class BackboneConfig(_Strict):
     """A pretrained ViT: where its weights come from and which of them train."""
 
-    kind: Literal["clip", "dinov3", "dinov2"]
+    kind: Literal["clip", "dinov3", "dinov2"] = Field(description="backbone family")
     weights: str | None = Field(
         default=None,
         description="Hub id (local cache), save_pretrained folder, official DINOv3 .pth or OpenAI "
@@ -200,17 +202,21 @@ class TextConfig(_Strict):
         "bpe_simple_vocab_16e6.txt.gz or a folder holding it, or a cached Hub id; null = the text "
         "model's source; must fit the text tower (same vocabulary size and end-of-text token)",
     )
-    template: str = "a photo of a {}"
+    template: str = Field(default="a photo of a {}", description="prompt per concept; {} is the concept")
 
 
 class StudentConfig(_Strict):
     name: str = Field(description="short name used in logs and metrics (e.g. clip, dino)")
     backbone: BackboneConfig
-    guidance: Literal["text", "queries", "none"] = "queries"
-    head: Literal["vlg", "deeplabv3plus"] = "vlg"
+    guidance: Literal["text", "queries", "none"] = Field(
+        default="queries", description="text: frozen CLIP text prototypes (CLIP only); queries: learnable class queries; none"
+    )
+    head: Literal["vlg", "deeplabv3plus"] = Field(
+        default="vlg", description="vlg: the language-guided decoder; deeplabv3plus: the no-guidance ablation"
+    )
     text: TextConfig = Field(default_factory=TextConfig)
-    decoder_lr_mult: float = Field(default=10.0, ge=0)
-    queries_lr_mult: float = Field(default=1.0, ge=0)
+    decoder_lr_mult: float = Field(default=10.0, ge=0, description="decoder learning rate x base lr")
+    queries_lr_mult: float = Field(default=1.0, ge=0, description="learnable queries learning rate x base lr")
 
     @model_validator(mode="after")
     def _consistent(self) -> StudentConfig:
@@ -221,28 +227,54 @@ class StudentConfig(_Strict):
         return self
 
 
-class ModelConfig(_Strict):
-    name: Literal["lite_unet", "students"] = Field(
-        default="lite_unet", description="lite_unet: the built-in CNN; students: ViT students"
-    )
-    width: int = Field(default=32, ge=4, description="channels of the first stage (lite_unet)")
-    depth: int = Field(default=4, ge=2, le=6, description="encoder stages (lite_unet)")
+class LiteUNetConfig(_Strict):
+    """The built-in CNN (a small U-Net): fast, no pretrained weights needed."""
+
+    name: Literal["lite_unet"] = Field(default="lite_unet", description="lite_unet: the built-in CNN")
+    width: int = Field(default=32, ge=4, description="channels of the first stage")
+    depth: int = Field(default=4, ge=2, le=6, description="encoder stages")
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0, description="dropout before the classifier")
     in_channels: int | None = Field(
         default=None, description="input bands; null infers from data.bands / data.mean / 3"
     )
-    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+
+
+class StudentsConfig(_Strict):
+    """ViT students (SPEC 2.1): one for the single-model methods, two for co2s."""
+
+    name: Literal["students"] = Field(description="students: pretrained ViT students")
     students: list[StudentConfig] = Field(
-        default_factory=list, description="the ViT students (name: students); single-student methods use the first"
+        min_length=1, max_length=2, description="the students; co2s takes two (global, then local), "
+        "supervised / fixmatch / unimatch exactly one"
+    )
+    in_channels: int | None = Field(
+        default=None, description="input bands; null infers from data.bands / data.mean / 3"
     )
 
     @model_validator(mode="after")
-    def _students(self) -> ModelConfig:
-        if self.name == "students" and not self.students:
-            raise ValueError("model.name: students needs model.students")
+    def _names(self) -> StudentsConfig:
         names = [s.name for s in self.students]
         if len(set(names)) != len(names):
             raise ValueError(f"student names must differ: {names}")
+        bad = [n for n in names if not n.isidentifier() or n in FUSIONS]
+        if bad:
+            raise ValueError(f"student names must be identifiers other than {list(FUSIONS)}: {bad}")
         return self
+
+
+def _model_kind(value: Any) -> str | None:
+    """The union tag: ``model.name``, default ``lite_unet`` when the section does not say."""
+    if isinstance(value, dict):
+        return value.get("name", "lite_unet")
+    return getattr(value, "name", None)
+
+
+#: ``model``: a union discriminated by ``name``; each variant accepts only its own keys
+ModelConfig = Annotated[
+    Union[Annotated[LiteUNetConfig, Tag("lite_unet")], Annotated[StudentsConfig, Tag("students")]],
+    Discriminator(_model_kind, custom_error_type="model_name",
+                  custom_error_message="model.name must be lite_unet or students"),
+]
 
 
 class EngineConfig(_Strict):
@@ -250,9 +282,65 @@ class EngineConfig(_Strict):
 
     accelerator: str = Field(default="auto", description="cpu, cuda, mps, auto")
     devices: int | str = Field(default=1, description="devices per node (int, 'auto', or list string)")
-    num_nodes: int = Field(default=1, ge=1)
+    num_nodes: int = Field(default=1, ge=1, description="machines (DDP across nodes)")
     strategy: str = Field(default="auto", description="auto, ddp, fsdp, ...")
-    precision: Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true"] = "32-true"
+    precision: Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true"] = Field(
+        default="32-true", description="Fabric precision; bf16-mixed on recent GPUs"
+    )
+
+
+class LossWeightsConfig(_Strict):
+    """Per-student UniMatch total: ``scale * (sup*L_sup + s1*L_s1 + s2*L_s2 + fp*L_fp)`` (SPEC 2.4)."""
+
+    sup: float = Field(default=1.0, ge=0, description="supervised cross-entropy")
+    s1: float = Field(default=0.25, ge=0, description="first strong view")
+    s2: float = Field(default=0.25, ge=0, description="second strong view")
+    fp: float = Field(default=0.5, ge=0, description="feature-perturbation stream")
+    scale: float = Field(default=0.5, ge=0, description="factor on the whole sum")
+
+
+class StrongViewConfig(_Strict):
+    """Photometric strong view on top of the weak view (SPEC 2.4; the geometry never changes)."""
+
+    jitter: tuple[float, float, float, float] = Field(
+        default=(0.5, 0.5, 0.5, 0.25), description="colour jitter: brightness, contrast, saturation, hue (hue <= 0.5)"
+    )
+    jitter_p: float = Field(default=0.8, ge=0, le=1, description="probability of the colour jitter")
+    grayscale_p: float = Field(default=0.2, ge=0, le=1, description="probability of grayscale")
+    blur_p: float = Field(default=0.5, ge=0, le=1, description="probability of Gaussian blur")
+    blur_sigma: tuple[float, float] = Field(default=(0.1, 2.0), description="blur sigma range")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> StrongViewConfig:
+        if min(self.jitter) < 0 or self.jitter[3] > 0.5:
+            raise ValueError("jitter values must be >= 0, and hue <= 0.5")
+        if not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
+            raise ValueError("blur_sigma must be an increasing pair of positive numbers")
+        return self
+
+
+class CutMixConfig(_Strict):
+    """CutMix boxes of the strong views (SPEC 2.4)."""
+
+    p: float = Field(default=0.5, ge=0, le=1, description="probability of a box")
+    area: tuple[float, float] = Field(default=(0.02, 0.4), description="box area, fraction of the crop")
+    aspect: tuple[float, float] = Field(default=(0.3, 1 / 0.3), description="box aspect ratio (h / w) range")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> CutMixConfig:
+        if not 0 < self.area[0] <= self.area[1] <= 1:
+            raise ValueError("area must be an increasing pair within (0, 1]")
+        if not 0 < self.aspect[0] <= self.aspect[1]:
+            raise ValueError("aspect must be an increasing pair of positive numbers")
+        return self
+
+
+class AugmentConfig(_Strict):
+    """Training views beyond the weak view's rescale range (``train.scale_range``)."""
+
+    hflip_p: float = Field(default=0.5, ge=0, le=1, description="probability of a horizontal flip")
+    strong: StrongViewConfig = Field(default_factory=StrongViewConfig)
+    cutmix: CutMixConfig = Field(default_factory=CutMixConfig)
 
 
 class SemiConfig(_Strict):
@@ -271,6 +359,7 @@ class SemiConfig(_Strict):
     stability_weight: float = Field(default=0.5, ge=0, description="lambda after the ramp")
     stability_ramp: float = Field(default=0.2, ge=0, le=1, description="ramp length, fraction of iters")
     fp_dropout: float = Field(default=0.5, ge=0, lt=1, description="feature-perturbation dropout2d")
+    loss_weights: LossWeightsConfig = Field(default_factory=LossWeightsConfig)
     fusion: str = Field(
         default="confidence",
         description="co2s inference: mean, confidence (per pixel, the more confident student), "
@@ -279,8 +368,10 @@ class SemiConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    method: Literal["supervised", "fixmatch", "unimatch", "co2s"] = "supervised"
-    crop_size: int = Field(default=256, ge=16)
+    method: Literal["supervised", "fixmatch", "unimatch", "co2s"] = Field(
+        default="supervised", description="training method (docs/methods.md)"
+    )
+    crop_size: int = Field(default=256, ge=16, description="square training crop; the default evaluation window")
     batch_size: int = Field(default=2, ge=1, description="labelled images per device per step")
     semi: SemiConfig = Field(default_factory=SemiConfig)
     lr_reference_batch: int | None = Field(
@@ -290,21 +381,22 @@ class TrainConfig(_Strict):
     )
     iters: int | None = Field(default=None, ge=1, description="total iterations (wins over epochs)")
     epochs: int | None = Field(default=None, ge=1, description="passes over the training set")
-    lr: float = Field(default=1e-3, gt=0)
-    weight_decay: float = Field(default=0.01, ge=0)
-    poly_power: float = Field(default=0.9, ge=0)
-    warmup_iters: int = Field(default=0, ge=0)
-    grad_accum: int = Field(default=1, ge=1)
-    scale_range: tuple[float, float] = (0.5, 2.0)
+    lr: float = Field(default=1e-3, gt=0, description="base learning rate (AdamW)")
+    weight_decay: float = Field(default=0.01, ge=0, description="AdamW weight decay; none on norms and biases")
+    poly_power: float = Field(default=0.9, ge=0, description="poly decay power over all iterations")
+    warmup_iters: int = Field(default=0, ge=0, description="linear warm-up iterations (paper: none)")
+    grad_accum: int = Field(default=1, ge=1, description="micro-batches per optimiser step")
+    scale_range: tuple[float, float] = Field(default=(0.5, 2.0), description="weak view: random rescale of the long side")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
     val_every: int = Field(default=500, ge=1, description="validate every N iterations")
     val_max_images: int | None = Field(
         default=None, ge=1, description="validate on the first N images of the val split"
     )
     ckpt_every: int = Field(default=100, ge=1, description="write `latest` every N iterations")
-    log_every: int = Field(default=20, ge=1)
-    num_workers: int = Field(default=2, ge=0)
-    seed: int = 0
-    deterministic: bool = False
+    log_every: int = Field(default=20, ge=1, description="write a metrics.jsonl train record every N iterations")
+    num_workers: int = Field(default=2, ge=0, description="data-loader worker processes")
+    seed: int = Field(default=0, description="seed of weights, sampling and augmentation")
+    deterministic: bool = Field(default=False, description="deterministic algorithms: bit-identical reruns and resumes, slower")
 
     @model_validator(mode="after")
     def _has_length(self) -> TrainConfig:
@@ -328,7 +420,7 @@ class Config(_Strict):
     name: str = Field(default="run", description="run name; default output folder runs/<name>")
     out_dir: str | None = Field(default=None, description="run directory; null = runs/<name>")
     data: DataConfig
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    model: ModelConfig = Field(default_factory=LiteUNetConfig)
     train: TrainConfig
     eval: EvalConfig = Field(default_factory=EvalConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
@@ -339,12 +431,24 @@ class Config(_Strict):
         if method == "co2s":
             if model.name != "students" or len(model.students) != 2:
                 raise ValueError("train.method co2s needs model.name: students with two students")
+        elif model.name == "students" and len(model.students) != 1:
+            names = [s.name for s in model.students]
+            raise ValueError(f"train.method {method} trains one model, but model.students has "
+                             f"{len(names)} ({', '.join(names)}): keep one, e.g. --set "
+                             f"'model.students=[...]', or use train.method co2s")
             names = [s.name for s in model.students]
             if self.train.semi.fusion not in {*FUSIONS, *names}:
                 raise ValueError(f"train.semi.fusion must be one of {[*FUSIONS, *names]}")
         if method in {"fixmatch", "unimatch", "co2s"} and not self.data.splits.unlabelled:
             raise ValueError(f"train.method {method} needs data.splits.unlabelled")
         return self
+
+    def override(self, overrides: dict[str, Any] | list[str] | None = None) -> Config:
+        """A new config with ``overrides`` applied (``{"train.iters": 500}`` or
+        ``["train.iters=500"]``, as ``--set``), every validator run again."""
+        from co2s.config.loader import apply_overrides, config_to_dict, validate
+
+        return validate(apply_overrides(config_to_dict(self), overrides or []), "config (with overrides)")
 
     @property
     def run_dir(self) -> str:

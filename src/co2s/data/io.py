@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from co2s.atomic import atomic_path
 from co2s.errors import DataError
 
 TIFF_SUFFIXES = {".tif", ".tiff"}
@@ -39,8 +40,8 @@ def _check_exists(path: Path, what: str) -> None:
         raise DataError(f"{what} not found: {path}")
 
 
-def _open_raster(path: Path):
-    """``rasterio.open`` without the not-georeferenced warning; errors name the file."""
+def open_raster(path: Path):
+    """``rasterio.open`` (read-only) without the not-georeferenced warning; errors name the file."""
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
@@ -91,7 +92,7 @@ def _read_raster(path: Path, bands: list[int] | None, with_valid: bool = False,
     """
     from rasterio.errors import RasterioError
 
-    with _open_raster(path) as src:
+    with open_raster(path) as src:
         try:
             if colormap and src.count == 1:
                 try:
@@ -208,7 +209,7 @@ def image_header(path: str | os.PathLike) -> tuple[int, int, int]:
     path = Path(path)
     _check_exists(path, "file")
     if _is_tiff(path):
-        with _open_raster(path) as src:
+        with open_raster(path) as src:
             return src.height, src.width, src.count
     try:
         with Image.open(path) as img:
@@ -252,6 +253,5 @@ def colorize(mask: np.ndarray, palette: list, ignore_index: int = 255) -> np.nda
 def atomic_save_image(img: Image.Image, path: str | os.PathLike) -> None:
     """Save through a temporary name so an interruption never leaves a truncated file."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    img.save(tmp, format=(path.suffix.lstrip(".").upper().replace("JPG", "JPEG") or "PNG"))
-    os.replace(tmp, path)
+    with atomic_path(path, durable=False) as tmp:
+        img.save(tmp, format=(path.suffix.lstrip(".").upper().replace("JPG", "JPEG") or "PNG"))

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from co2s.atomic import write_text
 from co2s.data.io import read_mask
 from co2s.data.labels import LabelEncoder
-from co2s.data.sources import Sample
+from co2s.data.sources import Sample, read_folder, read_list_file, read_split, resolve
 from co2s.errors import DataError
 from co2s.progress import progress_bar
 
@@ -114,12 +115,31 @@ def make_splits(
     if strata is not None:
         info["strata_labelled"] = dict(sorted(Counter(strata[i] for i in labelled_idx).items()))
     for name, lines in (("labelled.txt", labelled), ("unlabelled.txt", unlabelled)):
-        _atomic_write(out_dir / name, "".join(line + "\n" for line in lines))
-    _atomic_write(out_dir / "split.json", json.dumps(info, indent=2) + "\n")
+        write_text(out_dir / name, "".join(line + "\n" for line in lines))
+    write_text(out_dir / "split.json", json.dumps(info, indent=2) + "\n")
     return {**info, "out_dir": str(out_dir)}
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def split_source(source: str | None, data=None, root: str | None = None, labelled: bool = False):
+    """The samples ``co2s splits`` draws from: ``source`` (a list file or folder), resolved with
+    the data config when given (its root, ID format and label handling; default source
+    ``data.splits.train``), else relative to ``root``. Returns ``(samples, encoder or None,
+    source path)``; ``labelled`` requires masks (stratified splits)."""
+    if data is not None:
+        source = source or data.splits.train
+        if not source:
+            raise DataError("give a SOURCE list/folder or set data.splits.train in the config")
+        samples = read_split(source, data, labelled=labelled, name="train")
+        return samples, LabelEncoder.from_config(data), str(resolve(data.root, source))
+    if not source:
+        raise DataError("give a SOURCE list file or folder, or --config")
+    path = Path(source)
+    if path.is_dir():
+        samples = read_folder(path, labelled=labelled)
+    elif path.is_file():
+        samples = read_list_file(path, Path(root or "."), None, labelled=labelled)
+    else:
+        raise DataError(f"split source not found: {path}")
+    if not samples:
+        raise DataError(f"{path} lists no samples")
+    return samples, None, str(path)

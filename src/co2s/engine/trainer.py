@@ -23,7 +23,7 @@ from co2s.data.dataset import LabelledCrops, UnlabelledPairs, WholeImages
 from co2s.data.labels import LabelEncoder
 from co2s.data.sampler import ResumableSampler
 from co2s.data.sources import check_disjoint, read_split, validate_samples
-from co2s.data.transforms import WeakViewParams
+from co2s.data.transforms import CutMixParams, StrongViewParams, WeakViewParams
 from co2s.engine.checkpoint import save_checkpoint
 from co2s.models.loading import read_checkpoint
 from co2s.engine.metrics_log import MetricsLog
@@ -106,9 +106,11 @@ def training_datasets(config, labelled: list, unlabelled: list | None
     t = config.train
     weak = WeakViewParams(
         crop_size=(t.crop_size, t.crop_size), scale_range=tuple(t.scale_range),
-        ignore_index=config.data.ignore_index,
+        hflip_p=t.augment.hflip_p, ignore_index=config.data.ignore_index,
     )
-    pairs = UnlabelledPairs(unlabelled, config.data, weak) if unlabelled is not None else None
+    strong = StrongViewParams(**t.augment.strong.model_dump())
+    cutmix = CutMixParams(**t.augment.cutmix.model_dump())
+    pairs = UnlabelledPairs(unlabelled, config.data, weak, strong, cutmix) if unlabelled is not None else None
     return LabelledCrops(labelled, config.data, weak), pairs
 
 
@@ -282,6 +284,11 @@ class Trainer:
                 self._validate(fabric, method, val_set, state, log)
             if done % t.ckpt_every == 0 or done == total or (val_set is not None and done % t.val_every == 0):
                 save_checkpoint(fabric, latest, self._checkpoint_state(fabric, state))
+            # Test hook (tests/engine/test_trainer.py): a crash by SIGKILL once this step's checkpoint is written.
+            if os.environ.get("CO2S_TEST_KILL_AFTER_STEP") == str(done):
+                import signal
+
+                os.kill(os.getpid(), signal.SIGKILL)
         bar.close()
         if state["step"] == total:
             log.write({"step": total, "kind": "final", **_weights_in_sync(fabric, method.modules)})
@@ -404,7 +411,3 @@ def _no_sync(fabric, modules, enabled: bool) -> contextlib.ExitStack:
     for module in modules:
         stack.enter_context(fabric.no_backward_sync(module, enabled=enabled))
     return stack
-
-
-def train(config, run_dir=None, progress: bool = True) -> TrainResult:
-    return Trainer(config, run_dir, progress).fit()

@@ -67,10 +67,15 @@ def evaluate_checkpoint(
     device: str = "auto",
     progress: bool = True,
     prediction: str | None = None,
+    overrides: list[str] | None = None,
 ) -> dict:
     """``co2s evaluate``: load a checkpoint (or exported model folder), score it on a split and
-    write ``metrics.json`` beside it (or to ``out``)."""
-    segmenter = Segmenter.load(checkpoint, config, prediction).to(resolve_device(device))
+    write ``metrics.json`` beside it (or to ``out``). ``overrides`` (``--set``) apply to the stored
+    config when no ``config`` is given, e.g. to point ``data.root`` elsewhere."""
+    segmenter = Segmenter.load(checkpoint, config, prediction)
+    if overrides:
+        segmenter = segmenter.with_config(segmenter.config.override(overrides))
+    segmenter = segmenter.to(resolve_device(device))
     source = Path(checkpoint)
     out = Path(out) if out else (source / "metrics.json" if source.is_dir() else source.with_name("metrics.json"))
     result = evaluate(segmenter, segmenter.config.data, split, None, progress)

@@ -19,9 +19,7 @@ interrupted or failed run never leaves a valid-looking partial output.
 from __future__ import annotations
 
 import math
-import os
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +27,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from co2s.data.io import check_bands, colorize, raster_nodata_flags, raster_valid, scale_image
+from co2s.atomic import commit
+from co2s.data.io import check_bands, colorize, open_raster, raster_nodata_flags, raster_valid, scale_image
 from co2s.errors import Co2sError, DataError
 from co2s.inference.streaming import PANEL_WIDTH, TileGrid, stream_predictions
 from co2s.progress import progress_bar
@@ -66,18 +65,10 @@ class RasterSource:
     """An open raster with the config's bands: scaled windows and their validity."""
 
     def __init__(self, path: Path, data, in_channels: int) -> None:
-        import rasterio
-        from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
-
         self.path, self.scale = path, data.scale
         if not path.is_file():
             raise DataError(f"image not found: {path}")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                self.dataset = rasterio.open(path)
-        except RasterioIOError as exc:
-            raise DataError(f"cannot read raster {path}: {exc}") from None
+        self.dataset = open_raster(path)
         try:
             ds = self.dataset
             if ds.count == 0:
@@ -235,7 +226,7 @@ class SceneOutputs:
         if self.preview is not None:
             Image.fromarray(self.preview, "RGBA").save(self.temp["preview"], format="PNG")
         for key, path in self.final.items():
-            os.replace(self.temp[key], path)
+            commit(self.temp[key], path)
         return list(self.final.values())
 
     def discard(self) -> None:

@@ -16,12 +16,17 @@ class Method:
     #: labelled training samples per step come from ``data.splits.labelled``; semi-supervised
     #: methods also consume ``data.splits.unlabelled``.
     uses_unlabelled: bool = False
+    #: how many models the method trains (the config validates the same rule first)
+    num_models: int = 1
 
     def __init__(self, config, lr_scale: float = 1.0) -> None:
-        """One model per name (``model``, or the two students of ``co2s``), one AdamW each."""
+        """The config's models (``model``, or students by name), one AdamW each."""
         self.config = config
         t = config.train
         self.modules: dict[str, nn.Module] = build_models(config)
+        if len(self.modules) != self.num_models:
+            raise ValueError(f"{type(self).__name__} trains {self.num_models} model(s), the config gives "
+                             f"{len(self.modules)}: {list(self.modules)}")
         self.optimizers: dict[str, torch.optim.Optimizer] = {
             name: torch.optim.AdamW(model.param_groups(t.lr * lr_scale, t.weight_decay), lr=t.lr * lr_scale)
             for name, model in self.modules.items()
@@ -36,3 +41,9 @@ class Method:
     def training_loss(self, batch: dict, step: int, total_steps: int) -> tuple[torch.Tensor, dict]:
         """Loss to back-propagate for one batch, and scalars to log."""
         raise NotImplementedError
+
+    @property
+    def model(self) -> nn.Module:
+        """The model of a single-model method."""
+        (module,) = self.modules.values()
+        return module

@@ -6,6 +6,7 @@ from __future__ import annotations
 from co2s.methods.base import Method
 from co2s.methods.losses import (
     arbitration_masks,
+    loss_weights,
     stability_loss,
     stability_weight,
     teaching_shares,
@@ -16,6 +17,7 @@ from co2s.methods.unimatch import unimatch_terms
 
 class Co2S(Method):
     uses_unlabelled = True
+    num_models = 2
 
     def training_loss(self, batch, step, total_steps):
         semi, ignore = self.config.train.semi, self.config.data.ignore_index
@@ -33,8 +35,8 @@ class Co2S(Method):
         sta_b = stability_loss(b.weak_logits, a.weak_logits, b_learns, detach_student=detach)
         lam = stability_weight(step, total_steps, semi.stability_weight, semi.stability_ramp) if semi.stability else 0.0
 
-        loss_a = unimatch_loss(a.sup, a.s1, a.s2, a.fp) + lam * sta_a
-        loss_b = unimatch_loss(b.sup, b.s1, b.s2, b.fp) + lam * sta_b
+        loss_a = unimatch_loss(a.sup, a.s1, a.s2, a.fp, loss_weights(semi)) + lam * sta_a
+        loss_b = unimatch_loss(b.sup, b.s1, b.s2, b.fp, loss_weights(semi)) + lam * sta_b
         shares = teaching_shares(a_learns, b_learns, batch["u_valid"])
         logs = {"loss": (loss_a + loss_b).detach(), "lambda": lam,
                 f"{b_name}_teaches": shares["dino_teaches"], f"{a_name}_teaches": shares["clip_teaches"],

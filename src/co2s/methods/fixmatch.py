@@ -14,7 +14,7 @@ class FixMatch(Method):
     uses_unlabelled = True
 
     def training_loss(self, batch, step, total_steps):
-        model, semi = self.modules["model"], self.config.train.semi
+        model, semi = self.model, self.config.train.semi
         x, y, u_w, valid = batch["image"], batch["mask"], batch["u_w"], batch["u_valid"]
 
         mix_labels, mix_conf = source_pseudo_labels(model, batch["mix_w"])

@@ -114,6 +114,11 @@ class LossWeights:
     scale: float = 0.5
 
 
+def loss_weights(semi) -> LossWeights:
+    """The UniMatch weights of a ``train.semi`` config section."""
+    return LossWeights(**semi.loss_weights.model_dump())
+
+
 def unimatch_loss(sup: Tensor, s1: Tensor, s2: Tensor, fp: Tensor, weights: LossWeights = LossWeights()) -> Tensor:
     """Weighted UniMatch total of one student (the caller adds ``lambda(t) * L_sta``)."""
     w = weights

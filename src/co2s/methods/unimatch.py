@@ -10,7 +10,13 @@ import torch
 
 from co2s.data.transforms import apply_cutmix
 from co2s.methods.base import Method
-from co2s.methods.losses import masked_cross_entropy, pseudo_labels, supervised_cross_entropy, unimatch_loss
+from co2s.methods.losses import (
+    loss_weights,
+    masked_cross_entropy,
+    pseudo_labels,
+    supervised_cross_entropy,
+    unimatch_loss,
+)
 
 
 @dataclass
@@ -90,8 +96,8 @@ class UniMatch(Method):
 
     def training_loss(self, batch, step, total_steps):
         semi = self.config.train.semi
-        t = unimatch_terms(self.modules["model"], batch, semi.tau, semi.fp_dropout,
+        t = unimatch_terms(self.model, batch, semi.tau, semi.fp_dropout,
                            self.config.data.ignore_index)
-        loss = unimatch_loss(t.sup, t.s1, t.s2, t.fp)
+        loss = unimatch_loss(t.sup, t.s1, t.s2, t.fp, loss_weights(semi))
         return loss, {"loss": loss.detach(), "sup": t.sup.detach(), "s1": t.s1.detach(),
                       "s2": t.s2.detach(), "fp": t.fp.detach(), **t.logs}

@@ -1,4 +1,4 @@
-"""Build the model a config asks for."""
+"""Build the models a config's ``model`` section describes."""
 
 from __future__ import annotations
 
@@ -7,28 +7,18 @@ from co2s.models.lite_unet import LiteUNet
 
 
 def build_models(config, architectures: dict | None = None) -> dict[str, SegmentationModel]:
-    """The model(s) a method trains, by name: the two students for ``co2s``, else ``model``.
+    """Every model of ``config.model``, by name: ``model`` for the built-in CNN, each student by
+    its own name. Methods check how many they need (co2s two, the others one).
 
-    ``architectures`` (from a checkpoint) rebuilds ViT students without their pretrained files.
+    ``architectures`` (from a checkpoint or exported folder) rebuilds ViT students without their
+    pretrained files.
     """
     architectures = architectures or {}
-    if config.train.method == "co2s":
-        from co2s.models.student_factory import build_student
-
-        return {s.name: build_student(s, config.data, architectures.get(s.name), config.in_channels)
-                for s in config.model.students}
-    return {"model": build_model(config, architectures.get("model"))}
-
-
-def build_model(config, saved_arch: dict | None = None) -> SegmentationModel:
     m, data = config.model, config.data
     if m.name == "lite_unet":
-        return LiteUNet(
-            num_classes=data.num_classes, in_channels=config.in_channels, width=m.width,
-            depth=m.depth, dropout=m.dropout, mean=data.mean, std=data.std,
-        )
-    if m.name == "students":
-        from co2s.models.student_factory import build_student
+        model = LiteUNet(num_classes=data.num_classes, in_channels=config.in_channels, width=m.width,
+                         depth=m.depth, dropout=m.dropout, mean=data.mean, std=data.std)
+        return {"model": model}
+    from co2s.models.student_factory import build_student
 
-        return build_student(m.students[0], data, saved_arch, config.in_channels)
-    raise ValueError(f"unknown model {m.name!r}")  # unreachable: the schema restricts names
+    return {s.name: build_student(s, data, architectures.get(s.name), config.in_channels) for s in m.students}

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from co2s.atomic import atomic_path
 from co2s.errors import CheckpointError, ConfigError
 
 PROMPT_TEMPLATE = "a photo of a {}"
@@ -115,10 +116,9 @@ def save_prototypes(path: str | os.PathLike, prototypes: torch.Tensor, classes: 
     from safetensors.torch import save_file
 
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
     meta = {"classes": json.dumps(list(classes)), "template": template, "source": str(source)}
-    save_file({"prototypes": prototypes.contiguous().float()}, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({"prototypes": prototypes.contiguous().float()}, str(tmp), metadata=meta)
     return path
 
 

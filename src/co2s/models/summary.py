@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from co2s.models.factory import build_model
+from co2s.models.factory import build_models
 
 
 def without_weights(student_cfg):
@@ -35,7 +35,7 @@ def model_summary(config, load_weights: bool = True, input_size: int | None = No
                 "output_shape": list(student.decode(features, x.shape[-2:]).shape),
             })
     else:
-        model = build_model(config).eval()
+        model = build_models(config)["model"].eval()
         total = sum(p.numel() for p in model.parameters())
         entries.append({
             "name": config.model.name, "backbone": config.model.name, "weights": None, "guidance": "none",

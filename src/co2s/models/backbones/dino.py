@@ -20,6 +20,11 @@ class _DinoFamily(ViTBackbone):
 
     mean, std = IMAGENET_MEAN, IMAGENET_STD
 
+    def freeze_unused(self) -> None:
+        # The mask token only serves masked-image modelling in pretraining: never used here, so it
+        # would get no gradient (and DDP without find_unused_parameters would fail) under full tuning.
+        self.model.embeddings.mask_token.requires_grad = False
+
     def _check_layers(self, layers, depth: int) -> tuple[int, ...]:
         layers = tuple(layers)
         if any(not 1 <= i <= depth for i in layers) or list(layers) != sorted(set(layers)):

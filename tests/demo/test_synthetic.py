@@ -1,4 +1,4 @@
-"""Tests for the synthetic demo dataset (co2s.data.synthetic)."""
+"""Tests for the synthetic demo dataset (co2s.demo.synthetic)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from co2s.data.synthetic import (
+from co2s.demo.synthetic import (
     DEMO_CLASSES,
     DEMO_PALETTE,
     DemoDataset,

@@ -30,9 +30,12 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
+
+from co2s.atomic import atomic_path
 
 __all__ = [
     "DEMO_CLASSES",
@@ -274,26 +277,88 @@ def generate_scene(height: int, width: int, rng: np.random.Generator
     if h < 1 or w < 1:
         raise ValueError(f"scene size must be positive, got {height} x {width}")
     rng = np.random.default_rng(rng)  # a Generator is used as is (an int seed also works)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    # The painters run in this order and each draws from ``rng`` in turn: reordering them (or the
+    # draws inside them) changes every scene of a seed.
+    scene = _start_scene(h, w, rng)
+    border = _paint_parcels(scene)
+    _paint_forest(scene, border)
+    water = _paint_water(scene)
+    road, road_dist, road_ang = _paint_roads(scene)
+    building, shadow = _paint_buildings(scene, road | water, road_dist, road_ang)
+    _paint_shadows(scene, building, road, shadow)
+    return _sensor_image(scene), scene.mask
 
-    # Scene-wide parameters.
+
+@dataclass
+class _Scene:
+    """A scene while it is painted: the random stream, the pixel grid, the scene-wide draws, and
+    the layers so far (``img`` float RGB and the noise fields several classes share are set by
+    :func:`_paint_parcels`)."""
+
+    rng: np.random.Generator
+    h: int
+    w: int
+    yy: np.ndarray  # row of every pixel, float
+    xx: np.ndarray  # column of every pixel, float
+    urban: float  # 0..1: how much road and building area
+    angle: float  # orientation of the field pattern
+    sun_dy: float  # direction in which shadows fall
+    sun_dx: float
+    mask: np.ndarray
+    img: np.ndarray | None = None
+    lowfreq: np.ndarray | None = None  # smooth variation, cell 28 px
+    fine: np.ndarray | None = None  # per-pixel Gaussian grain
+    medium: np.ndarray | None = None  # value noise, cell 2.5 px
+
+
+def _start_scene(h: int, w: int, rng: np.random.Generator) -> _Scene:
+    """The pixel grid and the scene-wide parameters; every pixel starts as cropland."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
     urban = rng.uniform() ** 1.3
     angle = rng.uniform(0.0, math.pi)  # orientation of the field pattern
     sun = rng.uniform(0.0, 2.0 * math.pi)  # direction in which shadows fall
     sun_dy, sun_dx = math.sin(sun), math.cos(sun)
-
     mask = np.full((h, w), CROPLAND, np.uint8)
+    return _Scene(rng, h, w, yy, xx, urban, angle, sun_dy, sun_dx, mask)
 
-    # ---- Parcels: cropland / bare soil / woodlots ---------------------------------------
-    pid, n_pid = _parcels(h, w, angle, rng)
+
+class _ParcelLooks(NamedTuple):
+    """Per-parcel appearance, indexed by parcel id."""
+
+    crop_tint: np.ndarray
+    soil_tint: np.ndarray
+    bright: np.ndarray
+    row_angle: np.ndarray
+    row_period: np.ndarray
+    row_amp: np.ndarray
+    furrow_amp: np.ndarray
+
+
+def _paint_parcels(s: _Scene) -> np.ndarray:
+    """Parcels of cropland, bare soil and woodlots (the woodlots are painted with the forest), and
+    the shared noise fields. Returns the parcel borders."""
+    h, w, rng = s.h, s.w, s.rng
+    pid, n_pid = _parcels(h, w, s.angle, rng)
     p_forest = rng.uniform(0.04, 0.2)
     p_soil = rng.uniform(0.12, 0.35)
     draw = rng.uniform(size=n_pid)
     parcel_cls = np.where(draw < p_forest, FOREST,
                           np.where(draw < p_forest + p_soil, BARE_SOIL, CROPLAND))
-    mask[:] = parcel_cls[pid]
+    s.mask[:] = parcel_cls[pid]
 
-    # Per-parcel attributes.
+    looks = _parcel_looks(n_pid, s.angle, rng)
+    row_angle, row_period = looks.row_angle, looks.row_period
+    phase = s.xx * (np.cos(row_angle) / row_period)[pid] + s.yy * (np.sin(row_angle) / row_period)[pid]
+    rows = _wave(phase)
+    s.lowfreq = _fbm(h, w, 28.0, 2, rng)
+    s.fine = rng.standard_normal((h, w))
+    s.medium = _value_noise(h, w, 2.5, rng)
+    _paint_fields(s, pid, looks, rows)
+    return _parcel_borders(s, pid)
+
+
+def _parcel_looks(n_pid: int, angle: float, rng: np.random.Generator) -> _ParcelLooks:
+    """Tints, brightness, and crop-row / furrow patterns of ``n_pid`` parcels."""
     mix = rng.dirichlet(np.full(len(_CROP_TINTS), 0.35), size=n_pid)
     crop_tint = mix @ _CROP_TINTS
     smix = rng.dirichlet(np.full(len(_SOIL_TINTS), 0.35), size=n_pid)
@@ -304,33 +369,48 @@ def generate_scene(height: int, width: int, rng: np.random.Generator
     row_period = rng.uniform(3.0, 7.0, n_pid)
     row_amp = np.where(rng.uniform(size=n_pid) < 0.75, rng.uniform(0.05, 0.16, n_pid), 0.0)
     furrow_amp = np.where(rng.uniform(size=n_pid) < 0.5, rng.uniform(0.02, 0.07, n_pid), 0.0)
+    return _ParcelLooks(crop_tint, soil_tint, bright, row_angle, row_period, row_amp, furrow_amp)
 
-    phase = xx * (np.cos(row_angle) / row_period)[pid] + yy * (np.sin(row_angle) / row_period)[pid]
-    rows = _wave(phase)
-    lowfreq = _fbm(h, w, 28.0, 2, rng)
-    fine = rng.standard_normal((h, w))
-    medium = _value_noise(h, w, 2.5, rng)
 
-    crop_mod = bright[pid] * (1.0 + row_amp[pid] * rows + 0.05 * lowfreq + 0.04 * medium)
-    img = crop_tint[pid] * crop_mod[..., None]
-    soil = mask == BARE_SOIL
+def _paint_fields(s: _Scene, pid: np.ndarray, looks: _ParcelLooks, rows: np.ndarray) -> None:
+    """The first image: crop rows everywhere, then furrowed bare soil on its parcels."""
+    lowfreq, fine, medium = s.lowfreq, s.fine, s.medium
+    bright = looks.bright
+    crop_mod = bright[pid] * (1.0 + looks.row_amp[pid] * rows + 0.05 * lowfreq + 0.04 * medium)
+    s.img = looks.crop_tint[pid] * crop_mod[..., None]
+    soil = s.mask == BARE_SOIL
     if soil.any():
         ps = pid[soil]
-        soil_mod = bright[ps] * (1.0 + furrow_amp[ps] * rows[soil] + 0.07 * lowfreq[soil]
+        soil_mod = bright[ps] * (1.0 + looks.furrow_amp[ps] * rows[soil] + 0.07 * lowfreq[soil]
                                  + 0.08 * medium[soil] + 0.03 * fine[soil])
-        img[soil] = soil_tint[ps] * soil_mod[:, None]
+        s.img[soil] = looks.soil_tint[ps] * soil_mod[:, None]
 
-    # Parcel borders: thin grass margins, slightly different brightness (same label).
+
+def _parcel_borders(s: _Scene, pid: np.ndarray) -> np.ndarray:
+    """Thin grass margins between parcels, slightly different brightness (same label)."""
     border = (pid != _shift(pid, 1, 0)) | (pid != _shift(pid, 0, 1))
     border[0, :] = False
     border[:, 0] = False
-    img[border] *= rng.uniform(0.8, 1.1)
+    s.img[border] *= s.rng.uniform(0.8, 1.1)
+    return border
 
-    # ---- Forest: woodlots + organic patches + hedgerows ----------------------------------
+
+def _paint_forest(s: _Scene, border: np.ndarray) -> None:
+    """Woodlots, organic patches, hedgerows and scattered trees, with textured tree crowns."""
+    forest, forest_field = _forest_area(s, border)
+    s.mask[forest] = FOREST
+    if forest.any():
+        _paint_canopy(s, forest, forest_field)
+
+
+def _forest_area(s: _Scene, border: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The forest pixels (woodlot parcels, patches of a smooth field, hedgerows along some parcel
+    borders, single trees) and the smooth field, which also tints the canopy."""
+    h, w, rng = s.h, s.w, s.rng
     forest_frac = rng.uniform(0.0, 0.35) if rng.uniform() < 0.8 else 0.0
     forest_field = _fbm(h, w, 48.0, 3, rng, persistence=0.6)
     forest_patch, _ = _quantile_mask(forest_field, forest_frac)
-    forest = (mask == FOREST) | forest_patch
+    forest = (s.mask == FOREST) | forest_patch
     if rng.uniform() < 0.45:  # hedgerows along some parcel borders
         hedge = border | _shift(border, 1, 1)
         hedge &= _value_noise(h, w, 16.0, rng) > rng.uniform(-0.3, 0.6)
@@ -338,22 +418,38 @@ def generate_scene(height: int, width: int, rng: np.random.Generator
     if rng.uniform() < 0.5:  # scattered single trees / small groups
         trees = _value_noise(h, w, 4.5, rng) + 0.8 * _value_noise(h, w, 30.0, rng)
         forest |= trees > rng.uniform(1.8, 2.3)
-    mask[forest] = FOREST
+    return forest, forest_field
 
-    if forest.any():
-        deciduous = rng.uniform()
-        forest_base = deciduous * np.array([66.0, 100.0, 52.0]) + \
-            (1.0 - deciduous) * np.array([36.0, 64.0, 42.0])
-        crowns = _value_noise(h, w, rng.uniform(2.0, 3.5), rng) + \
-            0.5 * _value_noise(h, w, 1.3, rng)
-        # Crowns lit on the side facing the sun (opposite to the shadow direction).
-        lit = crowns - _shift(crowns, int(round(-1.5 * sun_dy)), int(round(-1.5 * sun_dx)))
-        crown_mod = 0.78 + 0.22 * _soft(crowns) + 0.12 * _soft(lit) + 0.06 * lowfreq
-        crown_mod[crowns < rng.uniform(-1.6, -0.9)] = 0.45  # dark gaps between crowns
-        tone = 1.0 + 0.1 * forest_field[forest][:, None] * np.array([1.0, 0.6, 0.3])
-        img[forest] = forest_base * crown_mod[forest][:, None] * tone
 
-    # ---- Water: lakes + rivers --------------------------------------------------------------
+def _paint_canopy(s: _Scene, forest: np.ndarray, forest_field: np.ndarray) -> None:
+    """Self-shaded tree crowns with dark gaps, deciduous to coniferous in tone."""
+    h, w, rng = s.h, s.w, s.rng
+    deciduous = rng.uniform()
+    forest_base = deciduous * np.array([66.0, 100.0, 52.0]) + \
+        (1.0 - deciduous) * np.array([36.0, 64.0, 42.0])
+    crowns = _value_noise(h, w, rng.uniform(2.0, 3.5), rng) + \
+        0.5 * _value_noise(h, w, 1.3, rng)
+    # Crowns lit on the side facing the sun (opposite to the shadow direction).
+    lit = crowns - _shift(crowns, int(round(-1.5 * s.sun_dy)), int(round(-1.5 * s.sun_dx)))
+    crown_mod = 0.78 + 0.22 * _soft(crowns) + 0.12 * _soft(lit) + 0.06 * s.lowfreq
+    crown_mod[crowns < rng.uniform(-1.6, -0.9)] = 0.45  # dark gaps between crowns
+    tone = 1.0 + 0.1 * forest_field[forest][:, None] * np.array([1.0, 0.6, 0.3])
+    s.img[forest] = forest_base * crown_mod[forest][:, None] * tone
+
+
+def _paint_water(s: _Scene) -> np.ndarray:
+    """Lakes and rivers, deep to shallow, with faint ripples; returns the water pixels."""
+    water, depth = _water_area(s)
+    s.mask[water] = WATER
+    if water.any():
+        _paint_water_surface(s, water, depth)
+    return water
+
+
+def _water_area(s: _Scene) -> tuple[np.ndarray, np.ndarray]:
+    """The water pixels (lakes from a thresholded smooth field, sometimes a meandering river) and
+    their depth, 0 at the shore to 1."""
+    h, w, rng = s.h, s.w, s.rng
     water_frac = rng.uniform(0.04, 0.3) if rng.uniform() < 0.6 else 0.0
     water_field = _fbm(h, w, 64.0, 3, rng, persistence=0.45)
     water, thr = _quantile_mask(water_field, water_frac)
@@ -365,20 +461,28 @@ def generate_scene(height: int, width: int, rng: np.random.Generator
         in_river = rdist < rw
         water |= in_river
         depth = np.maximum(depth, np.where(in_river, np.clip(1.0 - rdist / rw, 0.0, 1.0), 0.0))
-    mask[water] = WATER
+    return water, depth
 
-    if water.any():
-        teal = rng.uniform()
-        deep = teal * np.array([28.0, 62.0, 66.0]) + (1.0 - teal) * np.array([34.0, 70.0, 112.0])
-        shallow = np.array([84.0, 110.0, 102.0]) * rng.uniform(0.85, 1.1)
-        ripple = 0.03 * _wave((xx * 0.7 + yy * 0.3 + 2.0 * _value_noise(h, w, 6.0, rng))
-                              / rng.uniform(4.0, 8.0))
-        dd = np.sqrt(depth[water])[:, None]
-        img[water] = (shallow * (1.0 - dd) + deep * dd) * \
-            (1.0 + ripple[water] + 0.03 * lowfreq[water])[:, None]
 
-    # ---- Roads ------------------------------------------------------------------------------
-    road_target = 0.0 if rng.uniform() < 0.08 else 0.025 + 0.07 * urban
+def _paint_water_surface(s: _Scene, water: np.ndarray, depth: np.ndarray) -> None:
+    """Blue to dark teal in the deep, lighter shallows, faint ripples."""
+    h, w, rng, xx, yy = s.h, s.w, s.rng, s.xx, s.yy
+    teal = rng.uniform()
+    deep = teal * np.array([28.0, 62.0, 66.0]) + (1.0 - teal) * np.array([34.0, 70.0, 112.0])
+    shallow = np.array([84.0, 110.0, 102.0]) * rng.uniform(0.85, 1.1)
+    ripple = 0.03 * _wave((xx * 0.7 + yy * 0.3 + 2.0 * _value_noise(h, w, 6.0, rng))
+                          / rng.uniform(4.0, 8.0))
+    dd = np.sqrt(depth[water])[:, None]
+    s.img[water] = (shallow * (1.0 - dd) + deep * dd) * \
+        (1.0 + ripple[water] + 0.03 * s.lowfreq[water])[:, None]
+
+
+def _paint_roads(s: _Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Roads crossing the scene, mostly along the field pattern, until they cover their share
+    (more in urban scenes). Returns the road pixels, every pixel's distance to the nearest road and
+    that road's direction there."""
+    h, w, rng = s.h, s.w, s.rng
+    road_target = 0.0 if rng.uniform() < 0.08 else 0.025 + 0.07 * s.urban
     road = np.zeros((h, w), bool)
     road_dist = np.full((h, w), np.inf)
     road_ang = np.zeros((h, w))
@@ -387,40 +491,69 @@ def generate_scene(height: int, width: int, rng: np.random.Generator
     while road.mean() < road_target and n_roads < max_roads:
         n_roads += 1
         if rng.uniform() < 0.6:  # along the field pattern
-            r_angle = angle + (0.0 if rng.uniform() < 0.5 else math.pi / 2)
+            r_angle = s.angle + (0.0 if rng.uniform() < 0.5 else math.pi / 2)
         else:
             r_angle = rng.uniform(0.0, math.pi)
         bend = 0.0 if rng.uniform() < 0.4 else rng.uniform(0.03, 0.15)
         line = _random_polyline(h, w, r_angle, bend, rng)
         dist, arc, ang = _polyline_distance(line, h, w, 26.0)
-        width = rng.uniform(3.0, 7.5)
-        half = width / 2.0
-        on = dist <= half
-        asphalt = rng.uniform() < 0.65
-        d_on = dist[on]
-        if asphalt:
-            g = rng.uniform(92.0, 150.0)
-            base = np.array([g, g, g * rng.uniform(1.0, 1.06)])
-            tex = 1.0 + 0.04 * fine[on] + 0.03 * lowfreq[on]
-        else:
-            base = np.array([152.0, 138.0, 116.0]) * rng.uniform(0.88, 1.1)
-            tex = 1.0 + 0.06 * fine[on] + 0.06 * medium[on] + 0.04 * lowfreq[on]
-        tex = np.where(d_on > half - 1.0, tex * rng.uniform(0.88, 1.08), tex)  # shoulders
-        road_img = base * tex[:, None]
-        if asphalt and width >= 5.5 and rng.uniform() < 0.6:  # dashed centre line
-            dash = (d_on < 0.6) & ((arc[on] % 12.0) < 6.0)
-            road_img[dash] = (215.0, 215.0, 205.0)
-        img[on] = road_img
-        road |= on
+        road |= _paint_road(s, dist, arc)
         closer = dist < road_dist
         road_ang = np.where(closer, ang, road_ang)
         road_dist = np.minimum(road_dist, dist)
-    mask[road] = ROAD
+    s.mask[road] = ROAD
+    return road, road_dist, road_ang
 
-    # ---- Buildings --------------------------------------------------------------------------
-    building_target = 0.0 if rng.uniform() < 0.15 else 0.012 + 0.15 * urban
+
+def _paint_road(s: _Scene, dist: np.ndarray, arc: np.ndarray) -> np.ndarray:
+    """One road, 3-7 px wide around its line (``dist``: distance to it, ``arc``: length along it):
+    asphalt, sometimes with a dashed centre line, or dirt; returns its pixels."""
+    rng, fine, medium, lowfreq = s.rng, s.fine, s.medium, s.lowfreq
+    width = rng.uniform(3.0, 7.5)
+    half = width / 2.0
+    on = dist <= half
+    asphalt = rng.uniform() < 0.65
+    d_on = dist[on]
+    if asphalt:
+        g = rng.uniform(92.0, 150.0)
+        base = np.array([g, g, g * rng.uniform(1.0, 1.06)])
+        tex = 1.0 + 0.04 * fine[on] + 0.03 * lowfreq[on]
+    else:
+        base = np.array([152.0, 138.0, 116.0]) * rng.uniform(0.88, 1.1)
+        tex = 1.0 + 0.06 * fine[on] + 0.06 * medium[on] + 0.04 * lowfreq[on]
+    tex = np.where(d_on > half - 1.0, tex * rng.uniform(0.88, 1.08), tex)  # shoulders
+    road_img = base * tex[:, None]
+    if asphalt and width >= 5.5 and rng.uniform() < 0.6:  # dashed centre line
+        dash = (d_on < 0.6) & ((arc[on] % 12.0) < 6.0)
+        road_img[dash] = (215.0, 215.0, 205.0)
+    s.img[on] = road_img
+    return on
+
+
+@dataclass
+class _Footprint:
+    """A building's rotated rectangle, in the window ``img[window]`` around it."""
+
+    window: tuple[slice, slice]
+    u: np.ndarray  # coordinate along the first side (length la)
+    v: np.ndarray  # coordinate along the second side (length lb)
+    la: float
+    lb: float
+    ca: float  # cos and sin of the rotation
+    sa: float
+    inside: np.ndarray  # the roof
+    margin: np.ndarray  # the roof and 2 px around it, kept free of other buildings
+    swept: np.ndarray  # the shadow it casts
+
+
+def _paint_buildings(s: _Scene, blocked: np.ndarray, road_dist: np.ndarray, road_ang: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Buildings until they cover their share (more in urban scenes), mostly beside roads and
+    aligned with them, never on ``blocked`` pixels (roads, water) or each other. Returns the
+    building pixels and their shadows."""
+    h, w, rng = s.h, s.w, s.rng
+    building_target = 0.0 if rng.uniform() < 0.15 else 0.012 + 0.15 * s.urban
     target_px = building_target * h * w
-    blocked = road | water
     building = np.zeros((h, w), bool)
     shadow = np.zeros((h, w), bool)
     near_road = (road_dist > 4.0) & (road_dist < 24.0) & ~blocked
@@ -431,86 +564,122 @@ def generate_scene(height: int, width: int, rng: np.random.Generator
     max_attempts = 40 + int(6 * target_px / 120.0)
     while area < target_px and attempts < max_attempts and land_idx.size:
         attempts += 1
-        if near_idx.size and rng.uniform() < 0.85:
-            k = int(near_idx[rng.integers(near_idx.size)])
-            b_angle = float(road_ang.flat[k]) + (0.0 if rng.uniform() < 0.8 else math.pi / 2)
-        else:
-            k = int(land_idx[rng.integers(land_idx.size)])
-            b_angle = angle + (0.0 if rng.uniform() < 0.5 else math.pi / 2)
+        k, b_angle = _building_site(s, near_idx, land_idx, road_ang)
         if blocked.flat[k]:  # quick reject: the centre is already taken
             continue
-        b_angle += rng.normal(0.0, 0.04)
-        cy = k // w + rng.uniform(-0.5, 0.5)
-        cx = k % w + rng.uniform(-0.5, 0.5)
-        la, lb = rng.uniform(6.0, 20.0), rng.uniform(6.0, 20.0)
-        shadow_len = rng.uniform(1.5, 5.0)
-        off_y, off_x = shadow_len * sun_dy, shadow_len * sun_dx
-        r = int(math.ceil(0.5 * math.hypot(la, lb) + shadow_len)) + 3
-        y0, y1 = max(int(cy) - r, 0), min(int(cy) + r + 1, h)
-        x0, x1 = max(int(cx) - r, 0), min(int(cx) + r + 1, w)
-        if y1 <= y0 or x1 <= x0:
+        fp = _footprint(s, k, b_angle, blocked, building)
+        if fp is None:
             continue
-        ly = yy[y0:y1, x0:x1] - cy
-        lx = xx[y0:y1, x0:x1] - cx
-        ca, sa = math.cos(b_angle), math.sin(b_angle)
-        u = lx * ca + ly * sa  # along the first side (length la)
-        v = ly * ca - lx * sa  # along the second side (length lb)
-        inside = (np.abs(u) <= la / 2) & (np.abs(v) <= lb / 2)
-        if not inside.any() or (inside & (blocked[y0:y1, x0:x1] | building[y0:y1, x0:x1])).any():
-            continue
-        margin = (np.abs(u) <= la / 2 + 2.0) & (np.abs(v) <= lb / 2 + 2.0)
-        swept = np.zeros_like(inside)
-        for t in (0.5, 1.0):  # the footprint moved along the shadow direction
-            du = t * (off_x * ca + off_y * sa)
-            dv = t * (off_y * ca - off_x * sa)
-            swept |= (np.abs(u - du) <= la / 2) & (np.abs(v - dv) <= lb / 2)
-        across = v if la >= lb else u  # across the ridge, which runs along the longer side
-        # Roof appearance.
-        colour = _ROOF_COLOURS[rng.choice(len(_ROOF_COLOURS), p=_ROOF_P)] * rng.uniform(0.85, 1.12)
-        colour = colour * (1.0 + rng.normal(0.0, 0.04, 3))
-        if rng.uniform() < 0.65:  # gabled roof: lit and dark halves split at the ridge
-            # The half whose outward normal points towards the sun is lit.
-            normal_y, normal_x = (ca, -sa) if la >= lb else (sa, ca)
-            facing = -(normal_y * sun_dy + normal_x * sun_dx)
-            lit_side = across > 0 if facing > 0 else across < 0
-            shade = np.where(lit_side, rng.uniform(1.08, 1.22), rng.uniform(0.72, 0.86))
-            shade = np.where(np.abs(across) < 0.5, 1.15, shade)
-        else:  # flat roof with a darker rim
-            inner = (np.abs(u) <= la / 2 - 1.2) & (np.abs(v) <= lb / 2 - 1.2)
-            shade = np.where(inner, 1.0, 0.85)
-        roof = colour * (shade * (1.0 + 0.03 * fine[y0:y1, x0:x1]))[..., None]
-        win_img = img[y0:y1, x0:x1]
-        win_img[inside] = roof[inside]
-        building[y0:y1, x0:x1] |= inside
-        shadow[y0:y1, x0:x1] |= swept
-        blocked[y0:y1, x0:x1] |= margin
-        area += float(inside.sum())
-    mask[building] = BUILDING
+        roof = _roof(s, fp)
+        win_img = s.img[fp.window]
+        win_img[fp.inside] = roof[fp.inside]
+        building[fp.window] |= fp.inside
+        shadow[fp.window] |= fp.swept
+        blocked[fp.window] |= fp.margin
+        area += float(fp.inside.sum())
+    s.mask[building] = BUILDING
+    return building, shadow
 
-    # ---- Shadows (label stays the class under the shadow) -----------------------------------
-    forest = mask == FOREST  # what is still forest after water, roads and buildings
+
+def _building_site(s: _Scene, near_idx: np.ndarray, land_idx: np.ndarray, road_ang: np.ndarray
+                   ) -> tuple[int, float]:
+    """A centre pixel (flat index) and orientation: mostly beside a road and aligned with it, else
+    anywhere on land and aligned with the fields."""
+    rng = s.rng
+    if near_idx.size and rng.uniform() < 0.85:
+        k = int(near_idx[rng.integers(near_idx.size)])
+        b_angle = float(road_ang.flat[k]) + (0.0 if rng.uniform() < 0.8 else math.pi / 2)
+    else:
+        k = int(land_idx[rng.integers(land_idx.size)])
+        b_angle = s.angle + (0.0 if rng.uniform() < 0.5 else math.pi / 2)
+    return k, b_angle
+
+
+def _footprint(s: _Scene, k: int, b_angle: float, blocked: np.ndarray, building: np.ndarray
+               ) -> _Footprint | None:
+    """A rectangle of 6-20 px sides around pixel ``k`` and the shadow it sweeps; ``None`` when it
+    falls outside the scene or touches ``blocked`` or another building."""
+    rng, h, w = s.rng, s.h, s.w
+    b_angle += rng.normal(0.0, 0.04)
+    cy = k // w + rng.uniform(-0.5, 0.5)
+    cx = k % w + rng.uniform(-0.5, 0.5)
+    la, lb = rng.uniform(6.0, 20.0), rng.uniform(6.0, 20.0)
+    shadow_len = rng.uniform(1.5, 5.0)
+    off_y, off_x = shadow_len * s.sun_dy, shadow_len * s.sun_dx
+    r = int(math.ceil(0.5 * math.hypot(la, lb) + shadow_len)) + 3
+    y0, y1 = max(int(cy) - r, 0), min(int(cy) + r + 1, h)
+    x0, x1 = max(int(cx) - r, 0), min(int(cx) + r + 1, w)
+    if y1 <= y0 or x1 <= x0:
+        return None
+    window = (slice(y0, y1), slice(x0, x1))
+    ly = s.yy[window] - cy
+    lx = s.xx[window] - cx
+    ca, sa = math.cos(b_angle), math.sin(b_angle)
+    u = lx * ca + ly * sa  # along the first side (length la)
+    v = ly * ca - lx * sa  # along the second side (length lb)
+    inside = (np.abs(u) <= la / 2) & (np.abs(v) <= lb / 2)
+    if not inside.any() or (inside & (blocked[window] | building[window])).any():
+        return None
+    margin = (np.abs(u) <= la / 2 + 2.0) & (np.abs(v) <= lb / 2 + 2.0)
+    swept = np.zeros_like(inside)
+    for t in (0.5, 1.0):  # the footprint moved along the shadow direction
+        du = t * (off_x * ca + off_y * sa)
+        dv = t * (off_y * ca - off_x * sa)
+        swept |= (np.abs(u - du) <= la / 2) & (np.abs(v - dv) <= lb / 2)
+    return _Footprint(window, u, v, la, lb, ca, sa, inside, margin, swept)
+
+
+def _roof(s: _Scene, fp: _Footprint) -> np.ndarray:
+    """Roof colours over the footprint's window: a gabled roof (lit and dark halves split at the
+    ridge) or a flat roof with a darker rim; red, orange, grey, dark or white."""
+    rng, u, v, la, lb, ca, sa = s.rng, fp.u, fp.v, fp.la, fp.lb, fp.ca, fp.sa
+    across = v if la >= lb else u  # across the ridge, which runs along the longer side
+    colour = _ROOF_COLOURS[rng.choice(len(_ROOF_COLOURS), p=_ROOF_P)] * rng.uniform(0.85, 1.12)
+    colour = colour * (1.0 + rng.normal(0.0, 0.04, 3))
+    if rng.uniform() < 0.65:  # gabled roof: lit and dark halves split at the ridge
+        # The half whose outward normal points towards the sun is lit.
+        normal_y, normal_x = (ca, -sa) if la >= lb else (sa, ca)
+        facing = -(normal_y * s.sun_dy + normal_x * s.sun_dx)
+        lit_side = across > 0 if facing > 0 else across < 0
+        shade = np.where(lit_side, rng.uniform(1.08, 1.22), rng.uniform(0.72, 0.86))
+        shade = np.where(np.abs(across) < 0.5, 1.15, shade)
+    else:  # flat roof with a darker rim
+        inner = (np.abs(u) <= la / 2 - 1.2) & (np.abs(v) <= lb / 2 - 1.2)
+        shade = np.where(inner, 1.0, 0.85)
+    return colour * (shade * (1.0 + 0.03 * s.fine[fp.window]))[..., None]
+
+
+def _paint_shadows(s: _Scene, building: np.ndarray, road: np.ndarray, shadow: np.ndarray) -> None:
+    """Darken the building shadows and the shadows of what is still forest; the label stays the
+    class under the shadow."""
+    h, w, rng = s.h, s.w, s.rng
+    forest = s.mask == FOREST  # what is still forest after water, roads and buildings
     tree_len = rng.uniform(2.0, 5.0)
     tree_shadow = np.zeros((h, w), bool)
     for t in np.linspace(1.0, tree_len, 3):
-        tree_shadow |= _shift(forest, int(round(t * sun_dy)), int(round(t * sun_dx)))
+        tree_shadow |= _shift(forest, int(round(t * s.sun_dy)), int(round(t * s.sun_dx)))
     tree_shadow &= ~forest & ~building & ~road
-    tree_shadow &= medium > -0.9  # ragged canopy edge
+    tree_shadow &= s.medium > -0.9  # ragged canopy edge
     shadow &= ~building
     shadow |= tree_shadow
     shadow_tint = np.array([0.5, 0.53, 0.62]) * rng.uniform(0.85, 1.1)
-    img[shadow] *= shadow_tint
+    s.img[shadow] *= shadow_tint
 
-    # ---- Sensor / atmosphere ----------------------------------------------------------------
+
+def _sensor_image(s: _Scene) -> np.ndarray:
+    """What the sensor records: illumination gradient, colour balance, haze, a slight blur and
+    pixel noise, as uint8 RGB."""
+    h, w, rng = s.h, s.w, s.rng
     haze = rng.uniform(0.0, 0.15)
     illum = (rng.uniform(0.8, 1.15) * (1.0 - haze)) * (1.0 + 0.08 * _value_noise(h, w, 160.0, rng))
     balance = rng.uniform(0.92, 1.08, 3)
+    img = s.img
     img *= illum[..., None]
     img *= balance
     img += haze * np.array([196.0, 200.0, 210.0])
     img = _blur_mix(img, 0.55)
     img += rng.uniform(2.0, 5.5) * rng.standard_normal(img.shape, dtype=np.float32)
-    image = np.clip(np.rint(img), 0, 255).astype(np.uint8)
-    return image, mask
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------------------
@@ -531,28 +700,18 @@ class DemoDataset:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    # unique: every rank of a relaunched `co2s demo` may write the same dataset at once
+    with atomic_path(path, durable=False, unique=True) as tmp:
+        tmp.write_bytes(data)
 
 
 def _atomic_write_png(path: Path, array: np.ndarray, mode: str) -> None:
     img = Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8))
     if img.mode != mode:
         raise AssertionError(f"expected a {mode} image, got {img.mode}")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path, durable=False, unique=True) as tmp:
         with open(tmp, "wb") as f:
             img.save(f, format="PNG", compress_level=1)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _tile_rng(seed: int, key: int, index: int) -> np.random.Generator:
@@ -593,31 +752,8 @@ def write_demo_dataset(root: str | os.PathLike, *, seed: int = 0, tile_size: int
     independently seeded scene, so the splits never share pixels.
     """
     counts = {"labelled": n_labelled, "unlabelled": n_unlabelled, "val": n_val, "test": n_test}
-    for name, n in {**counts, "scenes": n_scenes}.items():
-        if int(n) != n or n < 0:
-            raise ValueError(f"n_{name} must be a non-negative integer, got {n!r}")
-    if int(tile_size) != tile_size or tile_size < 8:
-        raise ValueError(f"tile_size must be an integer >= 8, got {tile_size!r}")
-    if int(seed) != seed or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    sh, sw = (int(v) for v in scene_size)
-    if sh < 1 or sw < 1:
-        raise ValueError(f"scene_size must be two positive integers, got {scene_size!r}")
-
+    meta = _dataset_record(seed, tile_size, counts, n_scenes, scene_size)
     root = Path(root)
-    meta = {
-        "format": _FORMAT,
-        "version": _FORMAT_VERSION,
-        "seed": int(seed),
-        "tile_size": int(tile_size),
-        "n_labelled": int(n_labelled),
-        "n_unlabelled": int(n_unlabelled),
-        "n_val": int(n_val),
-        "n_test": int(n_test),
-        "n_scenes": int(n_scenes),
-        "scene_size": [sh, sw],
-        "classes": list(DEMO_CLASSES),
-    }
     splits_dir = root / "splits"
     lists = {name: splits_dir / f"{name}.txt" for name in _SPLITS}
     scene_paths = [root / "scenes" / f"scene_{k}.png" for k in range(int(n_scenes))]
@@ -631,15 +767,46 @@ def write_demo_dataset(root: str | os.PathLike, *, seed: int = 0, tile_size: int
     marker = root / "dataset.json"
     if marker.exists():  # a dataset with other arguments: no longer complete while rewriting
         marker.unlink()
+    _write_tiles(root, int(seed), int(tile_size), counts, lists)
+    _write_scenes(scene_paths, int(seed), meta["scene_size"])
+    _atomic_write_bytes(marker, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    return result
 
-    t = int(tile_size)
+
+def _dataset_record(seed: int, tile_size: int, counts: dict[str, int], n_scenes: int,
+                    scene_size: tuple[int, int]) -> dict:
+    """The checked arguments as ``dataset.json`` records them; ValueError for a bad one."""
+    for name, n in {**counts, "scenes": n_scenes}.items():
+        if int(n) != n or n < 0:
+            raise ValueError(f"n_{name} must be a non-negative integer, got {n!r}")
+    if int(tile_size) != tile_size or tile_size < 8:
+        raise ValueError(f"tile_size must be an integer >= 8, got {tile_size!r}")
+    if int(seed) != seed or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    sh, sw = (int(v) for v in scene_size)
+    if sh < 1 or sw < 1:
+        raise ValueError(f"scene_size must be two positive integers, got {scene_size!r}")
+    return {
+        "format": _FORMAT,
+        "version": _FORMAT_VERSION,
+        "seed": int(seed),
+        "tile_size": int(tile_size),
+        **{f"n_{name}": int(n) for name, n in counts.items()},
+        "n_scenes": int(n_scenes),
+        "scene_size": [sh, sw],
+        "classes": list(DEMO_CLASSES),
+    }
+
+
+def _write_tiles(root: Path, seed: int, t: int, counts: dict[str, int], lists: dict[str, Path]) -> None:
+    """Each split's tiles and masks, numbered across the splits, and its list file."""
     tile_no = 0
     for key, name in enumerate(_SPLITS):
         lines = []
         for i in range(int(counts[name])):
             tid = f"tile_{tile_no:04d}"
             tile_no += 1
-            image, mask = generate_scene(t, t, _tile_rng(int(seed), key, i))
+            image, mask = generate_scene(t, t, _tile_rng(seed, key, i))
             _atomic_write_png(root / "images" / f"{tid}.png", image, "RGB")
             _atomic_write_png(root / "masks" / f"{tid}.png", mask, "L")
             if name == "unlabelled":
@@ -648,10 +815,11 @@ def write_demo_dataset(root: str | os.PathLike, *, seed: int = 0, tile_size: int
                 lines.append(f"images/{tid}.png masks/{tid}.png")
         _atomic_write_bytes(lists[name], "".join(line + "\n" for line in lines).encode("utf-8"))
 
+
+def _write_scenes(scene_paths: list[Path], seed: int, scene_size: list[int]) -> None:
+    """The whole scenes and their masks."""
+    sh, sw = scene_size
     for k, path in enumerate(scene_paths):
-        image, mask = generate_scene(sh, sw, _tile_rng(int(seed), _SCENE_KEY, k))
+        image, mask = generate_scene(sh, sw, _tile_rng(seed, _SCENE_KEY, k))
         _atomic_write_png(path, image, "RGB")
         _atomic_write_png(path.with_name(f"scene_{k}_mask.png"), mask, "L")
-
-    _atomic_write_bytes(marker, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode("utf-8"))
-    return result

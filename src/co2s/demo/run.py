@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from co2s.api import train
+from co2s.atomic import write_text
 from co2s.config.loader import load_config
-from co2s.data.synthetic import write_demo_dataset
-from co2s.engine.trainer import train
+from co2s.demo.synthetic import write_demo_dataset
 from co2s.evaluation.metrics import scores_from_confusion
 from co2s.evaluation.run import evaluate_checkpoint, print_report
 from co2s.inference.predict import predict_files
@@ -61,7 +62,7 @@ def run_demo(out_dir: str | os.PathLike = "demo_output", overrides: list[str] | 
         "predictions": [str(p) for r in predictions for p in r.outputs],
         "seconds": round(time.perf_counter() - start, 1),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_text(out / "summary.json", json.dumps(summary, indent=2))
     print(f"test mIoU {summary['test_mIoU']:.2f} % (constant predictor "
           f"{summary['constant_mIoU']:.2f} %, random {summary['random_mIoU']:.2f} %); "
           f"predictions in {out / 'predictions'}; {summary['seconds']} s")

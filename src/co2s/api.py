@@ -1,0 +1,98 @@
+"""The public Python API: configure, train, evaluate, predict, export, split. The CLI is a thin
+layer over these functions; ``import co2s`` exposes them (loaded on first use, so importing the
+package stays fast).
+
+    import co2s
+
+    config = co2s.load_config(["ai4mars", "models/co2s-tiny"], {"train.method": "co2s", ...})
+    run = co2s.train(config)
+    segmenter = co2s.Segmenter.load(run.best_checkpoint)
+    metrics = co2s.evaluate(segmenter, split="test")
+    prediction = segmenter.predict(image)  # [C, H, W] scaled image -> classes, confidence
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from co2s.config.loader import load_config
+from co2s.engine.trainer import Trainer
+from co2s.evaluation.run import evaluate, evaluate_checkpoint
+from co2s.inference.predict import PredictionResult, predict_files
+from co2s.inference.scene import PredictOptions
+from co2s.inference.segmenter import Prediction, Segmenter
+
+__all__ = ["Prediction", "PredictOptions", "PredictionResult", "Run", "Segmenter", "evaluate",
+           "evaluate_checkpoint", "export", "load_config", "make_splits", "predict", "train"]
+
+
+@dataclass(frozen=True)
+class Run:
+    """A finished (or resumed-to-the-end) training run and where its checkpoints are."""
+
+    run_dir: Path
+    steps: int
+    best: dict[str, Any] | None  # {"step", "mIoU", "split", "prediction"} of the best validation
+    is_global_zero: bool = True  # False in the other processes of a multi-process run
+
+    @property
+    def latest_checkpoint(self) -> Path:
+        return self.run_dir / "latest.ckpt"
+
+    @property
+    def best_checkpoint(self) -> Path:
+        """``best.ckpt`` (chosen on the validation split); ``latest.ckpt`` when the run had no
+        validation split."""
+        best = self.run_dir / "best.ckpt"
+        return best if best.is_file() else self.latest_checkpoint
+
+    def segmenter(self, checkpoint: str = "best", prediction: str | None = None) -> Segmenter:
+        """The trained models as a :class:`Segmenter` (``checkpoint``: ``best`` or ``latest``)."""
+        path = self.best_checkpoint if checkpoint == "best" else self.latest_checkpoint
+        return Segmenter.load(path, prediction=prediction)
+
+
+def train(config, out: str | os.PathLike | None = None, progress: bool = True) -> Run:
+    """Train (or resume) the run ``config`` describes, in ``out`` (default ``config.run_dir``)."""
+    result = Trainer(config, out, progress).fit()
+    return Run(Path(result.run_dir), result.steps, result.best, result.is_global_zero)
+
+
+def predict(model, inputs: list[str | os.PathLike], out_dir: str | os.PathLike, *, device: str = "auto",
+            prediction: str | None = None, progress: bool = True, **options) -> list[PredictionResult]:
+    """Predict image files, folders or globs into ``out_dir`` (PNG for plain images, GeoTIFF for
+    rasters of any size) with a :class:`Segmenter`, a checkpoint or an exported model folder.
+    ``options``: the fields of :class:`PredictOptions` (tile, overlap, tta, precision, ...)."""
+    return predict_files(model, [str(i) for i in inputs], out_dir, device, progress, prediction,
+                         PredictOptions(**options))
+
+
+def export(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, prediction: str | None = None,
+           onnx: bool = False, tile: int | None = None) -> dict[str, Path]:
+    """Write a model folder to share (weights-only safetensors + a small JSON config) from a
+    training checkpoint; with ``onnx``, also ``model.onnx`` for a fixed ``tile`` (default: the
+    evaluation window). Returns the written paths."""
+    segmenter = Segmenter.load(checkpoint, prediction=prediction)
+    folder = segmenter.save_pretrained(out_dir)
+    written = {"folder": folder}
+    if onnx:
+        from co2s.inference.onnx_export import export_onnx
+
+        written["onnx"] = export_onnx(segmenter, Path(folder) / "model.onnx", tile or segmenter.tile)
+    return written
+
+
+def make_splits(source: str | None, ratio: str, seed: int, out_dir: str | os.PathLike, *,
+                config=None, root: str | None = None, stratify: bool = False) -> dict:
+    """Seeded labelled/unlabelled lists of ``source`` (a list file or folder; default
+    ``data.splits.train`` of ``config``) for a labelled ``ratio`` such as ``1/8``."""
+    from co2s.data import splits
+
+    data = config.data if config is not None else None
+    samples, encoder, source_name = splits.split_source(source, data, root, stratify)
+    return splits.make_splits(samples, ratio, seed, out_dir, stratify, encoder,
+                              data.ignore_index if data else 255, data.color_masks if data else False,
+                              source_name)
