@@ -150,6 +150,7 @@ def write_model_folder(directory: str | os.PathLike, models: dict, config, extra
             tensors[f"{name}.{key}"] = value.detach().cpu().contiguous().clone()
     with atomic_path(directory / MODEL_WEIGHTS) as tmp:
         save_file(tensors, str(tmp), metadata={"format": MODEL_FORMAT, "format_version": str(MODEL_FORMAT_VERSION)})
+        os.chmod(tmp, 0o644)  # safetensors creates owner-only files; a folder to share must be readable
     first = getattr(next(iter(models.values())), "module", next(iter(models.values())))
     data = config.data
     record = {
