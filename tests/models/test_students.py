@@ -27,16 +27,7 @@ def test_maskclip_dense_embedding_matches_a_hand_computation():
     with torch.no_grad():
         got = backbone(x).last
         hidden = model.vision_model(x, interpolate_pos_encoding=True, output_hidden_states=True).hidden_states
-        z = hidden[-2]  # input of the last block
-        blk = model.vision_model.encoder.layers[-1]
-        eps = blk.layer_norm1.eps
-        y = F.layer_norm(z, z.shape[-1:], blk.layer_norm1.weight, blk.layer_norm1.bias, eps)
-        v = y @ blk.self_attn.v_proj.weight.T + blk.self_attn.v_proj.bias
-        z = z + v @ blk.self_attn.out_proj.weight.T + blk.self_attn.out_proj.bias
-        y = F.layer_norm(z, z.shape[-1:], blk.layer_norm2.weight, blk.layer_norm2.bias, eps)
-        h = y @ blk.mlp.fc1.weight.T + blk.mlp.fc1.bias
-        h = h * torch.sigmoid(1.702 * h)  # quick_gelu
-        z = z + h @ blk.mlp.fc2.weight.T + blk.mlp.fc2.bias
+        z = _value_path_by_hand(model.vision_model.encoder.layers[-1], hidden[-2])  # MaskCLIP's last block
         post = model.vision_model.post_layernorm
         z = F.layer_norm(z, z.shape[-1:], post.weight, post.bias, post.eps)
         e = F.normalize(z[:, 1:] @ model.visual_projection.weight.T, dim=-1)
