@@ -105,3 +105,44 @@ def test_demo_preset_matches_the_generated_data():
     config = load_config("demo")
     assert tuple(config.data.classes) == DEMO_CLASSES
     assert [tuple(c) for c in config.data.palette] == list(DEMO_PALETTE)
+
+
+def test_configuration_doc_is_generated_from_the_schema():
+    """docs/configuration.md's key reference is the schema's, field by field, and every field is
+    described (regenerate: python -m co2s.config.reference --write docs/configuration.md)."""
+    from pathlib import Path
+
+    from co2s.config.reference import markdown_reference, replace_generated
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+    text = doc.read_text()
+    assert replace_generated(text) == text, "docs/configuration.md is stale: regenerate it"
+    undocumented = [line for line in markdown_reference().splitlines() if line.endswith("|  |")]
+    assert not undocumented, f"schema fields without a description: {undocumented}"
+
+
+def test_model_section_is_a_union_by_name_and_config_is_immutable():
+    from pydantic import ValidationError
+
+    from co2s.config.loader import load_config
+    from co2s.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.students: unknown key"):
+        load_config("demo", ["model.name=lite_unet"])  # student keys on the CNN
+    with pytest.raises(ConfigError, match="model.width: unknown key"):
+        load_config("demo", ["model.width=8"])  # CNN keys on the students
+    with pytest.raises(ConfigError, match="trains one model, but model.students has 2 \\(clip, dino\\)"):
+        load_config("demo", ["train.method=unimatch"])
+    cnn = load_config("demo", ["model={name: lite_unet, width: 8}", "train.method=supervised"])
+    assert cnn.model.name == "lite_unet" and cnn.model.width == 8
+    with pytest.raises(ValidationError):
+        cnn.train.iters = 5  # frozen
+    changed = cnn.override({"train.iters": 7, "train.augment.cutmix.p": 0.25})
+    assert changed.train.iters == 7 and changed.train.augment.cutmix.p == 0.25 and cnn.train.iters != 7
+    with pytest.raises(ConfigError, match="train.semi.loss_weights.fp"):
+        cnn.override(["train.semi.loss_weights.fp=-1"])  # validators run again
+    paper = load_config(["ai4mars", "models/co2s-tiny"], {"train.method": "co2s", "data.splits.unlabelled": "u.txt"})
+    assert [s.name for s in paper.model.students] == ["clip", "dino"]
+    assert paper.override({"train.semi.fusion": "dino"}).train.semi.fusion == "dino"
+    with pytest.raises(ConfigError, match="train.semi.fusion must be one of"):
+        paper.override({"train.semi.fusion": "median"})

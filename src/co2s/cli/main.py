@@ -79,7 +79,16 @@ def cmd_splits(args) -> int:
 
     config = api.load_config(args.config, args.overrides) if args.config else None
     info = api.make_splits(args.source, args.ratio, args.seed, args.out, config=config, root=args.root,
-                           stratify=args.stratify)
+                           stratify=args.stratify, by=args.by, block=args.block, buffer=args.buffer,
+                           attribute=args.attribute, layer=args.layer, where=args.where)
+    if info["kind"] == "vector":
+        lab, held, drop = info["labelled"], info["held_out"], info["dropped"]
+        dropped = f" ({drop['features']} dropped by --buffer)" if drop["features"] else ""
+        print(f"{lab['features']} labelled + {held['features']} held-out features of "
+              f"{info['total']['features']}{dropped}; labelled {info['by']} share {100 * lab['share']:.1f} % "
+              f"(ratio {info['ratio']}, seed {info['seed']}) -> {info['out_dir']}/labelled.gpkg, "
+              "held_out.gpkg, split.json")
+        return 0
     print(f"{info['labelled']} labelled + {info['unlabelled']} unlabelled of {info['total']} "
           f"(ratio {info['ratio']}, seed {info['seed']}) -> {info['out_dir']}/labelled.txt, unlabelled.txt")
     return 0
@@ -192,15 +201,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("splits", help="seeded labelled/unlabelled split lists for a labelling ratio")
-    p.add_argument("source", nargs="?", help="training list file or folder (default: data.splits.train)")
+    p = sub.add_parser(
+        "splits", help="seeded labelled/unlabelled split lists, or labelled/held-out vector label files",
+        description="Tiles: labelled.txt and unlabelled.txt for a labelled ratio. A vector label file "
+        "(.gpkg, .geojson, .shp, ...): labelled.gpkg (for data.scenes.labels) and held_out.gpkg (for "
+        "data.scenes.val / test) by feature count or area, optionally in spatial blocks and "
+        "stratified by class. Both write split.json; the same seed gives identical files. See "
+        "docs/data.md.")
+    p.add_argument("source", nargs="?", help="training list file or folder (default: data.splits.train), "
+                   "or a vector label file (default with --config: data.scenes.labels.vector)")
     p.add_argument("--config", help="preset or YAML: data root, ID format and label handling")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--ratio", required=True, help="labelled fraction, e.g. 1/8 or 0.125")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--stratify", action="store_true", help="keep the share of each dominant class")
+    p.add_argument("--stratify", action="store_true", help="keep the share of each (dominant) class")
     p.add_argument("--root", help="data root for mask paths in SOURCE (without --config)")
-    p.add_argument("--out", required=True, help="folder for labelled.txt, unlabelled.txt, split.json")
+    p.add_argument("--out", required=True, help="folder for labelled.txt, unlabelled.txt (vector: "
+                   "labelled.gpkg, held_out.gpkg) and split.json")
+    p.add_argument("--by", choices=["count", "area"], help="vector: the ratio is of the features' count or "
+                   "area (default: area)")
+    p.add_argument("--block", type=float, help="vector: split whole square blocks of this size (CRS units, "
+                   "e.g. metres), each feature in the block holding its representative point")
+    p.add_argument("--buffer", type=float, help="vector: drop held-out features closer than this (CRS "
+                   "units) to a labelled one")
+    p.add_argument("--attribute", help="vector: the class attribute (stratification, per-class counts; "
+                   "default with --config: data.scenes.labels.attribute)")
+    p.add_argument("--layer", help="vector: the layer to read (default: the file's only layer)")
+    p.add_argument("--where", help="vector: only features matching this OGR SQL filter")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_splits)
 

@@ -50,11 +50,14 @@ def _default(field) -> str:
     return f"`{json.dumps(value)}`"
 
 
+#: optional config sections (``X | None``) whose keys get their own table
+OPTIONAL_SECTIONS = {"ScenesConfig", "SceneRegionsConfig"}
+
+
 def _type_name(annotation) -> str:
     text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
     text = text or str(annotation).replace("typing.", "")
-    for model in ("StudentConfig", "IdFormat", "SplitsConfig"):
-        text = text.replace(f"co2s.config.schema.{model}", model)
+    text = text.replace("co2s.config.schema.", "")
     return text.replace("|", "\\|")
 
 
@@ -67,6 +70,9 @@ def _rows(model: type[BaseModel], prefix: str, sections: list[tuple[str, type[Ba
                 and field.annotation is nested[0]:
             sections.append((key, nested[0]))
             continue
+        if nested and len(nested) == 1 and field.annotation == typing.Optional[nested[0]] \
+                and nested[0].__name__ in OPTIONAL_SECTIONS:
+            sections.append((key, nested[0]))  # an optional section: its row below, then its keys
         description = (field.description or "").replace("|", "\\|").replace("\n", " ")
         rows.append(f"| `{key}` | {_type_name(field.annotation)} | {_default(field)} | {description} |")
     return rows
@@ -76,7 +82,7 @@ def _table(title: str, model: type[BaseModel], prefix: str, doc: str | None = No
     sections: list[tuple[str, type[BaseModel]]] = []
     rows = _rows(model, prefix, sections)
     lines = [f"### `{title}`", ""]
-    summary = (doc or model.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+    summary = " ".join((doc or model.__doc__ or "").strip().split("\n\n")[0].split())
     if summary:
         lines += [summary, ""]
     if rows:

@@ -5,7 +5,7 @@ Unknown keys are errors (``extra="forbid"``) so a typo never silently falls back
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union, get_args
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
@@ -51,6 +51,140 @@ class SplitsConfig(_Strict):
     unlabelled: str | None = Field(default=None, description="unlabelled training images")
     val: str | None = Field(default=None, description="validation split (checkpoint selection)")
     test: str | None = Field(default=None, description="test split (final report)")
+
+
+class SceneLabelsConfig(_Strict):
+    """Labels of the scenes: a vector file (polygons with a class attribute, e.g. drawn in QGIS)
+    rasterised onto each window, or raster mask(s) on any grid and CRS, warped onto each scene."""
+
+    vector: str | None = Field(
+        default=None,
+        description="vector file of labelled polygons (GeoPackage, GeoJSON, Shapefile, FlatGeobuf, "
+        "... anything GDAL reads), relative to data.root; reprojected to each raster's CRS",
+    )
+    layer: str | None = Field(default=None, description="vector: layer to read; null: the file's only layer")
+    attribute: str | None = Field(
+        default=None,
+        description="vector: attribute holding each polygon's class: a name of data.classes or a "
+        "class index (ignore_index marks a polygon as explicitly unlabelled)",
+    )
+    where: str | None = Field(
+        default=None,
+        description="vector: read only the features matching this OGR SQL filter (as QGIS's provider "
+        "feature filter), e.g. \"split = 'train'\": one file with a split attribute for every split",
+    )
+    raster: list[str] | None = Field(
+        default=None,
+        description="raster mask(s), paths or globs relative to data.root, on any grid and CRS "
+        "(warped onto each scene, nearest); values go through label_map / reduce_zero_label; "
+        "nodata, ignore_index and pixels outside every mask are unlabelled",
+    )
+    #: whether a vector source must name its class attribute (held-out regions default to the labels')
+    _attribute_required: ClassVar[bool] = True
+    complete: bool = Field(
+        default=False,
+        description="vector: the polygons label everything: valid scene pixels outside every "
+        "polygon are `background`; false (default): they are unlabelled (ignore)",
+    )
+    background: str | None = Field(
+        default=None, description="with complete: true, the class (a name of data.classes) of pixels "
+        "outside every polygon",
+    )
+
+    @field_validator("raster", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SceneLabelsConfig:
+        if (self.vector is None) == (self.raster is None):
+            raise ValueError("give exactly one of vector (a vector file) or raster (raster masks)")
+        if self.vector is not None and not self.attribute and self._attribute_required:
+            raise ValueError("vector labels need attribute: the field holding each polygon's class")
+        if self.raster is not None:
+            given = [k for k in ("layer", "attribute", "where", "background") if getattr(self, k) is not None]
+            if given or self.complete:
+                raise ValueError(f"{', '.join(given or ['complete'])}: for vector labels only (a raster "
+                                 "mask says itself which pixels are unlabelled)")
+            if not self.raster:
+                raise ValueError("raster: give at least one mask")
+        if self.complete and self.background is None:
+            raise ValueError("complete: true needs background: the class of pixels outside every polygon")
+        if self.background is not None and not self.complete:
+            raise ValueError("background is used with complete: true only (else pixels outside the "
+                             "polygons are unlabelled)")
+        return self
+
+
+class SceneRegionsConfig(SceneLabelsConfig):
+    """Held-out regions of the scenes, scored for validation (`val`) or test (`test`):
+    polygons of a vector file (the pixels inside them, with their classes), raster masks (their
+    labelled pixels), or whole rasters with their labels (`rasters` + either). Scored with the
+    tile grid of whole-scene prediction, in windows; never trained on (see docs/data.md#scenes)."""
+
+    rasters: list[str] | None = Field(
+        default=None,
+        description="rasters the regions lie on, paths or globs relative to data.root; null: "
+        "data.scenes.rasters (held-out areas of the training scenes)",
+    )
+    attribute: str | None = Field(
+        default=None, description="vector: attribute holding each polygon's class; null: that of "
+        "data.scenes.labels",
+    )
+    _attribute_required: ClassVar[bool] = False
+
+    @field_validator("rasters", mode="before")
+    @classmethod
+    def _rasters_one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _some_rasters(self) -> SceneRegionsConfig:
+        if self.rasters is not None and not self.rasters:
+            raise ValueError("rasters: give at least one raster, or leave it out for data.scenes.rasters")
+        return self
+
+
+class ScenesConfig(_Strict):
+    """Whole rasters (GeoTIFF/COG of any size) as the training source (SPEC 3.1b): labelled crops
+    come from windows holding labelled pixels, unlabelled crops from the rest of the scenes; every
+    crop is a windowed read, so memory is bounded by the crop, not the scene."""
+
+    rasters: list[str] = Field(
+        min_length=1, description="scene rasters, paths or globs relative to data.root"
+    )
+    labels: SceneLabelsConfig = Field(description="where the labels come from (vector or raster)")
+    exclude_labelled: bool = Field(
+        default=True,
+        description="unlabelled crops avoid labelled pixels (windows holding none are preferred; "
+        "labelled pixels of a crop are never pseudo-labelled)",
+    )
+    samples_per_epoch: int | None = Field(
+        default=None, ge=1,
+        description="crops per epoch of each pool (labelled, unlabelled); null: as many as cover the "
+        "pool once at scale 1 (labelled pixels / crop_size^2, scene pixels / crop_size^2)",
+    )
+    min_valid: float = Field(
+        default=0.5, ge=0, le=1,
+        description="unlabelled crops: least share of valid pixels (not nodata, not padding) a window "
+        "needs; windows with less are redrawn",
+    )
+    val: SceneRegionsConfig | None = Field(
+        default=None,
+        description="validation regions (checkpoint selection, co2s evaluate --split val), instead of "
+        "data.splits.val; never trained on",
+    )
+    test: SceneRegionsConfig | None = Field(
+        default=None,
+        description="test regions (co2s evaluate --split test), instead of data.splits.test; never "
+        "trained on",
+    )
+
+    @field_validator("rasters", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
 
 
 class DataConfig(_Strict):
@@ -102,6 +236,11 @@ class DataConfig(_Strict):
         description="color_masks: largest share of a labelled mask's pixels whose colour is neither "
         "in palette nor in ignore_colors (they become ignore) before the label check reports it",
     )
+    scenes: ScenesConfig | None = Field(
+        default=None,
+        description="whole rasters with sparse labels as the training source, instead of "
+        "splits.labelled / splits.unlabelled (docs/data.md#scenes)",
+    )
 
     @field_validator("classes")
     @classmethod
@@ -137,6 +276,35 @@ class DataConfig(_Strict):
             raise ValueError("bands are 1-based indices")
         if n > self.ignore_index and self.ignore_index < 256:
             raise ValueError(f"ignore_index {self.ignore_index} collides with a class index")
+        return self
+
+    @model_validator(mode="after")
+    def _one_training_source(self) -> DataConfig:
+        if self.scenes is None:
+            return self
+        tiles = [k for k in ("labelled", "unlabelled") if getattr(self.splits, k)]
+        if tiles:
+            raise ValueError(f"data.scenes and data.splits.{tiles[0]} are both set: training reads one "
+                             "source, the scenes (their labelled and unlabelled areas) or the tile splits")
+        labels = self.scenes.labels
+        if labels.background is not None and labels.background not in self.classes:
+            raise ValueError(f"scenes.labels.background {labels.background!r} is not in classes {self.classes}")
+        for split in ("val", "test"):
+            regions = getattr(self.scenes, split)
+            if regions is None:
+                continue
+            if getattr(self.splits, split):
+                raise ValueError(f"data.scenes.{split} and data.splits.{split} are both set: give one "
+                                 f"{split} source, the scene regions or the tile split")
+            if regions.vector is not None and regions.attribute is None and labels.attribute is None:
+                raise ValueError(f"scenes.{split}.attribute: the attribute holding each polygon's class "
+                                 "(the training labels are rasters, so there is none to default to)")
+            if regions.background is not None and regions.background not in self.classes:
+                raise ValueError(f"scenes.{split}.background {regions.background!r} is not in classes "
+                                 f"{self.classes}")
+        if labels.raster is not None and self.color_masks:
+            raise ValueError("scenes.labels.raster: colour-coded masks (color_masks) are not supported "
+                             "for scenes; give single-band index masks")
         return self
 
     @property
@@ -431,16 +599,16 @@ class Config(_Strict):
         if method == "co2s":
             if model.name != "students" or len(model.students) != 2:
                 raise ValueError("train.method co2s needs model.name: students with two students")
+            names = [s.name for s in model.students]
+            if self.train.semi.fusion not in {*FUSIONS, *names}:
+                raise ValueError(f"train.semi.fusion must be one of {[*FUSIONS, *names]}")
         elif model.name == "students" and len(model.students) != 1:
             names = [s.name for s in model.students]
             raise ValueError(f"train.method {method} trains one model, but model.students has "
                              f"{len(names)} ({', '.join(names)}): keep one, e.g. --set "
                              f"'model.students=[...]', or use train.method co2s")
-            names = [s.name for s in model.students]
-            if self.train.semi.fusion not in {*FUSIONS, *names}:
-                raise ValueError(f"train.semi.fusion must be one of {[*FUSIONS, *names]}")
-        if method in {"fixmatch", "unimatch", "co2s"} and not self.data.splits.unlabelled:
-            raise ValueError(f"train.method {method} needs data.splits.unlabelled")
+        if method in {"fixmatch", "unimatch", "co2s"} and not (self.data.splits.unlabelled or self.data.scenes):
+            raise ValueError(f"train.method {method} needs data.splits.unlabelled (or data.scenes)")
         return self
 
     def override(self, overrides: dict[str, Any] | list[str] | None = None) -> Config:

@@ -65,20 +65,28 @@ def raster_nodata_flags(dataset, bands: list[int]) -> tuple[bool, bool]:
 
 
 def raster_valid(dataset, bands: list[int], window=None, raw: np.ndarray | None = None,
-                 flags: tuple[bool, bool] | None = None) -> np.ndarray | None:
+                 flags: tuple[bool, bool] | None = None,
+                 out_shape: tuple[int, int] | None = None) -> np.ndarray | None:
     """Valid pixels ``[h, w]`` of ``window`` (None: the whole raster), or ``None`` when all are.
 
     GDAL's dataset-mask rule: a pixel is valid where any selected band holds data; for float
     rasters every selected band must also be finite. ``raw`` is the window's data when already
-    read; ``flags`` the result of :func:`raster_nodata_flags` when already known.
+    read (at ``out_shape`` when given); ``flags`` the result of :func:`raster_nodata_flags` when
+    already known. ``out_shape`` ``(h, w)``: the window read resampled to that size (the masks
+    nearest, as the scenes' training crops read them).
     """
     masked, floating = flags if flags is not None else raster_nodata_flags(dataset, bands)
+    resample = {}
+    if out_shape is not None:
+        from rasterio.enums import Resampling
+
+        resample = {"out_shape": (len(bands), *out_shape), "resampling": Resampling.nearest}
     valid = None
     if masked:
-        valid = dataset.read_masks(bands, window=window).max(0) > 0
+        valid = dataset.read_masks(bands, window=window, **resample).max(0) > 0
     if floating:
         if raw is None:
-            raw = dataset.read(bands, window=window)
+            raw = dataset.read(bands, window=window, **resample)
         finite = np.isfinite(raw).all(0)
         valid = finite if valid is None else valid & finite
     return valid

@@ -256,11 +256,12 @@ def check_labels(stats: LabelStats, classes: list[str], mode: str = "error",
     return problems
 
 
-def class_table(stats: LabelStats, classes: list[str], title: str = "labelled split") -> str:
+def class_table(stats: LabelStats, classes: list[str], title: str = "labelled split",
+                unit: str = "masks") -> str:
     """Pixels per class (count and share of the labelled pixels), ignored and unmatched pixels."""
     total = int(stats.counts.sum())
     width = max(12, *(len(c) for c in classes))
-    lines = [f"{title}: {stats.masks} masks, pixels per class",
+    lines = [f"{title}: {stats.masks} {unit}, pixels per class",
              f"{'class':<{width}}  {'pixels':>12}  {'share':>7}"]
     for name, n in zip(classes, stats.counts.tolist()):
         share = f"{100 * n / total:6.2f}%" if total else "      -"

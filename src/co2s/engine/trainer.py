@@ -22,6 +22,7 @@ from co2s.config.loader import config_to_dict, validate
 from co2s.data.dataset import LabelledCrops, UnlabelledPairs, WholeImages
 from co2s.data.labels import LabelEncoder
 from co2s.data.sampler import ResumableSampler
+from co2s.data.scenes import LabelledSceneCrops, ScenePool, SceneSet, UnlabelledScenePairs
 from co2s.data.sources import check_disjoint, read_split, validate_samples
 from co2s.data.transforms import CutMixParams, StrongViewParams, WeakViewParams
 from co2s.engine.checkpoint import save_checkpoint
@@ -99,10 +100,13 @@ def _set_rng_state(fabric, state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def training_datasets(config, labelled: list, unlabelled: list | None
-                      ) -> tuple[LabelledCrops, UnlabelledPairs | None]:
+def training_datasets(config, labelled, unlabelled
+                      ) -> tuple[LabelledCrops | LabelledSceneCrops, UnlabelledPairs | UnlabelledScenePairs | None]:
     """Weak-view labelled crops and, given unlabelled samples, their pairs with CutMix sources:
-    what a training step draws from (shared by ``fit`` and the throughput benchmark)."""
+    what a training step draws from (shared by ``fit`` and the throughput benchmark).
+
+    ``labelled`` / ``unlabelled`` are tile samples (lists) or, with ``data.scenes``, the scene
+    pools of :func:`co2s.data.scenes.scene_pools` (windowed crops of the scenes)."""
     t = config.train
     weak = WeakViewParams(
         crop_size=(t.crop_size, t.crop_size), scale_range=tuple(t.scale_range),
@@ -110,6 +114,9 @@ def training_datasets(config, labelled: list, unlabelled: list | None
     )
     strong = StrongViewParams(**t.augment.strong.model_dump())
     cutmix = CutMixParams(**t.augment.cutmix.model_dump())
+    if isinstance(labelled, ScenePool):
+        pairs = UnlabelledScenePairs(unlabelled, weak, strong, cutmix) if unlabelled is not None else None
+        return LabelledSceneCrops(labelled, weak), pairs
     pairs = UnlabelledPairs(unlabelled, config.data, weak, strong, cutmix) if unlabelled is not None else None
     return LabelledCrops(labelled, config.data, weak), pairs
 
@@ -168,6 +175,8 @@ class Trainer:
         from co2s.methods import METHODS
 
         data = self.config.data
+        if data.scenes is not None:
+            return self._load_scenes()
         if not data.splits.labelled:
             raise DataError("data.splits.labelled is not set: training needs labelled samples")
         encoder = LabelEncoder.from_config(data)
@@ -193,13 +202,59 @@ class Trainer:
             check_disjoint(labelled, unlabelled)
             validate_samples(unlabelled, encoder, data.validate_files, desc="checking unlabelled",
                              masks=False, **bands)
-        val = None
-        if data.splits.val:
-            val = read_split(data.splits.val, data, labelled=True, name="val")
-            if self.config.train.val_max_images:
-                val = val[: self.config.train.val_max_images]
-            validate_samples(val, encoder, data.validate_files, data.color_masks, "checking val", **bands)
-        return labelled, unlabelled, val
+        return labelled, unlabelled, self._load_val()
+
+    def _load_val(self):
+        """The validation split: tiles (a list of samples), or the regions of ``data.scenes.val``
+        (a :class:`SceneSet`, scored in windows of the scenes)."""
+        data = self.config.data
+        if data.scenes is not None and data.scenes.val is not None:
+            from lightning_fabric.utilities.rank_zero import rank_zero_only
+
+            from co2s.data.scene_regions import load_regions
+            from co2s.data.sources import class_table
+
+            rank_zero = getattr(rank_zero_only, "rank", 0) == 0
+            regions = load_regions(data, "val", self.config.in_channels, progress=self.progress and rank_zero)
+            if rank_zero:
+                print(class_table(regions.stats(), data.classes, title="validation scene pixels",
+                                  unit="rasters"), flush=True)
+            return regions
+        if not data.splits.val:
+            return None
+        val = read_split(data.splits.val, data, labelled=True, name="val")
+        if self.config.train.val_max_images:
+            val = val[: self.config.train.val_max_images]
+        validate_samples(val, LabelEncoder.from_config(data), data.validate_files, data.color_masks,
+                         "checking val", channels=self.config.in_channels, bands=data.bands)
+        return val
+
+    def _load_scenes(self):
+        """``data.scenes``: check the scenes and index their labelled pixels (the class table is
+        theirs), then the labelled and unlabelled pools; validation: ``data.scenes.val`` (regions
+        of scenes, never trained on) or a tile split."""
+        import sys
+
+        from lightning_fabric.utilities.rank_zero import rank_zero_only
+
+        from co2s.data.scenes import load_scenes, scene_pools
+        from co2s.data.sources import check_labels, class_table
+        from co2s.methods import METHODS
+
+        data = self.config.data
+        rank_zero = getattr(rank_zero_only, "rank", 0) == 0
+        scenes = load_scenes(data, self.config.in_channels, progress=self.progress and rank_zero)
+        stats = scenes.stats()
+        self.class_table = class_table(stats, data.classes, title="labelled scene pixels", unit="rasters")
+        if rank_zero:
+            print(self.class_table, flush=True)
+        for problem in check_labels(stats, data.classes, data.label_check, data.max_unmatched_colors):
+            if rank_zero:
+                print(f"warning (data.label_check: warn): {problem}", file=sys.stderr, flush=True)
+        labelled, unlabelled = scene_pools(scenes, data, self.config.train.crop_size)
+        if not METHODS[self.config.train.method].uses_unlabelled:
+            unlabelled = None
+        return labelled, unlabelled, self._load_val()
 
     def _loader(self, dataset, fabric, start: int, batch_size: int, seed: int) -> DataLoader:
         t = self.config.train
@@ -256,7 +311,7 @@ class Trainer:
         batches = training_batches(
             self._loader(dataset, fabric, start * t.batch_size, t.batch_size, t.seed),
             self._loader(pairs, fabric, start * ub, ub, t.seed + 1) if pairs is not None else None)
-        val_set = WholeImages(val, config.data) if val else None
+        val_set = val if isinstance(val, SceneSet) else WholeImages(val, config.data) if val else None
 
         bar = progress_bar(total=total, initial=state["step"], desc="training", leave=True,
                            enabled=self.progress and fabric.is_global_zero)

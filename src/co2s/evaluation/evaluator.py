@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from co2s.data.dataset import WholeImages
+from co2s.data.scenes import SceneSet
 from co2s.evaluation.metrics import confusion_metric, scores_from_confusion
 from co2s.progress import progress_bar
 
@@ -13,7 +14,7 @@ from co2s.progress import progress_bar
 @torch.no_grad()
 def score_predictions(
     segmenter,
-    dataset: WholeImages,
+    dataset: WholeImages | SceneSet,
     predictions: list[str] | None = None,
     rank: int = 0,
     world_size: int = 1,
@@ -23,8 +24,14 @@ def score_predictions(
 
     Each image goes through :meth:`Segmenter.predict_many`, exactly what ``co2s predict`` writes.
     Under DDP each rank takes every ``world_size``-th image (no padding, so nothing is counted
-    twice) and the torchmetrics state is summed across ranks when computed.
+    twice) and the torchmetrics state is summed across ranks when computed. ``dataset`` may also be
+    the regions of scenes (:func:`co2s.data.scene_regions.load_regions`), scored in windows by
+    :func:`co2s.evaluation.scenes.score_scene_regions`.
     """
+    if isinstance(dataset, SceneSet):
+        from co2s.evaluation.scenes import score_scene_regions
+
+        return score_scene_regions(segmenter, dataset, predictions, rank, world_size, progress)
     data = segmenter.config.data
     predictions = predictions or segmenter.choices
     device = segmenter.device

@@ -28,15 +28,26 @@ def evaluate(segmenter, data=None, split: str = "test", out: str | os.PathLike |
     data = data or segmenter.config.data
     if list(data.classes) != segmenter.classes:
         raise DataError(f"the data config's classes {list(data.classes)} are not the model's {segmenter.classes}")
-    spec = getattr(data.splits, split, None)
-    if not spec:
-        raise DataError(f"data.splits.{split} is not set; give it in the config or with --set")
-    samples = read_split(spec, data, labelled=True, name=split)
-    # up front, as in training: files, image sizes and band counts, mask values
-    validate_samples(samples, LabelEncoder.from_config(data), data.validate_files, data.color_masks,
-                     f"checking {split}", channels=segmenter.in_channels, bands=data.bands)
     wanted = list(dict.fromkeys([segmenter.prediction, *(predictions or segmenter.choices)]))
-    scores_by_name = score_predictions(segmenter, WholeImages(samples, data), wanted, progress=progress)
+    if data.scenes is not None and getattr(data.scenes, split, None) is not None:
+        from co2s.data.scene_regions import load_regions
+        from co2s.evaluation.scenes import score_scene_regions
+
+        regions = load_regions(data, split, segmenter.in_channels, progress)
+        scores_by_name = score_scene_regions(segmenter, regions, wanted, progress=progress, data=data)
+        source, images = f"data.scenes.{split}: {regions.label_source}", len(regions.scenes)
+        extra = {"rasters": [str(s.path) for s in regions.scenes]}
+    else:
+        spec = getattr(data.splits, split, None)
+        if not spec:
+            scenes = f" (or data.scenes.{split})" if split in ("val", "test") and data.scenes is not None else ""
+            raise DataError(f"data.splits.{split}{scenes} is not set; give it in the config or with --set")
+        samples = read_split(spec, data, labelled=True, name=split)
+        # up front, as in training: files, image sizes and band counts, mask values
+        validate_samples(samples, LabelEncoder.from_config(data), data.validate_files, data.color_masks,
+                         f"checking {split}", channels=segmenter.in_channels, bands=data.bands)
+        scores_by_name = score_predictions(segmenter, WholeImages(samples, data), wanted, progress=progress)
+        source, images, extra = str(spec), len(samples), {}
     scores = scores_by_name[segmenter.prediction]
     keys = ("mIoU", "OA", "mF1", "IoU", "F1", "precision", "recall")
     result = {
@@ -48,8 +59,9 @@ def evaluate(segmenter, data=None, split: str = "test", out: str | os.PathLike |
         "pixels": scores["pixels"],
         "predictions": {name: {k: s[k] for k in (*keys, "confusion_matrix")} for name, s in scores_by_name.items()},
         "split": split,
-        "split_source": str(spec),
-        "images": len(samples),
+        "split_source": source,
+        "images": images,
+        **extra,
         "window": segmenter.tile,
         "stride": segmenter.stride,
         "blend": "hann",
@@ -86,7 +98,8 @@ def evaluate_checkpoint(
 
 
 def print_report(result: dict) -> None:
-    print(format_table({**result}, f"{result['split']} ({result['images']} images), "
+    unit = "rasters" if "rasters" in result else "images"
+    print(format_table({**result}, f"{result['split']} ({result['images']} {unit}), "
                        f"checkpoint {result['checkpoint']} step {result['checkpoint_step']}, "
                        f"prediction {result['prediction']}"))
     if len(result["predictions"]) > 1:

@@ -3,8 +3,9 @@
 A Segmenter holds the trained model(s), what to predict with them (one student, or a fusion of
 two), how images are read (bands, scaling; normalisation travels inside each model) and how they
 are tiled. Validation during training, ``co2s evaluate``, ``co2s predict`` on images and on whole
-scenes all call :meth:`Segmenter.predict_many` / :meth:`Segmenter.predict`, so a score in
-``metrics.json`` is a score of exactly what ``co2s predict`` writes.
+scenes all call :meth:`Segmenter.predict_many` / :meth:`Segmenter.predict` (regions of scenes:
+:meth:`Segmenter.predict_box`, the whole scene's tile grid restricted to the region), so a score
+in ``metrics.json`` is a score of exactly what ``co2s predict`` writes.
 
 Tiling rule: windows of ``eval.window`` (default the training crop) at ``eval.stride`` (default
 ``int(window * 5 / 6)``, SPEC 3.3), each tile's logits added with a separable Hann weight and
@@ -19,7 +20,7 @@ serves both jobs and evaluation never scores something predict does not write.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,6 +196,38 @@ class Segmenter(nn.Module):
                 if conf is not None:
                     out[p].confidence[y0 : y0 + h, x0 : x0 + w] = conf
         return out
+
+    @torch.no_grad()
+    def predict_box(self, read, height: int, width: int, box: tuple[int, int, int, int],
+                    predictions: list[str] | None = None, *, tile: int | None = None,
+                    overlap: float | None = None, tta: bool = False, precision: str = "fp32",
+                    batch_size: int | None = None, confidence: bool = False, on_progress=None
+                    ) -> Iterator[tuple[int, int, dict[str, Prediction]]]:
+        """The pixels of ``box`` ``(x0, y0, x1, y1)`` of a raster of ``height x width`` exactly as
+        predicting the whole raster gives them (``co2s predict`` on a scene): the tiles of the
+        whole raster's grid that cover the box, read with ``read(y, x, h, w)`` (raster pixels;
+        returns the scaled window and its validity, as for :func:`stream_prediction_maps`; a tile
+        without a valid pixel is skipped) and blended. Yields ``(y, x, {prediction: Prediction})``
+        pieces in raster pixels, clipped to the box; memory depends on the tiles, not the raster."""
+        predictions = predictions or [self.prediction]
+        x0, y0, x1, y1 = box
+        grid, oy, ox = TileGrid.over(height, width, *self.tiling(tile, overlap)).covering(y0, x0, y1, x1)
+
+        def local(y, x, h, w):
+            return read(y + oy, x + ox, h, w)
+
+        predictors = self.tile_predictors(predictions, precision, tta)
+        for py, px, pieces in stream_prediction_maps(local, grid, predictors, self.num_classes, predictions,
+                                                     batch_size or self.batch_size, self.device, confidence,
+                                                     on_progress):
+            ya, xa = py + oy, px + ox
+            h, w = next(iter(pieces.values()))[0].shape
+            top, left, bottom, right = max(ya, y0), max(xa, x0), min(ya + h, y1), min(xa + w, x1)
+            if bottom <= top or right <= left:
+                continue
+            rows, cols = slice(top - ya, bottom - ya), slice(left - xa, right - xa)
+            yield top, left, {p: Prediction(c[rows, cols], None if f is None else f[rows, cols])
+                              for p, (c, f) in pieces.items()}
 
     def predict(self, image: torch.Tensor, prediction: str | None = None, **options) -> Prediction:
         """Tiled, blended prediction of one image of any size: a scaled ``[C, H, W]`` tensor or

@@ -1,0 +1,338 @@
+"""Labels of whole scenes, read per window: polygons of a vector file or raster masks on any grid.
+
+A label source answers one question for a scene: the class of every pixel of a window, read at any
+output size (the training crops read a window of ``s x s`` scene pixels into ``crop x crop``).
+
+- **Vector** (:class:`VectorLabels`): polygons with a class attribute (GeoPackage, GeoJSON,
+  Shapefile, ... through pyogrio), checked once when loaded, reprojected to each scene's CRS and
+  put in the scene's pixel coordinates; each window is rasterised on its own grid
+  (``rasterio.features.rasterize``, pixel centres, later features over earlier ones). Pixels in
+  no polygon are ``ignore_index`` (sparse labels), or ``background`` when the labels are complete.
+- **Raster masks** (:class:`MaskLabels`): single-band index masks on the scene's grid, or on any
+  other grid and CRS, warped onto the scene's grid (``WarpedVRT``, nearest); values go through the
+  config's label handling (:class:`LabelEncoder`); mask nodata and pixels outside every mask are
+  ``ignore_index``.
+
+Every problem is a :class:`DataError` naming the file (and the feature ids).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from co2s.data.io import open_raster
+from co2s.data.labels import LabelEncoder
+from co2s.errors import DataError
+
+#: OGR geometry type ids (shapely.get_type_id) that label pixels: Polygon, MultiPolygon
+POLYGONAL = (3, 6)
+GEOMETRY_NAMES = {0: "Point", 1: "LineString", 2: "LinearRing", 3: "Polygon", 4: "MultiPoint",
+                  5: "MultiLineString", 6: "MultiPolygon", 7: "GeometryCollection"}
+
+
+def _shown(items: list, limit: int = 8) -> str:
+    text = ", ".join(str(i) for i in items[:limit])
+    return text + (f", ... ({len(items)} in all)" if len(items) > limit else "")
+
+
+def window_transform(x0: float, y0: float, width: float, height: float, out_shape: tuple[int, int]):
+    """Affine from the output pixels of a window to the scene's pixel coordinates."""
+    from affine import Affine
+
+    return Affine(width / out_shape[1], 0.0, x0, 0.0, height / out_shape[0], y0)
+
+
+def parse_crs(value, what: str):
+    """A rasterio CRS from a file's CRS (string or CRS); a missing or unknown one is a DataError."""
+    from rasterio.crs import CRS
+    from rasterio.errors import CRSError
+
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise DataError(f"{what} has no CRS: scene labels are placed by their coordinates, so every "
+                        "raster and vector file needs one (QGIS: Layer > Set CRS; GDAL: gdal_edit -a_srs)")
+    try:
+        crs = value if isinstance(value, CRS) else CRS.from_user_input(value)
+    except CRSError as exc:
+        raise DataError(f"{what} has an unknown CRS {str(value)[:80]!r}: {exc}") from None
+    if not crs.to_wkt():
+        raise DataError(f"{what} has an unknown CRS {str(value)[:80]!r}")
+    return crs
+
+
+# ---------------------------------------------------------------------------------------------
+# vector labels
+# ---------------------------------------------------------------------------------------------
+
+
+class VectorLabels:
+    """The polygons of one vector layer with their class indices, checked up front.
+
+    ``values`` are class indices ``0..K-1`` or ``ignore_index`` (a polygon explicitly unlabelled);
+    the attribute holds class names of ``classes`` or integer indices.
+    """
+
+    def __init__(self, path: Path, layer: str | None, attribute: str, classes: list[str],
+                 ignore_index: int, where: str | None = None, key: str = "data.scenes.labels") -> None:
+        import pyogrio
+        import shapely
+
+        self.path, self.attribute, self.ignore_index = path, attribute, ignore_index
+        if not path.exists():
+            raise DataError(f"vector labels not found: {path}")
+        try:
+            layers = [str(name) for name, _ in pyogrio.list_layers(path)]
+        except Exception as exc:  # pyogrio's DataSourceError and friends
+            raise DataError(f"cannot read vector file {path}: {exc}") from None
+        if layer is None:
+            if len(layers) != 1:
+                raise DataError(f"{path} holds {len(layers)} layers ({_shown(layers)}): set "
+                                f"{key}.layer to the one with the labels")
+            layer = layers[0]
+        elif layer not in layers:
+            raise DataError(f"{path} has no layer {layer!r}; its layers: {_shown(layers)}")
+        self.layer = layer
+        self.where = where
+        where = f"{path} (layer {layer})"
+        try:
+            info = pyogrio.read_info(path, layer=layer)
+        except Exception as exc:
+            raise DataError(f"cannot read vector file {where}: {exc}") from None
+        fields = [str(f) for f in info["fields"]]
+        if attribute not in fields:
+            raise DataError(f"{where} has no attribute {attribute!r} ({key}.attribute); "
+                            f"its attributes: {', '.join(fields) if fields else 'none'}")
+        self.crs = parse_crs(info["crs"], f"vector file {where}")
+        try:
+            _, fids, wkb, (values,) = pyogrio.raw.read(path, layer=layer, columns=[attribute],
+                                                        return_fids=True, force_2d=True, where=self.where)
+        except Exception as exc:
+            filtered = f" with {key}.where {self.where!r}" if self.where else ""
+            raise DataError(f"cannot read vector file {where}{filtered}: {exc}") from None
+        if len(wkb) == 0:
+            if self.where:
+                raise DataError(f"{where}: no feature matches {key}.where {self.where!r}")
+            raise DataError(f"{where} has no features")
+        self.fids = np.asarray(fids if fids is not None else np.arange(len(wkb)))
+        missing = [int(f) for f, g in zip(self.fids, wkb) if g is None]
+        if missing:
+            raise DataError(f"{where}: feature id(s) {_shown(missing)} have no geometry")
+        geoms = shapely.from_wkb(np.asarray(wkb, dtype=object))
+        empty = self.fids[shapely.is_empty(geoms)].tolist()
+        if empty:
+            raise DataError(f"{where}: feature id(s) {_shown(empty)} have an empty geometry")
+        types = shapely.get_type_id(geoms)
+        other = [f"{int(f)} ({GEOMETRY_NAMES.get(int(t), t)})" for f, t in zip(self.fids, types)
+                 if t not in POLYGONAL]
+        if other:
+            raise DataError(f"{where}: feature id(s) {_shown(other)} are not polygons; labels are "
+                            "polygons (buffer lines and points into polygons first)")
+        self.geoms = geoms
+        self.values = self._class_indices(values, classes, where)
+
+    def _class_indices(self, values: np.ndarray, classes: list[str], where: str) -> np.ndarray:
+        index = {name: i for i, name in enumerate(classes)}
+        out = np.empty(len(values), np.int64)
+        nulls, bad = [], []
+        for i, (fid, value) in enumerate(zip(self.fids.tolist(), values.tolist())):
+            if value is None or (isinstance(value, float) and not np.isfinite(value)):
+                nulls.append(fid)
+                continue
+            if isinstance(value, str) and value in index:
+                out[i] = index[value]
+                continue
+            number = None
+            if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+                number = int(value)
+            elif isinstance(value, float) and value == int(value):
+                number = int(value)
+            elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+                number = int(value.strip())
+            if number is not None and (0 <= number < len(classes) or number == self.ignore_index):
+                out[i] = number
+            else:
+                bad.append((fid, value))
+        if nulls:
+            raise DataError(f"{where}: feature id(s) {_shown(nulls)} have no class (attribute "
+                            f"{self.attribute!r} is empty)")
+        if bad:
+            values_seen = sorted({repr(v) for _, v in bad})
+            raise DataError(
+                f"{where}: class value(s) {_shown(values_seen)} of attribute {self.attribute!r} are "
+                f"not in data.classes {classes} (nor a class index 0..{len(classes) - 1}): feature "
+                f"id(s) {_shown([f'{f} ({v!r})' for f, v in bad], 5)}"
+            )
+        return out
+
+    def in_pixels(self, crs, transform, what: str) -> np.ndarray:
+        """The polygons in the pixel coordinates of a scene with ``crs`` and ``transform``,
+        reprojected when the CRSs differ."""
+        import shapely
+        from rasterio.warp import transform as reproject_points
+
+        inverse = ~transform
+        same = crs == self.crs
+
+        def to_pixels(xy: np.ndarray) -> np.ndarray:
+            x, y = xy[:, 0], xy[:, 1]
+            if not same and len(x):
+                x, y = (np.asarray(v, dtype=np.float64) for v in reproject_points(self.crs, crs, x, y))
+            return np.column_stack([inverse.a * x + inverse.b * y + inverse.c,
+                                    inverse.d * x + inverse.e * y + inverse.f])
+
+        pixels = shapely.transform(self.geoms, to_pixels)
+        bounds = shapely.bounds(pixels)
+        broken = self.fids[~np.isfinite(bounds).all(1)].tolist()
+        if broken:
+            raise DataError(f"{self.path}: feature id(s) {_shown(broken)} cannot be reprojected from "
+                            f"{self.crs.to_string()} to the CRS of {what} ({crs.to_string()})")
+        return pixels
+
+    def for_scene(self, pixels: np.ndarray, fill: int) -> VectorSceneLabels:
+        return VectorSceneLabels(pixels, self.values, fill, self.ignore_index)
+
+
+class VectorSceneLabels:
+    """The polygons of one scene (pixel coordinates), rasterised onto any window."""
+
+    def __init__(self, geoms: np.ndarray, values: np.ndarray, fill: int, ignore_index: int) -> None:
+        self.geoms, self.values, self.fill, self.ignore_index = geoms, values, fill, ignore_index
+        self._tree = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_tree": None}  # rebuilt in each process
+
+    @property
+    def tree(self):
+        if self._tree is None:
+            import shapely
+
+            self._tree = shapely.STRtree(self.geoms)
+        return self._tree
+
+    @property
+    def complete(self) -> bool:
+        return self.fill != self.ignore_index
+
+    def _hits(self, x0: float, y0: float, width: float, height: float) -> np.ndarray:
+        import shapely
+
+        hits = self.tree.query(shapely.box(x0, y0, x0 + width, y0 + height), predicate="intersects")
+        return np.sort(hits)  # file order: later features are drawn over earlier ones
+
+    def touches(self, x0: float, y0: float, width: float, height: float) -> bool:
+        """Whether the window may hold labelled pixels."""
+        return self.complete or self._hits(x0, y0, width, height).size > 0
+
+    def read(self, x0: float, y0: float, width: float, height: float, out_shape: tuple[int, int]) -> np.ndarray:
+        """Labels ``[h, w]`` int64 of the window ``(x0, y0, width, height)`` (scene pixels) read
+        into ``out_shape``: a pixel takes the class of the last polygon holding its centre."""
+        from rasterio.features import rasterize
+
+        hits = self._hits(x0, y0, width, height)
+        if hits.size == 0:
+            return np.full(out_shape, self.fill, np.int64)
+        dtype = "uint8" if max(self.fill, int(self.values[hits].max())) < 256 else "int32"
+        burnt = rasterize(zip(self.geoms[hits], self.values[hits].tolist()), out_shape=out_shape,
+                          fill=self.fill, transform=window_transform(x0, y0, width, height, out_shape),
+                          all_touched=False, dtype=dtype)
+        return burnt.astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# raster masks
+# ---------------------------------------------------------------------------------------------
+
+
+class MaskLabels:
+    """Raster masks of one scene: each on the scene's grid or warped onto it (nearest)."""
+
+    def __init__(self, masks: list[Path], grid: dict, encoder: LabelEncoder, what: str) -> None:
+        """``grid``: the scene's ``crs``, ``transform``, ``width``, ``height``; masks that do not
+        reach the scene are left out (:func:`mask_extent` tells which do)."""
+        self.masks, self.grid, self.encoder = masks, grid, encoder
+        self.ignore_index = encoder.ignore_index
+        self.extents = [mask_extent(m, grid, what) for m in masks]
+        self._open: dict | None = None
+        self._pid = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_open": None, "_pid": None}  # never pickle an open dataset
+
+    def _readers(self) -> list:
+        """The masks opened in this process (on first use; warped when not on the scene's grid)."""
+        if self._open is None or self._pid != os.getpid():
+            from rasterio.enums import Resampling
+            from rasterio.vrt import WarpedVRT
+
+            readers = []
+            for path, (same, _) in zip(self.masks, self.extents):
+                dataset = open_raster(path)
+                if not same:
+                    g = self.grid
+                    dataset = WarpedVRT(dataset, crs=g["crs"], transform=g["transform"], width=g["width"],
+                                        height=g["height"], resampling=Resampling.nearest, add_alpha=True)
+                readers.append(dataset)
+            self._open, self._pid = readers, os.getpid()
+        return self._open
+
+    def touches(self, x0: float, y0: float, width: float, height: float) -> bool:
+        return any(_overlap((x0, y0, x0 + width, y0 + height), box) for _, box in self.extents)
+
+    def read(self, x0: float, y0: float, width: float, height: float, out_shape: tuple[int, int]) -> np.ndarray:
+        """Labels ``[h, w]`` int64 of the window read into ``out_shape`` (nearest); later masks
+        win where they are labelled."""
+        from rasterio.enums import Resampling
+        from rasterio.errors import RasterioError
+        from rasterio.windows import Window
+
+        out = np.full(out_shape, self.ignore_index, np.int64)
+        window = Window(x0, y0, width, height)
+        for path, (_, box), reader in zip(self.masks, self.extents, self._readers()):
+            if not _overlap((x0, y0, x0 + width, y0 + height), box):
+                continue
+            try:
+                raw = reader.read(1, window=window, out_shape=out_shape, resampling=Resampling.nearest,
+                                  boundless=False)
+                present = reader.read_masks(1, window=window, out_shape=out_shape,
+                                            resampling=Resampling.nearest) > 0
+            except RasterioError as exc:
+                raise DataError(f"{path}: cannot read a window of the mask: {exc}") from None
+            labels = np.full(out_shape, self.ignore_index, np.int64)
+            labels[present] = self.encoder.encode(raw[present], f"mask {path}")  # nodata: any value
+            known = labels != self.ignore_index
+            out[known] = labels[known]
+        return out
+
+
+def _overlap(a: tuple, b: tuple) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def mask_extent(path: Path, grid: dict, what: str) -> tuple[bool, tuple[float, float, float, float]]:
+    """``(same_grid, (x0, y0, x1, y1))``: whether the mask is on the scene's grid, and its extent
+    in the scene's pixel coordinates."""
+    from rasterio.warp import transform_bounds
+
+    with open_raster(path) as src:
+        if src.count != 1:
+            raise DataError(f"mask {path} has {src.count} bands; a mask must have one band")
+        size = (src.width, src.height) == (grid["width"], grid["height"])
+        if src.crs is None and grid["crs"] is None:
+            if not size:
+                raise DataError(f"mask {path} ({src.width}x{src.height}) and {what} "
+                                f"({grid['width']}x{grid['height']}) have no CRS and differ in size: "
+                                "cannot place the mask on the scene")
+            return True, (0.0, 0.0, float(grid["width"]), float(grid["height"]))
+        mask_crs = parse_crs(src.crs, f"mask {path}")
+        scene_crs = parse_crs(grid["crs"], what)
+        if mask_crs == scene_crs and size and src.transform.almost_equals(grid["transform"]):
+            return True, (0.0, 0.0, float(grid["width"]), float(grid["height"]))
+        left, bottom, right, top = transform_bounds(mask_crs, scene_crs, *src.bounds, densify_pts=21)
+    inv = ~grid["transform"]
+    corners = ((left, bottom), (left, top), (right, bottom), (right, top))
+    xs = [inv.a * x + inv.b * y + inv.c for x, y in corners]
+    ys = [inv.d * x + inv.e * y + inv.f for x, y in corners]
+    return False, (min(xs), min(ys), max(xs), max(ys))

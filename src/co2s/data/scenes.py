@@ -1,0 +1,543 @@
+"""Whole scenes as a training source (SPEC 3.1b): windowed crops of large rasters with sparse labels.
+
+``data.scenes`` names rasters (GeoTIFF/COG of any size) and their labels (a vector file or raster
+masks, :mod:`co2s.data.scene_labels`). Nothing ever reads a whole scene: every training crop is a
+windowed read at the crop's resolution, so memory is bounded by the crop.
+
+- :func:`load_scenes` checks everything up front (files, CRSs, bands, class values, geometries
+  outside every raster, a window read) and builds the index of labelled pixels: per block of
+  ``BLOCK`` x ``BLOCK`` scene pixels, the valid labelled pixels per class. Its totals are the
+  class table printed at start-up (:class:`LabelStats`).
+- :class:`LabelledSceneCrops`: items as :class:`co2s.data.dataset.LabelledCrops` gives them. A crop
+  is anchored on one labelled pixel drawn uniformly among all labelled pixels of all scenes
+  (stratified over an epoch: item ``i`` of ``N`` takes its anchor from the ``i``-th ``1/N`` of the
+  labelled pixels, so a polygon holding a ``1/N`` share is in at least one crop per epoch), then
+  a random rescale (``train.scale_range``) sets the window read (``crop / ratio`` scene pixels
+  into ``crop`` pixels: images bilinear, labels nearest) and a random position that keeps the
+  anchor inside.
+- :class:`UnlabelledScenePairs`: items as :class:`co2s.data.dataset.UnlabelledPairs` gives them;
+  windows are drawn uniformly over the scenes' area (stratified per epoch), redrawn when they hold
+  labelled pixels (``exclude_labelled``) or less than ``min_valid`` valid pixels; the CutMix source
+  is a different window.
+
+Validation and test regions (``data.scenes.val`` / ``test``, :mod:`co2s.data.scene_regions`) that
+fall on a scene are its ``held_out`` sources: ignore in its training labels, never valid in an
+unlabelled crop.
+
+Items depend only on the ``(index, seed)`` keys of the trainer's sampler, so training is
+deterministic and resumable. Rasters are opened lazily in each process (data-loader workers
+included) and never pickled open.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from co2s.data.dataset import _split_key
+from co2s.data.io import check_bands, open_raster, raster_nodata_flags, raster_valid, scale_image
+from co2s.data.labels import LabelEncoder
+from co2s.data.scene_labels import MaskLabels, VectorLabels, mask_extent, parse_crs
+from co2s.data.sources import LabelStats, resolve
+from co2s.data.transforms import (
+    CutMixParams,
+    StrongViewParams,
+    WeakViewParams,
+    _randint,
+    _uniform,
+    cutmix_box,
+    strong_view,
+    weak_view,
+)
+from co2s.errors import DataError
+from co2s.progress import progress_bar
+
+#: side of the index blocks (scene pixels): labelled pixels are counted per block
+BLOCK = 256
+#: a raster stored as one block larger than this (pixels) cannot be read window-wise
+ONE_BLOCK_LIMIT = 4096 * 4096
+#: windows drawn for an unlabelled crop before the best one is taken
+UNLABELLED_TRIES = 16
+_GLOB = set("*?[")
+
+
+# ---------------------------------------------------------------------------------------------
+# scenes
+# ---------------------------------------------------------------------------------------------
+
+
+class Scene:
+    """One raster: its grid, selected bands and labels; opened lazily in each process."""
+
+    def __init__(self, path: Path, dataset, bands: list[int], scale) -> None:
+        self.path, self.bands, self.scale = path, bands, scale
+        self.width, self.height = dataset.width, dataset.height
+        self.crs, self.transform = dataset.crs, dataset.transform
+        self.flags = raster_nodata_flags(dataset, bands)
+        self.labels = None  # VectorSceneLabels or MaskLabels, set by load_scenes
+        self.held_out: list = []  # label sources of validation/test regions here: never trained on
+        self._dataset, self._pid = None, None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_dataset": None, "_pid": None}  # never pickle an open dataset
+
+    @property
+    def grid(self) -> dict:
+        return {"crs": self.crs, "transform": self.transform, "width": self.width, "height": self.height}
+
+    @property
+    def dataset(self):
+        if self._dataset is None or self._pid != os.getpid():
+            self._dataset, self._pid = open_raster(self.path), os.getpid()
+        return self._dataset
+
+    def _window(self, x0: int, y0: int, width: int, height: int):
+        from rasterio.windows import Window
+
+        return Window(x0, y0, width, height)
+
+    def valid(self, x0: int, y0: int, width: int, height: int, out_shape: tuple[int, int] | None = None,
+              raw: np.ndarray | None = None) -> np.ndarray | None:
+        """Valid pixels of a window (the data layer's nodata rule), None when all are."""
+        from rasterio.errors import RasterioError
+
+        try:
+            return raster_valid(self.dataset, self.bands, self._window(x0, y0, width, height), raw,
+                                self.flags, out_shape)
+        except RasterioError as exc:
+            raise DataError(f"{self.path}: cannot read a window: {exc}") from None
+
+    def read(self, x0: int, y0: int, width: int, height: int, out_shape: tuple[int, int]
+             ) -> tuple[np.ndarray, np.ndarray]:
+        """Scaled image ``[C, h, w]`` of a window read into ``out_shape`` (bilinear; invalid
+        pixels 0) and its valid pixels ``[h, w]``."""
+        from rasterio.enums import Resampling
+        from rasterio.errors import RasterioError
+
+        try:
+            raw = self.dataset.read(self.bands, window=self._window(x0, y0, width, height),
+                                    out_shape=(len(self.bands), *out_shape), resampling=Resampling.bilinear)
+        except RasterioError as exc:
+            raise DataError(f"{self.path}: cannot read a window: {exc}") from None
+        valid = self.valid(x0, y0, width, height, out_shape, raw)
+        image = scale_image(raw, self.scale)
+        if self.flags[1]:
+            image[~np.isfinite(image)] = 0
+        if valid is None:
+            valid = np.ones(out_shape, bool)
+        image[:, ~valid] = 0
+        return image, valid
+
+    def labels_of(self, x0: int, y0: int, width: int, height: int, out_shape: tuple[int, int],
+                  valid: np.ndarray | None, ignore_index: int) -> np.ndarray:
+        """Labels of a window (``ignore_index`` on invalid and held-out pixels)."""
+        labels = self.labels.read(x0, y0, width, height, out_shape)
+        held = self.held_out_mask(x0, y0, width, height, out_shape)
+        if held is not None:
+            labels[held] = ignore_index
+        if valid is not None:
+            labels[~valid] = ignore_index
+        return labels
+
+
+    def held_out_mask(self, x0: int, y0: int, width: int, height: int, out_shape: tuple[int, int]
+                      ) -> np.ndarray | None:
+        """Pixels of a window inside validation/test regions (``data.scenes.val`` / ``test``), None
+        when there are none: they are never labelled for training nor in an unlabelled crop."""
+        mask = None
+        for source in self.held_out:
+            if source.touches(x0, y0, width, height):
+                held = source.read(x0, y0, width, height, out_shape) != source.ignore_index
+                mask = held if mask is None else mask | held
+        return mask
+
+
+def _expand(patterns: list[str], root: Path, what: str) -> list[Path]:
+    paths: list[Path] = []
+    for pattern in patterns:
+        full = resolve(root, pattern)
+        if _GLOB & set(pattern):
+            found = sorted(Path(p) for p in glob.glob(str(full), recursive=True) if Path(p).is_file())
+            if not found:
+                raise DataError(f"{what}: {pattern!r} matches no file under {root}")
+        else:
+            if not full.is_file():
+                raise DataError(f"{what}: {full} not found" + (" (a directory)" if full.is_dir() else ""))
+            found = [full]
+        paths += [p for p in found if p.resolve() not in {q.resolve() for q in paths}]
+    return paths
+
+
+def _open_scene(path: Path, data, channels: int | None) -> Scene:
+    from rasterio.errors import RasterioError
+    from rasterio.windows import Window
+
+    dataset = open_raster(path)
+    try:
+        if dataset.count == 0:
+            raise DataError(f"{path}: the raster has no bands")
+        bands = list(data.bands or range(1, dataset.count + 1))
+        check_bands(path, bands, dataset.count)
+        if data.bands is None and channels is not None and dataset.count != channels:
+            raise DataError(f"{path}: has {dataset.count} band(s) but the config expects {channels} "
+                            "(model.in_channels, else len(data.bands), else len(data.mean), else 3): "
+                            "set data.bands to the bands to read")
+        block_h, block_w = dataset.block_shapes[0]
+        if (block_h >= dataset.height and block_w >= dataset.width
+                and dataset.height * dataset.width > ONE_BLOCK_LIMIT):
+            raise DataError(
+                f"{path}: cannot be read window-wise: it is stored as one {dataset.width}x"
+                f"{dataset.height} block, so every crop would decode the whole scene; convert it to a "
+                "tiled GeoTIFF or COG (gdal_translate -of COG in.tif out.tif)")
+        try:  # a corner window at each end: a truncated or unreadable file stops here
+            for x, y in ((0, 0), (dataset.width - 1, dataset.height - 1)):
+                dataset.read(bands, window=Window(x, y, 1, 1))
+        except RasterioError as exc:
+            raise DataError(f"{path}: cannot be read window-wise: {exc}") from None
+        return Scene(path, dataset, bands, data.scale)
+    finally:
+        dataset.close()
+
+
+@dataclass
+class SceneSet:
+    """The checked scenes and the index of their labelled pixels."""
+
+    scenes: list[Scene]
+    num_classes: int
+    ignore_index: int
+    label_source: str  # the vector file or masks, for messages
+    block_scene: np.ndarray  # [B] scene of each block holding labelled pixels
+    block_origin: np.ndarray  # [B, 2] (x0, y0) of each block, scene pixels
+    block_counts: np.ndarray  # [B, num_classes] valid labelled pixels per class
+    block: int = BLOCK  # side of the blocks
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Valid labelled pixels per class over all scenes."""
+        return self.block_counts.sum(0) if len(self.block_counts) else np.zeros(self.num_classes, np.int64)
+
+    @property
+    def labelled_pixels(self) -> int:
+        return int(self.counts.sum())
+
+    @property
+    def area(self) -> int:
+        return sum(s.width * s.height for s in self.scenes)
+
+    def stats(self) -> LabelStats:
+        """The class table's counts: labelled pixels per class; ignored = every other pixel."""
+        return LabelStats(self.counts.copy(), ignored=self.area - self.labelled_pixels, masks=len(self.scenes))
+
+    def block_labels(self, block: int) -> tuple[Scene, int, int, np.ndarray]:
+        """``(scene, x0, y0, labels)`` of an index block at native resolution, ``ignore_index``
+        on invalid pixels (what the index counted)."""
+        scene = self.scenes[int(self.block_scene[block])]
+        x0, y0 = (int(v) for v in self.block_origin[block])
+        w, h = min(self.block, scene.width - x0), min(self.block, scene.height - y0)
+        valid = scene.valid(x0, y0, w, h)
+        return scene, x0, y0, scene.labels_of(x0, y0, w, h, (h, w), valid, self.ignore_index)
+
+
+def load_scenes(data, channels: int | None = None, progress: bool = True) -> SceneSet:
+    """Open and check ``data.scenes`` and index its labelled pixels (a :class:`DataError` names
+    the file, and the feature ids, of the first problem)."""
+    cfg = data.scenes
+    if cfg is None:
+        raise DataError("data.scenes is not set")
+    root = Path(data.root).expanduser()
+    scenes = [_open_scene(p, data, channels) for p in _expand(cfg.rasters, root, "data.scenes.rasters")]
+    source, vector = attach_labels(scenes, cfg.labels, data, root, "data.scenes.labels", "data.scenes.rasters")
+    if cfg.val is not None or cfg.test is not None:
+        from co2s.data.scene_regions import attach_held_out
+
+        attach_held_out(scenes, data, root, vector)
+    return _index(scenes, data.num_classes, data.ignore_index, source, progress)
+
+
+def attach_labels(scenes: list[Scene], labels, data, root: Path, key: str, rasters_key: str,
+                  attribute: str | None = None) -> tuple[str, VectorLabels | None]:
+    """Set each scene's ``labels`` from the vector or raster source of ``labels`` (a labels or
+    regions config at ``key``; ``attribute`` overrides its own); features or masks outside every
+    scene are errors. Returns the source's name for messages, and the vector labels if any."""
+    if labels.vector is not None:
+        import shapely
+
+        vector = VectorLabels(vector_file(root, labels.vector), labels.layer, attribute or labels.attribute,
+                              list(data.classes), data.ignore_index, labels.where, key)
+        fill = data.classes.index(labels.background) if labels.complete else data.ignore_index
+        inside = np.zeros(len(vector.values), bool)
+        for scene in scenes:
+            crs = parse_crs(scene.crs, f"raster {scene.path}")
+            pixels = vector.in_pixels(crs, scene.transform, f"raster {scene.path}")
+            inside |= shapely.intersects(pixels, shapely.box(0, 0, scene.width, scene.height))
+            scene.labels = vector.for_scene(pixels, fill)
+        outside = vector.fids[~inside].tolist()
+        if outside:
+            names = ", ".join(s.path.name for s in scenes[:5]) + (" ..." if len(scenes) > 5 else "")
+            raise DataError(f"{vector.path}: feature id(s) {', '.join(map(str, outside[:8]))}"
+                            f"{' ...' if len(outside) > 8 else ''} lie outside every raster ({names}): "
+                            f"a wrong CRS on the vector file, or a raster missing from {rasters_key}?")
+        return str(vector.path), vector
+    encoder = LabelEncoder.from_config(data)
+    masks = _expand(labels.raster, root, f"{key}.raster")
+    reach = {m: False for m in masks}
+    for scene in scenes:
+        grid = scene.grid
+        here = [m for m in masks if _within(mask_extent(m, grid, f"raster {scene.path}")[1], scene)]
+        for m in here:
+            reach[m] = True
+        scene.labels = MaskLabels(here, grid, encoder, f"raster {scene.path}")
+    lost = [str(m) for m, hit in reach.items() if not hit]
+    if lost:
+        raise DataError(f"mask(s) {', '.join(lost)} lie outside every raster of {rasters_key} "
+                        "(a wrong CRS or transform?)")
+    return ", ".join(str(m) for m in masks), None
+
+
+def vector_file(root: Path, spec: str) -> Path:
+    """A vector file of the config: under ``data.root``, else in the working folder (where
+    ``co2s splits --out`` wrote it), as tile split entries are found."""
+    path = resolve(root, spec)
+    return Path(spec).expanduser() if not path.exists() and Path(spec).expanduser().exists() else path
+
+
+def _within(box: tuple, scene: Scene) -> bool:
+    return box[0] < scene.width and box[2] > 0 and box[1] < scene.height and box[3] > 0
+
+
+def _index(scenes: list[Scene], num_classes: int, ignore_index: int, source: str, progress: bool) -> SceneSet:
+    """Count the valid labelled pixels per class of every block that may hold labels."""
+    block = BLOCK
+    candidates = []
+    for i, scene in enumerate(scenes):
+        for y0 in range(0, scene.height, block):
+            for x0 in range(0, scene.width, block):
+                w, h = min(block, scene.width - x0), min(block, scene.height - y0)
+                if scene.labels.touches(x0, y0, w, h):
+                    candidates.append((i, x0, y0))
+    which, origins, counts = [], [], []
+    for i, x0, y0 in progress_bar(candidates, desc="indexing scene labels",
+                                  enabled=progress and len(candidates) >= 400):
+        scene = scenes[i]
+        w, h = min(block, scene.width - x0), min(block, scene.height - y0)
+        labels = scene.labels_of(x0, y0, w, h, (h, w), scene.valid(x0, y0, w, h), ignore_index)
+        known = labels[labels != ignore_index]
+        if known.size:
+            which.append(i)
+            origins.append((x0, y0))
+            counts.append(np.bincount(known, minlength=num_classes)[:num_classes])
+    return SceneSet(
+        scenes, num_classes, ignore_index, source,
+        np.asarray(which, np.int64), np.asarray(origins, np.int64).reshape(-1, 2),
+        np.asarray(counts, np.int64).reshape(-1, num_classes), block,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# pools and datasets
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScenePool:
+    """What the trainer sizes an epoch with: one pool (labelled or unlabelled) of a scene set.
+
+    ``len`` is ``data.scenes.samples_per_epoch``, else the crops that cover the pool once at
+    scale 1: labelled pixels / crop_size^2 (labelled), scene pixels / crop_size^2 (unlabelled)."""
+
+    scenes: SceneSet
+    labelled: bool
+    length: int
+    exclude_labelled: bool = True
+    min_valid: float = 0.5
+
+    def __len__(self) -> int:
+        return self.length
+
+
+def scene_pools(scene_set: SceneSet, data, crop_size: int) -> tuple[ScenePool, ScenePool]:
+    """The labelled and unlabelled pools of ``data.scenes`` (errors when one is empty)."""
+    cfg = data.scenes
+    if scene_set.labelled_pixels == 0:
+        raise DataError(f"{scene_set.label_source}: no valid labelled pixel in any raster of "
+                        "data.scenes.rasters (labels over nodata only?)")
+    per = cfg.samples_per_epoch
+    labelled = ScenePool(scene_set, True, per or max(1, math.ceil(scene_set.labelled_pixels / crop_size**2)))
+    unlabelled = ScenePool(scene_set, False, per or max(2, math.ceil(scene_set.area / crop_size**2)),
+                           cfg.exclude_labelled, cfg.min_valid)
+    return labelled, unlabelled
+
+
+def _scale_window(generator: torch.Generator, crop: int, scale_range: tuple[float, float]) -> int:
+    """Scene pixels a window spans for a random rescale ``ratio`` in ``scale_range``: ``crop / ratio``."""
+    ratio = _uniform(generator, *scale_range)
+    return max(1, round(crop / ratio))
+
+
+def _axis(start: int, span: int, size: int, crop: int) -> tuple[int, int, int]:
+    """``(offset, length, out_length)`` along one axis of a window of ``span`` scene pixels
+    starting at ``start``: a span longer than the scene reads all of it, smaller (padded later)."""
+    if span >= size:
+        return 0, size, max(1, min(crop, round(size * crop / span)))
+    return min(max(start, 0), size - span), span, crop
+
+
+@dataclass(frozen=True)
+class _Window:
+    scene: int
+    x0: int
+    y0: int
+    width: int
+    height: int
+    out: tuple[int, int]
+
+    def name(self, scene: Scene) -> str:
+        return f"{scene.path}#window={self.x0},{self.y0},{self.width}x{self.height}"
+
+
+def _window(scene_index: int, scene: Scene, x: int, y: int, span: int, crop: int) -> _Window:
+    x0, w, ow = _axis(x, span, scene.width, crop)
+    y0, h, oh = _axis(y, span, scene.height, crop)
+    return _Window(scene_index, x0, y0, w, h, (oh, ow))
+
+
+def _identity_view(params: WeakViewParams) -> WeakViewParams:
+    """The weak view without its rescale (the window read did it): pad, crop, flip."""
+    return WeakViewParams(crop_size=params.crop_size, scale_range=(1.0, 1.0), hflip_p=params.hflip_p,
+                          ignore_index=params.ignore_index)
+
+
+class LabelledSceneCrops(Dataset):
+    """Labelled crops of scenes, items as :class:`co2s.data.dataset.LabelledCrops`: ``image``
+    ``[C, crop, crop]`` (scaled, not normalised), ``mask`` (``ignore_index`` where unlabelled,
+    invalid or padding) and ``path`` (the raster and window)."""
+
+    def __init__(self, pool: ScenePool, params: WeakViewParams) -> None:
+        self.pool, self.set = pool, pool.scenes
+        self.params, self.view = params, _identity_view(params)
+        self.crop = params.crop_size[0]
+        self.cumulative = np.cumsum(self.set.block_counts.sum(1))
+
+    def __len__(self) -> int:
+        return len(self.pool)
+
+    def anchor(self, fraction: float) -> tuple[int, int, int]:
+        """``(scene, x, y)`` of the labelled pixel at ``fraction`` of all labelled pixels (blocks
+        in index order, pixels in raster order within a block)."""
+        total = int(self.cumulative[-1])
+        target = min(int(fraction * total), total - 1)
+        block = int(np.searchsorted(self.cumulative, target, side="right"))
+        before = int(self.cumulative[block - 1]) if block else 0
+        scene, x0, y0, labels = self.set.block_labels(block)
+        flat = np.flatnonzero(labels.ravel() != self.set.ignore_index)
+        if flat.size == 0:  # the index and the block disagree: the data changed under the run
+            raise DataError(f"{scene.path}: the labels of block ({x0}, {y0}) changed since the run started")
+        row, col = divmod(int(flat[min(target - before, flat.size - 1)]), labels.shape[1])
+        return int(self.set.block_scene[block]), x0 + col, y0 + row
+
+    def __getitem__(self, key) -> dict:
+        index, seed = _split_key(key)
+        generator = torch.Generator().manual_seed(seed)
+        fraction = (index % len(self) + _uniform(generator, 0.0, 1.0)) / len(self)
+        scene_index, ax, ay = self.anchor(fraction)
+        scene = self.set.scenes[scene_index]
+        span = _scale_window(generator, self.crop, self.params.scale_range)
+        x = ax - _randint(generator, 0, span - 1)
+        y = ay - _randint(generator, 0, span - 1)
+        w = _window(scene_index, scene, x, y, span, self.crop)
+        image, valid = scene.read(w.x0, w.y0, w.width, w.height, w.out)
+        labels = scene.labels_of(w.x0, w.y0, w.width, w.height, w.out, valid, self.set.ignore_index)
+        image, mask, _ = weak_view(torch.from_numpy(image), torch.from_numpy(labels), self.view, generator,
+                                   torch.from_numpy(valid))
+        return {"image": image, "mask": mask, "path": w.name(scene)}
+
+
+class UnlabelledScenePairs(Dataset):
+    """Unlabelled crops of scenes for the UniMatch-style methods, items as
+    :class:`co2s.data.dataset.UnlabelledPairs`: the weak view, two strong views and two CutMix
+    boxes of a window ``u``, the views of a *different* window ``u'`` (the CutMix source),
+    ``valid`` False on nodata, padding and (``exclude_labelled``) labelled pixels, ``u_gt`` the
+    window's labels where it has any (pseudo-label accuracy only, never trained on)."""
+
+    def __init__(self, pool: ScenePool, weak: WeakViewParams, strong: StrongViewParams | None = None,
+                 cutmix: CutMixParams | None = None) -> None:
+        self.pool, self.set = pool, pool.scenes
+        self.weak, self.view = weak, _identity_view(weak)
+        self.strong, self.cutmix = strong or StrongViewParams(), cutmix or CutMixParams()
+        self.crop = weak.crop_size[0]
+        self.ignore_index = self.set.ignore_index
+        self.cumulative_area = np.cumsum([s.width * s.height for s in self.set.scenes])
+        if pool.exclude_labelled and all(getattr(s.labels, "complete", False) for s in self.set.scenes):
+            raise DataError(f"{self.set.label_source}: the labels are complete (data.scenes.labels."
+                            "complete), so with data.scenes.exclude_labelled the scenes have no "
+                            "unlabelled area; set exclude_labelled: false, or use a supervised method")
+
+    def __len__(self) -> int:
+        return len(self.pool)
+
+    def _draw(self, generator: torch.Generator, fraction: float) -> _Window:
+        """A window uniformly over the scenes' area (its top-left corner at ``fraction``)."""
+        total = int(self.cumulative_area[-1])
+        target = min(int(fraction * total), total - 1)
+        index = int(np.searchsorted(self.cumulative_area, target, side="right"))
+        scene = self.set.scenes[index]
+        span = _scale_window(generator, self.crop, self.weak.scale_range)
+        x = _randint(generator, 0, max(0, scene.width - span))
+        y = _randint(generator, 0, max(0, scene.height - span))
+        return _window(index, scene, x, y, span, self.crop)
+
+    def _pick(self, generator: torch.Generator, fraction: float, avoid: _Window | None):
+        """The first drawn window with no labelled pixel (``exclude_labelled``) and at least
+        ``min_valid`` valid pixels; after ``UNLABELLED_TRIES`` draws the best one seen."""
+        best, best_score = None, None
+        for attempt in range(UNLABELLED_TRIES):
+            w = self._draw(generator, fraction if attempt == 0 else _uniform(generator, 0.0, 1.0))
+            other = avoid is None or w != avoid  # the CutMix source must be another window
+            if not other and best is not None:
+                continue
+            scene = self.set.scenes[w.scene]
+            image, valid = scene.read(w.x0, w.y0, w.width, w.height, w.out)
+            labels = None
+            if scene.labels.touches(w.x0, w.y0, w.width, w.height):
+                labels = scene.labels_of(w.x0, w.y0, w.width, w.height, w.out, valid, self.ignore_index)
+            labelled = 0 if labels is None else int((labels != self.ignore_index).sum())
+            usable = valid if labels is None or not self.pool.exclude_labelled else valid & (labels == self.ignore_index)
+            held = scene.held_out_mask(w.x0, w.y0, w.width, w.height, w.out)
+            if held is not None:  # validation/test regions: never trained on, not even unlabelled
+                usable = usable & ~held
+            share = usable.sum() / self.crop**2
+            score = (other, labelled == 0 or not self.pool.exclude_labelled, share)
+            if other and score[1] and share >= self.pool.min_valid:
+                return w, image, usable, labels
+            if best_score is None or score > best_score:
+                best, best_score = (w, image, usable, labels), score
+        return best
+
+    def _views(self, generator: torch.Generator, fraction: float, avoid: _Window | None = None):
+        w, image, valid, labels = self._pick(generator, fraction, avoid)
+        gt = torch.from_numpy(labels) if labels is not None else torch.full(w.out, self.ignore_index, dtype=torch.long)
+        weak, gt, valid = weak_view(torch.from_numpy(image), gt, self.view, generator, torch.from_numpy(valid))
+        return w, {"w": weak, "s1": strong_view(weak, self.strong, generator),
+                   "s2": strong_view(weak, self.strong, generator), "valid": valid, "gt": gt}
+
+    def __getitem__(self, key) -> dict:
+        index, seed = _split_key(key)
+        generator = torch.Generator().manual_seed(seed)
+        fraction = (index % len(self) + _uniform(generator, 0.0, 1.0)) / len(self)
+        uw, u = self._views(generator, fraction)
+        mw, mix = self._views(generator, _uniform(generator, 0.0, 1.0), avoid=uw)
+        size = tuple(u["w"].shape[-2:])
+        return {
+            "u_w": u["w"], "u_s1": u["s1"], "u_s2": u["s2"], "u_valid": u["valid"], "u_gt": u["gt"],
+            "box1": cutmix_box(size, self.cutmix, generator), "box2": cutmix_box(size, self.cutmix, generator),
+            "mix_w": mix["w"], "mix_s1": mix["s1"], "mix_s2": mix["s2"], "mix_valid": mix["valid"],
+            "u_path": uw.name(self.set.scenes[uw.scene]), "mix_path": mw.name(self.set.scenes[mw.scene]),
+        }

@@ -1,0 +1,105 @@
+"""Scoring validation and test regions of scenes (``data.scenes.val`` / ``test``), SPEC 3.3 on
+whole rasters.
+
+Each raster's held-out pixels are predicted as ``co2s predict`` predicts the whole raster: the
+tile grid laid over the whole raster (``TileGrid.over``), restricted to the tiles that cover the
+window around the regions (:meth:`Segmenter.predict_box`), read through the same
+:class:`~co2s.inference.scene.RasterSource` and blended in the same order, so every scored pixel
+gets the class the GeoTIFF of ``co2s predict`` holds there. Tiles holding no labelled valid pixel
+are not predicted (nor read): they change no scored pixel. Predictions stream in strips of tile
+rows and each strip's labels are rasterised on their own, so memory depends on the tiles, never
+on the scene. Confusion matrices are summed over every labelled valid pixel of the split; under
+DDP the rasters' windows are cut in horizontal bands shared out across ranks.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import rasterio
+import torch
+
+from co2s.data.scene_regions import region_extent
+from co2s.data.scenes import SceneSet
+from co2s.evaluation.metrics import confusion_metric, scores_from_confusion
+from co2s.inference.scene import GDAL_CACHE_BYTES, RasterSource
+from co2s.progress import progress_bar
+
+
+@dataclass(frozen=True)
+class RegionWindow:
+    """The pixels ``(x0, y0, x1, y1)`` of one raster a rank scores."""
+
+    scene: int
+    box: tuple[int, int, int, int]
+
+
+def region_windows(regions: SceneSet, parts: int = 1) -> list[RegionWindow]:
+    """Per raster, the box covering its labelled blocks, cut into ``parts`` horizontal bands."""
+    windows = []
+    for i in range(len(regions.scenes)):
+        extent = region_extent(regions, i)
+        if extent is None:
+            continue
+        x0, y0, x1, y1 = extent
+        cuts = sorted({y0 + round(k * (y1 - y0) / parts) for k in range(parts + 1)})
+        windows += [RegionWindow(i, (x0, a, x1, b)) for a, b in zip(cuts, cuts[1:])]
+    return windows
+
+
+def _labels(scene, ignore_index: int, y: int, x: int, h: int, w: int, valid=None):
+    """Labels of a window (ignore where ``valid(y, x, h, w)`` says invalid), None when it holds
+    no labelled pixel."""
+    if not scene.labels.touches(x, y, w, h):
+        return None
+    mask = valid(y, x, h, w) if valid is not None else None
+    labels = scene.labels_of(x, y, w, h, (h, w), mask, ignore_index)
+    return labels if (labels != ignore_index).any() else None
+
+
+@torch.no_grad()
+def score_scene_regions(segmenter, regions: SceneSet, predictions: list[str] | None = None, rank: int = 0,
+                        world_size: int = 1, progress: bool = True, data=None) -> dict[str, dict]:
+    """Scores of each of ``predictions`` (default: every one the Segmenter can make) on the
+    labelled valid pixels of ``regions`` (:func:`co2s.data.scene_regions.load_regions`), the
+    rasters read with the bands and scaling of ``data`` (default: the Segmenter's)."""
+    data = data or segmenter.config.data
+    predictions = predictions or segmenter.choices
+    metrics = {n: confusion_metric(data.num_classes, data.ignore_index).to(segmenter.device) for n in predictions}
+    windows = region_windows(regions, world_size)[rank::world_size]
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):  # as predict: GDAL's cache does not grow with the scene
+        for window in progress_bar(windows, desc="evaluating regions", enabled=progress):
+            _score_window(segmenter, regions.scenes[window.scene], window.box, data, predictions, metrics)
+    with warnings.catch_warnings():  # a rank may have had no window (its sums are still summed)
+        warnings.filterwarnings("ignore", message=".*was called before the ``update`` method.*")
+        return {n: scores_from_confusion(m.compute().cpu(), data.classes) for n, m in metrics.items()}
+
+
+def _score_window(segmenter, scene, box: tuple[int, int, int, int], data, predictions: list[str],
+                  metrics: dict) -> None:
+    """Add the pixels of ``box`` of one raster to the confusion ``metrics``."""
+    ignore, device = data.ignore_index, segmenter.device
+    source = RasterSource(scene.path, data, segmenter.in_channels)
+    try:
+        def read(y, x, h, w):
+            # labels first: a window without labelled pixels needs no image (its tiles are skipped)
+            labels = _labels(scene, ignore, y, x, h, w)
+            if labels is None:
+                return torch.zeros(len(source.bands), h, w), np.zeros((h, w), bool)
+            image, valid = source.read(y, x, h, w)
+            keep = labels != ignore
+            return image, keep if valid is None else keep & valid
+
+        for y, x, pieces in segmenter.predict_box(read, scene.height, scene.width, box, predictions):
+            h, w = next(iter(pieces.values())).classes.shape
+            labels = _labels(scene, ignore, y, x, h, w, source.valid)
+            if labels is None:
+                continue
+            target = torch.from_numpy(labels)[None].to(device)
+            for name, prediction in pieces.items():
+                classes = torch.from_numpy(prediction.classes).to(device=device, dtype=torch.long)
+                metrics[name].update(classes[None], target)
+    finally:
+        source.close()
