@@ -131,7 +131,7 @@ def test_model_section_is_a_union_by_name_and_config_is_immutable():
         load_config("demo", ["model.name=lite_unet"])  # student keys on the CNN
     with pytest.raises(ConfigError, match="model.width: unknown key"):
         load_config("demo", ["model.width=8"])  # CNN keys on the students
-    with pytest.raises(ConfigError, match="trains one model, but model.students has 2 \\(clip, dino\\)"):
+    with pytest.raises(ConfigError, match="trains one model, but model.students has 2 \\(clip, cnn\\)"):
         load_config("demo", ["train.method=unimatch"])
     cnn = load_config("demo", ["model={name: lite_unet, width: 8}", "train.method=supervised"])
     assert cnn.model.name == "lite_unet" and cnn.model.width == 8

@@ -1,8 +1,8 @@
 """The models every shared model check runs over (in the spirit of segmentation-models-pytorch's
-``BaseModelTester``): the built-in CNN and the tiny random-weight CLIP, DINOv3 and DINOv2 students
-with each head and guidance that applies, built through the real config and factory code.
+``BaseModelTester``): the built-in CNN and the tiny random-weight CLIP, DINOv3, DINOv2 and CNN
+students with each head and guidance that applies, built through the real config and factory code.
 
-``MODEL_CASES`` are single models (``build_model``); ``SEGMENTER_CASES`` add a two-student fusion
+``MODEL_CASES`` are single models (``build_model``); ``SEGMENTER_CASES`` add two-student fusions
 (``build_segmenter``), for the checks that go through :class:`~co2s.inference.segmenter.Segmenter`.
 """
 
@@ -66,12 +66,18 @@ MODEL_CASES = [
     _student_case("clip", "text", "vlg", tune="full"),
     # full tuning: the DINO backbones keep their pretraining-only mask token frozen (_DinoFamily.freeze_unused)
     _student_case("dinov3", "queries", "vlg", tune="full"),
+    # the random-init CNN backbone (no attention: tuned full)
+    _student_case("cnn", "queries", "vlg", tune="full"),
+    _student_case("cnn", "none", "deeplabv3plus", tune="full"),
 ]
 
 FUSION_CASE = ModelCase("fusion-clip-dinov3", {"name": "students", "students": [
     student("clip", "text", "vlg"), student("dinov3", "queries", "vlg", name="dino")]}, method="co2s")
+#: the demo's kind of pair: a ViT with text prototypes and the CNN with queries
+CNN_FUSION_CASE = ModelCase("fusion-clip-cnn", {"name": "students", "students": [
+    student("clip", "text", "vlg"), student("cnn", "queries", "vlg", tune="full")]}, method="co2s")
 
-SEGMENTER_CASES = [*(c for c in MODEL_CASES if c.tune in (None, "attention")), FUSION_CASE]
+SEGMENTER_CASES = [*(c for c in MODEL_CASES if c.tune in (None, "attention")), FUSION_CASE, CNN_FUSION_CASE]
 
 
 def case_config(case: ModelCase, root: Path | None = None):

@@ -162,6 +162,18 @@ def test_deeplab_shape_ignores_guidance_and_gradients(fuse_scale):
     assert not missing, missing
 
 
+def test_deeplab_fuse_scale_none_fuses_at_the_skip_size():
+    """The CNN student's low-level skip has 4x the resolution of its last map: fuse there."""
+    torch.manual_seed(0)
+    head = DeepLabV3PlusHead(24, (20, 12), num_classes=5, channels=32, skip_channels=16,
+                             fuse_scale=None, group_size=8).eval()
+    feature, _, _ = inputs(hw=(3, 5))
+    skips = [torch.randn(2, 20, 12, 19), torch.randn(2, 12, 6, 10)]
+    with torch.no_grad():
+        assert head(feature, None, skips, None).shape == (2, 5, 12, 19)
+        assert head(feature, None, skips, (50, 77)).shape == (2, 5, 50, 77)
+
+
 def test_deeplab_uses_the_chosen_skip():
     torch.manual_seed(0)
     head = DeepLabV3PlusHead(24, (20, 12), num_classes=3, channels=32, group_size=8).eval()

@@ -313,16 +313,21 @@ class DataConfig(_Strict):
 
 
 class BackboneConfig(_Strict):
-    """A pretrained ViT: where its weights come from and which of them train."""
+    """A student backbone: a pretrained ViT (where its weights come from and which of them train),
+    or the random-init CNN (``kind: cnn``)."""
 
-    kind: Literal["clip", "dinov3", "dinov2"] = Field(description="backbone family")
+    kind: Literal["clip", "dinov3", "dinov2", "cnn"] = Field(
+        description="backbone family; cnn: a small ResNet-like CNN with random weights"
+    )
     weights: str | None = Field(
         default=None,
         description="Hub id (local cache), save_pretrained folder, official DINOv3 .pth or OpenAI "
-        "CLIP .pt; null builds the architecture `arch` with random weights",
+        "CLIP .pt; null builds the architecture `arch` with random weights (cnn: always null)",
     )
     arch: str | dict[str, Any] = Field(
-        default="vit-b16", description="architecture when weights is null: vit-b16, tiny, or config keys"
+        default="vit-b16",
+        description="architecture when weights is null: vit-b16, tiny, or config keys; cnn: tiny "
+        "(its default), small, or {base, stem, widths, depths, strides}",
     )
     layers: list[int] | None = Field(
         default=None,
@@ -336,7 +341,8 @@ class BackboneConfig(_Strict):
         "with residual; the paper's code, with layers [0, 4])",
     )
     tune: Literal["frozen", "attention", "last_n", "full"] = Field(
-        default="attention", description="which backbone weights train (paper: attention)"
+        default="attention", description="which backbone weights train (paper: attention; cnn: full, "
+        "its default, last_n or frozen)"
     )
     tune_last: int = Field(default=0, ge=0, description="blocks trained with tune: last_n")
     lr_mult: float = Field(default=0.01, ge=0, description="backbone learning rate x base lr")
@@ -344,12 +350,27 @@ class BackboneConfig(_Strict):
         default=False, description="DINOv3: keep transformers' random RoPE rescaling in training"
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _cnn_defaults(cls, value: Any) -> Any:
+        # The ViT defaults (arch vit-b16, attention-only tuning) mean nothing for the CNN.
+        if isinstance(value, dict) and value.get("kind") == "cnn":
+            value = {"arch": "tiny", "tune": "full", **value}
+        return value
+
     @model_validator(mode="after")
     def _tune_last(self) -> BackboneConfig:
         if self.tune == "last_n" and self.tune_last < 1:
             raise ValueError("tune: last_n needs tune_last >= 1")
         if self.skips == "value" and self.kind != "clip":
             raise ValueError(f"skips: value is for clip backbones only ({self.kind} skips are hidden states)")
+        if self.kind == "cnn":
+            if self.weights is not None:
+                raise ValueError("kind: cnn has no pretrained weights (random initialisation): leave weights null")
+            if self.tune == "attention":
+                raise ValueError("kind: cnn has no attention layers: tune full, last_n or frozen")
+            if self.layers is not None:
+                raise ValueError("kind: cnn takes no layers (its skips are the two stages before the last)")
         return self
 
 
@@ -383,6 +404,12 @@ class StudentConfig(_Strict):
         default="vlg", description="vlg: the language-guided decoder; deeplabv3plus: the no-guidance ablation"
     )
     text: TextConfig = Field(default_factory=TextConfig)
+    head_width: int = Field(
+        default=128, ge=16,
+        description="decoder width: vlg hidden channels (upsampling stages width/2, width/4, skip "
+        "projections width/4, width/8); deeplabv3plus uses 2 x width. 128 is the paper's; narrower "
+        "is cheaper on CPU",
+    )
     decoder_lr_mult: float = Field(default=10.0, ge=0, description="decoder learning rate x base lr")
     queries_lr_mult: float = Field(default=1.0, ge=0, description="learnable queries learning rate x base lr")
 
@@ -525,7 +552,16 @@ class SemiConfig(_Strict):
         "released code (detached, no interaction)",
     )
     stability_weight: float = Field(default=0.5, ge=0, description="lambda after the ramp")
-    stability_ramp: float = Field(default=0.2, ge=0, le=1, description="ramp length, fraction of iters")
+    stability_ramp: float = Field(
+        default=0.2, ge=0, le=1,
+        description="ramp length, fraction of iters (of the iters after burn_in when that is set)",
+    )
+    burn_in: float = Field(
+        default=0.0, ge=0, le=1,
+        description="supervised burn-in, fraction of iters: before it only the supervised CE trains "
+        "(no unlabelled CE terms s1/s2/fp, no stability loss; lambda ramps from its end); 1.0 = the "
+        "whole run (a supervised baseline of the same students); 0 = the paper",
+    )
     fp_dropout: float = Field(default=0.5, ge=0, lt=1, description="feature-perturbation dropout2d")
     loss_weights: LossWeightsConfig = Field(default_factory=LossWeightsConfig)
     fusion: str = Field(

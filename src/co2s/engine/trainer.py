@@ -35,6 +35,7 @@ from co2s.errors import CheckpointError, DataError, TrainingError
 from co2s.evaluation.evaluator import score_predictions
 from co2s.inference.segmenter import Segmenter
 from co2s.methods import build_method
+from co2s.methods.losses import burn_in_steps
 from co2s.progress import progress_bar
 
 
@@ -290,6 +291,8 @@ class Trainer:
         uses_unlabelled = method.uses_unlabelled
         total = (total_steps(config, len(unlabelled), fabric.world_size, ub) if uses_unlabelled
                  else total_steps(config, len(labelled), fabric.world_size))
+        # The supervised burn-in's last step (train.semi.burn_in): its state is kept in burn_in.ckpt.
+        burn_end = burn_in_steps(total, t.semi.burn_in) if uses_unlabelled else 0
         state = {"step": 0, "best": None, "best_per_prediction": {}, **method.modules,
                  **{f"opt_{k}": v for k, v in method.optimizers.items()}}
         self._model_names = list(method.modules)
@@ -339,6 +342,10 @@ class Trainer:
                 self._validate(fabric, method, val_set, state, log)
             if done % t.ckpt_every == 0 or done == total or (val_set is not None and done % t.val_every == 0):
                 save_checkpoint(fabric, latest, self._checkpoint_state(fabric, state))
+            if done == burn_end and done < total:
+                # The students trained on labels only, as a supervised run of the same length would
+                # have them at this step (the demo continues its supervised baseline from here).
+                save_checkpoint(fabric, self.run_dir / "burn_in.ckpt", self._checkpoint_state(fabric, state))
             # Test hook (tests/engine/test_trainer.py): a crash by SIGKILL once this step's checkpoint is written.
             if os.environ.get("CO2S_TEST_KILL_AFTER_STEP") == str(done):
                 import signal

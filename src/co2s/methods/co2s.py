@@ -1,18 +1,22 @@
 """Co2S: two heterogeneous students trained with UniMatch terms each, plus the confidence-
-arbitrated stability loss through which the confident student teaches the other (SPEC 2.4-2.5)."""
+arbitrated stability loss through which the confident student teaches the other (SPEC 2.4-2.5).
+With ``train.semi.burn_in`` the first part of the run trains the supervised CE alone."""
 
 from __future__ import annotations
+
+import torch
 
 from co2s.methods.base import Method
 from co2s.methods.losses import (
     arbitration_masks,
+    burn_in_steps,
     loss_weights,
     stability_loss,
     stability_weight,
     teaching_shares,
     unimatch_loss,
 )
-from co2s.methods.unimatch import unimatch_terms
+from co2s.methods.unimatch import student_terms
 
 
 class Co2S(Method):
@@ -23,22 +27,33 @@ class Co2S(Method):
         semi, ignore = self.config.train.semi, self.config.data.ignore_index
         (a_name, a_model), (b_name, b_model) = self.modules.items()  # "global" (CLIP), "local" (DINO)
 
+        # Supervised burn-in (train.semi.burn_in, default none): before it ends only L_sup trains;
+        # the unlabelled CE terms and L_sta are zero and lambda stays 0.
+        burn = burn_in_steps(total_steps, semi.burn_in)
+        in_burn_in = step < burn
+
         # Each student's UniMatch terms: supervised, two strong views, feature perturbation.
-        a = unimatch_terms(a_model, batch, semi.tau, semi.fp_dropout, ignore)
-        b = unimatch_terms(b_model, batch, semi.tau, semi.fp_dropout, ignore)
+        a = student_terms(a_model, batch, semi, ignore, in_burn_in)
+        b = student_terms(b_model, batch, semi, ignore, in_burn_in)
 
         # Arbitration on the weak view: where exactly one student is confident, or both are and
         # one is at least as confident, that one teaches the other.
         a_learns, b_learns = arbitration_masks(a.confidence, b.confidence, semi.tau, batch["u_valid"])
-        detach = not semi.stability_gradient  # True reproduces the released code: no interaction
-        sta_a = stability_loss(a.weak_logits, b.weak_logits, a_learns, detach_student=detach)
-        sta_b = stability_loss(b.weak_logits, a.weak_logits, b_learns, detach_student=detach)
-        lam = stability_weight(step, total_steps, semi.stability_weight, semi.stability_ramp) if semi.stability else 0.0
+        if in_burn_in:  # the shares are still logged: they say what L_sta would do
+            sta_a = sta_b = torch.zeros((), device=a.sup.device)
+            lam = 0.0
+        else:
+            detach = not semi.stability_gradient  # True reproduces the released code: no interaction
+            sta_a = stability_loss(a.weak_logits, b.weak_logits, a_learns, detach_student=detach)
+            sta_b = stability_loss(b.weak_logits, a.weak_logits, b_learns, detach_student=detach)
+            # lambda(t) ramps over the iterations after the burn-in (all of them without one).
+            lam = (stability_weight(step - burn, total_steps - burn, semi.stability_weight, semi.stability_ramp)
+                   if semi.stability else 0.0)
 
         loss_a = unimatch_loss(a.sup, a.s1, a.s2, a.fp, loss_weights(semi)) + lam * sta_a
         loss_b = unimatch_loss(b.sup, b.s1, b.s2, b.fp, loss_weights(semi)) + lam * sta_b
         shares = teaching_shares(a_learns, b_learns, batch["u_valid"])
-        logs = {"loss": (loss_a + loss_b).detach(), "lambda": lam,
+        logs = {"loss": (loss_a + loss_b).detach(), "lambda": lam, "burn_in": float(in_burn_in),
                 f"{b_name}_teaches": shares["dino_teaches"], f"{a_name}_teaches": shares["clip_teaches"],
                 "no_teaching": shares["no_teaching"]}
         for name, t, sta, total in ((a_name, a, sta_a, loss_a), (b_name, b, sta_b, loss_b)):

@@ -6,8 +6,8 @@ import torch
 
 from co2s.data.transforms import apply_cutmix
 from co2s.methods.base import Method
-from co2s.methods.losses import masked_cross_entropy, pseudo_labels, supervised_cross_entropy
-from co2s.methods.unimatch import pseudo_label_logs, source_pseudo_labels
+from co2s.methods.losses import burn_in_steps, masked_cross_entropy, pseudo_labels, supervised_cross_entropy
+from co2s.methods.unimatch import pseudo_label_logs, source_pseudo_labels, supervised_terms
 
 
 class FixMatch(Method):
@@ -16,6 +16,10 @@ class FixMatch(Method):
     def training_loss(self, batch, step, total_steps):
         model, semi = self.model, self.config.train.semi
         x, y, u_w, valid = batch["image"], batch["mask"], batch["u_w"], batch["u_valid"]
+        if step < burn_in_steps(total_steps, semi.burn_in):  # supervised burn-in: no unlabelled CE
+            t = supervised_terms(model, batch, semi.tau, self.config.data.ignore_index)
+            loss = t.sup / 2
+            return loss, {"loss": loss.detach(), "sup": t.sup.detach(), "s1": t.s1, "burn_in": 1.0, **t.logs}
 
         mix_labels, mix_conf = source_pseudo_labels(model, batch["mix_w"])
 
@@ -33,4 +37,4 @@ class FixMatch(Method):
         loss = (sup + unsup) / 2
         logs = pseudo_label_logs(labels_w, conf_w, valid, batch.get("u_gt"), semi.tau,
                                  self.config.data.ignore_index)
-        return loss, {"loss": loss.detach(), "sup": sup.detach(), "s1": unsup.detach(), **logs}
+        return loss, {"loss": loss.detach(), "sup": sup.detach(), "s1": unsup.detach(), "burn_in": 0.0, **logs}

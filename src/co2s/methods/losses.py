@@ -16,6 +16,7 @@ from torch import Tensor
 __all__ = [
     "LossWeights",
     "arbitration_masks",
+    "burn_in_steps",
     "masked_cross_entropy",
     "pseudo_labels",
     "stability_loss",
@@ -101,6 +102,12 @@ def stability_weight(step: int, total_steps: int, max_weight: float = 0.5, ramp_
     if ramp_steps <= 0 or step >= ramp_steps:
         return float(max_weight)
     return float(max_weight * 0.5 * (1.0 - math.cos(math.pi * step / ramp_steps)))
+
+
+def burn_in_steps(total_steps: int, fraction: float) -> int:
+    """Iterations of the supervised burn-in (``train.semi.burn_in``, a fraction of the run): steps
+    ``0 .. burn_in_steps - 1`` train on the labelled crops only."""
+    return min(total_steps, int(round(fraction * total_steps)))
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """UniMatch (one student): weak-to-strong consistency on two CutMixed strong views plus a
 feature-perturbation stream (SPEC 2.4). ``unimatch_terms`` is the per-student part that Co2S
-runs for each of its students."""
+runs for each of its students; ``supervised_terms`` replaces it during a supervised burn-in
+(``train.semi.burn_in``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from co2s.data.transforms import apply_cutmix
 from co2s.methods.base import Method
 from co2s.methods.losses import (
+    burn_in_steps,
     loss_weights,
     masked_cross_entropy,
     pseudo_labels,
@@ -76,6 +78,21 @@ def unimatch_terms(model, batch: dict, tau: float, fp_dropout: float, ignore_ind
                         pseudo_label_logs(labels_w, conf_w, valid, batch.get("u_gt"), tau, ignore_index))
 
 
+def supervised_terms(model, batch: dict, tau: float, ignore_index: int) -> StudentTerms:
+    """The burn-in step of one student: the supervised CE only. The unsupervised terms are zeros
+    without a graph (s1, s2, fp: nothing is forwarded for them), and the weak-view logits come from
+    a forward without gradient, only for the logs (confident ratio, pseudo-label accuracy) and the
+    arbitration shares; nothing unlabelled reaches the loss."""
+    x, y, u_w, valid = batch["image"], batch["mask"], batch["u_w"], batch["u_valid"]
+    sup = supervised_cross_entropy(model(x), y, ignore_index)
+    with torch.no_grad():
+        pred_w = model(u_w)
+    labels_w, conf_w = pseudo_labels(pred_w)
+    zero = torch.zeros((), device=sup.device, dtype=sup.dtype)
+    return StudentTerms(sup, zero, zero, zero, pred_w, conf_w,
+                        pseudo_label_logs(labels_w, conf_w, valid, batch.get("u_gt"), tau, ignore_index))
+
+
 def pseudo_label_logs(labels, conf, valid, gt, tau, ignore_index) -> dict[str, float]:
     """Confident-pixel ratio and, where the unlabelled images have masks on disk, pseudo-label
     accuracy (a diagnostic: the masks never reach a loss)."""
@@ -91,13 +108,20 @@ def pseudo_label_logs(labels, conf, valid, gt, tau, ignore_index) -> dict[str, f
     return logs
 
 
+def student_terms(model, batch: dict, semi, ignore_index: int, burn_in: bool) -> StudentTerms:
+    """One student's terms: every UniMatch term, or during the burn-in the supervised one alone."""
+    if burn_in:
+        return supervised_terms(model, batch, semi.tau, ignore_index)
+    return unimatch_terms(model, batch, semi.tau, semi.fp_dropout, ignore_index)
+
+
 class UniMatch(Method):
     uses_unlabelled = True
 
     def training_loss(self, batch, step, total_steps):
         semi = self.config.train.semi
-        t = unimatch_terms(self.model, batch, semi.tau, semi.fp_dropout,
-                           self.config.data.ignore_index)
+        burn_in = step < burn_in_steps(total_steps, semi.burn_in)
+        t = student_terms(self.model, batch, semi, self.config.data.ignore_index, burn_in)
         loss = unimatch_loss(t.sup, t.s1, t.s2, t.fp, loss_weights(semi))
         return loss, {"loss": loss.detach(), "sup": t.sup.detach(), "s1": t.s1.detach(),
-                      "s2": t.s2.detach(), "fp": t.fp.detach(), **t.logs}
+                      "s2": t.s2.detach(), "fp": t.fp.detach(), "burn_in": float(burn_in), **t.logs}

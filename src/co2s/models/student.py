@@ -1,4 +1,5 @@
-"""A Co2S student: a pretrained ViT backbone, class guidance, and a decoder (SPEC 2.1-2.3).
+"""A Co2S student: a backbone (a pretrained ViT, or the random-init CNN), class guidance, and a
+decoder (SPEC 2.1-2.3).
 
 ``extract`` returns every map the decoder uses (skips, then the cost-volume map), so UniMatch's
 feature perturbation (``dropout2d`` on each of them) applies through the base class; the guidance
@@ -11,12 +12,12 @@ import torch
 from torch import nn
 
 from co2s.models.param_groups import split_decay
-from co2s.models.backbones.base import ViTBackbone
+from co2s.models.backbones.base import Backbone
 from co2s.models.base import SegmentationModel
 
 
 class Student(SegmentationModel):
-    def __init__(self, backbone: ViTBackbone, head: nn.Module, guidance: nn.Module | None,
+    def __init__(self, backbone: Backbone, head: nn.Module, guidance: nn.Module | None,
                  num_classes: int, lr_mults: dict[str, float] | None = None, in_channels: int = 3,
                  mean=None, std=None) -> None:
         """``mean``/``std`` default to the backbone's RGB pretraining values (see

@@ -1,5 +1,6 @@
-"""Build ViT students from config: backbone (loaded and verified, or a named architecture with
-random weights), guidance (text prototypes or learnable queries) and decoder."""
+"""Build students from config: backbone (a ViT loaded and verified, or a named architecture with
+random weights; or the random-init CNN), guidance (text prototypes or learnable queries) and
+decoder."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from transformers import (
 )
 
 from co2s.errors import ConfigError
-from co2s.models.backbones.base import ViTBackbone
+from co2s.models.backbones.base import Backbone
 from co2s.models.backbones.clip import ClipBackbone
+from co2s.models.backbones.cnn import CnnBackbone
 from co2s.models.backbones.dino import DinoV2Backbone, DinoV3Backbone
 from co2s.models.guidance import LearnableQueries, TextGuidance, clip_text_prototypes, load_prototypes
 from co2s.models.heads import DeepLabV3PlusHead, LanguageGuidedHead
@@ -99,11 +101,23 @@ def default_layers(kind: str, depth: int) -> list[int]:
     return sorted({max(1, depth // 4), max(2, (2 * depth) // 3), depth})
 
 
+def build_cnn_backbone(cfg, saved_arch: dict[str, Any] | None = None, in_channels: int = 3) -> CnnBackbone:
+    """The random-init CNN of ``cfg.arch`` (or of a checkpoint's record), with ``in_channels`` bands."""
+    try:
+        backbone = (CnnBackbone(**saved_arch) if saved_arch is not None
+                    else CnnBackbone.from_arch(cfg.arch, in_channels))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"backbone kind cnn: {exc}") from None
+    backbone.set_tuning(cfg.tune, cfg.tune_last)
+    return backbone
+
+
 def build_backbone(cfg, saved_arch: dict[str, Any] | None = None
-                   ) -> tuple[ViTBackbone, torch.nn.Module, dict[str, torch.Tensor] | None]:
+                   ) -> tuple[Backbone, torch.nn.Module, dict[str, torch.Tensor] | None]:
     """The wrapped backbone, the transformers model it came from, and the reference weights it
     must hold (None for random initialisation). ``saved_arch`` (from a co2s checkpoint) rebuilds
-    the architecture without reading the pretrained files: the checkpoint holds the weights."""
+    the architecture without reading the pretrained files: the checkpoint holds the weights.
+    ViTs only (the CNN: :func:`build_cnn_backbone`)."""
     reference = None
     if saved_arch is not None:
         model = _model_from_saved_config(cfg.kind, saved_arch)
@@ -145,9 +159,13 @@ def build_student(student_cfg, data, saved_arch: dict[str, Any] | None = None,
                   in_channels: int = 3) -> Student:
     """A student from config; with ``saved_arch`` (a checkpoint's record) no weight file is read.
 
-    ``in_channels`` > 3 widens the backbone's patch embedding once its weights are loaded.
+    ``in_channels`` > 3 widens a ViT's patch embedding once its weights are loaded (the CNN is
+    built with that many input bands).
     """
-    backbone, hf_model, reference = build_backbone(student_cfg.backbone, saved_arch)
+    if student_cfg.backbone.kind == "cnn":
+        backbone, hf_model, reference = build_cnn_backbone(student_cfg.backbone, saved_arch, in_channels), None, None
+    else:
+        backbone, hf_model, reference = build_backbone(student_cfg.backbone, saved_arch)
     mean, std = band_normalisation(backbone.mean, backbone.std, data, in_channels)
     n = data.num_classes
     if student_cfg.guidance == "text":
@@ -156,10 +174,15 @@ def build_student(student_cfg, data, saved_arch: dict[str, Any] | None = None,
         guidance = LearnableQueries(n, backbone.feature_dim)
     else:
         guidance = None
+    w = student_cfg.head_width  # 128: the paper's decoder
     if student_cfg.head == "vlg":
-        head = LanguageGuidedHead(backbone.feature_dim, backbone.feature_dim, tuple(backbone.skip_dims))
+        head = LanguageGuidedHead(backbone.feature_dim, backbone.feature_dim, tuple(backbone.skip_dims),
+                                  hidden=w, skip_channels=(w // 4, w // 8), stage_channels=(w // 2, w // 4))
     else:
-        head = DeepLabV3PlusHead(backbone.feature_dim, tuple(backbone.skip_dims), n)
+        # ViT skips share the last map's resolution; the CNN's low-level skip is finer: fuse there.
+        fuse_scale = None if student_cfg.backbone.kind == "cnn" else 1
+        head = DeepLabV3PlusHead(backbone.feature_dim, tuple(backbone.skip_dims), n, channels=2 * w,
+                                 fuse_scale=fuse_scale)
     student = Student(backbone, head, guidance, n, {
         "backbone": student_cfg.backbone.lr_mult, "decoder": student_cfg.decoder_lr_mult,
         "queries": student_cfg.queries_lr_mult,
@@ -169,6 +192,9 @@ def build_student(student_cfg, data, saved_arch: dict[str, Any] | None = None,
         from co2s.models.backbones.weights import verify_weights
 
         verify_weights(hf_model, reference, str(student_cfg.backbone.weights))
+    if hf_model is None:  # the CNN: its own architecture record
+        student.arch_config = dict(backbone.arch)
+        return student
     widen_patch_embedding(hf_model, student_cfg.backbone.kind, in_channels)  # after the check
     student.arch_config = hf_model.config.to_dict()
     return student

@@ -1,4 +1,4 @@
-"""What a ViT student backbone provides to the decoder."""
+"""What a student backbone (a ViT, or the random-init CNN) provides to the decoder."""
 
 from __future__ import annotations
 
@@ -28,17 +28,18 @@ class BackboneFeatures:
         return [*self.skips, self.last]
 
 
-class ViTBackbone(nn.Module):
-    """A pretrained ViT exposing patch maps of chosen blocks (see subclasses)."""
+class Backbone(nn.Module):
+    """A student backbone: skip maps and the cost-volume map of an image, ``blocks()`` in order for
+    last-N tuning, and the RGB ``mean``/``std`` its inputs are normalised with."""
 
-    patch_size: int
     feature_dim: int  # channels of ``last``
     skip_dims: tuple[int, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
 
     def blocks(self) -> list[nn.Module]:
-        """The transformer blocks, in order (for last-N tuning)."""
+        """The blocks, input side first (for last-N tuning): transformer blocks of a ViT, the stem
+        and residual blocks of the CNN."""
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> BackboneFeatures:
@@ -65,6 +66,12 @@ class ViTBackbone(nn.Module):
 
     def freeze_unused(self) -> None:
         """Parameters the dense features never use get no gradient; keep them frozen (DDP-safe)."""
+
+
+class ViTBackbone(Backbone):
+    """A pretrained ViT exposing patch maps of chosen blocks (see subclasses)."""
+
+    patch_size: int
 
 
 def to_map(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -6,7 +6,8 @@ resized to the low-level map, concatenation, two 3x3 conv (256) + norm + ReLU an
 then a bilinear resize to the output size. ViT skips share the feature's 1/16 resolution, so with
 the default ``fuse_scale=1`` the fusion happens at that resolution, as in the reference;
 ``fuse_scale=4`` resizes both paths to 4x the feature size first (a decoder at 1/4 resolution, as
-DeepLabV3+ on a CNN).
+DeepLabV3+ on a CNN); ``fuse_scale=None`` fuses at the low-level skip's own size (the CNN student:
+its skip has 4x the resolution of its last map).
 
 Differences from the reference (the project's spec wins): GroupNorm instead of BatchNorm, ASPP at
 256 channels with dropout 0.1 (the reference's UniMatch ASPP uses ``in_channels // 8`` channels).
@@ -34,7 +35,7 @@ class DeepLabV3PlusHead(nn.Module):
 
     def __init__(self, feature_dim: int, skip_dims: Sequence[int], num_classes: int, channels: int = 256,
                  skip_channels: int = 48, aspp_rates: Sequence[int] = (6, 12, 18), dropout: float = 0.1,
-                 skip_index: int = 0, fuse_scale: int = 1, group_size: int = 16) -> None:
+                 skip_index: int = 0, fuse_scale: int | None = 1, group_size: int = 16) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.skip_index = skip_index
@@ -50,9 +51,9 @@ class DeepLabV3PlusHead(nn.Module):
     def forward(self, feature: torch.Tensor, guidance: torch.Tensor | None, skips: Sequence[torch.Tensor],
                 out_size: tuple[int, int] | None) -> torch.Tensor:
         h, w = feature.shape[-2:]
-        size = (h * self.fuse_scale, w * self.fuse_scale)
         x = self.aspp(feature)
         low = self.skip_proj(skips[self.skip_index])
+        size = tuple(low.shape[-2:]) if self.fuse_scale is None else (h * self.fuse_scale, w * self.fuse_scale)
         if x.shape[-2:] != size:
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         if low.shape[-2:] != size:

@@ -1,0 +1,115 @@
+"""The supervised burn-in (``train.semi.burn_in``): before it ends only the supervised CE trains
+(the unlabelled CE terms and the stability loss are zero, lambda is 0); after it every term acts and
+lambda ramps from the burn-in's end. tau 0 makes every pixel confident, so without the switch the
+unlabelled terms could not be zero."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from co2s.errors import ConfigError
+from co2s.methods import build_method
+from co2s.methods.losses import burn_in_steps, stability_weight, supervised_cross_entropy
+from tests.methods.test_co2s_step import _batch, _co2s_config, unl  # noqa: F401  (unl: a fixture)
+
+TOTAL = 10
+
+
+def _loss_and_grads(config, modules, batch, step):
+    method = build_method(config)
+    method.modules = {k: copy.deepcopy(m) for k, m in modules.items()}
+    torch.manual_seed(0)
+    loss, logs = method.training_loss(batch, step, TOTAL)
+    loss.backward()
+    grads = {k: [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in m.parameters()]
+             for k, m in method.modules.items()}
+    return loss, logs, grads, method.modules
+
+
+def test_burn_in_steps():
+    assert [burn_in_steps(10, f) for f in (0.0, 0.25, 0.5, 1.0)] == [0, 2, 5, 10]
+    assert burn_in_steps(0, 0.5) == 0
+
+
+def test_burn_in_fraction_is_checked(unl, tmp_path):
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ConfigError, match="burn_in"):
+            _co2s_config(unl, tmp_path, burn_in=bad)
+
+
+def test_co2s_trains_only_the_supervised_terms_before_the_burn_in_ends(unl, tmp_path):
+    plain, burn = _co2s_config(unl, tmp_path), _co2s_config(unl, tmp_path, burn_in=0.5)
+    torch.manual_seed(0)
+    modules = build_method(plain).modules
+    batch = _batch(plain)
+    names = list(modules)
+
+    # Without the switch, at the same step, every unlabelled term acts (tau 0: all pixels confident).
+    _, logs, _, _ = _loss_and_grads(plain, modules, batch, step=2)
+    assert logs["burn_in"] == 0.0 and logs["lambda"] > 0
+    for n in names:
+        assert logs[f"{n}/s1"] > 0 and logs[f"{n}/s2"] > 0 and logs[f"{n}/fp"] > 0 and logs[f"{n}/sta"] > 0
+
+    # In the burn-in: the same step gives zeros for them, and the gradient is exactly the one of
+    # the weighted supervised CE alone.
+    loss, logs, grads, copies = _loss_and_grads(burn, modules, batch, step=2)
+    assert logs["burn_in"] == 1.0 and logs["lambda"] == 0.0
+    for n in names:
+        assert logs[f"{n}/s1"] == logs[f"{n}/s2"] == logs[f"{n}/fp"] == logs[f"{n}/sta"] == 0.0
+        assert logs[f"{n}/sup"] > 0
+        assert logs[f"{n}/confident_ratio"] == 1.0  # the diagnostics are still logged
+    assert logs[f"{names[0]}_teaches"] + logs[f"{names[1]}_teaches"] > 0  # shares: what L_sta would do
+    weights = burn.train.semi.loss_weights
+    expected_loss = 0
+    for n in names:
+        model = copy.deepcopy(modules[n])
+        sup = weights.scale * weights.sup * supervised_cross_entropy(model(batch["image"]), batch["mask"])
+        sup.backward()
+        expected_loss = expected_loss + sup.detach()
+        for p, g in zip(model.parameters(), grads[n]):
+            expected = p.grad if p.grad is not None else torch.zeros_like(p)
+            torch.testing.assert_close(g, expected, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(loss.detach(), expected_loss, rtol=1e-5, atol=1e-6)
+
+    # After the burn-in (5 of 10 steps) every term acts again, lambda ramping from the burn-in's end.
+    _, logs, _, _ = _loss_and_grads(burn, modules, batch, step=5)
+    assert logs["burn_in"] == 0.0 and logs["lambda"] == 0.0  # first step after: the ramp starts at 0
+    _, logs, _, _ = _loss_and_grads(burn, modules, batch, step=7)
+    assert logs["lambda"] == pytest.approx(stability_weight(2, 5, 0.5, 0.2)) and logs["lambda"] > 0
+    for n in names:
+        assert logs[f"{n}/s1"] > 0 and logs[f"{n}/fp"] > 0 and logs[f"{n}/sta"] > 0
+
+
+@pytest.mark.parametrize("method", ["unimatch", "fixmatch"])
+def test_single_student_methods_honour_the_burn_in(unl, tmp_path, method):
+    def config(**semi):
+        cfg = _co2s_config(unl, tmp_path, **semi)
+        return cfg.override({"train.method": method, "model.students": [cfg.model.students[1].model_dump()]})
+
+    plain, burn = config(), config(burn_in=1.0)
+    torch.manual_seed(0)
+    modules = build_method(plain).modules
+    batch = _batch(plain)
+    _, logs, _, _ = _loss_and_grads(plain, modules, batch, step=2)
+    assert logs["s1"] > 0 and logs["burn_in"] == 0.0
+    _, logs, _, _ = _loss_and_grads(burn, modules, batch, step=9)  # burn_in 1.0: the whole run
+    assert logs["s1"] == 0.0 and logs["burn_in"] == 1.0 and logs["sup"] > 0
+    if method == "unimatch":
+        assert logs["s2"] == logs["fp"] == 0.0
+
+
+def test_training_keeps_the_state_at_the_end_of_the_burn_in(unl, tmp_path):
+    from co2s.api import train
+    from co2s.engine.metrics_log import read_log
+    from co2s.models.loading import read_checkpoint
+
+    (unl / "unl_only.txt").write_text("images/t4.png\nimages/t5.png\n")  # not in the labelled list
+    config = _co2s_config(unl, tmp_path, burn_in=0.5, tau=0.8).override(
+        {"data.splits.unlabelled": "unl_only.txt", "train.iters": 4, "train.log_every": 1, "train.val_every": 4, "train.ckpt_every": 4})
+    run = train(config, progress=False)
+    assert int(read_checkpoint(run.run_dir / "burn_in.ckpt")["step"]) == 2
+    flags = [r["burn_in"] for r in read_log(run.run_dir / "metrics.jsonl") if r["kind"] == "train"]
+    assert flags == [1.0, 1.0, 0.0, 0.0]
