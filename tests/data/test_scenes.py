@@ -257,6 +257,27 @@ def test_every_read_is_a_window_no_larger_than_the_rescaled_crop(tmp_path, monke
         assert out_shape is None or max(out_shape[-2:]) <= CROP
 
 
+def test_scene_reads_run_with_a_bounded_gdal_block_cache(tmp_path, monkeypatch):
+    """GDAL's default cache (5 % of RAM) would keep the decoded blocks of every window read, so
+    memory would grow with the scene: every training read (and the index) runs under the cap."""
+    from co2s.data.io import TRAINING_GDAL_CACHE_BYTES
+    from co2s.data.scenes import Scene
+
+    seen: list = []
+    read = Scene.read
+
+    def spy(self, *args, **kwargs):
+        seen.append(rasterio.env.get_gdal_config("GDAL_CACHEMAX"))
+        return read(self, *args, **kwargs)
+
+    monkeypatch.setattr(Scene, "read", spy)
+    _, crops, pairs = _datasets(_config(_scene(tmp_path)))
+    for i in range(3):
+        crops[(i, i)]
+        pairs[(i, i)]
+    assert len(seen) >= 6 and set(seen) == {TRAINING_GDAL_CACHE_BYTES}, seen
+
+
 def test_unlabelled_crops_avoid_labelled_pixels(tmp_path):
     config = _config(_scene(tmp_path), scale_range=(1.0, 1.0), hflip_p=0.0)
     _, _, pairs = _datasets(config)

@@ -27,6 +27,21 @@ PLAIN_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 IMAGE_SUFFIXES = PLAIN_IMAGE_SUFFIXES | TIFF_SUFFIXES
 #: rasters predicted as whole scenes (any file rasterio opens is accepted when named explicitly)
 SCENE_SUFFIXES = TIFF_SUFFIXES | {".vrt", ".jp2", ".img"}
+#: GDAL's block cache for scene reads. Its default (5 % of RAM) fills with decoded blocks as
+#: training, evaluation and prediction visit windows all over a scene, so memory would grow with
+#: the scene instead of staying bounded by the crop. Prediction walks a tile grid whose
+#: neighbours share blocks: a cache that holds a few rows of tiles pays there.
+GDAL_CACHE_BYTES = 64 * 2**20
+#: Training crops land anywhere in the scenes, so blocks are seldom reused: the cache only has to
+#: hold one item's windows (crop, CutMix source, redraws), and it exists once per loader worker.
+TRAINING_GDAL_CACHE_BYTES = 16 * 2**20
+
+
+def bounded_gdal_cache(max_bytes: int = GDAL_CACHE_BYTES, **options):
+    """A ``rasterio.Env`` whose block cache is capped at ``max_bytes`` (plus GDAL ``options``)."""
+    import rasterio
+
+    return rasterio.Env(GDAL_CACHEMAX=max_bytes, **options)
 
 
 def _is_tiff(path: Path) -> bool:

@@ -42,7 +42,15 @@ import torch
 from torch.utils.data import Dataset
 
 from co2s.data.dataset import _split_key
-from co2s.data.io import check_bands, open_raster, raster_nodata_flags, raster_valid, scale_image
+from co2s.data.io import (
+    TRAINING_GDAL_CACHE_BYTES,
+    bounded_gdal_cache,
+    check_bands,
+    open_raster,
+    raster_nodata_flags,
+    raster_valid,
+    scale_image,
+)
 from co2s.data.labels import LabelEncoder
 from co2s.data.scene_labels import MaskLabels, VectorLabels, mask_extent, parse_crs
 from co2s.data.sources import LabelStats, resolve
@@ -259,7 +267,8 @@ def load_scenes(data, channels: int | None = None, progress: bool = True) -> Sce
         from co2s.data.scene_regions import attach_held_out
 
         attach_held_out(scenes, data, root, vector)
-    return _index(scenes, data.num_classes, data.ignore_index, source, progress)
+    with bounded_gdal_cache(TRAINING_GDAL_CACHE_BYTES):  # the index visits each block once
+        return _index(scenes, data.num_classes, data.ignore_index, source, progress)
 
 
 def attach_labels(scenes: list[Scene], labels, data, root: Path, key: str, rasters_key: str,
@@ -444,6 +453,10 @@ class LabelledSceneCrops(Dataset):
         return int(self.set.block_scene[block]), x0 + col, y0 + row
 
     def __getitem__(self, key) -> dict:
+        with bounded_gdal_cache(TRAINING_GDAL_CACHE_BYTES):  # blocks of a scene must not pile up
+            return self._item(key)
+
+    def _item(self, key) -> dict:
         index, seed = _split_key(key)
         generator = torch.Generator().manual_seed(seed)
         fraction = (index % len(self) + _uniform(generator, 0.0, 1.0)) / len(self)
@@ -529,6 +542,10 @@ class UnlabelledScenePairs(Dataset):
                    "s2": strong_view(weak, self.strong, generator), "valid": valid, "gt": gt}
 
     def __getitem__(self, key) -> dict:
+        with bounded_gdal_cache(TRAINING_GDAL_CACHE_BYTES):  # blocks of a scene must not pile up
+            return self._item(key)
+
+    def _item(self, key) -> dict:
         index, seed = _split_key(key)
         generator = torch.Generator().manual_seed(seed)
         fraction = (index % len(self) + _uniform(generator, 0.0, 1.0)) / len(self)

@@ -18,13 +18,13 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-import rasterio
 import torch
 
+from co2s.data.io import bounded_gdal_cache
 from co2s.data.scene_regions import region_extent
 from co2s.data.scenes import SceneSet
 from co2s.evaluation.metrics import confusion_metric, scores_from_confusion
-from co2s.inference.scene import GDAL_CACHE_BYTES, RasterSource
+from co2s.inference.scene import RasterSource
 from co2s.progress import progress_bar
 
 
@@ -69,7 +69,7 @@ def score_scene_regions(segmenter, regions: SceneSet, predictions: list[str] | N
     predictions = predictions or segmenter.choices
     metrics = {n: confusion_metric(data.num_classes, data.ignore_index).to(segmenter.device) for n in predictions}
     windows = region_windows(regions, world_size)[rank::world_size]
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):  # as predict: GDAL's cache does not grow with the scene
+    with bounded_gdal_cache():  # as predict: GDAL's cache does not grow with the scene
         for window in progress_bar(windows, desc="evaluating regions", enabled=progress):
             _score_window(segmenter, regions.scenes[window.scene], window.box, data, predictions, metrics)
     with warnings.catch_warnings():  # a rank may have had no window (its sums are still summed)

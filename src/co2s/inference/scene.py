@@ -28,7 +28,15 @@ import torch
 from PIL import Image
 
 from co2s.atomic import commit
-from co2s.data.io import check_bands, colorize, open_raster, raster_nodata_flags, raster_valid, scale_image
+from co2s.data.io import (
+    bounded_gdal_cache,
+    check_bands,
+    colorize,
+    open_raster,
+    raster_nodata_flags,
+    raster_valid,
+    scale_image,
+)
 from co2s.errors import Co2sError, DataError
 from co2s.inference.streaming import PANEL_WIDTH, TileGrid, stream_predictions
 from co2s.progress import progress_bar
@@ -37,7 +45,6 @@ NODATA = 255
 BLOCK = 256
 assert PANEL_WIDTH % BLOCK == 0, "panels must start on block boundaries: each block is written once"
 PREVIEW_SIZE = 2048
-GDAL_CACHE_BYTES = 64 * 2**20  # GDAL's block cache defaults to 5 % of RAM, which would grow with the scene
 
 
 @dataclass
@@ -251,7 +258,7 @@ def predict_scene(path: Path, segmenter, out_dir: Path, options: PredictOptions,
     if num_classes >= NODATA:
         raise Co2sError(f"{num_classes} classes do not fit a uint8 class raster with nodata {NODATA}")
     notes = []
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES, COMPRESS_OVERVIEW="DEFLATE"):
+    with bounded_gdal_cache(COMPRESS_OVERVIEW="DEFLATE"):
         source = RasterSource(path, config.data, segmenter.in_channels)
         try:
             if source.dataset.crs is None:
