@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from PIL import Image
 
 from co2s.demo import reference_scores, run_demo
 
@@ -17,11 +18,37 @@ def test_reference_scores_of_constant_and_random_predictors():
 
 @pytest.mark.slow
 def test_demo_writes_everything_into_one_folder(tmp_path):
-    summary = run_demo(tmp_path / "demo", ["train.iters=12", "train.val_every=6", "train.num_workers=0"],
+    summary = run_demo(tmp_path / "demo", ["train.iters=12", "train.val_every=6", "train.log_every=2",
+                                            "train.num_workers=0"],
                        progress=False)
     out = tmp_path / "demo"
     assert json.loads((out / "summary.json").read_text()) == summary
-    assert (out / "run" / "metrics.json").is_file() and (out / "run" / "best.ckpt").is_file()
+    for run in ("run", "supervised"):  # Co2S and its supervised baseline
+        assert (out / run / "metrics.json").is_file() and (out / run / "best.ckpt").is_file()
     assert sorted(p.name for p in (out / "predictions").iterdir()) == [
         "scene_0.png", "scene_0_color.png", "scene_1.png", "scene_1_color.png"]
     assert summary["test_mIoU"] >= 0 and summary["constant_mIoU"] < 15
+
+    # both test scores, per class, and what the unlabelled images added: numbers of this run
+    co2s, sup = summary["co2s"], summary["supervised"]
+    assert summary["test_mIoU"] == co2s["mIoU"]
+    assert co2s["mIoU"] == json.loads((out / "run" / "metrics.json").read_text())["mIoU"]
+    assert sup["mIoU"] == json.loads((out / "supervised" / "metrics.json").read_text())["mIoU"]
+    classes = ["cropland", "forest", "water", "road", "building", "bare soil"]
+    assert list(co2s["IoU"]) == list(sup["IoU"]) == classes
+    gain = summary["unlabelled_gain"]
+    assert gain["mIoU"] == pytest.approx(co2s["mIoU"] - sup["mIoU"])
+    assert gain["IoU"] == pytest.approx({c: co2s["IoU"][c] - sup["IoU"][c] for c in classes})
+
+    # the burn-in acted in the Co2S run and covered the whole baseline run
+    def burn_in_flags(run):
+        return [r["burn_in"] for r in map(json.loads, (out / run / "metrics.jsonl").read_text().splitlines())
+                if r["kind"] == "train"]
+    assert 1.0 in burn_in_flags("run") and 0.0 in burn_in_flags("run")
+    assert set(burn_in_flags("supervised")) == {1.0}
+    assert "confident_ratio" in " ".join(summary["semi_supervised"]["last_quarter"])
+
+    # image | ground truth | supervised | co2s for four 128 px test tiles (drawn at 2x), with a legend
+    with Image.open(out / "comparison.png") as image:
+        assert image.mode == "RGB" and image.width >= 4 * 256 and image.height >= 4 * 256
+    assert summary["comparison"] == str(out / "comparison.png")

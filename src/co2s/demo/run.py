@@ -1,13 +1,20 @@
 """``co2s demo``: synthetic aerial scenes -> train -> evaluate -> predict, in one output folder.
 
-Everything is generated locally (no downloads). The summary compares the trained model with
-what a constant (majority-class) and a uniformly random predictor score on the same test split.
+Everything is generated locally (no downloads). The demo trains the configured semi-supervised
+run (Co2S with two students by default) and, with the same students, labels, iterations and seed,
+a supervised baseline: the same config with ``train.semi.burn_in: 1.0``, i.e. the supervised
+cross-entropy alone for the whole run, the unlabelled images never reaching a loss. Up to the end of
+the semi-supervised run's burn-in the two runs are the same computation, so the baseline continues
+from that run's ``burn_in.ckpt``. Both are scored at their last step on the test split; the summary shows the two mIoUs and per-class IoUs, what the unlabelled images
+added, and what a constant (majority-class) and a uniformly random predictor score.
+``comparison.png`` shows test tiles side by side: image, ground truth, supervised, Co2S.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -16,10 +23,21 @@ import numpy as np
 from co2s.api import train
 from co2s.atomic import write_text
 from co2s.config.loader import load_config
+from co2s.data.io import read_image, read_mask
+from co2s.data.sources import read_split
+from co2s.demo.comparison import write_comparison
 from co2s.demo.synthetic import write_demo_dataset
+from co2s.engine.metrics_log import read_log
+from co2s.engine.run_dir import has_checkpoint
 from co2s.evaluation.metrics import scores_from_confusion
 from co2s.evaluation.run import evaluate_checkpoint, print_report
 from co2s.inference.predict import predict_files
+from co2s.inference.segmenter import Segmenter
+from co2s.methods import METHODS
+from co2s.methods.losses import burn_in_steps
+
+#: test tiles shown in comparison.png
+COMPARISON_TILES = 4
 
 
 def reference_scores(confusion: list[list[int]], classes: list[str]) -> dict:
@@ -38,32 +56,173 @@ def reference_scores(confusion: list[list[int]], classes: list[str]) -> dict:
     }
 
 
+def _fork_at_burn_in(run_dir: Path, baseline_dir: Path, fork_step: int, best: dict | None) -> bool:
+    """Start the supervised baseline from the semi-supervised run's ``burn_in.ckpt``.
+
+    Until the burn-in ends the two runs are the same computation (same config but for the burn-in
+    length, same seed, same batches, supervised steps only, the same poly schedule over the same
+    iterations), so the baseline resumes there instead of repeating it. False when there is no
+    burn-in checkpoint or the baseline already has checkpoints of its own.
+    """
+    fork = run_dir / "burn_in.ckpt"
+    if not fork.is_file() or has_checkpoint(baseline_dir):
+        return False
+    baseline_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(fork, baseline_dir / "latest.ckpt.part")
+    os.replace(baseline_dir / "latest.ckpt.part", baseline_dir / "latest.ckpt")
+    if (run_dir / "metrics.jsonl").is_file():  # its records up to the fork (the trainer drops the rest)
+        shutil.copyfile(run_dir / "metrics.jsonl", baseline_dir / "metrics.jsonl")
+    if best is not None and best["step"] <= fork_step and (run_dir / "best.ckpt").is_file():
+        # the best validation so far is one both runs share: the same weights
+        shutil.copyfile(run_dir / "best.ckpt", baseline_dir / "best.ckpt")
+    return True
+
+
+def _scores(metrics: dict, checkpoint: Path, seconds: float) -> dict:
+    """What the summary keeps of one run's test metrics."""
+    return {
+        "mIoU": metrics["mIoU"], "OA": metrics["OA"], "IoU": metrics["IoU"], "prediction": metrics["prediction"],
+        "mIoU_by_prediction": {name: s["mIoU"] for name, s in metrics["predictions"].items()},
+        "checkpoint": str(checkpoint), "metrics": metrics["path"], "train_seconds": round(seconds, 1),
+        "checkpoint_step": metrics.get("checkpoint_step"),
+    }
+
+
+def _semi_diagnostics(config, run_dir: Path) -> dict:
+    """The semi-supervised machinery at the end of training, from ``metrics.jsonl``: per model the
+    confident-pixel ratio at tau and the unlabelled loss terms, and the teaching shares (means over
+    the last quarter of the run's train records)."""
+    t = config.train
+    records = [r for r in read_log(run_dir / "metrics.jsonl") if r.get("kind") == "train"]
+    total = records[-1]["step"] if records else 0
+    tail = [r for r in records if r["step"] > total - max(1, total // 4)] or records[-1:]
+    keys = sorted({k for r in tail for k in r if k.endswith(("confident_ratio", "/s1", "/sta", "_teaches"))
+                   or k in ("no_teaching", "s1")})
+    return {"tau": t.semi.tau, "burn_in_iters": round(t.semi.burn_in * total), "iters": total,
+            "last_quarter": {k: float(np.mean([r[k] for r in tail if k in r])) for k in keys}}
+
+
+def _show_tiles(config, count: int) -> list:
+    """The test tiles with the most classes in their masks (ties: list order)."""
+    samples = read_split(config.data.splits.test, config.data, labelled=True, name="test")
+    masks = [read_mask(s.mask) for s in samples]
+    order = sorted(range(len(samples)), key=lambda i: -len(np.unique(masks[i])))
+    return [(samples[i], masks[i]) for i in order[:count]]
+
+
+def write_comparison_png(path: Path, config, checkpoints: dict[str, Path]) -> Path:
+    """Image, ground truth and each checkpoint's prediction for a few test tiles."""
+    segmenters = {title: Segmenter.load(ckpt) for title, ckpt in checkpoints.items()}
+    rows = []
+    for sample, mask in _show_tiles(config, COMPARISON_TILES):
+        image = read_image(sample.image)  # [C, H, W] uint8 for the demo's PNG tiles
+        rgb = np.ascontiguousarray(np.moveaxis(image[:3], 0, -1)).astype(np.uint8)
+        rows.append([rgb, mask, *(s.predict(sample.image).classes for s in segmenters.values())])
+    return write_comparison(path, rows, ["image", "ground truth", *segmenters], config.data.classes,
+                            config.data.palette)
+
+
+def _iou_table(classes: list[str], rows: dict[str, dict]) -> str:
+    """Per-class IoU and mIoU, one line per run (values in %), and the difference of the last two."""
+    width = max(len(name) for name in [*rows, "added by the unlabelled images"]) + 2
+    cols = [*classes, "mIoU"]
+    lines = [" " * width + "".join(f"{c[:10]:>11}" for c in cols)]
+    values = {name: [r["IoU"][c] for c in classes] + [r["mIoU"]] for name, r in rows.items()}
+    for name, v in values.items():
+        lines.append(f"{name:<{width}}" + "".join(f"{x:11.1f}" for x in v))
+    if len(values) == 2:
+        (_, a), (_, b) = values.items()
+        lines.append(f"{'added by the unlabelled images':<{width}}"
+                     + "".join(f"{(y - x) + 0.0:+11.1f}".replace("-0.0", "+0.0") for x, y in zip(a, b)))
+    return "\n".join(lines)
+
+
 def run_demo(out_dir: str | os.PathLike = "demo_output", overrides: list[str] | None = None,
-             seed: int = 0, progress: bool = True) -> dict:
+             seed: int = 0, progress: bool = True, baseline: bool = True) -> dict:
+    """Generate the data, train the demo config and (``baseline``, for a semi-supervised method)
+    its supervised baseline, evaluate both on the test split, predict the scenes and write
+    ``summary.json`` and ``comparison.png``. Returns the summary."""
     start = time.perf_counter()
     out = Path(out_dir)
     dataset = write_demo_dataset(out / "data", seed=seed)
     config = load_config("demo", [f"data.root={dataset.root}", f"out_dir={out / 'run'}",
                                   f"train.seed={seed}", *(overrides or [])])
-    print(f"demo data in {dataset.root}; training {config.train.method} "
-          f"({config.model.name}) for {config.train.iters} iterations")
+    semi = METHODS[config.train.method].uses_unlabelled
+    model = ", ".join(f"{s.name}: {s.backbone.kind}" for s in config.model.students) \
+        if config.model.name == "students" else config.model.name
+    print(f"demo data in {dataset.root}; training {config.train.method} ({model}) for "
+          f"{config.train.iters} iterations"
+          + (f", the first {config.train.semi.burn_in:.0%} supervised (burn-in)" if semi and config.train.semi.burn_in
+             else ""))
+    runs: dict[str, tuple] = {}
+    t0 = time.perf_counter()
     result = train(config, progress=progress)
-    checkpoint = result.run_dir / ("best.ckpt" if result.best else "latest.ckpt")
-    metrics = evaluate_checkpoint(checkpoint, split="test", progress=progress)
-    print_report(metrics)
+    runs[config.train.method] = (config, result.latest_checkpoint, time.perf_counter() - t0)
+    if semi and baseline:
+        base = config.override({"train.semi.burn_in": 1.0, "out_dir": str(out / "supervised")})
+        fork_step = burn_in_steps(result.steps, config.train.semi.burn_in)
+        forked = fork_step if _fork_at_burn_in(Path(result.run_dir), out / "supervised", fork_step,
+                                               result.best) else 0
+        print(f"supervised baseline: the same students, labels, seed and {base.train.iters} iterations, "
+              "the unlabelled images never in a loss (train.semi.burn_in: 1.0)"
+              + (f"; steps 1-{forked} are the Co2S run's burn-in, continued from its burn_in.ckpt" if forked
+                 else ""))
+        t0 = time.perf_counter()
+        base_result = train(base, progress=progress)
+        runs["supervised"] = (base, base_result.latest_checkpoint, time.perf_counter() - t0)
+
+    scores = {}
+    for name, (cfg, checkpoint, seconds) in runs.items():
+        metrics = evaluate_checkpoint(checkpoint, split="test", progress=progress)
+        if name == config.train.method:
+            main_metrics = metrics
+            print_report(metrics)
+        scores[name] = _scores(metrics, checkpoint, seconds)
+    main = scores[config.train.method]
+    checkpoint = Path(main["checkpoint"])
     predictions = predict_files(checkpoint, [str(p) for p in dataset.scenes], out / "predictions",
                                 progress=progress)
+    shown = ({f"supervised (test mIoU {scores['supervised']['mIoU']:.1f})": runs["supervised"][1]}
+             if "supervised" in runs and semi else {})
+    shown[f"{config.train.method} (test mIoU {main['mIoU']:.1f})"] = checkpoint
+    comparison = write_comparison_png(out / "comparison.png", config, shown)
+
     summary = {
-        "test_mIoU": metrics["mIoU"],
-        "test_OA": metrics["OA"],
-        **reference_scores(metrics["confusion_matrix"], metrics["classes"]),
-        "checkpoint": str(checkpoint),
-        "metrics": metrics["path"],
-        "predictions": [str(p) for r in predictions for p in r.outputs],
-        "seconds": round(time.perf_counter() - start, 1),
+        "test_mIoU": main["mIoU"],
+        "test_OA": main["OA"],
+        **reference_scores(main_metrics["confusion_matrix"], main_metrics["classes"]),
+        "method": config.train.method,
+        config.train.method: main,
     }
+    if "supervised" in scores and semi:
+        sup = scores["supervised"]
+        summary["supervised"] = {**sup, "how": "the same students, labelled crops, iterations and seed; "
+                                 "supervised cross-entropy only (train.semi.burn_in: 1.0), continued "
+                                 "from the Co2S run's burn-in checkpoint; both scored at their last step"}
+        summary["unlabelled_gain"] = {
+            "mIoU": main["mIoU"] - sup["mIoU"],
+            "IoU": {c: main["IoU"][c] - sup["IoU"][c] for c in main["IoU"]},
+        }
+    if semi:
+        summary["semi_supervised"] = _semi_diagnostics(config, Path(result.run_dir))
+    summary.update({
+        "checkpoint": str(checkpoint),
+        "metrics": main["metrics"],
+        "predictions": [str(p) for r in predictions for p in r.outputs],
+        "comparison": str(comparison),
+        "seconds": round(time.perf_counter() - start, 1),
+    })
     write_text(out / "summary.json", json.dumps(summary, indent=2))
-    print(f"test mIoU {summary['test_mIoU']:.2f} % (constant predictor "
-          f"{summary['constant_mIoU']:.2f} %, random {summary['random_mIoU']:.2f} %); "
-          f"predictions in {out / 'predictions'}; {summary['seconds']} s")
+
+    classes = list(config.data.classes)
+    table = {f"{n} ({'labels only' if n == 'supervised' else 'labels + unlabelled' if semi else 'labels'})": s
+             for n, s in sorted(scores.items(), key=lambda kv: kv[0] != "supervised")}
+    print(f"\ntest IoU (%), {main_metrics['images']} tiles; prediction: {main['prediction']}")
+    print(_iou_table(classes, table))
+    if semi:
+        d = summary["semi_supervised"]["last_quarter"]
+        ratios = ", ".join(f"{k.split('/')[0]} {v:.2f}" for k, v in d.items() if k.endswith("confident_ratio"))
+        print(f"confident pixels at tau {config.train.semi.tau} (last quarter of the run): {ratios}")
+    print(f"constant predictor {summary['constant_mIoU']:.2f} %, random {summary['random_mIoU']:.2f} %; "
+          f"predictions in {out / 'predictions'}; side by side in {comparison}; {summary['seconds']} s")
     return summary
