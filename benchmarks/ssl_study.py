@@ -3,29 +3,35 @@
 For each labelled fraction and seed it writes a seeded split of ``train.txt`` (labelled part, the
 rest unlabelled), trains every method with the same iterations, batch, crop, learning rate and
 student architectures, selects the checkpoint on a fixed subset of ``val.txt`` and scores it on
-``test_gold.txt``. Methods (``--methods``):
+``test_gold.txt``. With the default students (``models/co2s-cpu``: a CLIP ViT with text
+prototypes, ``clip``, and the CNN with learnable queries, ``cnn``) the methods (``--methods``) are:
 
-    supervised-clip  supervised-dino        labelled images only, each student architecture
-    fixmatch-clip                            one CutMixed strong view
-    unimatch-clip    unimatch-dino           two strong views + feature perturbation
+    supervised-clip  supervised-cnn         labelled images only, each student architecture
+    fixmatch-cnn                             one CutMixed strong view (the stronger student)
+    unimatch-clip    unimatch-cnn            two strong views + feature perturbation
     co2s                                     both students, L_sta with the student's gradient
     co2s-detached                            the authors' released code: L_sta detached
 
-Two-student runs are scored per student and per fusion (mean, confidence). Each run is a
-``co2s train`` + ``co2s evaluate`` subprocess in its own run folder, so an interrupted study resumes
-where it stopped (finished runs are skipped, unfinished ones resume from ``latest.ckpt``).
+Two-student runs are scored per student and per fusion (mean, confidence). Every semi-supervised
+run shares the supervised burn-in (``--burn-in``, a fraction of ``--iters``) and the threshold.
+Each run is a ``co2s train`` + ``co2s evaluate`` subprocess in its own run folder, so an
+interrupted study resumes where it stopped (finished runs are skipped, unfinished ones resume from
+``latest.ckpt``). The unlabelled lists carry their masks: those never reach a loss, they only
+feed the logged pseudo-label accuracy (of all and of the confident pixels).
 
 Outputs in ``--out``: ``results.json`` (every run: config, seed, per-class IoU, mIoU per student
-and fusion, best validation, time), ``results.md`` (mean +- spread over seeds), and plots
-``miou_vs_fraction.png`` and ``co2s_training.png`` (pseudo-label accuracy and teaching shares).
+and fusion, best validation, time, training curves), ``results.md`` (mean +- spread over seeds,
+per-class IoU, each gap to the supervised run of the same student against the seed spread, the
+pseudo-label diagnostics and teaching shares), and plots ``miou_vs_fraction.png`` and
+``co2s_training.png`` (pseudo-label accuracy, confident ratio, teaching shares over training).
 
     python benchmarks/ssl_study.py --jobs 2                     # the CPU size (see docs/benchmarks.md)
     python benchmarks/ssl_study.py --report-only                 # tables and plots from finished runs
-    python benchmarks/ssl_study.py --students models/co2s-vitb16 --crop 512 --batch 4 \\
-        --iters 20000 --lr 2e-5 --val-every 2000 --threads 0 --engine engine.precision=bf16-mixed
+    python benchmarks/ssl_study.py --students models/co2s-vitb16 --crop 512 --batch 4 --burn-in 0 \
+        --iters 20000 --lr 2e-5 --tau 0.95 --val-every 2000 --threads 0 --set engine.precision=bf16-mixed
 
-The default size (tiny random-weight students, crop 128) finishes on a 2-core CPU; the paper's
-students need a GPU and their pretrained weights (``models/co2s-vitb16``).
+The default size (CPU students without pretrained weights, crop 128) finishes on a 2-core CPU;
+the paper's students need a GPU and their pretrained weights (``models/co2s-vitb16``).
 """
 
 from __future__ import annotations
@@ -50,35 +56,55 @@ from co2s.engine.metrics_log import read_log
 
 REPO = Path(__file__).resolve().parents[1]
 
-#: method name -> train.method, students (by name, from the students preset), semi overrides
+#: method name -> train.method, students ({a}: the preset's first student, {b}: its second), semi
+#: overrides. Names are resolved against the students preset (co2s-cpu: clip and cnn).
 METHODS = {
-    "supervised-clip": ("supervised", ["clip"], {}),
-    "supervised-dino": ("supervised", ["dino"], {}),
-    "fixmatch-clip": ("fixmatch", ["clip"], {}),
-    "unimatch-clip": ("unimatch", ["clip"], {}),
-    "unimatch-dino": ("unimatch", ["dino"], {}),
-    "co2s": ("co2s", ["clip", "dino"], {"stability_gradient": True}),
-    "co2s-detached": ("co2s", ["clip", "dino"], {"stability_gradient": False}),
+    "supervised-{a}": ("supervised", ["{a}"], {}),
+    "supervised-{b}": ("supervised", ["{b}"], {}),
+    "fixmatch-{b}": ("fixmatch", ["{b}"], {}),
+    "unimatch-{a}": ("unimatch", ["{a}"], {}),
+    "unimatch-{b}": ("unimatch", ["{b}"], {}),
+    "co2s": ("co2s", ["{a}", "{b}"], {"stability_gradient": True}),
+    "co2s-detached": ("co2s", ["{a}", "{b}"], {"stability_gradient": False}),
 }
-PREDICTIONS = ("clip", "dino", "mean", "confidence")  # of a two-student run, in table order
-CURVE_KEYS = ("clip/pseudo_label_acc", "dino/pseudo_label_acc", "clip/confident_ratio",
-              "dino/confident_ratio", "clip_teaches", "dino_teaches", "no_teaching")
+PREDICTION_KINDS = ("{a}", "{b}", "mean", "confidence")  # of a two-student run, in table order
+CURVE_KEYS = ("{a}/pseudo_label_acc", "{b}/pseudo_label_acc", "{a}/pseudo_label_acc_confident",
+              "{b}/pseudo_label_acc_confident", "{a}/confident_ratio", "{b}/confident_ratio",
+              "{a}_teaches", "{b}_teaches", "no_teaching", "burn_in",
+              "pseudo_label_acc", "pseudo_label_acc_confident", "confident_ratio")
+
+
+class Names:
+    """The study's method, prediction and curve names for one students preset (first, second)."""
+
+    def __init__(self, a: str, b: str) -> None:
+        self.a, self.b = a, b
+        self.methods = {self.name(k): (m, [self.name(x) for x in st], semi) for k, (m, st, semi) in METHODS.items()}
+        self.predictions = tuple(self.name(k) for k in PREDICTION_KINDS)
+        self.curve_keys = tuple(self.name(k) for k in CURVE_KEYS)
+
+    def name(self, template: str) -> str:
+        return template.format(a=self.a, b=self.b)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=os.environ.get("CO2S_DATA_DIR", str(REPO.parent / "shared/data"))
                    + "/ai4mars-msl-256", help="the AI4Mars MSL folder (default: ../shared/data/ai4mars-msl-256)")
-    p.add_argument("--out", default=str(REPO / "benchmarks/results/ssl_study"))
+    p.add_argument("--out", default=str(REPO / "benchmarks/results/ssl_study_v2"))
     p.add_argument("--fractions", nargs="+", default=["1/16", "1/8"])
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    p.add_argument("--students", default="models/co2s-tiny", help="model preset with a clip and a dino student")
-    p.add_argument("--iters", type=int, default=200)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--methods", nargs="+", help="default: all (names with the preset's student names, e.g. "
+                   "supervised-clip supervised-cnn fixmatch-cnn unimatch-clip unimatch-cnn co2s co2s-detached)")
+    p.add_argument("--students", default="models/co2s-cpu", help="model preset with two students")
+    p.add_argument("--iters", type=int, default=500)
+    p.add_argument("--burn-in", type=float, default=0.6,
+                   help="supervised burn-in of the semi-supervised runs, fraction of iters (0: the paper)")
+    p.add_argument("--warmup", type=int, default=20, help="linear warm-up iterations (train.warmup_iters)")
     p.add_argument("--crop", type=int, default=128)
     p.add_argument("--batch", type=int, default=2, help="labelled (and unlabelled) images per step")
     p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--tau", type=float, default=0.5, help="pseudo-label confidence threshold")
+    p.add_argument("--tau", type=float, default=0.8, help="pseudo-label confidence threshold")
     p.add_argument("--val-every", type=int, help="default: iters / 2")
     p.add_argument("--val-images", type=int, default=60, help="fixed subset: the first N of val.txt")
     p.add_argument("--eval-window", type=int, default=256, help="test window (256 = whole AI4Mars image)")
@@ -99,9 +125,12 @@ def base_config(args) -> dict:
         yaml.safe_dump({"preset": ["ai4mars", args.students]}, f)
     try:
         config = load_config(f.name, [
-            f"data.root={data}", "data.validate_files=exists",
+            # each run sets its own method and labelled/unlabelled lists (run_config)
+            f"data.root={data}", "data.validate_files=exists", "train.method=co2s",
+            "data.splits.unlabelled=splits/train.txt",
             f"train.crop_size={args.crop}", f"train.batch_size={args.batch}", f"train.iters={args.iters}",
-            f"train.lr={args.lr}", f"train.semi.tau={args.tau}",
+            f"train.lr={args.lr}", f"train.semi.tau={args.tau}", f"train.semi.burn_in={args.burn_in}",
+            f"train.warmup_iters={args.warmup}",
             f"train.val_every={args.val_every or max(1, args.iters // 2)}",
             f"train.val_max_images={args.val_images}", "train.log_every=10", "train.num_workers=0",
             f"eval.window={args.eval_window}", *args.overrides,
@@ -111,8 +140,15 @@ def base_config(args) -> dict:
     return config_to_dict(config)
 
 
-def run_config(base: dict, method: str, split_dir: Path, seed: int) -> dict:
-    train_method, students, semi = METHODS[method]
+def study_names(base: dict) -> Names:
+    students = [s["name"] for s in base["model"]["students"]]
+    if len(students) != 2:
+        sys.exit(f"the students preset needs two students; it has {students}")
+    return Names(*students)
+
+
+def run_config(base: dict, names: Names, method: str, split_dir: Path, seed: int) -> dict:
+    train_method, students, semi = names.methods[method]
     cfg = json.loads(json.dumps(base))  # deep copy
     by_name = {s["name"]: s for s in cfg["model"]["students"]}
     missing = [n for n in students if n not in by_name]
@@ -180,7 +216,7 @@ def execute(run_dir: Path, cfg: dict, threads: int) -> dict:
     return record
 
 
-def collect(run_dir: Path, method: str, fraction: str, seed: int) -> dict:
+def collect(run_dir: Path, names: Names, method: str, fraction: str, seed: int) -> dict:
     """Everything the report needs from a finished run folder."""
     record = {"method": method, "fraction": fraction, "seed": seed, "run_dir": str(run_dir)}
     status = run_dir / "study_run.json"
@@ -199,20 +235,20 @@ def collect(run_dir: Path, method: str, fraction: str, seed: int) -> dict:
         test_prediction=metrics["prediction"],
         checkpoint_step=metrics["checkpoint_step"],
         best_val={"step": best["step"], "mIoU": best["mIoU"]} if best else None,
-        curve=[{"step": r["step"], **{k: r[k] for k in CURVE_KEYS if k in r}}
+        curve=[{"step": r["step"], **{k: r[k] for k in names.curve_keys if k in r}}
                for r in log if r["kind"] == "train"],
     )
     return record
 
 
-def rows(records: list[dict]) -> list[tuple[str, str, str]]:
+def rows(records: list[dict], names: Names) -> list[tuple[str, str, str]]:
     """(row label, method, prediction) in table order: single-student runs, then each prediction of co2s."""
     out = []
-    for method in METHODS:
+    for method in names.methods:
         found = [r for r in records if r["method"] == method and r["status"] == "done"]
         if not found:
             continue
-        preds = [p for p in PREDICTIONS if p in found[0]["test"]]
+        preds = [p for p in names.predictions if p in found[0]["test"]]
         if len(found[0]["test"]) == 1:
             out.append((method, method, next(iter(found[0]["test"]))))
         else:
@@ -221,8 +257,9 @@ def rows(records: list[dict]) -> list[tuple[str, str, str]]:
 
 
 def cell(records, method, prediction, fraction, key=("mIoU",)) -> list[float]:
+    """One value per finished seed, in seed order."""
     values = []
-    for r in records:
+    for r in sorted(records, key=lambda r: r["seed"]):
         if r["method"] == method and r["fraction"] == fraction and r["status"] == "done":
             v = r["test"][prediction]
             for k in key:
@@ -239,21 +276,100 @@ def fmt(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
-def markdown(records: list[dict], fractions: list[str], classes: list[str], settings: dict) -> str:
+def gap(records, method, prediction, baseline, fraction) -> str:
+    """Mean gap to the supervised baseline with the seed spread of the paired differences, and
+    whether the gap exceeds that spread (same seed = same labelled split, so the runs pair)."""
+    by_seed = {r["seed"]: r["test"][prediction]["mIoU"] for r in records
+               if r["method"] == method and r["fraction"] == fraction and r["status"] == "done"}
+    base = {r["seed"]: r["test"][next(iter(r["test"]))]["mIoU"] for r in records
+            if r["method"] == baseline and r["fraction"] == fraction and r["status"] == "done"}
+    diffs = [by_seed[k] - base[k] for k in sorted(by_seed) if k in base]
+    if len(diffs) < 2:
+        return "-" if not diffs else f"{diffs[0]:+.2f} (n=1)"
+    mean, sd = statistics.mean(diffs), statistics.stdev(diffs)
+    verdict = "exceeds the spread" if abs(mean) > sd else "within the spread"
+    return f"{mean:+.2f} ± {sd:.2f} ({verdict}; {sum(d > 0 for d in diffs)}/{len(diffs)} seeds better)"
+
+
+def diagnostics(record: dict, names: Names) -> dict[str, float]:
+    """Means over the semi-supervised part of training (after the burn-in) of the logged
+    pseudo-label diagnostics, and the share of logged steps with a confident ratio above zero."""
+    curve = [c for c in record["curve"] if not c.get("burn_in")]
+    out = {}
+    prefixes = [f"{names.a}/", f"{names.b}/"] if record["method"].startswith("co2s") else [""]
+    for pre in prefixes:
+        for key in ("confident_ratio", "pseudo_label_acc", "pseudo_label_acc_confident"):
+            values = [c[pre + key] for c in curve if pre + key in c]
+            if values:
+                out[pre + key] = statistics.mean(values)
+        ratios = [c[pre + "confident_ratio"] for c in curve if pre + "confident_ratio" in c]
+        if ratios:
+            out[pre + "steps_confident"] = sum(v > 0 for v in ratios) / len(ratios)
+    for key in (f"{names.a}_teaches", f"{names.b}_teaches", "no_teaching"):
+        values = [c[key] for c in curve if key in c]
+        if values:
+            out[key] = statistics.mean(values)
+    return out
+
+
+def markdown(records: list[dict], names: Names, fractions: list[str], classes: list[str], settings: dict) -> str:
     lines = ["# AI4Mars MSL semi-supervised study", "",
              "Test mIoU (%) on test_gold.txt, mean ± sample standard deviation over seeds "
              f"(seeds: {settings['seeds']}); checkpoint chosen on the first {settings['val_images']} "
              "images of val.txt.", "",
              "| method | " + " | ".join(f"{f} labelled" for f in fractions) + " |",
              "|---|" + "---|" * len(fractions)]
-    for label, method, pred in rows(records):
+    table_rows = rows(records, names)
+    for label, method, pred in table_rows:
         lines.append(f"| {label} | " + " | ".join(fmt(cell(records, method, pred, f)) for f in fractions) + " |")
+
+    lines += ["", "Gap to the supervised run of the same student (same seeds, same labelled split), "
+              "mean ± spread of the paired differences over seeds; fusions against the better supervised "
+              "student of each fraction's mean:", "",
+              "| method | " + " | ".join(f"{f} labelled" for f in fractions) + " |",
+              "|---|" + "---|" * len(fractions)]
+    sup = {n: f"supervised-{n}" for n in (names.a, names.b)}
+    for label, method, pred in table_rows:
+        if method.startswith("supervised"):
+            continue
+        cells = []
+        for f in fractions:
+            student = pred if pred in sup else next((n for n in (names.a, names.b) if method.endswith(f"-{n}")), None)
+            if student is None:  # a fusion: against the better supervised student at this fraction
+                means = {n: statistics.mean(v) for n in sup if (v := cell(records, sup[n], n, f))}
+                student = max(means, key=means.get) if means else names.a
+            cells.append(gap(records, method, pred, sup[student], f))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+
     for fraction in fractions:
         lines += ["", f"Per-class test IoU (%), {fraction} labelled:", "",
                   "| method | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
-        for label, method, pred in rows(records):
+        for label, method, pred in table_rows:
             lines.append(f"| {label} | " + " | ".join(
                 fmt(cell(records, method, pred, fraction, ("IoU", c))) for c in classes) + " |")
+
+    semi = [r for r in records if r["status"] == "done" and not r["method"].startswith("supervised")]
+    if semi:
+        keys = sorted({k for r in semi for k in diagnostics(r, names)})
+        lines += ["", "Pseudo-label diagnostics over the semi-supervised part of training (after the burn-in), "
+                  "means over logged steps and seeds: confident_ratio = share of valid unlabelled pixels "
+                  f"at or above tau {settings['tau']}; pseudo_label_acc(_confident) = agreement of the "
+                  "weak-view pseudo-labels with the masks the study keeps aside (all / confident pixels only); "
+                  "steps_confident = share of logged steps with a confident ratio above zero; *_teaches = "
+                  "teaching shares of the stability loss.", "",
+                  "| method | fraction | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+        for method in names.methods:
+            for f in fractions:
+                found = [diagnostics(r, names) for r in semi if r["method"] == method and r["fraction"] == f]
+                if found:
+                    lines.append(f"| {method} | {f} | " + " | ".join(
+                        f"{statistics.mean(d[k] for d in found if k in d):.3f}" if any(k in d for d in found)
+                        else "-" for k in keys) + " |")
+
+    times = [r["timing"]["wall_s"] for r in records if r["status"] == "done"]
+    if times:
+        lines += ["", f"Wall time: {sum(times) / 3600:.2f} h over {len(times)} runs (sum of the runs' "
+                  f"wall times; with --jobs > 1 they overlap)."]
     lines += ["", "Run settings: " + json.dumps(settings), ""]
     missing = [f"{r['method']} {r['fraction']} seed {r['seed']}" for r in records if r["status"] != "done"]
     if missing:
@@ -261,7 +377,7 @@ def markdown(records: list[dict], fractions: list[str], classes: list[str], sett
     return "\n".join(lines)
 
 
-def plots(records: list[dict], fractions: list[str], out: Path) -> list[Path]:
+def plots(records: list[dict], names: Names, fractions: list[str], out: Path) -> list[Path]:
     try:
         import matplotlib
 
@@ -274,7 +390,7 @@ def plots(records: list[dict], fractions: list[str], out: Path) -> list[Path]:
 
     xs = [parse_ratio(f) for f in fractions]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, (label, method, pred) in enumerate(rows(records)):
+    for i, (label, method, pred) in enumerate(rows(records, names)):
         means = [statistics.mean(v) if (v := cell(records, method, pred, f)) else float("nan") for f in fractions]
         spreads = [statistics.stdev(v) if len(v := cell(records, method, pred, f)) > 1 else 0 for f in fractions]
         ax.errorbar(xs, means, yerr=spreads, marker="o", capsize=3, label=label,
@@ -292,22 +408,24 @@ def plots(records: list[dict], fractions: list[str], out: Path) -> list[Path]:
 
     co2s_runs = [r for r in records if r["method"].startswith("co2s") and r["status"] == "done"]
     if co2s_runs:
+        a, b = names.a, names.b
         fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-        panels = [("pseudo-label accuracy (all pixels)", ("clip/pseudo_label_acc", "dino/pseudo_label_acc")),
-                  ("confident pixel ratio", ("clip/confident_ratio", "dino/confident_ratio")),
-                  ("teaching shares", ("clip_teaches", "dino_teaches"))]
+        panels = [("pseudo-label accuracy of confident pixels",
+                   (f"{a}/pseudo_label_acc_confident", f"{b}/pseudo_label_acc_confident")),
+                  ("confident pixel ratio", (f"{a}/confident_ratio", f"{b}/confident_ratio")),
+                  ("teaching shares", (f"{a}_teaches", f"{b}_teaches"))]
         for ax, (title, keys) in zip(axes, panels):
-            for r in co2s_runs:
-                for key in keys:
+            for i, r in enumerate(co2s_runs):
+                for j, key in enumerate(keys):
                     points = [(c["step"], c[key]) for c in r["curve"] if key in c]
                     if points:
                         steps, values = zip(*points)
-                        ax.plot(steps, values, lw=1,
-                                label=f"{r['method']} {r['fraction']} s{r['seed']} {key.split('/')[0]}")
+                        ax.plot(steps, values, lw=1, ls="-" if j == 0 else "--", color=plt.cm.tab20(i % 20),
+                                label=f"{r['method']} {r['fraction']} s{r['seed']} {key.split('/')[0].split('_')[0]}")
             ax.set_title(title)
             ax.set_xlabel("iteration")
             ax.grid(alpha=0.3)
-        axes[0].legend(fontsize=6)
+        axes[0].legend(fontsize=5, ncol=2)
         fig.tight_layout()
         paths.append(out / "co2s_training.png")
         fig.savefig(paths[1], dpi=120)
@@ -320,9 +438,14 @@ def main(argv=None) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     base = base_config(args)
+    names = study_names(base)
+    methods = args.methods or list(names.methods)
+    unknown = [m for m in methods if m not in names.methods]
+    if unknown:
+        sys.exit(f"unknown methods {unknown}; with {args.students}: {list(names.methods)}")
     split_dirs = write_splits(base, args.fractions, args.seeds, out)
     # seed-major, so that a partial study already covers every fraction and method once
-    plan = [(m, f, s) for s in args.seeds for f in args.fractions for m in args.methods]
+    plan = [(m, f, s) for s in args.seeds for f in args.fractions for m in methods]
 
     def run_dir(m, f, s):
         return out / "runs" / m / f"{ratio_tag(f)}_seed{s}"
@@ -330,7 +453,7 @@ def main(argv=None) -> int:
     if not args.report_only:
         def job(item):
             m, f, s = item
-            record = execute(run_dir(m, f, s), run_config(base, m, split_dirs[f, s], s), args.threads)
+            record = execute(run_dir(m, f, s), run_config(base, names, m, split_dirs[f, s], s), args.threads)
             status = record.get("error") or f"{record['wall_s']:.0f} s"
             print(f"[{time.strftime('%H:%M:%S')}] {m} {f} seed {s}: {status}", flush=True)
 
@@ -338,13 +461,14 @@ def main(argv=None) -> int:
         with ThreadPoolExecutor(args.jobs) as pool:
             list(pool.map(job, plan))
 
-    records = [collect(run_dir(m, f, s), m, f, s) for m, f, s in plan]
-    settings = {"students": args.students, "iters": args.iters, "crop": args.crop, "batch": args.batch,
-                "lr": args.lr, "tau": args.tau, "val_images": args.val_images, "seeds": args.seeds,
-                "eval_window": args.eval_window, "overrides": args.overrides}
+    records = [collect(run_dir(m, f, s), names, m, f, s) for m, f, s in plan]
+    settings = {"students": args.students, "iters": args.iters, "burn_in": args.burn_in, "warmup": args.warmup,
+                "crop": args.crop, "batch": args.batch, "lr": args.lr, "tau": args.tau,
+                "val_images": args.val_images, "seeds": args.seeds, "eval_window": args.eval_window,
+                "overrides": args.overrides}
     (out / "results.json").write_text(json.dumps({"settings": settings, "runs": records}, indent=1))
-    (out / "results.md").write_text(markdown(records, args.fractions, base["data"]["classes"], settings))
-    made = plots(records, args.fractions, out)
+    (out / "results.md").write_text(markdown(records, names, args.fractions, base["data"]["classes"], settings))
+    made = plots(records, names, args.fractions, out)
     print((out / "results.md").read_text())
     print("wrote", ", ".join(str(p) for p in [out / "results.json", out / "results.md", *made]))
     return 0 if all(r["status"] == "done" for r in records) else 1
