@@ -15,8 +15,10 @@ prototypes, ``clip``, and the CNN with learnable queries, ``cnn``) the methods (
 Two-student runs are scored per student and per fusion (mean, confidence). Every semi-supervised
 run shares the supervised burn-in (``--burn-in``, a fraction of ``--iters``) and the threshold.
 Each run is a ``co2s train`` + ``co2s evaluate`` subprocess in its own run folder, so an
-interrupted study resumes where it stopped (finished runs are skipped, unfinished ones resume from
-``latest.ckpt``). The unlabelled lists carry their masks: those never reach a loss, they only
+interrupted study resumes where it stopped (unfinished runs resume from ``latest.ckpt``). A
+finished run leaves a small record in ``--out``/records (committed with the results; run folders
+are not), and a recorded run is never trained again: a study too long for one sitting goes on in
+a fresh clone of the repository. The unlabelled lists carry their masks: those never reach a loss, they only
 feed the logged pseudo-label accuracy (of all and of the confident pixels).
 
 Outputs in ``--out``: ``results.json`` (every run: config, seed, per-class IoU, mIoU per student
@@ -30,8 +32,12 @@ pseudo-label diagnostics and teaching shares), and plots ``miou_vs_fraction.png`
     python benchmarks/ssl_study.py --students models/co2s-vitb16 --crop 512 --batch 4 --burn-in 0 \
         --iters 20000 --lr 2e-5 --tau 0.95 --val-every 2000 --threads 0 --set engine.precision=bf16-mixed
 
-The default size (CPU students without pretrained weights, crop 128) finishes on a 2-core CPU;
-the paper's students need a GPU and their pretrained weights (``models/co2s-vitb16``).
+The default size (CPU students without pretrained weights, crop 128, 3000 iterations of 8 + 8
+images) is the smallest at which a random-init CNN learns AI4Mars (docs/benchmarks.md, section 1):
+on a 2-core CPU it is about 16 hours of runs, so it is meant to go on across sittings (or run on a
+GPU, which ``engine.accelerator: auto`` picks). At 500 iterations of 2 images the students stay at the
+class-prior loss. The paper's students need a GPU and their pretrained weights
+(``models/co2s-vitb16``).
 """
 
 from __future__ import annotations
@@ -97,12 +103,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", help="default: all (names with the preset's student names, e.g. "
                    "supervised-clip supervised-cnn fixmatch-cnn unimatch-clip unimatch-cnn co2s co2s-detached)")
     p.add_argument("--students", default="models/co2s-cpu", help="model preset with two students")
-    p.add_argument("--iters", type=int, default=500)
+    p.add_argument("--iters", type=int, default=3000)
     p.add_argument("--burn-in", type=float, default=0.6,
                    help="supervised burn-in of the semi-supervised runs, fraction of iters (0: the paper)")
     p.add_argument("--warmup", type=int, default=20, help="linear warm-up iterations (train.warmup_iters)")
     p.add_argument("--crop", type=int, default=128)
-    p.add_argument("--batch", type=int, default=2, help="labelled (and unlabelled) images per step")
+    p.add_argument("--batch", type=int, default=8, help="labelled (and unlabelled) images per step")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--tau", type=float, default=0.8, help="pseudo-label confidence threshold")
     p.add_argument("--val-every", type=int, help="default: iters / 2")
@@ -451,10 +457,33 @@ def main(argv=None) -> int:
     def run_dir(m, f, s):
         return out / "runs" / m / f"{ratio_tag(f)}_seed{s}"
 
+    def record_path(m, f, s):
+        return out / "records" / m / f"{ratio_tag(f)}_seed{s}.json"
+
+    settings = {"students": args.students, "iters": args.iters, "burn_in": args.burn_in, "warmup": args.warmup,
+                "crop": args.crop, "batch": args.batch, "lr": args.lr, "tau": args.tau,
+                "val_images": args.val_images, "eval_window": args.eval_window, "overrides": args.overrides}
+    # The per-run records (committed, unlike the run folders) carry a study across machines and
+    # sessions: a recorded run is never trained again. They must all come from the same settings.
+    settings_file = out / "records" / "settings.json"
+    if settings_file.is_file() and json.loads(settings_file.read_text()) != settings:
+        sys.exit(f"{settings_file} holds runs of other settings ({settings_file.read_text().strip()}); "
+                 "give another --out")
+
     if not args.report_only:
+        settings_file.parent.mkdir(parents=True, exist_ok=True)
+        settings_file.write_text(json.dumps(settings, indent=1) + "\n")
+
         def job(item):
             m, f, s = item
+            if record_path(m, f, s).is_file():
+                print(f"{m} {f} seed {s}: recorded", flush=True)
+                return
             record = execute(run_dir(m, f, s), run_config(base, names, m, split_dirs[f, s], s), args.threads)
+            if "error" not in record:
+                path = record_path(m, f, s)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(collect(run_dir(m, f, s), names, m, f, s), indent=1) + "\n")
             status = record.get("error") or f"{record['wall_s']:.0f} s"
             print(f"[{time.strftime('%H:%M:%S')}] {m} {f} seed {s}: {status}", flush=True)
 
@@ -462,11 +491,9 @@ def main(argv=None) -> int:
         with ThreadPoolExecutor(args.jobs) as pool:
             list(pool.map(job, plan))
 
-    records = [collect(run_dir(m, f, s), names, m, f, s) for m, f, s in plan]
-    settings = {"students": args.students, "iters": args.iters, "burn_in": args.burn_in, "warmup": args.warmup,
-                "crop": args.crop, "batch": args.batch, "lr": args.lr, "tau": args.tau,
-                "val_images": args.val_images, "seeds": args.seeds, "eval_window": args.eval_window,
-                "overrides": args.overrides}
+    records = [json.loads(record_path(m, f, s).read_text()) if record_path(m, f, s).is_file()
+               else collect(run_dir(m, f, s), names, m, f, s) for m, f, s in plan]
+    settings = {**settings, "seeds": args.seeds}
     (out / "results.json").write_text(json.dumps({"settings": settings, "runs": records}, indent=1))
     (out / "results.md").write_text(markdown(records, names, args.fractions, base["data"]["classes"], settings))
     made = plots(records, names, args.fractions, out)
