@@ -34,7 +34,7 @@ pseudo-label diagnostics and teaching shares), and plots ``miou_vs_fraction.png`
 
 The default size (CPU students without pretrained weights, crop 128, 3000 iterations of 8 + 8
 images) is the smallest at which a random-init CNN learns AI4Mars (docs/benchmarks.md, section 1):
-on a 2-core CPU it is about 16 hours of runs, so it is meant to go on across sittings (or run on a
+on a 2-core CPU it is about 12-16 hours of runs, so it is meant to go on across sittings (or run on a
 GPU, which ``engine.accelerator: auto`` picks). At 500 iterations of 2 images the students stay at the
 class-prior loss. The paper's students need a GPU and their pretrained weights
 (``models/co2s-vitb16``).
