@@ -46,6 +46,7 @@ def test_demo_writes_everything_into_one_folder(tmp_path):
                 if r["kind"] == "train"]
     assert 1.0 in burn_in_flags("run") and 0.0 in burn_in_flags("run")
     assert set(burn_in_flags("supervised")) == {1.0}
+    assert "burn_in.ckpt" in summary["supervised"]["how"]  # the baseline shares the burn-in steps
     assert "confident_ratio" in " ".join(summary["semi_supervised"]["last_quarter"])
 
     # image | ground truth | supervised | co2s for four 128 px test tiles (drawn at 2x), with a legend

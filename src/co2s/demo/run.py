@@ -98,7 +98,7 @@ def _semi_diagnostics(config, run_dir: Path) -> dict:
     tail = [r for r in records if r["step"] > total - max(1, total // 4)] or records[-1:]
     keys = sorted({k for r in tail for k in r if k.endswith(("confident_ratio", "/s1", "/sta", "_teaches"))
                    or k in ("no_teaching", "s1")})
-    return {"tau": t.semi.tau, "burn_in_iters": round(t.semi.burn_in * total), "iters": total,
+    return {"tau": t.semi.tau, "burn_in_iters": burn_in_steps(total, t.semi.burn_in), "iters": total,
             "last_quarter": {k: float(np.mean([r[k] for r in tail if k in r])) for k in keys}}
 
 
@@ -196,9 +196,11 @@ def run_demo(out_dir: str | os.PathLike = "demo_output", overrides: list[str] | 
     }
     if "supervised" in scores and semi:
         sup = scores["supervised"]
+        shared = (f"continued from the {config.train.method} run's burn_in.ckpt (step {fork_step})"
+                  if fork_step and (Path(result.run_dir) / "burn_in.ckpt").is_file() else "trained from scratch")
         summary["supervised"] = {**sup, "how": "the same students, labelled crops, iterations and seed; "
-                                 "supervised cross-entropy only (train.semi.burn_in: 1.0), continued "
-                                 "from the Co2S run's burn-in checkpoint; both scored at their last step"}
+                                 f"supervised cross-entropy only (train.semi.burn_in: 1.0), {shared}; "
+                                 "both scored at their last step"}
         summary["unlabelled_gain"] = {
             "mIoU": main["mIoU"] - sup["mIoU"],
             "IoU": {c: main["IoU"][c] - sup["IoU"][c] for c in main["IoU"]},
