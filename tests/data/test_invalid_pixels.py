@@ -71,19 +71,20 @@ def rasters(tmp_path):
     return validate(cfg), invalid
 
 
-def test_read_image_valid_follows_the_nodata_rule(rasters):
-    from co2s.data.io import read_image_valid
+def test_read_model_input_follows_the_nodata_rule(rasters):
+    from co2s.data.io import read_model_input
 
     config, invalid = rasters
     root = config.data.root
     for name in ("f", "u"):
-        array, valid = read_image_valid(f"{root}/images/{name}.tif")
+        image, valid = read_model_input(f"{root}/images/{name}.tif")
         assert valid is not None and np.array_equal(valid, ~invalid[name])
+        assert np.isfinite(image).all() and (image[:, invalid[name]] == 0).all()
     # a band selection that avoids the band with NaN rows keeps those rows valid
-    _, valid = read_image_valid(f"{root}/images/f.tif", bands=[1, 3])
+    _, valid = read_model_input(f"{root}/images/f.tif", bands=[1, 3])
     assert valid[30:].all() and not valid[5:15, 5:25].any()
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(f"{root}/plain.png")
-    assert read_image_valid(f"{root}/plain.png")[1] is None
+    assert read_model_input(f"{root}/plain.png")[1] is None
 
 
 def test_labelled_crops_ignore_invalid_pixels(rasters):

@@ -25,6 +25,7 @@ from co2s.data.scenes import LabelledSceneCrops, UnlabelledScenePairs, load_scen
 from co2s.data.sources import read_split, validate_samples
 from co2s.data.transforms import WeakViewParams
 from co2s.errors import DataError
+from co2s.data.raster import Window as PixelWindow
 from tests.conftest import write_tiny_dataset
 from tests.data.scene_data import (
     CLASSES,
@@ -85,13 +86,13 @@ def test_window_labels_equal_the_whole_scene_reference(tmp_path, vector_crs):
     reference = reference_labels(SIZE)
     assert (reference != 255).sum() > 5000  # the polygons label a good part of the scene
     for x0, y0, w, h in [(0, 0, 210, 200), (17, 23, 64, 64), (150, 140, 60, 60), (100, 0, 33, 71)]:
-        got = scene.labels.read(x0, y0, w, h, (h, w))
+        got = scene.labels.read(PixelWindow(x0, y0, w, h), (h, w))
         np.testing.assert_array_equal(got, reference[y0 : y0 + h, x0 : x0 + w])
     shapes = [(to_crs(g, RASTER_CRS), CLASSES.index(c)) for g, c in polygons_in_pixels()]
     for x0, y0, w, h, out in [(10, 20, 90, 90, (32, 32)), (120, 10, 20, 20, (32, 32))]:
         grid = scene_transform() @ rasterio.Affine(w / out[1], 0, x0, 0, h / out[0], y0)
         expected = rasterize(shapes, out_shape=out, transform=grid, fill=255, dtype="uint8")
-        np.testing.assert_array_equal(scene.labels.read(x0, y0, w, h, out), expected)
+        np.testing.assert_array_equal(scene.labels.read(PixelWindow(x0, y0, w, h), out), expected)
 
 
 def test_labelled_crops_never_label_a_pixel_outside_its_polygon(tmp_path):
@@ -203,7 +204,7 @@ def test_items_depend_only_on_their_key_and_survive_pickling(tmp_path):
     clone = pickle.loads(pickle.dumps(pairs))  # after use: no open dataset is pickled
     v = clone[(3, 5)]
     assert all(torch.equal(u[k], v[k]) if isinstance(u[k], torch.Tensor) else u[k] == v[k] for k in u)
-    assert clone.set.scenes[0]._dataset is not None  # reopened lazily in this "process"
+    assert clone.set.scenes[0].reader._dataset is not None  # reopened lazily in this "process"
 
 
 def test_data_loader_workers_open_the_scenes_themselves(tmp_path):
@@ -246,7 +247,7 @@ def test_every_read_is_a_window_no_larger_than_the_rescaled_crop(tmp_path, monke
     _, crops, pairs = _datasets(config)
     calls: list = []
     scene = crops.set.scenes[0]
-    scene._dataset, scene._pid = _Spy(rasterio.open(tmp_path / "scene.tif"), calls), os.getpid()
+    scene.reader._dataset, scene.reader._pid = _Spy(rasterio.open(tmp_path / "scene.tif"), calls), os.getpid()
     for i in range(10):
         crops[(i, i)]
         pairs[(i, i)]
@@ -351,7 +352,7 @@ def test_raster_mask_labels_on_the_scene_grid_or_warped(tmp_path, grid):
                   dst_crs=RASTER_CRS, resampling=Resampling.nearest, src_nodata=255, dst_nodata=255)
         assert ((expected == reference) | (expected == 255) | (reference == 255)).mean() > 0.97
     for x0, y0, w, h in [(0, 0, 210, 200), (17, 23, 64, 64), (150, 140, 60, 60)]:
-        np.testing.assert_array_equal(scene.labels.read(x0, y0, w, h, (h, w)),
+        np.testing.assert_array_equal(scene.labels.read(PixelWindow(x0, y0, w, h), (h, w)),
                                       expected[y0 : y0 + h, x0 : x0 + w].astype(np.int64))
     with_nodata = expected.astype(np.int64)
     with_nodata[nodata_area(SIZE)] = 255

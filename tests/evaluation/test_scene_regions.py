@@ -16,7 +16,7 @@ from co2s.data.scenes import LabelledSceneCrops, UnlabelledScenePairs, load_scen
 from co2s.data.transforms import WeakViewParams
 from co2s.errors import ConfigError, DataError
 from co2s.evaluation.run import evaluate
-from co2s.inference import scene as scene_module
+from co2s.data.raster import RasterReader
 from co2s.inference.predict import predict_files
 from co2s.inference.segmenter import Segmenter
 from co2s.models.factory import build_models
@@ -108,6 +108,30 @@ def test_regions_score_exactly_what_predict_writes_for_every_student_and_fusion(
     assert result["confusion_matrix"] == result["predictions"][result["prediction"]]["confusion_matrix"]
 
 
+def test_a_uint16_scene_with_nodata_65535_scores_what_predict_writes(tmp_path):
+    """The scene's nodata area stores 65535 (declared): evaluation and prediction read it through
+    the same reader, so the raster ``co2s predict`` writes scores to evaluate's confusion matrix."""
+    _write(tmp_path)
+    with rasterio.open(tmp_path / "scene.tif") as src:
+        profile, pixels = src.profile, src.read()
+    pixels = pixels.astype(np.uint16) * 257
+    pixels[:, nodata_area(SIZE)] = 65535
+    profile.update(dtype="uint16", nodata=65535)
+    with rasterio.open(tmp_path / "scene.tif", "w", **profile) as dst:
+        dst.write(pixels)
+    config = _config(tmp_path)
+    segmenter = _segmenter(config, 1)
+    result = evaluate(segmenter, config.data, "val", progress=False)
+    labels = _reference()
+    assert result["pixels"] == int((labels != 255).sum()) > 2000
+    (written,) = predict_files(segmenter, [str(tmp_path / "scene.tif")], tmp_path / "pred", device="cpu",
+                               progress=False)
+    with rasterio.open(tmp_path / "pred" / "scene_classes.tif") as src:
+        classes = src.read(1).astype(np.int64)
+    assert (classes[nodata_area(SIZE)] == 255).all()
+    assert result["confusion_matrix"] == _confusion(classes, labels)
+
+
 def test_ranks_share_the_regions_without_counting_a_pixel_twice(tmp_path):
     """Under DDP the windows are cut in bands across ranks: their confusion matrices add up to
     the single-process one."""
@@ -129,13 +153,14 @@ def test_only_windows_around_the_regions_are_read(tmp_path, monkeypatch):
     cover it, one batch of tiles at a time."""
     config = _config(_write(tmp_path, held=[3], train=[0, 1, 2]))
     reads = []
-    original = scene_module.RasterSource.read
+    original = RasterReader.read
 
-    def spy(self, y, x, h, w):
-        reads.append((y, x, h, w))
-        return original(self, y, x, h, w)
+    def spy(self, window=None, out_shape=None):
+        if window.shape != (1, 1):  # not the up-front check of a raster's corners
+            reads.append((window.y, window.x, window.height, window.width))
+        return original(self, window, out_shape)
 
-    monkeypatch.setattr(scene_module.RasterSource, "read", spy)
+    monkeypatch.setattr(RasterReader, "read", spy)
     result = evaluate(_segmenter(config, 1), config.data, "val", progress=False)
     assert result["pixels"] == int((_reference([3]) != 255).sum()) > 20
     # rows 150-155, columns 160-166: tile rows 120 and 152, tile columns 120, 160 and 162 (one batch)

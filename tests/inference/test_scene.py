@@ -16,7 +16,7 @@ from rasterio.transform import from_origin
 
 from co2s.cli.main import main
 from co2s.config.loader import validate
-from co2s.data.io import scale_image
+from co2s.data.raster import RasterReader, scale_image
 from co2s.engine.checkpoint import write_model_checkpoint
 from co2s.errors import Co2sError
 from co2s.inference.fusion import class_probabilities
@@ -285,7 +285,7 @@ def test_bad_inputs_each_give_one_clear_message_and_leave_nothing(trained, tmp_p
 
     assert f"image not found: {scenes / 'missing.tif'}" in results["missing.tif"].error
     assert f"cannot read raster {scenes / 'text.tif'}" in results["text.tif"].error
-    assert f"{scenes / 'four.tif'}: has 4 band(s) but the model was trained on 3" in results["four.tif"].error
+    assert f"{scenes / 'four.tif'}: has 4 band(s) but the model takes 3" in results["four.tif"].error
     assert f"{scenes / 'container.nc'}: the raster has no bands: it holds 2 subdatasets" in results["container.nc"].error
     # an all-nodata raster is predicted as all nodata, with a warning
     assert results["empty.tif"].error is None and "every pixel is nodata" in results["empty.tif"].warnings[0]
@@ -311,7 +311,7 @@ def test_failure_midway_leaves_no_partial_file(trained, tmp_path, monkeypatch):
 
     ckpt, _, _ = trained
     scene = write_raster(tmp_path / "scene.tif", synthetic_scene(600, 300)[0])
-    real_read, calls = scene_module.RasterSource.read, []
+    real_read, calls = RasterReader.read, []
 
     def failing_read(self, *window):
         calls.append(window)
@@ -319,7 +319,7 @@ def test_failure_midway_leaves_no_partial_file(trained, tmp_path, monkeypatch):
             raise DataError(f"{self.path}: cannot read a window: simulated I/O error")
         return real_read(self, *window)
 
-    monkeypatch.setattr(scene_module.RasterSource, "read", failing_read)
+    monkeypatch.setattr(RasterReader, "read", failing_read)
     out = tmp_path / "out"
     [r] = predict_files(ckpt, [str(scene)], out, device="cpu", progress=False,
                         options=PredictOptions(confidence=True, preview=True))

@@ -24,18 +24,19 @@ def _stream(image, tile, stride, batch, valid=None, prediction="m", models=None,
     _, h, w = image.shape
     grid = TileGrid.over(h, w, tile, stride)
 
-    def read(y, x, hh, ww):
-        return image[:, y : y + hh, x : x + ww], None if valid is None else valid[y : y + hh, x : x + ww]
+    def read(window):
+        rows, cols = window.slices
+        return image[:, rows, cols], None if valid is None else valid[rows, cols]
 
     labels, conf = np.full((h, w), 99, np.uint8), np.full((h, w), -1.0, np.float32)
     written = np.zeros((h, w), int)
     seen = []
-    for y0, x0, rows, c in stream_predictions(read, grid, models or {"m": _context_model}, 3, prediction,
+    for window, rows, c in stream_predictions(read, grid, models or {"m": _context_model}, 3, prediction,
                                               batch, on_progress=lambda t, p: seen.append((t, p)),
                                               panel_width=panel_width):
-        rh, rw = rows.shape
-        labels[y0 : y0 + rh, x0 : x0 + rw], conf[y0 : y0 + rh, x0 : x0 + rw] = rows, c
-        written[y0 : y0 + rh, x0 : x0 + rw] += 1
+        assert rows.shape == window.shape
+        labels[window.slices], conf[window.slices] = rows, c
+        written[window.slices] += 1
     assert (written == 1).all()  # every pixel exactly once
     assert sum(t for t, _ in seen) == grid.tiles_to_predict(panel_width) and sum(p for _, p in seen) == h * w
     return labels, conf

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
-from co2s.data.io import read_image_valid, read_mask, scale_image
+from co2s.data.io import read_mask, read_model_input
 from co2s.data.labels import LabelEncoder
 from co2s.data.sources import Sample
 from co2s.data.transforms import (
@@ -23,7 +23,7 @@ class SampleReader:
     """Reads one sample as tensors: image ``[C, H, W]`` float (scaled, not normalised), mask ``[H, W]``.
 
     Normalisation by mean/std belongs to the model (each student has its own), so it is not here.
-    Invalid pixels (nodata, non-finite; see :mod:`co2s.data.io`) are 0 in the image and
+    Invalid pixels (the one rule of :mod:`co2s.data.raster`) are 0 in the image and
     ``ignore_index`` in the mask, so no loss and no score counts them and no NaN reaches a model.
     """
 
@@ -35,10 +35,7 @@ class SampleReader:
 
     def image_valid(self, sample: Sample) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Scaled image with invalid pixels set to 0, and its valid pixels (None: all valid)."""
-        raw, valid = read_image_valid(sample.image, self.bands)
-        image = scale_image(raw, self.scale)
-        if valid is not None:
-            image[:, ~valid] = 0
+        image, valid = read_model_input(sample.image, self.bands, self.scale)
         return torch.from_numpy(image), None if valid is None else torch.from_numpy(valid)
 
     def image(self, sample: Sample) -> torch.Tensor:

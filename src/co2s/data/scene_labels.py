@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from co2s.data.io import open_raster
+from co2s.data.raster import Window, open_raster
 from co2s.data.labels import LabelEncoder
 from co2s.errors import DataError
 
@@ -38,11 +38,11 @@ def _shown(items: list, limit: int = 8) -> str:
     return text + (f", ... ({len(items)} in all)" if len(items) > limit else "")
 
 
-def window_transform(x0: float, y0: float, width: float, height: float, out_shape: tuple[int, int]):
-    """Affine from the output pixels of a window to the scene's pixel coordinates."""
+def window_transform(window: Window, out_shape: tuple[int, int]):
+    """Affine from the output pixels of a window read into ``out_shape`` to the scene's pixels."""
     from affine import Affine
 
-    return Affine(width / out_shape[1], 0.0, x0, 0.0, height / out_shape[0], y0)
+    return Affine(window.width / out_shape[1], 0.0, window.x, 0.0, window.height / out_shape[0], window.y)
 
 
 def parse_crs(value, what: str):
@@ -216,27 +216,27 @@ class VectorSceneLabels:
     def complete(self) -> bool:
         return self.fill != self.ignore_index
 
-    def _hits(self, x0: float, y0: float, width: float, height: float) -> np.ndarray:
+    def _hits(self, window: Window) -> np.ndarray:
         import shapely
 
-        hits = self.tree.query(shapely.box(x0, y0, x0 + width, y0 + height), predicate="intersects")
+        hits = self.tree.query(shapely.box(window.x, window.y, window.x1, window.y1), predicate="intersects")
         return np.sort(hits)  # file order: later features are drawn over earlier ones
 
-    def touches(self, x0: float, y0: float, width: float, height: float) -> bool:
+    def touches(self, window: Window) -> bool:
         """Whether the window may hold labelled pixels."""
-        return self.complete or self._hits(x0, y0, width, height).size > 0
+        return self.complete or self._hits(window).size > 0
 
-    def read(self, x0: float, y0: float, width: float, height: float, out_shape: tuple[int, int]) -> np.ndarray:
-        """Labels ``[h, w]`` int64 of the window ``(x0, y0, width, height)`` (scene pixels) read
-        into ``out_shape``: a pixel takes the class of the last polygon holding its centre."""
+    def read(self, window: Window, out_shape: tuple[int, int]) -> np.ndarray:
+        """Labels ``[h, w]`` int64 of the window (scene pixels) read into ``out_shape``: a pixel
+        takes the class of the last polygon holding its centre."""
         from rasterio.features import rasterize
 
-        hits = self._hits(x0, y0, width, height)
+        hits = self._hits(window)
         if hits.size == 0:
             return np.full(out_shape, self.fill, np.int64)
         dtype = "uint8" if max(self.fill, int(self.values[hits].max())) < 256 else "int32"
         burnt = rasterize(zip(self.geoms[hits], self.values[hits].tolist()), out_shape=out_shape,
-                          fill=self.fill, transform=window_transform(x0, y0, width, height, out_shape),
+                          fill=self.fill, transform=window_transform(window, out_shape),
                           all_touched=False, dtype=dtype)
         return burnt.astype(np.int64)
 
@@ -278,25 +278,24 @@ class MaskLabels:
             self._open, self._pid = readers, os.getpid()
         return self._open
 
-    def touches(self, x0: float, y0: float, width: float, height: float) -> bool:
-        return any(_overlap((x0, y0, x0 + width, y0 + height), box) for _, box in self.extents)
+    def touches(self, window: Window) -> bool:
+        return any(_overlap((window.x, window.y, window.x1, window.y1), box) for _, box in self.extents)
 
-    def read(self, x0: float, y0: float, width: float, height: float, out_shape: tuple[int, int]) -> np.ndarray:
+    def read(self, window: Window, out_shape: tuple[int, int]) -> np.ndarray:
         """Labels ``[h, w]`` int64 of the window read into ``out_shape`` (nearest); later masks
         win where they are labelled."""
         from rasterio.enums import Resampling
         from rasterio.errors import RasterioError
-        from rasterio.windows import Window
 
         out = np.full(out_shape, self.ignore_index, np.int64)
-        window = Window(x0, y0, width, height)
+        rio = window.to_rasterio()
         for path, (_, box), reader in zip(self.masks, self.extents, self._readers()):
-            if not _overlap((x0, y0, x0 + width, y0 + height), box):
+            if not _overlap((window.x, window.y, window.x1, window.y1), box):
                 continue
             try:
-                raw = reader.read(1, window=window, out_shape=out_shape, resampling=Resampling.nearest,
+                raw = reader.read(1, window=rio, out_shape=out_shape, resampling=Resampling.nearest,
                                   boundless=False)
-                present = reader.read_masks(1, window=window, out_shape=out_shape,
+                present = reader.read_masks(1, window=rio, out_shape=out_shape,
                                             resampling=Resampling.nearest) > 0
             except RasterioError as exc:
                 raise DataError(f"{path}: cannot read a window of the mask: {exc}") from None

@@ -20,6 +20,7 @@ import warnings
 from pathlib import Path
 
 from co2s.data.labels import LabelEncoder
+from co2s.data.raster import Window
 from co2s.data.scene_labels import MaskLabels, VectorLabels, VectorSceneLabels, mask_extent, parse_crs
 from co2s.data.scenes import Scene, SceneSet, _expand, _index, _open_scene, _within, attach_labels, vector_file
 from co2s.errors import DataError
@@ -127,9 +128,8 @@ def _report_overlaps(train: VectorLabels, held: VectorLabels, key: str) -> None:
                       "their overlap is not trained on", stacklevel=2)
 
 
-def region_extent(found: SceneSet, scene: int) -> tuple[int, int, int, int] | None:
-    """``(x0, y0, x1, y1)``: the scene pixels covering every labelled block of one scene, None
-    when it has none."""
+def region_extent(found: SceneSet, scene: int) -> Window | None:
+    """The scene pixels covering every labelled block of one scene, None when it has none."""
     origins = found.block_origin[found.block_scene == scene]
     if len(origins) == 0:
         return None
@@ -137,5 +137,5 @@ def region_extent(found: SceneSet, scene: int) -> tuple[int, int, int, int] | No
     x0, y0 = (int(v) for v in origins.min(0))
     x1 = min(s.width, int(origins[:, 0].max()) + found.block)
     y1 = min(s.height, int(origins[:, 1].max()) + found.block)
-    return x0, y0, x1, y1
+    return Window.from_bounds(x0, y0, x1, y1)
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import glob
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,15 +41,7 @@ import torch
 from torch.utils.data import Dataset
 
 from co2s.data.dataset import _split_key
-from co2s.data.io import (
-    TRAINING_GDAL_CACHE_BYTES,
-    bounded_gdal_cache,
-    check_bands,
-    open_raster,
-    raster_nodata_flags,
-    raster_valid,
-    scale_image,
-)
+from co2s.data.raster import TRAINING_GDAL_CACHE_BYTES, RasterReader, Window, bounded_gdal_cache
 from co2s.data.labels import LabelEncoder
 from co2s.data.scene_labels import MaskLabels, VectorLabels, mask_extent, parse_crs
 from co2s.data.sources import LabelStats, resolve
@@ -82,87 +73,49 @@ _GLOB = set("*?[")
 
 
 class Scene:
-    """One raster: its grid, selected bands and labels; opened lazily in each process."""
+    """One raster (read through :class:`RasterReader`: the package's one invalid-pixel rule) and
+    its labels; opened lazily in each process."""
 
-    def __init__(self, path: Path, dataset, bands: list[int], scale) -> None:
-        self.path, self.bands, self.scale = path, bands, scale
-        self.width, self.height = dataset.width, dataset.height
-        self.crs, self.transform = dataset.crs, dataset.transform
-        self.flags = raster_nodata_flags(dataset, bands)
+    def __init__(self, reader: RasterReader) -> None:
+        self.reader = reader
+        self.path, self.bands = reader.path, reader.bands
+        self.width, self.height = reader.width, reader.height
+        self.crs, self.transform = reader.crs, reader.transform
         self.labels = None  # VectorSceneLabels or MaskLabels, set by load_scenes
         self.held_out: list = []  # label sources of validation/test regions here: never trained on
-        self._dataset, self._pid = None, None
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_dataset": None, "_pid": None}  # never pickle an open dataset
 
     @property
     def grid(self) -> dict:
-        return {"crs": self.crs, "transform": self.transform, "width": self.width, "height": self.height}
+        return self.reader.grid
 
-    @property
-    def dataset(self):
-        if self._dataset is None or self._pid != os.getpid():
-            self._dataset, self._pid = open_raster(self.path), os.getpid()
-        return self._dataset
+    def read(self, window: Window, out_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Model input ``[C, h, w]`` of a window read into ``out_shape`` (bilinear; invalid pixels
+        0) and its valid pixels ``[h, w]``."""
+        image, valid = self.reader.read(window, out_shape)
+        return image, np.ones(out_shape, bool) if valid is None else valid
 
-    def _window(self, x0: int, y0: int, width: int, height: int):
-        from rasterio.windows import Window
+    def valid(self, window: Window, out_shape: tuple[int, int] | None = None) -> np.ndarray | None:
+        """Valid pixels of a window, None when all are."""
+        return self.reader.valid(window, out_shape)
 
-        return Window(x0, y0, width, height)
-
-    def valid(self, x0: int, y0: int, width: int, height: int, out_shape: tuple[int, int] | None = None,
-              raw: np.ndarray | None = None) -> np.ndarray | None:
-        """Valid pixels of a window (the data layer's nodata rule), None when all are."""
-        from rasterio.errors import RasterioError
-
-        try:
-            return raster_valid(self.dataset, self.bands, self._window(x0, y0, width, height), raw,
-                                self.flags, out_shape)
-        except RasterioError as exc:
-            raise DataError(f"{self.path}: cannot read a window: {exc}") from None
-
-    def read(self, x0: int, y0: int, width: int, height: int, out_shape: tuple[int, int]
-             ) -> tuple[np.ndarray, np.ndarray]:
-        """Scaled image ``[C, h, w]`` of a window read into ``out_shape`` (bilinear; invalid
-        pixels 0) and its valid pixels ``[h, w]``."""
-        from rasterio.enums import Resampling
-        from rasterio.errors import RasterioError
-
-        try:
-            raw = self.dataset.read(self.bands, window=self._window(x0, y0, width, height),
-                                    out_shape=(len(self.bands), *out_shape), resampling=Resampling.bilinear)
-        except RasterioError as exc:
-            raise DataError(f"{self.path}: cannot read a window: {exc}") from None
-        valid = self.valid(x0, y0, width, height, out_shape, raw)
-        image = scale_image(raw, self.scale)
-        if self.flags[1]:
-            image[~np.isfinite(image)] = 0
-        if valid is None:
-            valid = np.ones(out_shape, bool)
-        image[:, ~valid] = 0
-        return image, valid
-
-    def labels_of(self, x0: int, y0: int, width: int, height: int, out_shape: tuple[int, int],
-                  valid: np.ndarray | None, ignore_index: int) -> np.ndarray:
+    def labels_of(self, window: Window, out_shape: tuple[int, int], valid: np.ndarray | None,
+                  ignore_index: int) -> np.ndarray:
         """Labels of a window (``ignore_index`` on invalid and held-out pixels)."""
-        labels = self.labels.read(x0, y0, width, height, out_shape)
-        held = self.held_out_mask(x0, y0, width, height, out_shape)
+        labels = self.labels.read(window, out_shape)
+        held = self.held_out_mask(window, out_shape)
         if held is not None:
             labels[held] = ignore_index
         if valid is not None:
             labels[~valid] = ignore_index
         return labels
 
-
-    def held_out_mask(self, x0: int, y0: int, width: int, height: int, out_shape: tuple[int, int]
-                      ) -> np.ndarray | None:
+    def held_out_mask(self, window: Window, out_shape: tuple[int, int]) -> np.ndarray | None:
         """Pixels of a window inside validation/test regions (``data.scenes.val`` / ``test``), None
         when there are none: they are never labelled for training nor in an unlabelled crop."""
         mask = None
         for source in self.held_out:
-            if source.touches(x0, y0, width, height):
-                held = source.read(x0, y0, width, height, out_shape) != source.ignore_index
+            if source.touches(window):
+                held = source.read(window, out_shape) != source.ignore_index
                 mask = held if mask is None else mask | held
         return mask
 
@@ -184,34 +137,26 @@ def _expand(patterns: list[str], root: Path, what: str) -> list[Path]:
 
 
 def _open_scene(path: Path, data, channels: int | None) -> Scene:
-    from rasterio.errors import RasterioError
-    from rasterio.windows import Window
-
-    dataset = open_raster(path)
+    reader = RasterReader(path, data.bands, data.scale)
     try:
-        if dataset.count == 0:
-            raise DataError(f"{path}: the raster has no bands")
-        bands = list(data.bands or range(1, dataset.count + 1))
-        check_bands(path, bands, dataset.count)
-        if data.bands is None and channels is not None and dataset.count != channels:
-            raise DataError(f"{path}: has {dataset.count} band(s) but the config expects {channels} "
+        if data.bands is None and channels is not None and reader.count != channels:
+            raise DataError(f"{path}: has {reader.count} band(s) but the config expects {channels} "
                             "(model.in_channels, else len(data.bands), else len(data.mean), else 3): "
                             "set data.bands to the bands to read")
-        block_h, block_w = dataset.block_shapes[0]
-        if (block_h >= dataset.height and block_w >= dataset.width
-                and dataset.height * dataset.width > ONE_BLOCK_LIMIT):
+        block_h, block_w = reader.block_shape
+        if block_h >= reader.height and block_w >= reader.width and reader.height * reader.width > ONE_BLOCK_LIMIT:
             raise DataError(
-                f"{path}: cannot be read window-wise: it is stored as one {dataset.width}x"
-                f"{dataset.height} block, so every crop would decode the whole scene; convert it to a "
+                f"{path}: cannot be read window-wise: it is stored as one {reader.width}x"
+                f"{reader.height} block, so every crop would decode the whole scene; convert it to a "
                 "tiled GeoTIFF or COG (gdal_translate -of COG in.tif out.tif)")
-        try:  # a corner window at each end: a truncated or unreadable file stops here
-            for x, y in ((0, 0), (dataset.width - 1, dataset.height - 1)):
-                dataset.read(bands, window=Window(x, y, 1, 1))
-        except RasterioError as exc:
-            raise DataError(f"{path}: cannot be read window-wise: {exc}") from None
-        return Scene(path, dataset, bands, data.scale)
+        for x, y in ((0, 0), (reader.width - 1, reader.height - 1)):  # a truncated file stops here
+            try:
+                reader.read(Window(x, y, 1, 1))
+            except DataError as exc:
+                raise DataError(f"{path}: cannot be read window-wise: {exc}") from None
+        return Scene(reader)
     finally:
-        dataset.close()
+        reader.close()
 
 
 @dataclass
@@ -249,9 +194,8 @@ class SceneSet:
         on invalid pixels (what the index counted)."""
         scene = self.scenes[int(self.block_scene[block])]
         x0, y0 = (int(v) for v in self.block_origin[block])
-        w, h = min(self.block, scene.width - x0), min(self.block, scene.height - y0)
-        valid = scene.valid(x0, y0, w, h)
-        return scene, x0, y0, scene.labels_of(x0, y0, w, h, (h, w), valid, self.ignore_index)
+        window = Window(x0, y0, min(self.block, scene.width - x0), min(self.block, scene.height - y0))
+        return scene, x0, y0, scene.labels_of(window, window.shape, scene.valid(window), self.ignore_index)
 
 
 def load_scenes(data, channels: int | None = None, progress: bool = True) -> SceneSet:
@@ -329,15 +273,14 @@ def _index(scenes: list[Scene], num_classes: int, ignore_index: int, source: str
     for i, scene in enumerate(scenes):
         for y0 in range(0, scene.height, block):
             for x0 in range(0, scene.width, block):
-                w, h = min(block, scene.width - x0), min(block, scene.height - y0)
-                if scene.labels.touches(x0, y0, w, h):
+                if scene.labels.touches(Window(x0, y0, min(block, scene.width - x0), min(block, scene.height - y0))):
                     candidates.append((i, x0, y0))
     which, origins, counts = [], [], []
     for i, x0, y0 in progress_bar(candidates, desc="indexing scene labels",
                                   enabled=progress and len(candidates) >= 400):
         scene = scenes[i]
-        w, h = min(block, scene.width - x0), min(block, scene.height - y0)
-        labels = scene.labels_of(x0, y0, w, h, (h, w), scene.valid(x0, y0, w, h), ignore_index)
+        window = Window(x0, y0, min(block, scene.width - x0), min(block, scene.height - y0))
+        labels = scene.labels_of(window, window.shape, scene.valid(window), ignore_index)
         known = labels[labels != ignore_index]
         if known.size:
             which.append(i)
@@ -400,22 +343,22 @@ def _axis(start: int, span: int, size: int, crop: int) -> tuple[int, int, int]:
 
 
 @dataclass(frozen=True)
-class _Window:
+class _Crop:
+    """A training crop: a window of one scene and the shape it is read into."""
+
     scene: int
-    x0: int
-    y0: int
-    width: int
-    height: int
+    window: Window
     out: tuple[int, int]
 
     def name(self, scene: Scene) -> str:
-        return f"{scene.path}#window={self.x0},{self.y0},{self.width}x{self.height}"
+        w = self.window
+        return f"{scene.path}#window={w.x},{w.y},{w.width}x{w.height}"
 
 
-def _window(scene_index: int, scene: Scene, x: int, y: int, span: int, crop: int) -> _Window:
+def _crop(scene_index: int, scene: Scene, x: int, y: int, span: int, crop: int) -> _Crop:
     x0, w, ow = _axis(x, span, scene.width, crop)
     y0, h, oh = _axis(y, span, scene.height, crop)
-    return _Window(scene_index, x0, y0, w, h, (oh, ow))
+    return _Crop(scene_index, Window(x0, y0, w, h), (oh, ow))
 
 
 def _identity_view(params: WeakViewParams) -> WeakViewParams:
@@ -465,9 +408,9 @@ class LabelledSceneCrops(Dataset):
         span = _scale_window(generator, self.crop, self.params.scale_range)
         x = ax - _randint(generator, 0, span - 1)
         y = ay - _randint(generator, 0, span - 1)
-        w = _window(scene_index, scene, x, y, span, self.crop)
-        image, valid = scene.read(w.x0, w.y0, w.width, w.height, w.out)
-        labels = scene.labels_of(w.x0, w.y0, w.width, w.height, w.out, valid, self.set.ignore_index)
+        w = _crop(scene_index, scene, x, y, span, self.crop)
+        image, valid = scene.read(w.window, w.out)
+        labels = scene.labels_of(w.window, w.out, valid, self.set.ignore_index)
         image, mask, _ = weak_view(torch.from_numpy(image), torch.from_numpy(labels), self.view, generator,
                                    torch.from_numpy(valid))
         return {"image": image, "mask": mask, "path": w.name(scene)}
@@ -496,7 +439,7 @@ class UnlabelledScenePairs(Dataset):
     def __len__(self) -> int:
         return len(self.pool)
 
-    def _draw(self, generator: torch.Generator, fraction: float) -> _Window:
+    def _draw(self, generator: torch.Generator, fraction: float) -> _Crop:
         """A window uniformly over the scenes' area (its top-left corner at ``fraction``)."""
         total = int(self.cumulative_area[-1])
         target = min(int(fraction * total), total - 1)
@@ -505,9 +448,9 @@ class UnlabelledScenePairs(Dataset):
         span = _scale_window(generator, self.crop, self.weak.scale_range)
         x = _randint(generator, 0, max(0, scene.width - span))
         y = _randint(generator, 0, max(0, scene.height - span))
-        return _window(index, scene, x, y, span, self.crop)
+        return _crop(index, scene, x, y, span, self.crop)
 
-    def _pick(self, generator: torch.Generator, fraction: float, avoid: _Window | None):
+    def _pick(self, generator: torch.Generator, fraction: float, avoid: _Crop | None):
         """The first drawn window with no labelled pixel (``exclude_labelled``) and at least
         ``min_valid`` valid pixels; after ``UNLABELLED_TRIES`` draws the best one seen."""
         best, best_score = None, None
@@ -517,13 +460,13 @@ class UnlabelledScenePairs(Dataset):
             if not other and best is not None:
                 continue
             scene = self.set.scenes[w.scene]
-            image, valid = scene.read(w.x0, w.y0, w.width, w.height, w.out)
+            image, valid = scene.read(w.window, w.out)
             labels = None
-            if scene.labels.touches(w.x0, w.y0, w.width, w.height):
-                labels = scene.labels_of(w.x0, w.y0, w.width, w.height, w.out, valid, self.ignore_index)
+            if scene.labels.touches(w.window):
+                labels = scene.labels_of(w.window, w.out, valid, self.ignore_index)
             labelled = 0 if labels is None else int((labels != self.ignore_index).sum())
             usable = valid if labels is None or not self.pool.exclude_labelled else valid & (labels == self.ignore_index)
-            held = scene.held_out_mask(w.x0, w.y0, w.width, w.height, w.out)
+            held = scene.held_out_mask(w.window, w.out)
             if held is not None:  # validation/test regions: never trained on, not even unlabelled
                 usable = usable & ~held
             share = usable.sum() / self.crop**2
@@ -534,7 +477,7 @@ class UnlabelledScenePairs(Dataset):
                 best, best_score = (w, image, usable, labels), score
         return best
 
-    def _views(self, generator: torch.Generator, fraction: float, avoid: _Window | None = None):
+    def _views(self, generator: torch.Generator, fraction: float, avoid: _Crop | None = None):
         w, image, valid, labels = self._pick(generator, fraction, avoid)
         gt = torch.from_numpy(labels) if labels is not None else torch.full(w.out, self.ignore_index, dtype=torch.long)
         weak, gt, valid = weak_view(torch.from_numpy(image), gt, self.view, generator, torch.from_numpy(valid))

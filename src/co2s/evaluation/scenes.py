@@ -4,7 +4,7 @@ whole rasters.
 Each raster's held-out pixels are predicted as ``co2s predict`` predicts the whole raster: the
 tile grid laid over the whole raster (``TileGrid.over``), restricted to the tiles that cover the
 window around the regions (:meth:`Segmenter.predict_box`), read through the same
-:class:`~co2s.inference.scene.RasterSource` and blended in the same order, so every scored pixel
+:class:`~co2s.data.raster.RasterReader` and blended in the same order, so every scored pixel
 gets the class the GeoTIFF of ``co2s predict`` holds there. Tiles holding no labelled valid pixel
 are not predicted (nor read): they change no scored pixel. Predictions stream in strips of tile
 rows and each strip's labels are rasterised on their own, so memory depends on the tiles, never
@@ -20,42 +20,40 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from co2s.data.io import bounded_gdal_cache
+from co2s.data.raster import Window, bounded_gdal_cache
 from co2s.data.scene_regions import region_extent
 from co2s.data.scenes import SceneSet
 from co2s.evaluation.metrics import confusion_metric, scores_from_confusion
-from co2s.inference.scene import RasterSource
 from co2s.progress import progress_bar
 
 
 @dataclass(frozen=True)
 class RegionWindow:
-    """The pixels ``(x0, y0, x1, y1)`` of one raster a rank scores."""
+    """The pixels of one raster a rank scores."""
 
     scene: int
-    box: tuple[int, int, int, int]
+    window: Window
 
 
 def region_windows(regions: SceneSet, parts: int = 1) -> list[RegionWindow]:
-    """Per raster, the box covering its labelled blocks, cut into ``parts`` horizontal bands."""
+    """Per raster, the window covering its labelled blocks, cut into ``parts`` horizontal bands."""
     windows = []
     for i in range(len(regions.scenes)):
         extent = region_extent(regions, i)
         if extent is None:
             continue
-        x0, y0, x1, y1 = extent
-        cuts = sorted({y0 + round(k * (y1 - y0) / parts) for k in range(parts + 1)})
-        windows += [RegionWindow(i, (x0, a, x1, b)) for a, b in zip(cuts, cuts[1:])]
+        cuts = sorted({extent.y + round(k * extent.height / parts) for k in range(parts + 1)})
+        windows += [RegionWindow(i, Window.from_bounds(extent.x, a, extent.x1, b)) for a, b in zip(cuts, cuts[1:])]
     return windows
 
 
-def _labels(scene, ignore_index: int, y: int, x: int, h: int, w: int, valid=None):
-    """Labels of a window (ignore where ``valid(y, x, h, w)`` says invalid), None when it holds
-    no labelled pixel."""
-    if not scene.labels.touches(x, y, w, h):
+def _labels(scene, ignore_index: int, window: Window, valid=None):
+    """Labels of a window (ignore where ``valid(window)`` says invalid), None when it holds no
+    labelled pixel."""
+    if not scene.labels.touches(window):
         return None
-    mask = valid(y, x, h, w) if valid is not None else None
-    labels = scene.labels_of(x, y, w, h, (h, w), mask, ignore_index)
+    mask = valid(window) if valid is not None else None
+    labels = scene.labels_of(window, window.shape, mask, ignore_index)
     return labels if (labels != ignore_index).any() else None
 
 
@@ -71,30 +69,28 @@ def score_scene_regions(segmenter, regions: SceneSet, predictions: list[str] | N
     windows = region_windows(regions, world_size)[rank::world_size]
     with bounded_gdal_cache():  # as predict: GDAL's cache does not grow with the scene
         for window in progress_bar(windows, desc="evaluating regions", enabled=progress):
-            _score_window(segmenter, regions.scenes[window.scene], window.box, data, predictions, metrics)
+            _score_window(segmenter, regions.scenes[window.scene], window.window, data, predictions, metrics)
     with warnings.catch_warnings():  # a rank may have had no window (its sums are still summed)
         warnings.filterwarnings("ignore", message=".*was called before the ``update`` method.*")
         return {n: scores_from_confusion(m.compute().cpu(), data.classes) for n, m in metrics.items()}
 
 
-def _score_window(segmenter, scene, box: tuple[int, int, int, int], data, predictions: list[str],
-                  metrics: dict) -> None:
-    """Add the pixels of ``box`` of one raster to the confusion ``metrics``."""
+def _score_window(segmenter, scene, region: Window, data, predictions: list[str], metrics: dict) -> None:
+    """Add the pixels of ``region`` of one raster to the confusion ``metrics``."""
     ignore, device = data.ignore_index, segmenter.device
-    source = RasterSource(scene.path, data, segmenter.in_channels)
+    source = scene.reader  # the scene's reader: its bands, scaling and invalid pixels
     try:
-        def read(y, x, h, w):
+        def read(window: Window):
             # labels first: a window without labelled pixels needs no image (its tiles are skipped)
-            labels = _labels(scene, ignore, y, x, h, w)
+            labels = _labels(scene, ignore, window)
             if labels is None:
-                return torch.zeros(len(source.bands), h, w), np.zeros((h, w), bool)
-            image, valid = source.read(y, x, h, w)
+                return np.zeros((len(source.bands), *window.shape), np.float32), np.zeros(window.shape, bool)
+            image, valid = source.read(window)
             keep = labels != ignore
             return image, keep if valid is None else keep & valid
 
-        for y, x, pieces in segmenter.predict_box(read, scene.height, scene.width, box, predictions):
-            h, w = next(iter(pieces.values())).classes.shape
-            labels = _labels(scene, ignore, y, x, h, w, source.valid)
+        for piece, pieces in segmenter.predict_box(read, scene.height, scene.width, region, predictions):
+            labels = _labels(scene, ignore, piece, source.valid)
             if labels is None:
                 continue
             target = torch.from_numpy(labels)[None].to(device)

@@ -12,7 +12,6 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import torch
 from PIL import Image
 
 from co2s.data.io import (
@@ -20,12 +19,11 @@ from co2s.data.io import (
     SCENE_SUFFIXES,
     atomic_save_image,
     colorize,
-    read_image,
+    read_model_input,
     save_index_png,
-    scale_image,
 )
 from co2s.errors import Co2sError, DataError
-from co2s.inference.scene import PredictOptions, check_band_count, predict_scene
+from co2s.inference.scene import PredictOptions, predict_scene
 from co2s.inference.segmenter import resolve_device
 from co2s.progress import progress_bar
 
@@ -64,11 +62,13 @@ def is_plain_image(path: Path) -> bool:
 
 def _predict_plain_image(path: Path, segmenter, out_dir: Path, options: PredictOptions) -> list[Path]:
     data = segmenter.config.data
-    image = torch.from_numpy(scale_image(read_image(path, data.bands), data.scale))
-    check_band_count(path, image.shape[0], segmenter.in_channels)
+    image, valid = read_model_input(path, data.bands, data.scale)
+    if image.shape[0] != segmenter.in_channels:
+        raise DataError(f"{path}: has {image.shape[0]} band(s) but the model takes {segmenter.in_channels} "
+                        "(see data.bands)")
     labels = segmenter.predict(image, options.prediction, tile=options.tile, overlap=options.overlap,
                                tta=options.tta, precision=options.precision, batch_size=options.batch_size,
-                               confidence=False).classes
+                               valid=valid, confidence=False).classes
     palette = data.palette
     index_path = out_dir / f"{path.stem}.png"
     save_index_png(index_path, labels, palette)

@@ -24,19 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from co2s.atomic import commit
-from co2s.data.io import (
-    bounded_gdal_cache,
-    check_bands,
-    colorize,
-    open_raster,
-    raster_nodata_flags,
-    raster_valid,
-    scale_image,
-)
+from co2s.data.io import colorize
+from co2s.data.raster import RasterReader, Window, bounded_gdal_cache
 from co2s.errors import Co2sError, DataError
 from co2s.inference.streaming import PANEL_WIDTH, TileGrid, stream_predictions
 from co2s.progress import progress_bar
@@ -62,76 +54,10 @@ class PredictOptions:
     overviews: bool = False
 
 
-def check_band_count(path: Path, count: int, in_channels: int) -> None:
-    if count != in_channels:
-        raise DataError(f"{path}: has {count} band(s) but the model was trained on {in_channels} "
-                        "(see data.bands)")
-
-
-class RasterSource:
-    """An open raster with the config's bands: scaled windows and their validity."""
-
-    def __init__(self, path: Path, data, in_channels: int) -> None:
-        self.path, self.scale = path, data.scale
-        if not path.is_file():
-            raise DataError(f"image not found: {path}")
-        self.dataset = open_raster(path)
-        try:
-            ds = self.dataset
-            if ds.count == 0:
-                held = f": it holds {len(ds.subdatasets)} subdatasets ({', '.join(ds.subdatasets[:2])}" \
-                    f"{', ...' if len(ds.subdatasets) > 2 else ''}); export the one to predict as a GeoTIFF" \
-                    if ds.subdatasets else ""
-                raise DataError(f"{path}: the raster has no bands{held}")
-            self.bands = list(data.bands or range(1, ds.count + 1))
-            check_bands(path, self.bands, ds.count)
-            check_band_count(path, len(self.bands), in_channels)
-            self.masked, self.floating = raster_nodata_flags(ds, self.bands)
-        except BaseException:
-            self.dataset.close()
-            raise
-
-    @property
-    def georeferenced(self) -> bool:
-        return self.dataset.crs is not None or not self.dataset.transform.is_identity
-
-    def _window(self, y: int, x: int, h: int, w: int):
-        from rasterio.windows import Window
-
-        return Window(x, y, w, h)
-
-    def _checked(self, read, what: str):
-        from rasterio.errors import RasterioError
-
-        try:
-            return read()
-        except RasterioError as exc:
-            raise DataError(f"{self.path}: cannot read {what}: {exc}") from None
-
-    def valid(self, y: int, x: int, h: int, w: int, raw: np.ndarray | None = None) -> np.ndarray | None:
-        """Pixels where any selected band holds data (GDAL's dataset-mask rule) and, for float
-        rasters, every selected band is finite; ``None`` when every pixel is valid."""
-        window = self._window(y, x, h, w)
-        return self._checked(lambda: raster_valid(self.dataset, self.bands, window, raw,
-                                                  (self.masked, self.floating)), "its mask")
-
-    def read(self, y: int, x: int, h: int, w: int) -> tuple[torch.Tensor, np.ndarray | None]:
-        """Scaled image window ``[C, h, w]`` (non-finite values as 0) and its validity."""
-        raw = self._checked(lambda: self.dataset.read(self.bands, window=self._window(y, x, h, w)), "a window")
-        valid = self.valid(y, x, h, w, raw)
-        image = scale_image(raw, self.scale)
-        if self.floating:
-            image[~np.isfinite(image)] = 0
-        return torch.from_numpy(image), valid
-
-    def close(self) -> None:
-        self.dataset.close()
-
-
 class SceneOutputs:
     """The output files of one scene, filled block row by block row under temporary names."""
 
-    def __init__(self, source: RasterSource, out_dir: Path, palette: list | None, num_classes: int,
+    def __init__(self, source: RasterReader, out_dir: Path, palette: list | None, num_classes: int,
                  options: PredictOptions) -> None:
         import rasterio
 
@@ -171,43 +97,43 @@ class SceneOutputs:
             self.palette = palette or [[round(255 * i / max(1, num_classes - 1))] * 3 for i in range(num_classes)]
         self.left, self.top, self.pending = 0, 0, []  # rows [top, top + pending) of the panel at left
 
-    def write_rows(self, y0: int, x0: int, classes: np.ndarray, confidence: np.ndarray | None) -> None:
-        """Take finished rows from ``(y0, x0)`` on; whole block rows go to the files.
+    def write_rows(self, window: Window, classes: np.ndarray, confidence: np.ndarray | None) -> None:
+        """Take the finished rows of ``window``; whole block rows go to the files.
 
-        Pieces come panel by panel (``x0``: a multiple of the block width), each top to bottom."""
+        Pieces come panel by panel (``window.x``: a multiple of the block width), each top to bottom."""
+        x0 = window.x
         if x0 != self.left:
             self.left, self.top = x0, 0
         self.pending.append((classes, confidence))
-        end = y0 + classes.shape[0]
+        end = window.y1
         cut = end if end == self.height else end // BLOCK * BLOCK
         if cut <= self.top:
             return
         classes = np.concatenate([c for c, _ in self.pending])
         confidence = np.concatenate([f for _, f in self.pending]) if confidence is not None else None
         rows = cut - self.top
-        self._write_block_rows(self.top, x0, classes[:rows], None if confidence is None else confidence[:rows])
+        self._write_block_rows(Window(x0, self.top, classes.shape[1], rows), classes[:rows],
+                               None if confidence is None else confidence[:rows])
         self.pending = [(classes[rows:].copy(), None if confidence is None else confidence[rows:].copy())
                         ] if end > cut else []
         self.top = cut
 
-    def _write_block_rows(self, y: int, x: int, classes: np.ndarray, confidence: np.ndarray | None) -> None:
-        from rasterio.windows import Window
-
-        h, w = classes.shape
-        valid = self.source.valid(y, x, h, w)
+    def _write_block_rows(self, window: Window, classes: np.ndarray, confidence: np.ndarray | None) -> None:
+        valid = self.source.valid(window)
         if valid is not None:
             classes[~valid] = NODATA
             if confidence is not None:
                 confidence[~valid] = np.nan
-        self.valid_pixels += h * w if valid is None else int(valid.sum())
-        window = Window(x, y, w, h)
+        self.valid_pixels += classes.size if valid is None else int(valid.sum())
+        rio = window.to_rasterio()
         try:
-            self.files["classes"].write(classes, 1, window=window)
+            self.files["classes"].write(classes, 1, window=rio)
             if confidence is not None:
-                self.files["confidence"].write(confidence, 1, window=window)
+                self.files["confidence"].write(confidence, 1, window=rio)
         except Exception as exc:
             raise Co2sError(f"cannot write {self.final['classes'].parent}: {exc}") from None
         if self.preview is not None:
+            y, x = window.y, window.x
             top, left = -y % self.step, -x % self.step
             picked = classes[top :: self.step, left :: self.step]
             rgba = np.concatenate([colorize(picked, self.palette, NODATA),
@@ -259,7 +185,7 @@ def predict_scene(path: Path, segmenter, out_dir: Path, options: PredictOptions,
         raise Co2sError(f"{num_classes} classes do not fit a uint8 class raster with nodata {NODATA}")
     notes = []
     with bounded_gdal_cache(COMPRESS_OVERVIEW="DEFLATE"):
-        source = RasterSource(path, config.data, segmenter.in_channels)
+        source = RasterReader(path, config.data.bands, config.data.scale, segmenter.in_channels)
         try:
             if source.dataset.crs is None:
                 notes.append(f"{path} has no CRS; its outputs are written without one")
@@ -279,11 +205,11 @@ def predict_scene(path: Path, segmenter, out_dir: Path, options: PredictOptions,
                                     refresh=False)
 
             try:
-                for y0, x0, classes, confidence in stream_predictions(
+                for window, classes, confidence in stream_predictions(
                         source.read, grid, predictors, num_classes, prediction,
                         options.batch_size or segmenter.batch_size, segmenter.device, options.confidence,
                         report, PANEL_WIDTH):
-                    outputs.write_rows(y0, x0, classes, confidence)
+                    outputs.write_rows(window, classes, confidence)
                 written = outputs.finish()
             except BaseException:
                 outputs.discard()

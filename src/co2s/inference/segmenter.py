@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from co2s.data.raster import Window
 from co2s.errors import Co2sError
 from co2s.inference.fusion import class_probabilities, prediction_choices, resolve_prediction
 from co2s.inference.sliding_window import window_and_stride
@@ -150,17 +151,19 @@ class Segmenter(nn.Module):
         device = self.device
         return {name: tile_logits(self.models[name], device, precision, tta) for name in self._needed(predictions)}
 
-    def as_image(self, image) -> torch.Tensor:
-        """A scaled ``[C, H, W]`` float tensor from a tensor, a NumPy array or an image file (read
-        with the model's bands and scaling, as training read its images)."""
+    def as_model_input(self, image) -> tuple[torch.Tensor, np.ndarray | None]:
+        """Model input ``[C, H, W]`` float and its valid pixels (None: all valid, or unknown) from a
+        tensor, a NumPy array or an image file (read with the model's bands and scaling by the
+        package's one invalid-pixel rule, as training read its images)."""
         if isinstance(image, (str, os.PathLike)):
-            from co2s.data.io import read_image, scale_image
+            from co2s.data.io import read_model_input
 
             data = self.config.data
-            return torch.from_numpy(scale_image(read_image(image, data.bands), data.scale))
+            array, valid = read_model_input(image, data.bands, data.scale)
+            return torch.from_numpy(array), valid
         if isinstance(image, np.ndarray):
             image = torch.from_numpy(image)
-        return image.float()
+        return image.float(), None
 
     @torch.no_grad()
     def predict_many(self, image: torch.Tensor, predictions: list[str] | None = None, *, tile: int | None = None,
@@ -170,10 +173,12 @@ class Segmenter(nn.Module):
         """Several predictions of one image (a scaled ``[C, H, W]`` tensor or array, or a file)
         from one pass of each model.
 
-        ``valid`` (``[H, W]`` bool) marks pixels with data; tiles without any are skipped.
+        ``valid`` (``[H, W]`` bool) marks pixels with data; tiles without any are skipped (a file's
+        own invalid pixels are found when it is read).
         """
         predictions = predictions or [self.prediction]
-        image = self.as_image(image)
+        image, file_valid = self.as_model_input(image)
+        valid = file_valid if valid is None else valid
         if image.dim() != 3:
             raise Co2sError(f"predict takes one image [C, H, W], got shape {tuple(image.shape)}")
         if image.shape[0] != self.in_channels:
@@ -184,50 +189,48 @@ class Segmenter(nn.Module):
                              np.empty((height, width), np.float32) if confidence else None)
                for p in predictions}
 
-        def read(y, x, h, w):
-            return image[:, y : y + h, x : x + w], None if valid is None else valid[y : y + h, x : x + w]
+        def read(window: Window):
+            rows, cols = window.slices
+            return image[:, rows, cols], None if valid is None else valid[rows, cols]
 
         predictors = self.tile_predictors(predictions, precision, tta)
-        for y0, x0, pieces in stream_prediction_maps(read, grid, predictors, self.num_classes, predictions,
+        for window, pieces in stream_prediction_maps(read, grid, predictors, self.num_classes, predictions,
                                                      batch_size or self.batch_size, self.device, confidence):
             for p, (classes, conf) in pieces.items():
-                h, w = classes.shape
-                out[p].classes[y0 : y0 + h, x0 : x0 + w] = classes
+                out[p].classes[window.slices] = classes
                 if conf is not None:
-                    out[p].confidence[y0 : y0 + h, x0 : x0 + w] = conf
+                    out[p].confidence[window.slices] = conf
         return out
 
     @torch.no_grad()
-    def predict_box(self, read, height: int, width: int, box: tuple[int, int, int, int],
+    def predict_box(self, read, height: int, width: int, box: Window,
                     predictions: list[str] | None = None, *, tile: int | None = None,
                     overlap: float | None = None, tta: bool = False, precision: str = "fp32",
                     batch_size: int | None = None, confidence: bool = False, on_progress=None
-                    ) -> Iterator[tuple[int, int, dict[str, Prediction]]]:
-        """The pixels of ``box`` ``(x0, y0, x1, y1)`` of a raster of ``height x width`` exactly as
-        predicting the whole raster gives them (``co2s predict`` on a scene): the tiles of the
-        whole raster's grid that cover the box, read with ``read(y, x, h, w)`` (raster pixels;
-        returns the scaled window and its validity, as for :func:`stream_prediction_maps`; a tile
-        without a valid pixel is skipped) and blended. Yields ``(y, x, {prediction: Prediction})``
-        pieces in raster pixels, clipped to the box; memory depends on the tiles, not the raster."""
+                    ) -> Iterator[tuple[Window, dict[str, Prediction]]]:
+        """The pixels of the window ``box`` of a raster of ``height x width`` exactly as predicting
+        the whole raster gives them (``co2s predict`` on a scene): the tiles of the whole raster's
+        grid that cover the box, read with ``read(window)`` (raster pixels; returns the model input
+        and its validity, as for :func:`stream_prediction_maps`; a tile without a valid pixel is
+        skipped) and blended. Yields ``(window, {prediction: Prediction})`` pieces in raster pixels,
+        clipped to the box; memory depends on the tiles, not the raster."""
         predictions = predictions or [self.prediction]
-        x0, y0, x1, y1 = box
-        grid, oy, ox = TileGrid.over(height, width, *self.tiling(tile, overlap)).covering(y0, x0, y1, x1)
+        grid, origin = TileGrid.over(height, width, *self.tiling(tile, overlap)).covering(box)
 
-        def local(y, x, h, w):
-            return read(y + oy, x + ox, h, w)
+        def local(window: Window):
+            return read(window.shifted(origin.x, origin.y))
 
         predictors = self.tile_predictors(predictions, precision, tta)
-        for py, px, pieces in stream_prediction_maps(local, grid, predictors, self.num_classes, predictions,
-                                                     batch_size or self.batch_size, self.device, confidence,
-                                                     on_progress):
-            ya, xa = py + oy, px + ox
-            h, w = next(iter(pieces.values()))[0].shape
-            top, left, bottom, right = max(ya, y0), max(xa, x0), min(ya + h, y1), min(xa + w, x1)
-            if bottom <= top or right <= left:
+        for piece, pieces in stream_prediction_maps(local, grid, predictors, self.num_classes, predictions,
+                                                    batch_size or self.batch_size, self.device, confidence,
+                                                    on_progress):
+            piece = piece.shifted(origin.x, origin.y)
+            inside = piece.intersection(box)
+            if inside is None:
                 continue
-            rows, cols = slice(top - ya, bottom - ya), slice(left - xa, right - xa)
-            yield top, left, {p: Prediction(c[rows, cols], None if f is None else f[rows, cols])
-                              for p, (c, f) in pieces.items()}
+            rows, cols = inside.shifted(-piece.x, -piece.y).slices
+            yield inside, {p: Prediction(c[rows, cols], None if f is None else f[rows, cols])
+                           for p, (c, f) in pieces.items()}
 
     def predict(self, image: torch.Tensor, prediction: str | None = None, **options) -> Prediction:
         """Tiled, blended prediction of one image of any size: a scaled ``[C, H, W]`` tensor or

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from co2s.data.raster import Window
 from co2s.errors import Co2sError
 from co2s.inference.fusion import class_probabilities
 from co2s.inference.sliding_window import blend_weight, default_stride, window_starts
@@ -48,20 +49,21 @@ class TileGrid:
         return cls(height, width, th, tw, tuple(window_starts(height, th, stride)),
                    tuple(window_starts(width, tw, stride)))
 
-    def covering(self, top: int, left: int, bottom: int, right: int) -> tuple[TileGrid, int, int]:
-        """The tiles of this grid that cover rows ``[top, bottom)`` and columns ``[left, right)``,
-        as a grid over their own window, and the window's origin ``(y, x)``. Every pixel of the box
-        is covered by the same tiles, added in the same order, so streaming this grid predicts the
-        box exactly as streaming the whole grid does (region scoring, SPEC 3.3 and 4)."""
+    def covering(self, window: Window) -> tuple[TileGrid, Window]:
+        """The tiles of this grid that cover ``window``, as a grid over their own window, and that
+        window. Every pixel of ``window`` is covered by the same tiles, added in the same order, so
+        streaming this grid predicts it exactly as streaming the whole grid does (region scoring,
+        SPEC 3.3 and 4)."""
+        top, left, bottom, right = window.y, window.x, window.y1, window.x1
         if not (0 <= top < bottom <= self.height and 0 <= left < right <= self.width):
-            raise Co2sError(f"box rows [{top}, {bottom}) x columns [{left}, {right}) is not inside the "
+            raise Co2sError(f"window rows [{top}, {bottom}) x columns [{left}, {right}) is not inside the "
                             f"{self.height} x {self.width} grid")
         ys = [y for y in self.ys if y < bottom and y + self.tile_h > top]
         xs = [x for x in self.xs if x < right and x + self.tile_w > left]
         oy, ox = ys[0], xs[0]
         grid = TileGrid(ys[-1] + self.tile_h - oy, xs[-1] + self.tile_w - ox, self.tile_h, self.tile_w,
                         tuple(y - oy for y in ys), tuple(x - ox for x in xs))
-        return grid, oy, ox
+        return grid, Window(ox, oy, grid.width, grid.height)
 
     @property
     def num_tiles(self) -> int:
@@ -124,7 +126,8 @@ def tile_logits(model: Callable[[torch.Tensor], torch.Tensor], device: torch.dev
     return predict
 
 
-Reader = Callable[[int, int, int, int], tuple[torch.Tensor, "np.ndarray | None"]]
+#: ``read(window)``: the model input of a window and its valid pixels (None: all valid)
+Reader = Callable[[Window], tuple["torch.Tensor | np.ndarray", "np.ndarray | None"]]
 
 
 @torch.no_grad()
@@ -139,14 +142,14 @@ def stream_predictions(
     with_confidence: bool = True,
     on_progress: Callable[[int, int], None] | None = None,
     panel_width: int = PANEL_WIDTH,
-) -> Iterator[tuple[int, int, np.ndarray, np.ndarray | None]]:
-    """Yield ``(y0, x0, classes [h, w] uint8, confidence [h, w] float32 or None)`` pieces of one
+) -> Iterator[tuple[Window, np.ndarray, np.ndarray | None]]:
+    """Yield ``(window, classes [h, w] uint8, confidence [h, w] float32 or None)`` pieces of one
     ``prediction``: panel by panel (``grid.panels``), each top to bottom in strips of rows.
     See :func:`stream_prediction_maps`."""
-    for y0, x0, pieces in stream_prediction_maps(read, grid, predictors, num_classes, [prediction], batch_size,
+    for window, pieces in stream_prediction_maps(read, grid, predictors, num_classes, [prediction], batch_size,
                                                  device, with_confidence, on_progress, panel_width):
         classes, confidence = pieces[prediction]
-        yield y0, x0, classes, confidence
+        yield window, classes, confidence
 
 
 @torch.no_grad()
@@ -161,13 +164,13 @@ def stream_prediction_maps(
     with_confidence: bool = True,
     on_progress: Callable[[int, int], None] | None = None,
     panel_width: int = PANEL_WIDTH,
-) -> Iterator[tuple[int, int, dict[str, tuple[np.ndarray, np.ndarray | None]]]]:
-    """Yield ``(y0, x0, {prediction: (classes, confidence)})`` pieces, panel by panel, each top
+) -> Iterator[tuple[Window, dict[str, tuple[np.ndarray, np.ndarray | None]]]]:
+    """Yield ``(window, {prediction: (classes, confidence)})`` pieces, panel by panel, each top
     to bottom in strips of rows. Several ``predictions`` (students and fusions) share one pass of
     each model over the tiles: evaluation scores them side by side at the cost of one.
 
-    ``read(y, x, h, w)`` returns the scaled image window ``[C, h, w]`` and its validity mask
-    (``None``: all valid). A tile without any valid pixel is not predicted: every pixel it covers
+    ``read(window)`` returns the model input of a :class:`~co2s.data.raster.Window` ``[C, h, w]``
+    (tensor or array) and its valid pixels (``None``: all valid). A tile without any valid pixel is not predicted: every pixel it covers
     is invalid too, so no valid pixel's result changes. ``predictors`` are the models whose logits
     the ``predictions`` (model names or fusions) need; ``on_progress(tiles, pixels)`` reports work.
     """
@@ -208,7 +211,8 @@ def _stream_panel(read, grid: TileGrid, panel: Panel, predictors, num_classes, p
             new_norm[:carried] = carry_norm[:carried, start - origin : right - origin]
             band, band_norm = torch.cat([band, new], -1), torch.cat([band_norm, new_norm], -1)
 
-            image, valid = read(y0, cols[0], th, right - cols[0])
+            image, valid = read(Window(cols[0], y0, right - cols[0], th))
+            image = torch.as_tensor(image)
             keep = [x for x in cols if valid is None or valid[:, x - cols[0] : x - cols[0] + tw].any()]
             if keep:
                 tiles = torch.stack([image[:, :, x - cols[0] : x - cols[0] + tw] for x in keep]).to(device)
@@ -239,4 +243,4 @@ def _stream_panel(read, grid: TileGrid, panel: Panel, predictors, num_classes, p
             elif on_progress:
                 on_progress(len(cols), 0)
         carried = th - done
-        yield y0, panel.left, pieces
+        yield Window(panel.left, y0, out_width, done), pieces

@@ -1,0 +1,270 @@
+"""The one raster window reader: training crops, tile datasets, evaluation and whole-scene
+prediction all read raster pixels through :class:`RasterReader`, so what a model sees at a pixel
+is decided once (SPEC 4).
+
+Coordinates: a :class:`Window` is ``(x, y, width, height)`` in pixels (column and row of its
+top-left corner, then its size): rasterio's order, and the only box type of the package.
+
+The invalid-pixel rule (:func:`model_input`), the same for every reader of pixels:
+
+- a band value is *masked* where GDAL's per-band mask says so (the band's nodata value, an alpha
+  band or an internal mask); for floating-point data a value that is not finite (NaN, inf) is
+  masked too;
+- a pixel is *invalid* when every selected band is masked, or (floating point) when any band is
+  not finite;
+- the model input is the scaled image with every masked value and every invalid pixel set to 0.
+  Training zeroes them this way, evaluation and prediction feed exactly the same values, so a
+  scene whose nodata value is 65535 predicts what the same scene with nodata 0 predicts. Invalid
+  pixels are ``ignore_index`` in training labels, excluded from scores and nodata in outputs.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from co2s.errors import DataError
+
+#: GDAL's block cache for scene reads. Its default (5 % of RAM) fills with decoded blocks as
+#: training, evaluation and prediction visit windows all over a scene, so memory would grow with
+#: the scene instead of staying bounded by the crop. Prediction walks a tile grid whose
+#: neighbours share blocks: a cache that holds a few rows of tiles pays there.
+GDAL_CACHE_BYTES = 64 * 2**20
+#: Training crops land anywhere in the scenes, so blocks are seldom reused: the cache only has to
+#: hold one item's windows (crop, CutMix source, redraws), and it exists once per loader worker.
+TRAINING_GDAL_CACHE_BYTES = 16 * 2**20
+
+
+def bounded_gdal_cache(max_bytes: int = GDAL_CACHE_BYTES, **options):
+    """A ``rasterio.Env`` whose block cache is capped at ``max_bytes`` (plus GDAL ``options``)."""
+    import rasterio
+
+    return rasterio.Env(GDAL_CACHEMAX=max_bytes, **options)
+
+
+@dataclass(frozen=True)
+class Window:
+    """Pixels ``[y, y + height) x [x, x + width)`` of a raster or an image."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+
+    @classmethod
+    def from_bounds(cls, x0: int, y0: int, x1: int, y1: int) -> Window:
+        """The window of columns ``[x0, x1)`` and rows ``[y0, y1)``."""
+        return cls(x0, y0, x1 - x0, y1 - y0)
+
+    @property
+    def x1(self) -> int:
+        return self.x + self.width
+
+    @property
+    def y1(self) -> int:
+        return self.y + self.height
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(height, width)``: the shape of its pixels as an array."""
+        return self.height, self.width
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        """``(rows, cols)`` to index an ``[..., H, W]`` array with."""
+        return slice(self.y, self.y1), slice(self.x, self.x1)
+
+    def shifted(self, dx: int, dy: int) -> Window:
+        return Window(self.x + dx, self.y + dy, self.width, self.height)
+
+    def intersection(self, other: Window) -> Window | None:
+        """The pixels both hold, None when they share none."""
+        x0, y0 = max(self.x, other.x), max(self.y, other.y)
+        x1, y1 = min(self.x1, other.x1), min(self.y1, other.y1)
+        return Window.from_bounds(x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
+
+    def to_rasterio(self):
+        from rasterio.windows import Window as RioWindow
+
+        return RioWindow(self.x, self.y, self.width, self.height)
+
+
+def scale_image(array: np.ndarray, scale: float | str = "auto") -> np.ndarray:
+    """Convert raw values to float32, divided by ``scale`` (auto: by the dtype's range)."""
+    if scale == "auto":
+        if array.dtype == np.uint8:
+            scale = 255.0
+        elif array.dtype == np.uint16:
+            scale = 65535.0
+        else:
+            scale = 1.0
+    return array.astype(np.float32) / np.float32(scale)
+
+
+def model_input(raw: np.ndarray, masked: np.ndarray | None, scale: float | str = "auto"
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+    """The invalid-pixel rule of the module docstring: ``raw`` ``[C, H, W]`` values as stored and
+    ``masked`` ``[C, H, W]`` (True where a band is masked; None: nothing is) give the model input
+    ``[C, H, W]`` float32 and the valid pixels ``[H, W]`` (None when every pixel is valid)."""
+    image = scale_image(raw, scale)
+    valid = None if masked is None else ~masked.all(0)
+    if np.issubdtype(raw.dtype, np.floating):
+        finite = np.isfinite(raw)
+        if not finite.all():
+            valid = finite.all(0) if valid is None else valid & finite.all(0)
+            image[~finite] = 0
+    if masked is not None:
+        image[masked] = 0
+    if valid is not None:
+        if valid.all():
+            return image, None
+        image[:, ~valid] = 0
+    return image, valid
+
+
+def _raster_has_masks(dataset, bands: list[int]) -> bool:
+    """Whether any selected band (1-based) carries a mask: nodata value, alpha band, internal mask."""
+    from rasterio.enums import MaskFlags
+
+    return any(MaskFlags.all_valid not in dataset.mask_flag_enums[b - 1] for b in bands)
+
+
+def open_raster(path: Path):
+    """``rasterio.open`` (read-only) without the not-georeferenced warning; errors name the file."""
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(path)
+    except RasterioIOError as exc:
+        raise DataError(f"cannot read raster {path}: {exc}") from None
+
+
+def check_bands(path: Path, bands: list[int], count: int) -> None:
+    """``bands`` (1-based) must exist in a file of ``count`` bands."""
+    bad = [b for b in bands if b > count]
+    if bad:
+        raise DataError(f"{path}: has {count} band(s), config selects band(s) {bad} (1-based)")
+
+
+class RasterReader:
+    """A raster with the selected ``bands`` (1-based; None: all) and ``scale``, read window by
+    window into model input (:func:`model_input`). ``channels``: the band count the model takes
+    (checked up front when given).
+
+    The file is opened lazily in each process (data-loader workers included) and never pickled
+    open; errors are :class:`DataError` naming the file.
+    """
+
+    def __init__(self, path: str | os.PathLike, bands: list[int] | None = None, scale: float | str = "auto",
+                 channels: int | None = None) -> None:
+        self.path, self.scale = Path(path), scale
+        if not self.path.is_file():
+            raise DataError(f"image {self.path} is a directory, not a file" if self.path.is_dir()
+                            else f"image not found: {self.path}")
+        self._dataset, self._pid = None, None
+        ds = self.dataset
+        try:
+            if ds.count == 0:
+                held = (f": it holds {len(ds.subdatasets)} subdatasets ({', '.join(ds.subdatasets[:2])}"
+                        f"{', ...' if len(ds.subdatasets) > 2 else ''}); export the one to use as a GeoTIFF"
+                        if ds.subdatasets else "")
+                raise DataError(f"{self.path}: the raster has no bands{held}")
+            self.bands = list(bands) if bands is not None else list(range(1, ds.count + 1))
+            check_bands(self.path, self.bands, ds.count)
+            if channels is not None and len(self.bands) != channels:
+                raise DataError(f"{self.path}: has {len(self.bands)} band(s) but the model takes {channels} "
+                                "(see data.bands)")
+            self.width, self.height, self.count = ds.width, ds.height, ds.count
+            self.crs, self.transform = ds.crs, ds.transform
+            self.block_shape = ds.block_shapes[0]
+            self.masked = _raster_has_masks(ds, self.bands)
+            self.floating = np.issubdtype(np.dtype(ds.dtypes[self.bands[0] - 1]), np.floating)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- the file --------------------------------------------------------------------------
+    @property
+    def dataset(self):
+        if self._dataset is None or self._pid != os.getpid():
+            self._dataset, self._pid = open_raster(self.path), os.getpid()
+        return self._dataset
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_dataset": None, "_pid": None}  # never pickle an open dataset
+
+    def close(self) -> None:
+        if self._dataset is not None and self._pid == os.getpid():
+            self._dataset.close()
+        self._dataset, self._pid = None, None
+
+    def __enter__(self) -> RasterReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def georeferenced(self) -> bool:
+        return self.crs is not None or not self.transform.is_identity
+
+    @property
+    def grid(self) -> dict:
+        return {"crs": self.crs, "transform": self.transform, "width": self.width, "height": self.height}
+
+    @property
+    def full(self) -> Window:
+        return Window(0, 0, self.width, self.height)
+
+    # -- pixels ----------------------------------------------------------------------------
+    def _call(self, read, what: str):
+        from rasterio.errors import RasterioError
+
+        try:
+            return read()
+        except RasterioError as exc:
+            raise DataError(f"{self.path}: cannot read {what}: {exc}") from None
+
+    def _resampling(self, out_shape: tuple[int, int] | None, nearest: bool) -> dict:
+        if out_shape is None:
+            return {}
+        from rasterio.enums import Resampling
+
+        return {"out_shape": (len(self.bands), *out_shape),
+                "resampling": Resampling.nearest if nearest else Resampling.bilinear}
+
+    def _band_masks(self, window: Window | None, out_shape: tuple[int, int] | None) -> np.ndarray | None:
+        """``[C, h, w]`` True where a selected band is masked (masks are resampled nearest)."""
+        if not self.masked:
+            return None
+        rio = None if window is None else window.to_rasterio()
+        masks = self._call(lambda: self.dataset.read_masks(self.bands, window=rio,
+                                                           **self._resampling(out_shape, True)), "its mask")
+        return masks == 0
+
+    def read(self, window: Window | None = None, out_shape: tuple[int, int] | None = None
+             ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Model input ``[C, h, w]`` float32 of ``window`` (None: the whole raster), read into
+        ``out_shape`` when given (bilinear), and its valid pixels (None: all valid)."""
+        rio = None if window is None else window.to_rasterio()
+        raw = self._call(lambda: self.dataset.read(self.bands, window=rio, **self._resampling(out_shape, False)),
+                         "a window")
+        return model_input(raw, self._band_masks(window, out_shape), self.scale)
+
+    def valid(self, window: Window | None = None, out_shape: tuple[int, int] | None = None
+              ) -> np.ndarray | None:
+        """The valid pixels of ``window`` (None: all valid); reads the data only for float rasters."""
+        if self.floating:
+            return self.read(window, out_shape)[1]
+        masked = self._band_masks(window, out_shape)
+        if masked is None:
+            return None
+        valid = ~masked.all(0)
+        return None if valid.all() else valid
