@@ -33,9 +33,8 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     segmenter = Segmenter.load(args.checkpoint)
-    if args.overrides:
-        segmenter = segmenter.with_config(segmenter.config.override(args.overrides))
-    data = segmenter.config.data
+    config = segmenter.training_config
+    data = (config.override(args.overrides) if args.overrides else config).data
     samples = read_split(getattr(data.splits, args.split), data, labelled=True)[: args.max_images]
     dataset = WholeImages(samples, data)
     names = segmenter.choices

@@ -7,12 +7,7 @@ stay fast: ``co2s.load_config``, ``co2s.train`` (-> ``co2s.Run``), ``co2s.evalua
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("co2s")
-except PackageNotFoundError:  # running from a source tree without installation
-    __version__ = "0.0.0+unknown"
+from co2s.version import __version__
 
 _API = ("Prediction", "PredictOptions", "Run", "Segmenter", "evaluate", "export", "load_config",
         "make_splits", "predict", "train")

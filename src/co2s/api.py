@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from co2s.config.loader import load_config
-from co2s.engine.trainer import Trainer
 from co2s.evaluation.run import evaluate, evaluate_checkpoint
 from co2s.inference.predict import PredictionResult, predict_files
 from co2s.inference.scene import PredictOptions
@@ -57,6 +56,8 @@ class Run:
 
 def train(config, out: str | os.PathLike | None = None, progress: bool = True) -> Run:
     """Train (or resume) the run ``config`` describes, in ``out`` (default ``config.run_dir``)."""
+    from co2s.engine.trainer import Trainer  # the engine (Lightning Fabric) is imported only to train
+
     result = Trainer(config, out, progress).fit()
     return Run(Path(result.run_dir), result.steps, result.best, result.is_global_zero)
 

@@ -79,8 +79,11 @@ def test_exported_folder_is_small_equivalent_and_predicts(tiny_dataset, tmp_path
     assert main(["predict", "--checkpoint", str(ckpt), image, "--out", str(tmp_path / "b"), "--no-progress"]) == 0
     assert np.array_equal(np.asarray(Image.open(tmp_path / "a" / "t5.png")),
                           np.asarray(Image.open(tmp_path / "b" / "t5.png")))
-    # evaluate accepts the folder too, and scores the same
-    assert main(["evaluate", "--checkpoint", str(folder), "--split", "test", "--no-progress"]) == 0
+    # evaluate accepts the folder too, with the data config (a folder carries none), and scores the same
+    assert main(["evaluate", "--checkpoint", str(folder), "--split", "test", "--no-progress"]) == 2
+    assert "is an exported model folder" in capsys.readouterr().err
+    run_config = str(tmp_path / "run" / "config.yaml")
+    assert main(["evaluate", run_config, "--checkpoint", str(folder), "--split", "test", "--no-progress"]) == 0
     assert main(["evaluate", "--checkpoint", str(ckpt), "--split", "test", "--no-progress"]) == 0
     a = json.loads((folder / "metrics.json").read_text())
     b = json.loads((tmp_path / "run" / "metrics.json").read_text())

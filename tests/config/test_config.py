@@ -143,6 +143,8 @@ def test_model_section_is_a_union_by_name_and_config_is_immutable():
         cnn.override(["train.semi.loss_weights.fp=-1"])  # validators run again
     paper = load_config(["ai4mars", "models/co2s-tiny"], {"train.method": "co2s", "data.splits.unlabelled": "u.txt"})
     assert [s.name for s in paper.model.students] == ["clip", "dino"]
-    assert paper.override({"train.semi.fusion": "dino"}).train.semi.fusion == "dino"
-    with pytest.raises(ConfigError, match="train.semi.fusion must be one of"):
-        paper.override({"train.semi.fusion": "median"})
+    assert paper.override({"eval.prediction": "dino"}).eval.prediction == "dino"
+    with pytest.raises(ConfigError, match="eval.prediction must be one of"):
+        paper.override({"eval.prediction": "median"})
+    with pytest.raises(ConfigError, match="eval.prediction must be one of \\['model'\\]"):
+        cnn.override({"eval.prediction": "mean"})  # a fusion needs two students

@@ -16,6 +16,7 @@ from co2s.data.sources import read_split
 from co2s.data.transforms import WeakViewParams, weak_view
 from co2s.evaluation.evaluator import score_predictions
 from co2s.inference.segmenter import Segmenter
+from co2s.models.contract import InferenceContract
 from tests.conftest import tiny_config_dict
 
 SIZE = 40
@@ -171,6 +172,10 @@ def test_evaluation_does_not_score_invalid_pixels(rasters):
             logits[:, 0] = 1
             return logits + 0 * x.sum() + self.bias
 
-    scores = score_predictions(Segmenter({"m": Constant()}, config), dataset, progress=False)["m"]
+    contract = InferenceContract(classes=list(config.data.classes), in_channels=3,
+                                 normalisation={"m": {"mean": [0.0] * 3, "std": [1.0] * 3}},
+                                 tiling={"window": 32, "stride": 26, "batch_size": 4}, prediction="m",
+                                 architectures={"m": {"kind": "constant"}})
+    scores = score_predictions(Segmenter({"m": Constant()}, contract), dataset, progress=False)["m"]
     expected = sum(int((~invalid[s.image.stem]).sum()) for s in samples)
     assert scores["pixels"] == expected

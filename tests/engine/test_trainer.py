@@ -34,8 +34,9 @@ def test_training_writes_run_directory(tiny_config):
     ckpt = read_checkpoint(run / "latest.ckpt")
     assert ckpt["step"] == 6 and ckpt["config"]["train"]["iters"] == 6
     assert result.best["split"] == "val" and result.best["step"] in (3, 6)
-    models, config, _ = load_trained_models(run / "best.ckpt")
-    assert config.data.classes == ["c0", "c1", "c2"] and not models["model"].training
+    loaded = load_trained_models(run / "best.ckpt")
+    assert loaded.contract.classes == ["c0", "c1", "c2"] and not loaded.models["model"].training
+    assert loaded.training_config["train"]["iters"] == 6
 
 
 def test_finished_run_is_not_retrained_and_other_config_is_refused(tiny_dataset, tmp_path):

@@ -62,7 +62,7 @@ def _config(root, **scenes):
 def _segmenter(config, students: int = 2) -> Segmenter:
     torch.manual_seed(0)
     models = {f"s{i}": build_models(config)["model"].eval() for i in range(students)}
-    return Segmenter(models, config).eval()
+    return Segmenter.from_config(models, config).eval()
 
 
 def _rasterised(indices, size=SIZE, fill: int = 255) -> np.ndarray:
@@ -189,7 +189,7 @@ def test_test_regions_as_raster_masks_and_as_whole_scenes(tmp_path):
     write_vector(other / "whole.gpkg", features=[polygons_in_pixels()[0]])
     config = _config(tmp_path, test={"rasters": "other/whole.tif", "vector": "other/whole.gpkg",
                                      "complete": True, "background": "c2"})
-    result = evaluate(segmenter.with_config(config), config.data, "test", progress=False)
+    result = evaluate(segmenter, config.data, "test", progress=False)
     predict_files(segmenter, [str(other / "whole.tif")], tmp_path / "pred2", device="cpu", progress=False)
     with rasterio.open(tmp_path / "pred2" / "whole_classes.tif") as src:
         classes = src.read(1).astype(np.int64)

@@ -24,7 +24,7 @@ from co2s.inference import scene as scene_module
 from co2s.inference.predict import predict_files
 from co2s.inference.scene import NODATA, PredictOptions
 from co2s.inference.sliding_window import blend_weight, sliding_window_logits
-from co2s.inference.sliding_window import window_and_stride
+
 from co2s.inference.streaming import overlap_to_stride
 from co2s.models.factory import build_models
 from tests.conftest import tiny_config_dict
@@ -102,7 +102,7 @@ def trained(tmp_path_factory):
 def reference_probabilities(models: dict, image: np.ndarray, config, prediction: str, tile=None, overlap=None,
                             scale="auto") -> torch.Tensor:
     """Whole-image sliding-window inference over the full array with the same grid and weight."""
-    tile, stride = overlap_to_stride(*window_and_stride(config), tile, overlap)
+    tile, stride = overlap_to_stride(*config.tiling, tile, overlap)
     x = torch.from_numpy(scale_image(image, scale))[None]
     weight = blend_weight(min(tile, x.shape[2]), min(tile, x.shape[3]))
     with torch.no_grad():
@@ -285,7 +285,7 @@ def test_bad_inputs_each_give_one_clear_message_and_leave_nothing(trained, tmp_p
 
     assert f"image not found: {scenes / 'missing.tif'}" in results["missing.tif"].error
     assert f"cannot read raster {scenes / 'text.tif'}" in results["text.tif"].error
-    assert f"{scenes / 'four.tif'}: has 4 band(s) but the model takes 3" in results["four.tif"].error
+    assert f"{scenes / 'four.tif'}: has 4 band(s) but the model was trained on 3" in results["four.tif"].error
     assert f"{scenes / 'container.nc'}: the raster has no bands: it holds 2 subdatasets" in results["container.nc"].error
     # an all-nodata raster is predicted as all nodata, with a warning
     assert results["empty.tif"].error is None and "every pixel is nodata" in results["empty.tif"].warnings[0]

@@ -1,6 +1,7 @@
 import torch
 
-from co2s.inference.sliding_window import default_stride, sliding_window_logits, window_starts
+from co2s.config.schema import default_stride
+from co2s.inference.sliding_window import sliding_window_logits, window_starts
 from co2s.models.lite_unet import LiteUNet
 
 

@@ -113,7 +113,7 @@ def test_tile_and_overlap_options(tmp_path):
     cfg = tiny_config_dict(tmp_path, tmp_path / "run")
     cfg["eval"]["window"] = 120
     config = validate(cfg)
-    tile_and_stride = Segmenter({"m": build_models(config)["model"]}, config).tiling
+    tile_and_stride = Segmenter.from_config({"m": build_models(config)["model"]}, config).tiling
     assert tile_and_stride() == (120, 100)
     assert tile_and_stride(64) == (64, 53)
     assert tile_and_stride(100, 0.25) == (100, 75)

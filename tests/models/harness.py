@@ -101,4 +101,4 @@ def build_model(case: ModelCase, seed: int = 0):
 def build_segmenter(case: ModelCase, seed: int = 0, prediction: str | None = None) -> Segmenter:
     torch.manual_seed(seed)
     config = case_config(case)
-    return Segmenter(build_models(config), config, prediction).eval()
+    return Segmenter.from_config(build_models(config), config, prediction).eval()

@@ -130,7 +130,7 @@ def test_architecture_record_rebuilds_the_same_network_with_more_bands():
     config = _config(bands=[1, 2, 3, 4], backbone={"arch": {"base": "tiny", "stem": 16}})
     assert config.in_channels == 4
     student = build_student(config.model.students[0], config.data, in_channels=4)
-    record = student.arch_config
+    record = student.architecture["backbone"]["arch"]
     assert record == {**CNN_ARCHS["tiny"], "stem": 16, "group_size": 8, "in_channels": 4}
     assert record["strides"] == [2, 2, 2]
     rebuilt = build_student(config.model.students[0], config.data, saved_arch=record, in_channels=4)

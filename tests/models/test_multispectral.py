@@ -104,10 +104,11 @@ def test_train_four_band_student_and_reload(tmp_path):
          "guidance": "none", "head": "deeplabv3plus"}]}
     train(validate(cfg), progress=False)
 
-    models, config, _ = load_trained_models(tmp_path / "run" / "latest.ckpt")
+    loaded = load_trained_models(tmp_path / "run" / "latest.ckpt")
     ckpt = read_checkpoint(tmp_path / "run" / "latest.ckpt")
-    student = models["dino"]  # a single student is stored under its own name
-    assert student.in_channels == 4 and ckpt["architectures"]["dino"]["num_channels"] == 4
+    student = loaded.models["dino"]  # a single student is stored under its own name
+    assert student.in_channels == 4 and ckpt["contract"]["architectures"]["dino"]["backbone"]["arch"]["num_channels"] == 4
+    assert loaded.contract.bands == [1, 2, 3, 4] and loaded.contract.normalisation["dino"].mean[3] == pytest.approx(0.2)
     torch.testing.assert_close(student.state_dict()[PATCH_CONV["dinov3"]], ckpt["dino"][PATCH_CONV["dinov3"]])
     assert student.mean.flatten()[3].item() == pytest.approx(0.2)
     with torch.no_grad():

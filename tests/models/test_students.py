@@ -90,9 +90,9 @@ def test_clip_skips_switch_from_config_and_checkpoint(tmp_path):
     with pytest.raises(ConfigError, match="skips: value is for clip"):
         _config(_student_cfg("dinov3", skips="value"))
     path = write_model_checkpoint(tmp_path / "m.ckpt", config, {"clip": student})
-    models, stored, _ = load_trained_models(path)
-    (model,) = models.values()
-    assert model.backbone.skip_mode == "value" and stored.model.students[0].backbone.skips == "value"
+    loaded = load_trained_models(path)
+    (model,) = loaded.models.values()
+    assert model.backbone.skip_mode == "value" and loaded.contract.architectures["clip"]["backbone"]["skips"] == "value"
     x = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model(x), student(x))

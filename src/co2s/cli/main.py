@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from co2s import __version__
+from co2s.version import __version__
 from co2s.errors import Co2sError
 
 
@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which data.splits entry to score (default: test)")
     p.add_argument("--out", help="metrics JSON path (default: metrics.json beside the checkpoint)")
     p.add_argument("--student", help="which prediction leads the report: a student's name, mean or "
-                   "confidence (default: train.semi.fusion for two students); all are reported")
+                   "confidence (default: the model's, eval.prediction); all are reported")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, auto (default)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)
@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="image or raster files, folders or glob patterns")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--student", help="a student's name, or the fusion mean / confidence "
-                   "(default: train.semi.fusion for two students)")
+                   "(default: the model's, eval.prediction when it was trained)")
     p.add_argument("--tile", type=int, help="tile size in pixels (default: eval.window or train.crop_size)")
     p.add_argument("--overlap", type=float, help="overlap of neighbouring tiles: pixels (>= 1) or a "
                    "fraction of the tile (< 1); default: from eval.stride, else 1/6 of the tile")

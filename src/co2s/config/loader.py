@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from co2s.config.migrate import migrate
 from co2s.config.schema import Config
 from co2s.errors import ConfigError
 
@@ -174,9 +175,13 @@ def format_validation_error(exc: ValidationError, origin: str) -> str:
     return "\n".join(lines)
 
 
-def validate(raw: dict[str, Any], origin: str = "config") -> Config:
+def validate(raw: dict[str, Any], origin: str = "config", stored: bool = False) -> Config:
+    """A typed :class:`Config` from plain data, old key spellings migrated (with a deprecation
+    warning, unless ``stored``: a config an older release wrote into a checkpoint)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin}: a config must be a mapping, got {type(raw).__name__}")
     try:
-        return Config.model_validate(_expand_env(raw))
+        return Config.model_validate(_expand_env(migrate(raw, origin, warn=not stored)))
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, origin)) from None
 

@@ -22,6 +22,32 @@ RGB = tuple[int, int, int]
 #: student's name. The one definition: config validation, inference and the CLI read it from here.
 Fusion = Literal["mean", "confidence"]
 FUSIONS: tuple[str, ...] = get_args(Fusion)
+#: what two students predict when ``eval.prediction`` is not set (SPEC 2.6: until the project's
+#: study says which mode wins on validation)
+DEFAULT_FUSION = "confidence"
+
+
+def prediction_choices(model_names: list[str]) -> list[str]:
+    """What a set of trained models can predict: each model, and both fusions for two students."""
+    return [*model_names, *(FUSIONS if len(model_names) == 2 else ())]
+
+
+def resolve_prediction(requested: str | None, model_names: list[str]) -> str:
+    """The prediction to make: ``requested``, else ``DEFAULT_FUSION`` for two students, else the
+    only model. The one place that decides it (config, validation, evaluate, predict, export)."""
+    from co2s.errors import Co2sError
+
+    choices = prediction_choices(model_names)
+    if requested is None:
+        requested = DEFAULT_FUSION if len(model_names) == 2 else model_names[0]
+    if requested not in choices:
+        raise Co2sError(f"unknown prediction {requested!r}; choose from {choices}")
+    return requested
+
+
+def default_stride(window: int) -> int:
+    """The evaluation stride of a window (SPEC 3.3): a sixth of the window overlaps."""
+    return max(1, int(window * 5 / 6))
 
 
 class IdFormat(_Strict):
@@ -564,11 +590,6 @@ class SemiConfig(_Strict):
     )
     fp_dropout: float = Field(default=0.5, ge=0, lt=1, description="feature-perturbation dropout2d")
     loss_weights: LossWeightsConfig = Field(default_factory=LossWeightsConfig)
-    fusion: str = Field(
-        default="confidence",
-        description="co2s inference: mean, confidence (per pixel, the more confident student), "
-        "or one student's name",
-    )
 
 
 class TrainConfig(_Strict):
@@ -616,6 +637,12 @@ class EvalConfig(_Strict):
     window: int | None = Field(default=None, ge=16, description="sliding window; null = crop_size")
     stride: int | None = Field(default=None, ge=1, description="null = int(window * 5 / 6)")
     batch_size: int = Field(default=4, ge=1, description="windows per forward pass")
+    prediction: str | None = Field(
+        default=None,
+        description="what validation selects by and the model predicts by default: a model's name, or "
+        "for two students a fusion (mean; confidence: per pixel, the more confident student); null = "
+        f"{DEFAULT_FUSION} for two students, the only model otherwise (was train.semi.fusion)",
+    )
 
 
 class Config(_Strict):
@@ -635,9 +662,6 @@ class Config(_Strict):
         if method == "co2s":
             if model.name != "students" or len(model.students) != 2:
                 raise ValueError("train.method co2s needs model.name: students with two students")
-            names = [s.name for s in model.students]
-            if self.train.semi.fusion not in {*FUSIONS, *names}:
-                raise ValueError(f"train.semi.fusion must be one of {[*FUSIONS, *names]}")
         elif model.name == "students" and len(model.students) != 1:
             names = [s.name for s in model.students]
             raise ValueError(f"train.method {method} trains one model, but model.students has "
@@ -645,7 +669,22 @@ class Config(_Strict):
                              f"'model.students=[...]', or use train.method co2s")
         if method in {"fixmatch", "unimatch", "co2s"} and not (self.data.splits.unlabelled or self.data.scenes):
             raise ValueError(f"train.method {method} needs data.splits.unlabelled (or data.scenes)")
+        choices = prediction_choices(self.model_names)
+        if self.eval.prediction is not None and self.eval.prediction not in choices:
+            raise ValueError(f"eval.prediction must be one of {choices}, got {self.eval.prediction!r}")
         return self
+
+    @property
+    def model_names(self) -> list[str]:
+        """The models this config trains, by name: ``model`` for the built-in CNN, else each student's."""
+        return ["model"] if self.model.name == "lite_unet" else [s.name for s in self.model.students]
+
+    @property
+    def tiling(self) -> tuple[int, int]:
+        """The evaluation tiling: ``eval.window`` (default the training crop) and ``eval.stride``
+        (default ``int(window * 5 / 6)``, SPEC 3.3)."""
+        window = self.eval.window or self.train.crop_size
+        return window, self.eval.stride or default_stride(window)
 
     def override(self, overrides: dict[str, Any] | list[str] | None = None) -> Config:
         """A new config with ``overrides`` applied (``{"train.iters": 500}`` or

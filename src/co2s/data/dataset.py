@@ -101,6 +101,10 @@ class WholeImages(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    @property
+    def ignore_index(self) -> int:
+        return self.reader.encoder.ignore_index
+
     def __getitem__(self, index: int) -> dict:
         image, mask = self.reader.pair(self.samples[index])
         return {"image": image, "mask": mask, "name": self.samples[index].image.name}

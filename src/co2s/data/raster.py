@@ -179,7 +179,7 @@ class RasterReader:
             self.bands = list(bands) if bands is not None else list(range(1, ds.count + 1))
             check_bands(self.path, self.bands, ds.count)
             if channels is not None and len(self.bands) != channels:
-                raise DataError(f"{self.path}: has {len(self.bands)} band(s) but the model takes {channels} "
+                raise DataError(f"{self.path}: has {len(self.bands)} band(s) but the model was trained on {channels} "
                                 "(see data.bands)")
             self.width, self.height, self.count = ds.width, ds.height, ds.count
             self.crs, self.transform = ds.crs, ds.transform

@@ -15,6 +15,7 @@ import torch
 
 from co2s.atomic import atomic_path, commit, temp_path
 from co2s.errors import TrainingError
+from co2s.models.contract import contract_for
 from co2s.models.loading import FORMAT, FORMAT_VERSION
 
 
@@ -53,9 +54,9 @@ def write_model_checkpoint(path: str | os.PathLike, config, models: dict, step: 
 
     path = Path(path)
     check_finite_weights(models, f"refusing to write {path}")
-    architectures = {name: m.arch_config for name, m in models.items() if getattr(m, "arch_config", None)}
+    contract = contract_for(models, config)
     with atomic_path(path) as tmp:
         torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "config": config_to_dict(config),
-                    "step": step, "architectures": architectures,
+                    "step": step, "contract": contract.to_record(),
                     **{name: m.state_dict() for name, m in models.items()}}, tmp)
     return path

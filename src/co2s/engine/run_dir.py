@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from co2s import __version__
+from co2s.version import __version__
 from co2s.atomic import write_text
 from co2s.config.compare import config_differences
 from co2s.config.loader import config_to_dict, dump_yaml

@@ -26,6 +26,7 @@ from co2s.data.scenes import LabelledSceneCrops, ScenePool, SceneSet, Unlabelled
 from co2s.data.sources import check_disjoint, read_split, validate_samples
 from co2s.data.transforms import CutMixParams, StrongViewParams, WeakViewParams
 from co2s.engine.checkpoint import save_checkpoint
+from co2s.models.contract import contract_for
 from co2s.models.loading import read_checkpoint
 from co2s.engine.metrics_log import MetricsLog
 from co2s.engine.optim import poly_factor, set_lr
@@ -358,9 +359,9 @@ class Trainer:
         return TrainResult(self.run_dir, state["step"], state["best"], fabric.is_global_zero)
 
     def _checkpoint_state(self, fabric, state: dict) -> dict:
-        architectures = {name: getattr(state[name], "arch_config", None) for name in self._model_names}
+        contract = contract_for({name: state[name] for name in self._model_names}, self.config)
         return {**state, "config": config_to_dict(self.config), "rng": _rng_state(fabric),
-                "architectures": {k: v for k, v in architectures.items() if v is not None}}
+                "contract": contract.to_record()}
 
     def _resume(self, fabric, path: Path, method, state: dict) -> None:
         try:
@@ -368,7 +369,7 @@ class Trainer:
         except CheckpointError as exc:
             raise CheckpointError(f"cannot resume: {exc}. Delete {path} to restart the run from "
                                   "step 0 (or copy an intact checkpoint there)") from None
-        saved = validate(ckpt["config"], f"config stored in {path}")
+        saved = validate(ckpt["config"], f"config stored in {path}", stored=True)
         changes = config_differences(config_to_dict(saved)["model"], config_to_dict(self.config)["model"],
                                      "model.")
         if changes or saved.data.classes != self.config.data.classes:
@@ -387,7 +388,7 @@ class Trainer:
             m.eval()
         # The Segmenter of the models being trained: validation scores what predict would write.
         # Fabric's module wrappers apply the run's precision in their forward.
-        segmenter = Segmenter(method.modules, self.config)
+        segmenter = Segmenter.from_config(method.modules, self.config)
         results = score_predictions(segmenter, val_set, rank=fabric.global_rank,
                                     world_size=fabric.world_size, progress=False)
         for m in method.modules.values():

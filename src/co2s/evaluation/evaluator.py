@@ -32,10 +32,9 @@ def score_predictions(
         from co2s.evaluation.scenes import score_scene_regions
 
         return score_scene_regions(segmenter, dataset, predictions, rank, world_size, progress)
-    data = segmenter.config.data
     predictions = predictions or segmenter.choices
     device = segmenter.device
-    metrics = {n: confusion_metric(data.num_classes, data.ignore_index).to(device) for n in predictions}
+    metrics = {n: confusion_metric(segmenter.num_classes, dataset.ignore_index).to(device) for n in predictions}
     for i in progress_bar(range(rank, len(dataset), world_size), desc="evaluating", enabled=progress):
         item = dataset[i]
         mask = item["mask"][None].to(device)
@@ -43,4 +42,4 @@ def score_predictions(
         for name, prediction in out.items():
             classes = torch.from_numpy(prediction.classes).to(device=device, dtype=torch.long)
             metrics[name].update(classes[None], mask)
-    return {n: scores_from_confusion(m.compute().cpu(), data.classes) for n, m in metrics.items()}
+    return {n: scores_from_confusion(m.compute().cpu(), segmenter.classes) for n, m in metrics.items()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 from co2s.atomic import write_text
@@ -20,21 +21,20 @@ from co2s.inference.segmenter import Segmenter, resolve_device
 def evaluate(segmenter, data=None, split: str = "test", out: str | os.PathLike | None = None,
              progress: bool = True, predictions: list[str] | None = None) -> dict:
     """Score ``segmenter`` on ``data.splits.<split>`` and return the metrics (nothing is written
-    unless ``out`` is given). ``data`` is a data config (default: the Segmenter's own).
+    unless ``out`` is given). ``data`` is a data config (default: the one the models were trained
+    with); images are read with the model's own bands and scaling (its inference contract).
 
     The top-level scores are the Segmenter's prediction (its student or fusion); ``predictions``
     holds every student and fusion side by side.
     """
-    data = data or segmenter.config.data
-    if list(data.classes) != segmenter.classes:
-        raise DataError(f"the data config's classes {list(data.classes)} are not the model's {segmenter.classes}")
+    data = model_data(segmenter, data or segmenter.training_config.data)
     wanted = list(dict.fromkeys([segmenter.prediction, *(predictions or segmenter.choices)]))
     if data.scenes is not None and getattr(data.scenes, split, None) is not None:
         from co2s.data.scene_regions import load_regions
         from co2s.evaluation.scenes import score_scene_regions
 
         regions = load_regions(data, split, segmenter.in_channels, progress)
-        scores_by_name = score_scene_regions(segmenter, regions, wanted, progress=progress, data=data)
+        scores_by_name = score_scene_regions(segmenter, regions, wanted, progress=progress)
         source, images = f"data.scenes.{split}: {regions.label_source}", len(regions.scenes)
         extra = {"rasters": [str(s.path) for s in regions.scenes]}
     else:
@@ -71,6 +71,20 @@ def evaluate(segmenter, data=None, split: str = "test", out: str | os.PathLike |
     return result
 
 
+def model_data(segmenter, data):
+    """``data`` reading images as the model does: its classes must be the model's; its bands and
+    scaling are the model's (a warning says when the config said otherwise)."""
+    if list(data.classes) != segmenter.classes:
+        raise DataError(f"the data config's classes {list(data.classes)} are not the model's {segmenter.classes}")
+    differ = {key: (getattr(data, key), value) for key, value in (("bands", segmenter.bands), ("scale", segmenter.scale))
+              if getattr(data, key) != value}
+    if not differ:
+        return data
+    shown = "; ".join(f"data.{k} {given!r} -> {model!r}" for k, (given, model) in differ.items())
+    warnings.warn(f"images are read as the model was trained to read them: {shown}", stacklevel=3)
+    return data.model_copy(update={k: model for k, (_, model) in differ.items()})
+
+
 def evaluate_checkpoint(
     checkpoint: str | os.PathLike,
     config=None,
@@ -81,16 +95,18 @@ def evaluate_checkpoint(
     prediction: str | None = None,
     overrides: list[str] | None = None,
 ) -> dict:
-    """``co2s evaluate``: load a checkpoint (or exported model folder), score it on a split and
-    write ``metrics.json`` beside it (or to ``out``). ``overrides`` (``--set``) apply to the stored
-    config when no ``config`` is given, e.g. to point ``data.root`` elsewhere."""
-    segmenter = Segmenter.load(checkpoint, config, prediction)
+    """``co2s evaluate``: load a checkpoint (or exported model folder), score it on a split of
+    ``config`` (default: the config stored in the checkpoint) and write ``metrics.json`` beside it
+    (or to ``out``). ``overrides`` (``--set``) apply to that config, e.g. to point ``data.root``
+    elsewhere."""
+    segmenter = Segmenter.load(checkpoint, prediction)
+    config = config if config is not None else segmenter.training_config
     if overrides:
-        segmenter = segmenter.with_config(segmenter.config.override(overrides))
+        config = config.override(overrides)
     segmenter = segmenter.to(resolve_device(device))
     source = Path(checkpoint)
     out = Path(out) if out else (source / "metrics.json" if source.is_dir() else source.with_name("metrics.json"))
-    result = evaluate(segmenter, segmenter.config.data, split, None, progress)
+    result = evaluate(segmenter, config.data, split, None, progress)
     info = segmenter.info
     result.update({"checkpoint": str(source), "checkpoint_step": info.get("step"), "best": info.get("best")})
     result["path"] = str(write_text(out, json.dumps(result, indent=2)))

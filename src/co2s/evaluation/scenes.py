@@ -59,25 +59,25 @@ def _labels(scene, ignore_index: int, window: Window, valid=None):
 
 @torch.no_grad()
 def score_scene_regions(segmenter, regions: SceneSet, predictions: list[str] | None = None, rank: int = 0,
-                        world_size: int = 1, progress: bool = True, data=None) -> dict[str, dict]:
+                        world_size: int = 1, progress: bool = True) -> dict[str, dict]:
     """Scores of each of ``predictions`` (default: every one the Segmenter can make) on the
     labelled valid pixels of ``regions`` (:func:`co2s.data.scene_regions.load_regions`), the
-    rasters read with the bands and scaling of ``data`` (default: the Segmenter's)."""
-    data = data or segmenter.config.data
+    rasters read as the regions were loaded (bands, scaling)."""
     predictions = predictions or segmenter.choices
-    metrics = {n: confusion_metric(data.num_classes, data.ignore_index).to(segmenter.device) for n in predictions}
+    ignore = regions.ignore_index
+    metrics = {n: confusion_metric(segmenter.num_classes, ignore).to(segmenter.device) for n in predictions}
     windows = region_windows(regions, world_size)[rank::world_size]
     with bounded_gdal_cache():  # as predict: GDAL's cache does not grow with the scene
         for window in progress_bar(windows, desc="evaluating regions", enabled=progress):
-            _score_window(segmenter, regions.scenes[window.scene], window.window, data, predictions, metrics)
+            _score_window(segmenter, regions.scenes[window.scene], window.window, ignore, predictions, metrics)
     with warnings.catch_warnings():  # a rank may have had no window (its sums are still summed)
         warnings.filterwarnings("ignore", message=".*was called before the ``update`` method.*")
-        return {n: scores_from_confusion(m.compute().cpu(), data.classes) for n, m in metrics.items()}
+        return {n: scores_from_confusion(m.compute().cpu(), segmenter.classes) for n, m in metrics.items()}
 
 
-def _score_window(segmenter, scene, region: Window, data, predictions: list[str], metrics: dict) -> None:
+def _score_window(segmenter, scene, region: Window, ignore: int, predictions: list[str], metrics: dict) -> None:
     """Add the pixels of ``region`` of one raster to the confusion ``metrics``."""
-    ignore, device = data.ignore_index, segmenter.device
+    device = segmenter.device
     source = scene.reader  # the scene's reader: its bands, scaling and invalid pixels
     try:
         def read(window: Window):

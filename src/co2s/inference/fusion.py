@@ -5,23 +5,6 @@ from __future__ import annotations
 import torch
 
 from co2s.config.schema import FUSIONS
-from co2s.errors import Co2sError
-
-
-def prediction_choices(model_names: list[str]) -> list[str]:
-    """What a set of trained models can predict: each model, and both fusions for two students."""
-    return [*model_names, *(FUSIONS if len(model_names) == 2 else ())]
-
-
-def resolve_prediction(requested: str | None, model_names: list[str], configured_fusion: str) -> str:
-    """The prediction to make: ``requested``, else the configured fusion for two students, else the
-    only model. The one place that decides it (validation, evaluate, predict, export)."""
-    choices = prediction_choices(model_names)
-    if requested is None:
-        requested = configured_fusion if len(model_names) == 2 else model_names[0]
-    if requested not in choices:
-        raise Co2sError(f"unknown prediction {requested!r}; choose from {choices}")
-    return requested
 
 
 def fuse(logits_a: torch.Tensor, logits_b: torch.Tensor, mode: str) -> torch.Tensor:

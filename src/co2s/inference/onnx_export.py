@@ -65,9 +65,8 @@ def _quiet():
 
 
 def _metadata(segmenter, tile: int) -> dict[str, str]:
-    from co2s import __version__
+    from co2s.version import __version__
 
-    config = segmenter.config
     return {
         "co2s.version": __version__,
         "co2s.prediction": segmenter.prediction,
@@ -76,8 +75,8 @@ def _metadata(segmenter, tile: int) -> dict[str, str]:
         "co2s.tile": str(tile),
         "co2s.stride": str(segmenter.tiling(tile)[1]),
         "co2s.input": "float32 [N, C, tile, tile], scaled as data.scale reads images, not normalised",
-        "co2s.bands": json.dumps(config.data.bands),
-        "co2s.scale": json.dumps(config.data.scale),
+        "co2s.bands": json.dumps(segmenter.bands),
+        "co2s.scale": json.dumps(segmenter.scale),
     }
 
 

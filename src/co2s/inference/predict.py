@@ -61,15 +61,14 @@ def is_plain_image(path: Path) -> bool:
 
 
 def _predict_plain_image(path: Path, segmenter, out_dir: Path, options: PredictOptions) -> list[Path]:
-    data = segmenter.config.data
-    image, valid = read_model_input(path, data.bands, data.scale)
+    image, valid = read_model_input(path, segmenter.bands, segmenter.scale)
     if image.shape[0] != segmenter.in_channels:
-        raise DataError(f"{path}: has {image.shape[0]} band(s) but the model takes {segmenter.in_channels} "
+        raise DataError(f"{path}: has {image.shape[0]} band(s) but the model was trained on {segmenter.in_channels} "
                         "(see data.bands)")
     labels = segmenter.predict(image, options.prediction, tile=options.tile, overlap=options.overlap,
                                tta=options.tta, precision=options.precision, batch_size=options.batch_size,
                                valid=valid, confidence=False).classes
-    palette = data.palette
+    palette = segmenter.palette
     index_path = out_dir / f"{path.stem}.png"
     save_index_png(index_path, labels, palette)
     outputs = [index_path]

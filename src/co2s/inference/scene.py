@@ -179,20 +179,20 @@ def predict_scene(path: Path, segmenter, out_dir: Path, options: PredictOptions,
     and any warnings."""
     import rasterio
 
-    config, prediction = segmenter.config, options.prediction or segmenter.prediction
-    num_classes = config.data.num_classes
+    prediction = options.prediction or segmenter.prediction
+    num_classes = segmenter.num_classes
     if num_classes >= NODATA:
         raise Co2sError(f"{num_classes} classes do not fit a uint8 class raster with nodata {NODATA}")
     notes = []
     with bounded_gdal_cache(COMPRESS_OVERVIEW="DEFLATE"):
-        source = RasterReader(path, config.data.bands, config.data.scale, segmenter.in_channels)
+        source = RasterReader(path, segmenter.bands, segmenter.scale, segmenter.in_channels)
         try:
             if source.dataset.crs is None:
                 notes.append(f"{path} has no CRS; its outputs are written without one")
             grid = TileGrid.over(source.dataset.height, source.dataset.width,
                                  *segmenter.tiling(options.tile, options.overlap))
             predictors = segmenter.tile_predictors([prediction], options.precision, options.tta)
-            outputs = SceneOutputs(source, out_dir, config.data.palette, num_classes, options)
+            outputs = SceneOutputs(source, out_dir, segmenter.palette, num_classes, options)
             bar = progress_bar(total=grid.tiles_to_predict(PANEL_WIDTH), desc=path.name, unit="tile",
                                enabled=progress)
             start, pixels = time.perf_counter(), 0

@@ -30,8 +30,9 @@ from torch import nn
 
 from co2s.data.raster import Window
 from co2s.errors import Co2sError
-from co2s.inference.fusion import class_probabilities, prediction_choices, resolve_prediction
-from co2s.inference.sliding_window import window_and_stride
+from co2s.config.schema import prediction_choices
+from co2s.inference.fusion import class_probabilities
+from co2s.models.contract import InferenceContract, contract_for
 from co2s.inference.streaming import TileGrid, overlap_to_stride, stream_prediction_maps, tile_logits
 
 
@@ -56,39 +57,70 @@ class Prediction:
 
 
 class Segmenter(nn.Module):
-    """Trained model(s) + prediction mode + how to read and tile images.
+    """Trained model(s) + their inference contract: prediction mode, how to read and tile images.
 
     ``forward(x)`` maps scaled images ``[B, C, h, w]`` to class probabilities ``[B, K, h, w]`` in
     one pass (what the ONNX export runs per tile); ``predict(image)`` does tiled, blended inference
-    of an image of any size. ``config`` is the run's validated config (classes, palette, bands,
-    scaling, tiling); ``prediction`` a model's name or a fusion (default: the configured one).
+    of an image of any size. ``contract`` (:class:`~co2s.models.contract.InferenceContract`) says
+    the classes, palette, bands, scaling, tiling and the default ``prediction`` (a model's name or a
+    fusion); ``training_config`` is the config the models were trained under, when known.
     """
 
-    def __init__(self, models: Mapping[str, nn.Module], config, prediction: str | None = None) -> None:
+    def __init__(self, models: Mapping[str, nn.Module], contract: InferenceContract,
+                 training_config=None) -> None:
         super().__init__()
         self.models = nn.ModuleDict(dict(models))
-        self.config = config
-        self.prediction = resolve_prediction(prediction, list(self.models), config.train.semi.fusion)
-        self.tile, self.stride = window_and_stride(config)
-        self.batch_size = config.eval.batch_size
+        if list(self.models) != contract.model_names:
+            raise Co2sError(f"models {list(self.models)} are not the contract's {contract.model_names}")
+        self.contract = contract
+        self._training_config = training_config  # a Config, a stored record (dict), or None
         self.info: dict = {}  # where it was loaded from: the step trained, the best validation
+
+    @classmethod
+    def from_config(cls, models: Mapping[str, nn.Module], config, prediction: str | None = None) -> Segmenter:
+        """The Segmenter of models built from (and trained under) ``config``."""
+        return cls(models, contract_for(dict(models), config, prediction), config)
 
     # -- what it is ------------------------------------------------------------------------
     @property
+    def prediction(self) -> str:
+        return self.contract.prediction
+
+    @property
     def classes(self) -> list[str]:
-        return list(self.config.data.classes)
+        return list(self.contract.classes)
 
     @property
     def num_classes(self) -> int:
-        return self.config.data.num_classes
+        return self.contract.num_classes
 
     @property
     def palette(self):
-        return self.config.data.palette
+        return self.contract.palette
+
+    @property
+    def bands(self) -> list[int] | None:
+        return self.contract.bands
+
+    @property
+    def scale(self):
+        return self.contract.scale
 
     @property
     def in_channels(self) -> int:
-        return next(iter(self.models.values())).in_channels
+        return self.contract.in_channels
+
+    @property
+    def tile(self) -> int:
+        return self.contract.tiling.window
+
+    @property
+    def stride(self) -> int:
+        return self.contract.tiling.stride
+
+    @property
+    def batch_size(self) -> int:
+        return self.contract.tiling.batch_size
 
     @property
     def choices(self) -> list[str]:
@@ -99,33 +131,47 @@ class Segmenter(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @property
+    def training_config(self):
+        """The validated config the models were trained under (old key spellings migrated): what
+        evaluating on the run's own splits needs. A model folder does not carry a usable one."""
+        from co2s.config.loader import validate
+        from co2s.errors import ConfigError
+
+        if self._training_config is None or self.info.get("is_folder"):
+            raise ConfigError(f"{self.info.get('source', 'this model')} is an exported model folder: it carries "
+                              "no training config to read the data from; give a config (co2s evaluate CONFIG "
+                              "--checkpoint FOLDER)")
+        if isinstance(self._training_config, dict):
+            self._training_config = validate(self._training_config,
+                                             f"config stored in {self.info.get('source', 'the checkpoint')}",
+                                             stored=True)
+        return self._training_config
+
     # -- loading ---------------------------------------------------------------------------
     @classmethod
-    def load(cls, source: str | os.PathLike, config=None, prediction: str | None = None) -> Segmenter:
-        """From a training checkpoint (``best.ckpt``) or an exported model folder, in eval mode."""
+    def load(cls, source: str | os.PathLike, prediction: str | None = None) -> Segmenter:
+        """From a training checkpoint (``best.ckpt``) or an exported model folder, in eval mode;
+        ``prediction`` replaces the default one."""
         from co2s.models.loading import load_trained_models
 
-        models, config, info = load_trained_models(source, config)
-        segmenter = cls(models, config, prediction or info.get("prediction")).eval()
-        segmenter.info = info
+        loaded = load_trained_models(source)
+        segmenter = cls(loaded.models, loaded.contract.with_prediction(prediction), loaded.training_config).eval()
+        segmenter.info = {"step": loaded.step, "best": loaded.best, "source": str(source),
+                          "is_folder": loaded.is_folder}
         return segmenter
 
     from_pretrained = load
 
-    def with_config(self, config) -> Segmenter:
-        """The same models under another config of the same model and classes (e.g. the data moved)."""
-        if config.model != self.config.model or list(config.data.classes) != self.classes:
-            raise Co2sError("the new config must describe the same model and classes")
-        other = type(self)(dict(self.models), config, self.prediction)
-        other.info = self.info
-        return other.train(self.training)
-
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write the weights (safetensors) and a small config: a model folder to share."""
+        """Write the weights (safetensors) and the inference contract: a model folder to share."""
+        from co2s.config.loader import config_to_dict
         from co2s.models.loading import write_model_folder
 
-        return write_model_folder(directory, dict(self.models), self.config,
-                                  {"prediction": self.prediction, "step": self.info.get("step")})
+        training = self._training_config
+        if training is not None and not isinstance(training, dict):
+            training = config_to_dict(training)
+        return write_model_folder(directory, dict(self.models), self.contract, self.info.get("step"), training)
 
     # -- prediction ------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -158,8 +204,7 @@ class Segmenter(nn.Module):
         if isinstance(image, (str, os.PathLike)):
             from co2s.data.io import read_model_input
 
-            data = self.config.data
-            array, valid = read_model_input(image, data.bands, data.scale)
+            array, valid = read_model_input(image, self.bands, self.scale)
             return torch.from_numpy(array), valid
         if isinstance(image, np.ndarray):
             image = torch.from_numpy(image)

@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 import torch
 
+from co2s.config.schema import default_stride
+
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:
     """Start offsets covering ``[0, length)``; the last window is flush with the end."""
@@ -19,17 +21,6 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
     if starts[-1] != length - window:
         starts.append(length - window)
     return starts
-
-
-def default_stride(window: int) -> int:
-    return max(1, int(window * 5 / 6))
-
-
-def window_and_stride(config) -> tuple[int, int]:
-    """The configured tiling: ``eval.window`` (default the training crop) and ``eval.stride``
-    (default ``int(window * 5 / 6)``, SPEC 3.3)."""
-    window = config.eval.window or config.train.crop_size
-    return window, config.eval.stride or default_stride(window)
 
 
 def blend_weight(height: int, width: int, floor: float = 1e-3) -> torch.Tensor:

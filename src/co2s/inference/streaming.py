@@ -24,7 +24,8 @@ import torch
 from co2s.data.raster import Window
 from co2s.errors import Co2sError
 from co2s.inference.fusion import class_probabilities
-from co2s.inference.sliding_window import blend_weight, default_stride, window_starts
+from co2s.config.schema import default_stride
+from co2s.inference.sliding_window import blend_weight, window_starts
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 #: columns predicted side by side; wider scenes go in panels (a multiple of the GeoTIFF block)

@@ -1,5 +1,6 @@
-"""Reading trained models back: the training checkpoint format (what ``co2s train`` writes) and the
-models it holds, rebuilt for inference. Read with ``torch.load(weights_only=True)``: loading a
+"""Reading trained models back: the training checkpoint format (what ``co2s train`` writes), exported
+model folders, and the models they hold rebuilt for inference from their inference contract
+(:mod:`co2s.models.contract`). Read with ``torch.load(weights_only=True)``: loading a
 checkpoint never executes code from the file, and every failure says in words what is wrong.
 """
 
@@ -8,18 +9,20 @@ from __future__ import annotations
 import os
 import pickle
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from co2s.config.compare import config_differences
-from co2s.config.loader import config_to_dict, validate
+from co2s.config.loader import config_to_dict
 from co2s.errors import CheckpointError
-from co2s.models.factory import build_models
+from co2s.models.contract import InferenceContract, contract_for
+from co2s.models.factory import build_models, models_from_contract
 
 FORMAT = "co2s-checkpoint"
-FORMAT_VERSION = 1
+#: 2: the inference contract beside the training config (1: the config and ``architectures`` only)
+FORMAT_VERSION = 2
 
 
 def _other_checkpoints(path: Path) -> str:
@@ -73,73 +76,121 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         what = f"keys {sorted(map(str, ckpt))[:6]}" if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{path} is a PyTorch file but not a co2s checkpoint ({what}); "
                               "co2s reads the latest.ckpt / best.ckpt of a `co2s train` run")
-    if ckpt.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{path} was written by a newer co2s (format {ckpt['format_version']})")
+    version = ckpt.get("format_version", 1)
+    if not isinstance(version, int):
+        raise CheckpointError(f"{path}: format_version must be an integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path} was written by a newer co2s (format {version}); upgrade co2s")
     return ckpt
 
 
-def load_trained_models(source: str | os.PathLike, config=None) -> tuple[dict, Any, dict]:
-    """Rebuild trained model(s) for inference (eval mode, CPU) from a training checkpoint or an
-    exported model folder (:func:`write_model_folder`).
+@dataclass
+class TrainedModels:
+    """Trained models read back for inference (eval mode, CPU) and what they came with."""
 
-    Returns ``(models by name, config, info)``; ``info`` has the ``step`` trained, the ``best``
-    validation record (checkpoints) and the ``prediction`` an export was made for. ``config``
-    defaults to the stored one; a given one must describe the same model and classes, or the
-    weights would be silently misread. ViT students are rebuilt from the architectures recorded
-    with the weights, so the pretrained files they started from are not needed.
-    """
+    models: dict[str, torch.nn.Module]
+    contract: InferenceContract
+    step: int | None = None  # iterations trained
+    best: dict | None = None  # the best validation record (checkpoints)
+    #: the training config as stored (a plain record, never validated here): checkpoints hold the
+    #: full config (resume, ``co2s evaluate`` without a config); exported folders a portable copy
+    training_config: dict | None = None
+    is_folder: bool = False
+
+
+def load_trained_models(source: str | os.PathLike) -> TrainedModels:
+    """Rebuild the trained model(s) of a training checkpoint or an exported model folder
+    (:func:`write_model_folder`) from its inference contract alone: the training config is not
+    read, and the pretrained files the models started from are not needed. Checkpoints and
+    folders of format 1 (before the contract) are read through their stored config, migrated."""
     path = Path(source)
     if path.is_dir() and (path / MODEL_CONFIG).is_file():
-        stored_dict, architectures, states, info = _read_model_folder(path)
+        record, states = _read_model_folder(path)
+        where = str(path / MODEL_CONFIG)
+        step, best, training = record.get("step"), None, record.get("training_config")
+        if record.get("format_version", 1) >= 2:
+            contract = InferenceContract.from_record(record.get("contract"), where)
+            return TrainedModels(_load_states(models_from_contract(contract, where), states, where, contract),
+                                 contract, step, best, training, is_folder=True)
+        config_record, architectures, prediction = record.get("config"), record.get("architectures"), record.get("prediction")
     else:
         ckpt = read_checkpoint(path)
-        stored_dict, architectures = ckpt["config"], ckpt.get("architectures")
+        where = str(path)
         states = {k: v for k, v in ckpt.items() if isinstance(v, dict) and k not in _CHECKPOINT_RECORDS}
-        info = {"step": int(ckpt.get("step", 0)), "best": ckpt.get("best"), "prediction": None}
-    stored = validate(stored_dict, f"config stored in {path}")
-    if config is None:
-        config = stored
-    else:
-        changes = config_differences(config_to_dict(stored)["model"], config_to_dict(config)["model"], "model.")
-        if changes or config.data.classes != stored.data.classes:
-            shown = "; ".join(changes[:5]) or f"classes {stored.data.classes} -> {config.data.classes}"
-            raise CheckpointError(
-                f"{path} was trained with a different model or class list than the given config ({shown})"
-            )
-    models = build_models(config, architectures)
+        step, best, training = int(ckpt.get("step", 0)), ckpt.get("best"), ckpt.get("config")
+        if ckpt.get("format_version", 1) >= 2:
+            contract = InferenceContract.from_record(ckpt.get("contract"), where)
+            return TrainedModels(_load_states(models_from_contract(contract, where), states, where, contract),
+                                 contract, step, best, training)
+        config_record, architectures, prediction = ckpt.get("config"), ckpt.get("architectures"), None
+    # format 1: the models are described by the training config stored with them
+    from co2s.config.loader import validate
+
+    config = validate(config_record, f"config stored in {where}", stored=True)
+    models = _load_states(build_models(config, architectures), states, where)
+    contract = contract_for(models, config, prediction)
+    if path.is_dir():
+        training = portable_config(config_to_dict(config))
+    return TrainedModels(models, contract, step, best, training, is_folder=path.is_dir())
+
+
+def _load_states(models: dict, states: dict[str, dict], where: str,
+                 contract: InferenceContract | None = None) -> dict:
+    """Load each model's weights (eval mode); with a ``contract``, its normalisation must be the
+    one the weights hold."""
     for name, model in models.items():
         if name not in states:
-            raise CheckpointError(f"{path}: holds no weights for model {name!r} (it has {sorted(states)})")
+            raise CheckpointError(f"{where}: holds no weights for model {name!r} (it has {sorted(states)})")
         try:
             model.load_state_dict(states[name])
         except RuntimeError as exc:
-            raise CheckpointError(f"{path}: weights of {name!r} do not fit the model: {exc}") from None
+            raise CheckpointError(f"{where}: weights of {name!r} do not fit the model: {exc}") from None
         model.eval()
-    return models, config, info
+        if contract is not None:
+            norm = contract.normalisation[name]
+            held = (model.mean.flatten().tolist(), model.std.flatten().tolist())
+            if not (torch.allclose(torch.tensor(held[0]), torch.tensor(norm.mean))
+                    and torch.allclose(torch.tensor(held[1]), torch.tensor(norm.std))):
+                raise CheckpointError(f"{where}: normalisation.{name} of the contract (mean {norm.mean}, std "
+                                      f"{norm.std}) disagrees with the weights (mean {held[0]}, std {held[1]})")
+    return models
 
 
 #: checkpoint entries that are not model weights
-_CHECKPOINT_RECORDS = {"config", "rng", "architectures", "best", "best_per_prediction"}
+_CHECKPOINT_RECORDS = {"config", "rng", "architectures", "best", "best_per_prediction", "contract"}
 
 # --------------------------------------------------------------------------------------------
-# exported model folders: weights only (safetensors) and a small JSON config
+# exported model folders: weights only (safetensors) and a small JSON record around the contract
 
 MODEL_FORMAT = "co2s-model"
-MODEL_FORMAT_VERSION = 1
+MODEL_FORMAT_VERSION = 2
 MODEL_CONFIG = "co2s_model.json"
 MODEL_WEIGHTS = "model.safetensors"
 
 
-def write_model_folder(directory: str | os.PathLike, models: dict, config, extra: dict | None = None) -> Path:
-    """Write ``models`` as a folder to share: ``model.safetensors`` (weights only, no optimiser or
-    RNG state) and ``co2s_model.json`` (classes, palette, bands, scaling, tiling, architectures,
-    prediction mode, and the config it was trained with). Both files are written atomically."""
+def portable_config(record: Any) -> Any:
+    """A training config record without absolute paths (each becomes its file name), so a shared
+    folder does not carry its author's directories; kept for the record, never read back."""
+    if isinstance(record, dict):
+        return {k: portable_config(v) for k, v in record.items()}
+    if isinstance(record, list):
+        return [portable_config(v) for v in record]
+    if isinstance(record, str) and (os.path.isabs(record) or record.startswith("~")):
+        return Path(record).name
+    return record
+
+
+def write_model_folder(directory: str | os.PathLike, models: dict, contract: InferenceContract,
+                       step: int | None = None, training_config: dict | None = None) -> Path:
+    """The one writer of model folders: ``model.safetensors`` (weights only, no optimiser or RNG
+    state) and ``co2s_model.json`` (the inference contract, the step trained and, as an opaque
+    record without absolute paths, the training config). Both files are written atomically."""
     import json
 
     from safetensors.torch import save_file
 
-    from co2s import __version__
     from co2s.atomic import atomic_path, write_text
+    from co2s.version import __version__
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -151,21 +202,17 @@ def write_model_folder(directory: str | os.PathLike, models: dict, config, extra
     with atomic_path(directory / MODEL_WEIGHTS) as tmp:
         save_file(tensors, str(tmp), metadata={"format": MODEL_FORMAT, "format_version": str(MODEL_FORMAT_VERSION)})
         os.chmod(tmp, 0o644)  # safetensors creates owner-only files; a folder to share must be readable
-    first = getattr(next(iter(models.values())), "module", next(iter(models.values())))
-    data = config.data
     record = {
         "format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, "co2s_version": __version__,
-        "models": list(models), "classes": list(data.classes), "palette": data.palette,
-        "bands": data.bands, "scale": data.scale, "in_channels": first.in_channels,
-        "architectures": {n: getattr(getattr(m, "module", m), "arch_config", None) for n, m in models.items()
-                          if getattr(getattr(m, "module", m), "arch_config", None)},
-        **(extra or {}), "config": config_to_dict(config),
+        "contract": contract.to_record(), "step": step,
+        "training_config": portable_config(training_config) if training_config is not None else None,
     }
     write_text(directory / MODEL_CONFIG, json.dumps(record, indent=2) + "\n")
     return directory
 
 
-def _read_model_folder(path: Path) -> tuple[dict, dict | None, dict[str, dict], dict]:
+def _read_model_folder(path: Path) -> tuple[dict, dict[str, dict]]:
+    """The folder's JSON record and its weights by model name."""
     import json
 
     from safetensors import SafetensorError
@@ -177,8 +224,11 @@ def _read_model_folder(path: Path) -> tuple[dict, dict | None, dict[str, dict], 
         raise CheckpointError(f"{path / MODEL_CONFIG}: unreadable model config: {exc}") from None
     if not isinstance(record, dict) or record.get("format") != MODEL_FORMAT:
         raise CheckpointError(f"{path / MODEL_CONFIG} is not a co2s model config")
-    if record.get("format_version", 0) > MODEL_FORMAT_VERSION:
-        raise CheckpointError(f"{path} was written by a newer co2s (format {record['format_version']})")
+    version = record.get("format_version", 1)
+    if not isinstance(version, int):
+        raise CheckpointError(f"{path / MODEL_CONFIG}: format_version must be an integer, got {version!r}")
+    if version > MODEL_FORMAT_VERSION:
+        raise CheckpointError(f"{path} was written by a newer co2s (format {version}); upgrade co2s")
     weights = path / MODEL_WEIGHTS
     if not weights.is_file():
         raise CheckpointError(f"{path}: {MODEL_WEIGHTS} is missing")
@@ -186,11 +236,17 @@ def _read_model_folder(path: Path) -> tuple[dict, dict | None, dict[str, dict], 
         tensors = load_file(str(weights))
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{weights}: unreadable (truncated or corrupt?): {exc}") from None
-    states: dict[str, dict] = {name: {} for name in record.get("models", [])}
+    if version >= 2:
+        contract = record.get("contract")
+        names = list(contract.get("architectures", {})) if isinstance(contract, dict) else []
+    else:
+        names = record.get("models", [])
+    if not isinstance(names, list):
+        raise CheckpointError(f"{path / MODEL_CONFIG}: the model names are not a list")
+    states: dict[str, dict] = {name: {} for name in names}
     for key, value in tensors.items():
         name, _, rest = key.partition(".")
         if name not in states:
             raise CheckpointError(f"{weights}: tensor {key!r} belongs to no model of {MODEL_CONFIG}")
         states[name][rest] = value
-    info = {"step": record.get("step"), "best": None, "prediction": record.get("prediction")}
-    return record["config"], record.get("architectures"), states, info
+    return record, states

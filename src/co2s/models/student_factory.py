@@ -112,6 +112,19 @@ def build_cnn_backbone(cfg, saved_arch: dict[str, Any] | None = None, in_channel
     return backbone
 
 
+def _wrap_backbone(kind: str, model, layers, skips: str = "hidden", rope_rescale: bool = False) -> Backbone:
+    """The co2s backbone around a transformers ViT: the maps its decoder reads (``layers``: None
+    for the paper's choice scaled to the depth)."""
+    if kind == "clip":
+        depth = model.config.vision_config.num_hidden_layers
+        layers = layers if layers is not None else default_layers("clip", depth)
+        return ClipBackbone(model.vision_model, model.visual_projection, tuple(layers), skips)
+    layers = layers if layers is not None else default_layers("dino", model.config.num_hidden_layers)
+    if kind == "dinov3":
+        return DinoV3Backbone(model, tuple(layers), rope_rescale=rope_rescale)
+    return DinoV2Backbone(model, tuple(layers))
+
+
 def build_backbone(cfg, saved_arch: dict[str, Any] | None = None
                    ) -> tuple[Backbone, torch.nn.Module, dict[str, torch.Tensor] | None]:
     """The wrapped backbone, the transformers model it came from, and the reference weights it
@@ -127,16 +140,7 @@ def build_backbone(cfg, saved_arch: dict[str, Any] | None = None
         model, reference = load_backbone_weights(cfg.kind, cfg.weights)
     else:
         model = _random_model(cfg.kind, cfg.arch)
-    if cfg.kind == "clip":
-        depth = model.config.vision_config.num_hidden_layers
-        layers = cfg.layers if cfg.layers is not None else default_layers("clip", depth)
-        backbone = ClipBackbone(model.vision_model, model.visual_projection, tuple(layers), cfg.skips)
-    elif cfg.kind == "dinov3":
-        layers = cfg.layers if cfg.layers is not None else default_layers("dino", model.config.num_hidden_layers)
-        backbone = DinoV3Backbone(model, tuple(layers), rope_rescale=cfg.rope_rescale)
-    else:
-        layers = cfg.layers if cfg.layers is not None else default_layers("dino", model.config.num_hidden_layers)
-        backbone = DinoV2Backbone(model, tuple(layers))
+    backbone = _wrap_backbone(cfg.kind, model, cfg.layers, cfg.skips, cfg.rope_rescale)
     backbone.set_tuning(cfg.tune, cfg.tune_last)
     return backbone, model, reference
 
@@ -155,14 +159,40 @@ def _text_guidance(student_cfg, clip_model, data, placeholder: bool = False) -> 
     return TextGuidance(clip_text_prototypes(data, student_cfg, clip_model=clip_model).prototypes)
 
 
+def _head(backbone: Backbone, kind: str, head: str, width: int, num_classes: int) -> torch.nn.Module:
+    """The decoder: the language-guided head (``width`` 128: the paper's) or DeepLabV3+."""
+    if head == "vlg":
+        return LanguageGuidedHead(backbone.feature_dim, backbone.feature_dim, tuple(backbone.skip_dims),
+                                  hidden=width, skip_channels=(width // 4, width // 8),
+                                  stage_channels=(width // 2, width // 4))
+    # ViT skips share the last map's resolution; the CNN's low-level skip is finer: fuse there.
+    return DeepLabV3PlusHead(backbone.feature_dim, tuple(backbone.skip_dims), num_classes, channels=2 * width,
+                             fuse_scale=None if kind == "cnn" else 1)
+
+
+def _architecture(kind: str, backbone: Backbone, hf_model, guidance: str, head: str, head_width: int) -> dict:
+    """A student's architecture record (the inference contract's): everything
+    :func:`student_from_architecture` needs, nothing about training."""
+    if kind == "cnn":
+        record = {"kind": "cnn", "arch": dict(backbone.arch)}
+    else:
+        record = {"kind": kind, "arch": hf_model.config.to_dict(),
+                  "layers": list(backbone.skip_layers if kind == "clip" else backbone.layers)}
+        if kind == "clip":
+            record["skips"] = backbone.skip_mode
+    return {"kind": "student", "backbone": record, "guidance": guidance, "head": head, "head_width": head_width}
+
+
 def build_student(student_cfg, data, saved_arch: dict[str, Any] | None = None,
                   in_channels: int = 3) -> Student:
-    """A student from config; with ``saved_arch`` (a checkpoint's record) no weight file is read.
+    """A student from config; with ``saved_arch`` (a format-1 checkpoint's record) no weight
+    file is read.
 
     ``in_channels`` > 3 widens a ViT's patch embedding once its weights are loaded (the CNN is
     built with that many input bands).
     """
-    if student_cfg.backbone.kind == "cnn":
+    kind = student_cfg.backbone.kind
+    if kind == "cnn":
         backbone, hf_model, reference = build_cnn_backbone(student_cfg.backbone, saved_arch, in_channels), None, None
     else:
         backbone, hf_model, reference = build_backbone(student_cfg.backbone, saved_arch)
@@ -174,15 +204,7 @@ def build_student(student_cfg, data, saved_arch: dict[str, Any] | None = None,
         guidance = LearnableQueries(n, backbone.feature_dim)
     else:
         guidance = None
-    w = student_cfg.head_width  # 128: the paper's decoder
-    if student_cfg.head == "vlg":
-        head = LanguageGuidedHead(backbone.feature_dim, backbone.feature_dim, tuple(backbone.skip_dims),
-                                  hidden=w, skip_channels=(w // 4, w // 8), stage_channels=(w // 2, w // 4))
-    else:
-        # ViT skips share the last map's resolution; the CNN's low-level skip is finer: fuse there.
-        fuse_scale = None if student_cfg.backbone.kind == "cnn" else 1
-        head = DeepLabV3PlusHead(backbone.feature_dim, tuple(backbone.skip_dims), n, channels=2 * w,
-                                 fuse_scale=fuse_scale)
+    head = _head(backbone, kind, student_cfg.head, student_cfg.head_width, n)
     student = Student(backbone, head, guidance, n, {
         "backbone": student_cfg.backbone.lr_mult, "decoder": student_cfg.decoder_lr_mult,
         "queries": student_cfg.queries_lr_mult,
@@ -192,9 +214,43 @@ def build_student(student_cfg, data, saved_arch: dict[str, Any] | None = None,
         from co2s.models.backbones.weights import verify_weights
 
         verify_weights(hf_model, reference, str(student_cfg.backbone.weights))
-    if hf_model is None:  # the CNN: its own architecture record
-        student.arch_config = dict(backbone.arch)
-        return student
-    widen_patch_embedding(hf_model, student_cfg.backbone.kind, in_channels)  # after the check
-    student.arch_config = hf_model.config.to_dict()
+    if hf_model is not None:
+        widen_patch_embedding(hf_model, kind, in_channels)  # after the check
+    student.architecture = _architecture(kind, backbone, hf_model, student_cfg.guidance, student_cfg.head,
+                                         student_cfg.head_width)
+    return student
+
+
+def student_from_architecture(record: dict[str, Any], num_classes: int, in_channels: int) -> Student:
+    """A student of the architecture ``record`` (:func:`_architecture`) with placeholder weights,
+    to be loaded from a checkpoint or model folder: no pretrained file is read."""
+    b = record["backbone"]
+    kind = b["kind"]
+    if kind == "cnn":
+        backbone, hf_model = CnnBackbone(**b["arch"]), None
+    elif kind in _CLASSES:
+        hf_model = _model_from_saved_config(kind, b["arch"])
+        backbone = _wrap_backbone(kind, hf_model, b["layers"], b.get("skips", "hidden"))
+    else:
+        raise ValueError(f"unknown backbone kind {kind!r}")
+    guidance_kind = record["guidance"]
+    if guidance_kind == "text":
+        if kind != "clip":
+            raise ValueError(f"text guidance needs a CLIP backbone, not {kind}")
+        guidance = TextGuidance(torch.ones(num_classes, hf_model.config.projection_dim))
+    elif guidance_kind == "queries":
+        guidance = LearnableQueries(num_classes, backbone.feature_dim)
+    elif guidance_kind == "none":
+        guidance = None
+    else:
+        raise ValueError(f"unknown guidance {guidance_kind!r}")
+    if record["head"] not in ("vlg", "deeplabv3plus"):
+        raise ValueError(f"unknown head {record['head']!r}")
+    head = _head(backbone, kind, record["head"], int(record["head_width"]), num_classes)
+    if hf_model is not None:
+        widen_patch_embedding(hf_model, kind, in_channels)
+    student = Student(backbone, head, guidance, num_classes, None, in_channels,
+                      [0.0] * in_channels, [1.0] * in_channels)  # the weights hold mean and std
+    student.eval()
+    student.architecture = dict(record)
     return student

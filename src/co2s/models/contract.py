@@ -1,0 +1,134 @@
+"""The inference contract: everything needed to use a trained model, nothing about how it was trained.
+
+A model folder (``co2s export``) and a checkpoint both hold one. Loading a model for prediction
+reads the contract only, never the training config, so a renamed training key cannot break a
+shared model. Its fields:
+
+- ``classes``, ``palette``: what the output indices mean and how they are drawn;
+- ``bands`` (1-based, None: all), ``scale`` and ``in_channels``: how a file becomes model input
+  (with the invalid-pixel rule of :mod:`co2s.data.raster`);
+- ``normalisation``: each model's per-band mean and std (the weights hold them too, as buffers;
+  the contract says them for readers that do not run co2s, and loading checks they agree);
+- ``tiling``: window, stride and batch size of sliding-window prediction;
+- ``prediction``: what the model predicts by default (a model's name, or a fusion of two);
+- ``architectures``: per model, the record its architecture is rebuilt from
+  (:func:`co2s.models.factory.models_from_contract`); pretrained files are never needed.
+
+``CONTRACT_VERSION`` changes when a field changes meaning; a reader refuses a newer contract and
+reads older ones (an absent field means the old behaviour).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from co2s.config.schema import RGB, prediction_choices, resolve_prediction
+from co2s.errors import CheckpointError
+
+CONTRACT_VERSION = 1
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Tiling(_Record):
+    window: int = Field(ge=1)
+    stride: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+
+
+class Normalisation(_Record):
+    mean: list[float]
+    std: list[float]
+
+
+class InferenceContract(_Record):
+    version: int = CONTRACT_VERSION
+    classes: list[str] = Field(min_length=1)
+    palette: list[RGB] | None = None
+    bands: list[int] | None = None
+    scale: float | Literal["auto"] = "auto"
+    in_channels: int = Field(ge=1)
+    normalisation: dict[str, Normalisation]
+    tiling: Tiling
+    prediction: str
+    architectures: dict[str, dict[str, Any]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> InferenceContract:
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError("classes: a class name appears twice")
+        if self.palette is not None and len(self.palette) != len(self.classes):
+            raise ValueError(f"palette: {len(self.palette)} colours for {len(self.classes)} classes")
+        if self.bands is not None and (len(self.bands) != self.in_channels or min(self.bands) < 1):
+            raise ValueError(f"bands {self.bands} do not give in_channels {self.in_channels} bands (1-based)")
+        if not isinstance(self.scale, str) and not self.scale > 0:
+            raise ValueError(f"scale must be 'auto' or a positive number, got {self.scale}")
+        if set(self.normalisation) != set(self.architectures):
+            raise ValueError(f"normalisation is given for {sorted(self.normalisation)}, architectures for "
+                             f"{sorted(self.architectures)}")
+        for name, norm in self.normalisation.items():
+            if len(norm.mean) != self.in_channels or len(norm.std) != self.in_channels:
+                raise ValueError(f"normalisation.{name}: mean/std need {self.in_channels} values")
+        choices = prediction_choices(self.model_names)
+        if self.prediction not in choices:
+            raise ValueError(f"prediction {self.prediction!r} is not one of {choices}")
+        return self
+
+    @property
+    def model_names(self) -> list[str]:
+        return list(self.architectures)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    # -- reading and writing ----------------------------------------------------------------
+    @classmethod
+    def from_record(cls, record: Any, where: str) -> InferenceContract:
+        """The contract of a folder or checkpoint; every problem is a :class:`CheckpointError`
+        naming ``where`` and the field."""
+        if not isinstance(record, dict):
+            raise CheckpointError(f"{where}: the inference contract is not a mapping")
+        version = record.get("version", CONTRACT_VERSION)
+        if not isinstance(version, int) or version > CONTRACT_VERSION:
+            raise CheckpointError(f"{where}: inference contract version {version!r} is newer than this co2s "
+                                  f"reads ({CONTRACT_VERSION}); upgrade co2s")
+        try:
+            return cls.model_validate(record)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(p) for p in err["loc"]) or "contract"
+            raise CheckpointError(f"{where}: inference contract field {field}: {err['msg']}") from None
+
+    def to_record(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def with_prediction(self, prediction: str | None) -> InferenceContract:
+        """The same contract predicting ``prediction`` by default (None: unchanged)."""
+        if prediction is None:
+            return self
+        return self.model_copy(update={"prediction": resolve_prediction(prediction, self.model_names)})
+
+
+def contract_for(models: dict, config, prediction: str | None = None) -> InferenceContract:
+    """The contract of ``models`` (built from, and trained under, ``config``); ``prediction``
+    defaults to ``eval.prediction`` (resolved: a fusion for two students, else the model)."""
+    modules = {name: getattr(m, "module", m) for name, m in models.items()}  # Fabric/DDP wrappers
+    missing = [name for name, m in modules.items() if getattr(m, "architecture", None) is None]
+    if missing:
+        raise CheckpointError(f"model(s) {missing} have no architecture record (not built by co2s.models)")
+    window, stride = config.tiling
+    first = next(iter(modules.values()))
+    return InferenceContract(
+        classes=list(config.data.classes), palette=config.data.palette, bands=config.data.bands,
+        scale=config.data.scale, in_channels=first.in_channels,
+        normalisation={name: Normalisation(mean=m.mean.flatten().tolist(), std=m.std.flatten().tolist())
+                       for name, m in modules.items()},
+        tiling=Tiling(window=window, stride=stride, batch_size=config.eval.batch_size),
+        prediction=resolve_prediction(prediction or config.eval.prediction, list(modules)),
+        architectures={name: m.architecture for name, m in modules.items()},
+    )

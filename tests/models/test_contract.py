@@ -1,0 +1,117 @@
+"""The inference contract of model folders and checkpoints: what loading reads, what it refuses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import co2s
+from co2s.config.loader import load_config, validate
+from co2s.config.migrate import Co2sDeprecationWarning
+from co2s.errors import CheckpointError, ConfigError
+from co2s.models.factory import build_models
+from co2s.models.loading import MODEL_CONFIG
+from tests.compat.make_v1_fixtures import OUT
+
+FOLDER = OUT / "co2s_pair" / "best.ckpt"
+
+
+@pytest.fixture
+def folder(tmp_path):
+    return co2s.export(FOLDER, tmp_path / "model")["folder"]
+
+
+def _edit(folder, change):
+    path = folder / MODEL_CONFIG
+    record = json.loads(path.read_text())
+    change(record)
+    path.write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda r: r["contract"]["normalisation"]["cnn"].update(mean=[0.5, 0.5, 0.5]),
+     "normalisation.cnn of the contract .* disagrees with the weights"),
+    (lambda r: r["contract"].update(version=99), "contract version 99 is newer"),
+    (lambda r: r.update(format_version="2"), "format_version must be an integer"),
+    (lambda r: r.update(format_version=3), "written by a newer co2s"),
+    (lambda r: r["contract"].update(prediction="median"), "field prediction|is not one of"),
+    (lambda r: r["contract"].update(palette=[[0, 0, 0]]), "palette: 1 colours for 3 classes"),
+    (lambda r: r["contract"]["architectures"]["cnn"].update(kind="transformer"), "unknown model kind"),
+    (lambda r: r["contract"]["architectures"]["clip"].update(guidance="words"), "unknown guidance"),
+    (lambda r: r["contract"].pop("tiling"), "field tiling"),
+])
+def test_a_contract_that_is_wrong_or_newer_is_refused_in_one_line(folder, change, message):
+    _edit(folder, change)
+    with pytest.raises(CheckpointError, match=message) as info:
+        co2s.Segmenter.load(folder)
+    assert "\n" not in str(info.value) and str(folder) in str(info.value)
+
+
+def test_the_contract_says_how_to_use_the_model(folder):
+    segmenter = co2s.Segmenter.load(folder, prediction="cnn")
+    contract = segmenter.contract
+    assert contract.prediction == "cnn" and contract.tiling.window == 32 and contract.tiling.stride == 26
+    assert contract.bands is None and contract.scale == "auto" and contract.in_channels == 3
+    assert contract.architectures["clip"]["backbone"]["skips"] == "value"
+    for name, model in segmenter.models.items():
+        assert contract.normalisation[name].std == model.std.flatten().tolist()
+    with pytest.raises(ConfigError, match="is an exported model folder"):
+        segmenter.training_config
+
+
+def test_a_checkpoint_and_a_folder_of_today_predict_alike(tmp_path):
+    config = validate({"data": {"root": str(tmp_path), "classes": ["a", "b"], "bands": [3, 1, 2]},
+                       "model": {"width": 8, "depth": 2}, "train": {"crop_size": 48, "iters": 1},
+                       "eval": {"window": 40, "stride": 30}})
+    from co2s.engine.checkpoint import write_model_checkpoint
+
+    ckpt = write_model_checkpoint(tmp_path / "m.ckpt", config, build_models(config))
+    a = co2s.Segmenter.load(ckpt)
+    b = co2s.Segmenter.load(co2s.export(ckpt, tmp_path / "folder")["folder"])
+    assert a.contract == b.contract and (a.tile, a.stride, a.bands) == (40, 30, [3, 1, 2])
+    x = torch.rand(3, 50, 70)
+    np.testing.assert_array_equal(a.predict(x).classes, b.predict(x).classes)
+    assert a.training_config.eval.window == 40
+
+
+def test_old_spelling_of_a_key_is_accepted_with_a_deprecation_message(tmp_path):
+    yaml = tmp_path / "run.yaml"
+    yaml.write_text("preset: [ai4mars, models/co2s-tiny]\ntrain: {method: co2s, semi: {fusion: mean}}\n"
+                    "data: {splits: {unlabelled: u.txt}}\n")
+    with pytest.warns(Co2sDeprecationWarning, match="train.semi.fusion is deprecated .* use eval.prediction"):
+        config = load_config(str(yaml))
+    assert config.eval.prediction == "mean"
+    with pytest.warns(Co2sDeprecationWarning):
+        assert load_config(str(yaml), ["train.semi.fusion=dino"]).eval.prediction == "dino"
+    with pytest.raises(ConfigError, match="disagree"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        load_config(str(yaml), ["eval.prediction=clip"])
+
+
+def test_predicting_evaluating_and_exporting_do_not_import_the_engine(tmp_path):
+    """`import co2s; co2s.Segmenter` and the predict, evaluate and export commands leave Lightning
+    Fabric (the training engine) unimported."""
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), (90, 120, 30)).save(tmp_path / "a.png")
+    code = f"""
+import sys, co2s
+co2s.Segmenter
+assert "lightning_fabric" not in sys.modules, "import co2s; co2s.Segmenter"
+from co2s.cli.main import main
+ckpt = {str(FOLDER)!r}
+assert main(["predict", "--checkpoint", ckpt, {str(tmp_path / 'a.png')!r}, "--out", {str(tmp_path / 'p')!r},
+             "--no-progress"]) == 0
+assert main(["export", ckpt, "--out", {str(tmp_path / 'e')!r}]) == 0
+main(["evaluate", "--checkpoint", ckpt, "--no-progress"])  # the stored data is gone: an error, no engine
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("lightning_fabric", "lightning")))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
