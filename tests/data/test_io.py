@@ -4,7 +4,8 @@ import rasterio
 from PIL import Image
 from rasterio.transform import from_origin
 
-from co2s.data.io import read_image, read_mask, save_index_png, scale_image
+from co2s.data.io import read_image, read_mask, save_index_png
+from co2s.data.raster import scale_image
 from co2s.errors import DataError
 
 

@@ -261,7 +261,7 @@ def test_every_read_is_a_window_no_larger_than_the_rescaled_crop(tmp_path, monke
 def test_scene_reads_run_with_a_bounded_gdal_block_cache(tmp_path, monkeypatch):
     """GDAL's default cache (5 % of RAM) would keep the decoded blocks of every window read, so
     memory would grow with the scene: every training read (and the index) runs under the cap."""
-    from co2s.data.io import TRAINING_GDAL_CACHE_BYTES
+    from co2s.data.raster import TRAINING_GDAL_CACHE_BYTES
     from co2s.data.scenes import Scene
 
     seen: list = []

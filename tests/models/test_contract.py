@@ -73,7 +73,10 @@ def test_a_checkpoint_and_a_folder_of_today_predict_alike(tmp_path):
 
     ckpt = write_model_checkpoint(tmp_path / "m.ckpt", config, build_models(config))
     a = co2s.Segmenter.load(ckpt)
-    b = co2s.Segmenter.load(co2s.export(ckpt, tmp_path / "folder")["folder"])
+    folder = co2s.export(ckpt, tmp_path / "folder")["folder"]
+    b = co2s.Segmenter.load(folder)
+    text = (folder / MODEL_CONFIG).read_text()
+    assert str(tmp_path) not in text and json.loads(text)["training_config"]["data"]["root"] == tmp_path.name
     assert a.contract == b.contract and (a.tile, a.stride, a.bands) == (40, 30, [3, 1, 2])
     x = torch.rand(3, 50, 70)
     np.testing.assert_array_equal(a.predict(x).classes, b.predict(x).classes)

@@ -284,13 +284,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=file or sys.stderr)  # a user reads the message, not a source line
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     args = build_parser().parse_args(argv)
     from co2s.progress import set_progress
 
     set_progress(not getattr(args, "no_progress", False))
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            return args.func(args)
     except Co2sError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

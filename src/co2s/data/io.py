@@ -15,16 +15,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from co2s.atomic import atomic_path
-from co2s.data.raster import (  # noqa: F401  (bounded_gdal_cache, scale_image: re-exported)
-    GDAL_CACHE_BYTES,
-    TRAINING_GDAL_CACHE_BYTES,
-    RasterReader,
-    bounded_gdal_cache,
-    check_bands,
-    model_input,
-    open_raster,
-    scale_image,
-)
+from co2s.data.raster import RasterReader, check_bands, model_input, open_raster
 from co2s.errors import DataError
 
 TIFF_SUFFIXES = {".tif", ".tiff"}
