@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from co2s.config.loader import load_config
-from co2s.evaluation.run import evaluate, evaluate_checkpoint
 from co2s.inference.predict import PredictionResult, predict_files
 from co2s.inference.scene import PredictOptions
 from co2s.inference.segmenter import Prediction, Segmenter
@@ -60,6 +59,25 @@ def train(config, out: str | os.PathLike | None = None, progress: bool = True) -
 
     result = Trainer(config, out, progress).fit()
     return Run(Path(result.run_dir), result.steps, result.best, result.is_global_zero)
+
+
+def evaluate(segmenter, data=None, split: str = "test", out: str | os.PathLike | None = None,
+             progress: bool = True, predictions: list[str] | None = None) -> dict:
+    """Score ``segmenter`` on a split of ``data`` (default: its training config's data); see
+    :func:`co2s.evaluation.run.evaluate`."""
+    from co2s.evaluation.run import evaluate as run
+
+    return run(segmenter, data, split, out, progress, predictions)
+
+
+def evaluate_checkpoint(checkpoint: str | os.PathLike, config=None, split: str = "test",
+                        out: str | os.PathLike | None = None, device: str = "auto", progress: bool = True,
+                        prediction: str | None = None, overrides: list[str] | None = None) -> dict:
+    """``co2s evaluate``: score a checkpoint or model folder and write ``metrics.json``; see
+    :func:`co2s.evaluation.run.evaluate_checkpoint`."""
+    from co2s.evaluation.run import evaluate_checkpoint as run
+
+    return run(checkpoint, config, split, out, device, progress, prediction, overrides)
 
 
 def predict(model, inputs: list[str | os.PathLike], out_dir: str | os.PathLike, *, device: str = "auto",

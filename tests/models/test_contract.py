@@ -106,7 +106,8 @@ def test_predicting_evaluating_and_exporting_do_not_import_the_engine(tmp_path):
     code = f"""
 import sys, co2s
 co2s.Segmenter
-assert "lightning_fabric" not in sys.modules, "import co2s; co2s.Segmenter"
+assert "lightning_fabric" not in sys.modules, "import co2s; co2s.Segmenter imported the engine"
+assert "torchmetrics" not in sys.modules, "import co2s; co2s.Segmenter imported torchmetrics"
 from co2s.cli.main import main
 ckpt = {str(FOLDER)!r}
 assert main(["predict", "--checkpoint", ckpt, {str(tmp_path / 'a.png')!r}, "--out", {str(tmp_path / 'p')!r},

@@ -10,11 +10,14 @@ from __future__ import annotations
 import math
 
 import torch
-from torchmetrics.classification import MulticlassConfusionMatrix
 
 
-def confusion_metric(num_classes: int, ignore_index: int = 255) -> MulticlassConfusionMatrix:
-    """Accumulator of ``[true, predicted]`` counts; update with predicted labels and targets."""
+def confusion_metric(num_classes: int, ignore_index: int = 255):
+    """Accumulator of ``[true, predicted]`` counts (a torchmetrics ``MulticlassConfusionMatrix``);
+    update with predicted labels and targets. torchmetrics is imported here, on first use: it
+    takes most of a second to import, which predicting alone should not pay."""
+    from torchmetrics.classification import MulticlassConfusionMatrix
+
     return MulticlassConfusionMatrix(num_classes=num_classes, ignore_index=ignore_index, normalize="none")
 
 
