@@ -49,10 +49,10 @@ from torch.utils.data import default_collate  # noqa: E402
 
 from co2s.api import train  # noqa: E402
 from co2s.config.loader import load_config  # noqa: E402
-from co2s.data.sources import read_split  # noqa: E402
 from co2s.demo.synthetic import write_demo_dataset  # noqa: E402
 from co2s.engine.metrics_log import read_log  # noqa: E402
-from co2s.engine.trainer import make_fabric, train_step, training_batches, training_datasets  # noqa: E402
+from co2s.data.module import data_module  # noqa: E402
+from co2s.engine.trainer import make_fabric, train_step, training_batches  # noqa: E402
 from co2s.evaluation.run import evaluate_checkpoint  # noqa: E402
 from co2s.methods import build_method  # noqa: E402
 
@@ -159,11 +159,8 @@ def step_seconds(config, burn_in: bool, steps: int = 4) -> float:
     fabric.seed_everything(0, verbose=False)
     method = build_method(config)
     method.setup(fabric)
-    data = config.data
-    labelled = read_split(data.splits.labelled, data, labelled=True, name="labelled")
-    unlabelled = (read_split(data.splits.unlabelled, data, labelled=False, name="unlabelled", keep_masks=True)
-                  if method.uses_unlabelled else None)
-    crops, pairs = training_datasets(config, labelled, unlabelled)
+    data = data_module(config.data, config.in_channels, report=False)
+    crops, pairs = data.setup_training(config.train, method.uses_unlabelled).train_datasets(config.train)
     b = config.train.batch_size
     counter = itertools.count()
 

@@ -47,9 +47,9 @@ from torch.utils.data import default_collate  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count  # noqa: E402
 
 from co2s.config.loader import load_config  # noqa: E402
-from co2s.data.sources import read_split  # noqa: E402
 from co2s.demo.synthetic import write_demo_dataset  # noqa: E402
-from co2s.engine.trainer import make_fabric, train_step, training_batches, training_datasets  # noqa: E402
+from co2s.data.module import data_module  # noqa: E402
+from co2s.engine.trainer import make_fabric, train_step, training_batches  # noqa: E402
 from co2s.methods import build_method  # noqa: E402
 from co2s.models.summary import without_weights  # noqa: E402
 
@@ -144,11 +144,8 @@ def benchmark_config(args, method: str, precision: str, steps_total: int):
 def device_batches(config, fabric, unlabelled_batch: int) -> list[dict]:
     """``BATCH_POOL`` micro-batches as the trainer's loaders collate them, already on the device;
     with unlabelled pairs when ``unlabelled_batch`` > 0."""
-    data = config.data
-    labelled = read_split(data.splits.labelled, data, labelled=True, name="labelled")
-    unlabelled = (read_split(data.splits.unlabelled, data, labelled=False, name="unlabelled", keep_masks=True)
-                  if unlabelled_batch else None)
-    crops, pairs = training_datasets(config, labelled, unlabelled)
+    data = data_module(config.data, config.in_channels, report=False)
+    crops, pairs = data.setup_training(config.train, unlabelled_batch > 0).train_datasets(config.train)
 
     def collated(dataset, size: int) -> list[dict]:
         return [fabric.to_device(default_collate([dataset[i * size + j] for j in range(size)]))

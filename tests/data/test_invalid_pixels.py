@@ -12,6 +12,7 @@ from rasterio.transform import from_origin
 
 from co2s.config.loader import validate
 from co2s.data.dataset import LabelledCrops, UnlabelledPairs, WholeImages
+from co2s.data.evaluation_sets import TileEvaluationSet
 from co2s.data.sources import read_split
 from co2s.data.transforms import WeakViewParams, weak_view
 from co2s.evaluation.evaluator import score_predictions
@@ -176,6 +177,7 @@ def test_evaluation_does_not_score_invalid_pixels(rasters):
                                  normalisation={"m": {"mean": [0.0] * 3, "std": [1.0] * 3}},
                                  tiling={"window": 32, "stride": 26, "batch_size": 4}, prediction="m",
                                  architectures={"m": {"kind": "constant"}})
-    scores = score_predictions(Segmenter({"m": Constant()}, contract), dataset, progress=False)["m"]
+    scores = score_predictions(Segmenter({"m": Constant()}, contract), TileEvaluationSet(dataset, "lab.txt"),
+                               progress=False)["m"]
     expected = sum(int((~invalid[s.image.stem]).sum()) for s in samples)
     assert scores["pixels"] == expected

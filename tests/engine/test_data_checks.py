@@ -1,4 +1,4 @@
-"""Up-front data checks of a training run (``Trainer._load_splits``) and of ``co2s evaluate``:
+"""Up-front data checks of a training run (its data module, ``co2s.data.module``) and of ``co2s evaluate``:
 a wrong input stops the run before training with one message naming the file and list line."""
 
 from __future__ import annotations
@@ -9,11 +9,16 @@ import rasterio
 from PIL import Image
 
 from co2s.config.loader import validate
-from co2s.engine.trainer import Trainer
+from co2s.data.module import data_module
 from co2s.api import train
 from co2s.errors import DataError
 from co2s.evaluation.run import evaluate_checkpoint
 from tests.conftest import tiny_config_dict
+
+
+def _training_data(config):
+    """What a training run reads and checks before its first step."""
+    return data_module(config.data, config.in_channels).setup_training(config.train, config.uses_unlabelled)
 
 PALETTE = [[255, 0, 0], [0, 255, 0], [0, 0, 255]]
 
@@ -52,7 +57,7 @@ def test_palette_typo_stops_the_run_naming_class_file_share_and_colour(tmp_path,
     typo = [[255, 0, 0], [0, 250, 0], [0, 0, 255]]  # green mistyped in the config
     config = _config(root, tmp_path, color_masks=True, palette=typo)
     with pytest.raises(DataError) as err:
-        Trainer(config)._load_splits()
+        _training_data(config)
     message = str(err.value)
     assert "c1" in message and "no pixel" in message
     assert "m0.png" in message and "train.txt:1" in message
@@ -66,12 +71,11 @@ def test_label_check_warn_lets_the_run_go_on_and_the_table_is_printed(tmp_path, 
     root = _colour_dataset(tmp_path / "data")
     typo = [[255, 0, 0], [0, 250, 0], [0, 0, 255]]
     config = _config(root, tmp_path, color_masks=True, palette=typo, label_check="warn")
-    trainer = Trainer(config)
-    labelled, _, _ = trainer._load_splits()
-    assert len(labelled) == 4
+    data = _training_data(config)
+    assert len(data.labelled) == 4
     out = capsys.readouterr()
     assert "c1" in out.err and "(0, 255, 0)" in out.err  # the warning, on stderr
-    assert "c1" in trainer.class_table and trainer.class_table in out.out
+    assert "c1" in data.class_table and data.class_table in out.out
 
 
 def test_a_few_unmatched_pixels_pass_and_ignore_colours_are_not_unmatched(tmp_path):
@@ -79,25 +83,25 @@ def test_a_few_unmatched_pixels_pass_and_ignore_colours_are_not_unmatched(tmp_pa
         rgb[0, :4] = (128, 128, 0)
 
     root = _colour_dataset(tmp_path / "a", extra=edges)
-    Trainer(_config(root, tmp_path, color_masks=True, palette=PALETTE))._load_splits()
+    _training_data(_config(root, tmp_path, color_masks=True, palette=PALETTE))
 
     def border(i, rgb):  # a black "no label" border: 6 % of the mask
         rgb[:2] = 0
 
     root = _colour_dataset(tmp_path / "b", extra=border)
     with pytest.raises(DataError, match=r"(?s)m0\.png.*6\.2 % unmatched, \(0, 0, 0\)"):
-        Trainer(_config(root, tmp_path, color_masks=True, palette=PALETTE))._load_splits()
-    Trainer(_config(root, tmp_path, color_masks=True, palette=PALETTE, ignore_colors=[[0, 0, 0]]))._load_splits()
+        _training_data(_config(root, tmp_path, color_masks=True, palette=PALETTE))
+    _training_data(_config(root, tmp_path, color_masks=True, palette=PALETTE, ignore_colors=[[0, 0, 0]]))
     # a higher threshold also lets it through
-    Trainer(_config(root, tmp_path, color_masks=True, palette=PALETTE, max_unmatched_colors=0.2))._load_splits()
+    _training_data(_config(root, tmp_path, color_masks=True, palette=PALETTE, max_unmatched_colors=0.2))
 
 
 def test_a_class_absent_from_the_labelled_split_stops_the_run(tiny_dataset, tmp_path):
     cfg = tiny_config_dict(tiny_dataset, tmp_path / "run", classes=4)  # masks hold 0..2 only
     with pytest.raises(DataError, match=r"c3.*no pixel in the labelled split"):
-        Trainer(validate(cfg))._load_splits()
+        _training_data(validate(cfg))
     cfg["data"]["label_check"] = "warn"
-    Trainer(validate(cfg))._load_splits()
+    _training_data(validate(cfg))
 
 
 # -- 6: band counts ---------------------------------------------------------------------------
@@ -115,20 +119,20 @@ def test_band_count_mismatch_in_any_split_names_file_line_and_bands(tiny_dataset
 
     config = _config(tiny_dataset, tmp_path, splits={"labelled": "lab.txt"})
     with pytest.raises(DataError, match=r"lab\.txt:2: image .*grey\.png has 1 band.* expects 3.*data\.bands"):
-        Trainer(config)._load_splits()
+        _training_data(config)
     cfg = tiny_config_dict(tiny_dataset, tmp_path / "run", method="fixmatch")
     cfg["data"]["splits"] = {"labelled": "train.txt", "unlabelled": "unl.txt"}
     with pytest.raises(DataError, match=r"unl\.txt:2: image .*rgba\.png has 4 band.* expects 3.*data\.bands"):
-        Trainer(validate(cfg))._load_splits()
+        _training_data(validate(cfg))
     config = _config(tiny_dataset, tmp_path, splits={"labelled": "train.txt", "val": "v.txt"})
     with pytest.raises(DataError, match=r"v\.txt:1: image .*four\.tif has 4 band.* expects 3.*data\.bands"):
-        Trainer(config)._load_splits()
+        _training_data(config)
     # selecting bands that every image has is fine; a band an image lacks is named
-    Trainer(_config(tiny_dataset, tmp_path, bands=[1, 2, 3],
-                    splits={"labelled": "train.txt", "val": "v.txt"}))._load_splits()
+    _training_data(_config(tiny_dataset, tmp_path, bands=[1, 2, 3],
+                    splits={"labelled": "train.txt", "val": "v.txt"}))
     with pytest.raises(DataError, match=r"train\.txt:1: image .*t0\.png has 3 band.*data\.bands.*\[5\]"):
-        Trainer(_config(tiny_dataset, tmp_path, bands=[1, 2, 5],
-                        splits={"labelled": "train.txt", "val": "v.txt"}))._load_splits()
+        _training_data(_config(tiny_dataset, tmp_path, bands=[1, 2, 5],
+                        splits={"labelled": "train.txt", "val": "v.txt"}))
 
 
 def test_evaluate_checks_band_counts_up_front(tiny_dataset, tmp_path):
@@ -151,7 +155,7 @@ def test_duplicate_lines_name_the_file_and_both_lines(tiny_dataset, tmp_path):
         "images/t0.png masks/t0.png\nimages/t1.png masks/t1.png\n./images/../images/t0.png masks/t0.png\n")
     config = _config(tiny_dataset, tmp_path, splits={"labelled": "lab.txt"})
     with pytest.raises(DataError, match=r"lab\.txt:3: .*t0\.png is listed twice \(lines 1 and 3\)"):
-        Trainer(config)._load_splits()
+        _training_data(config)
 
 
 def test_a_directory_given_as_image_or_mask_says_so(tiny_dataset, tmp_path):
@@ -159,18 +163,18 @@ def test_a_directory_given_as_image_or_mask_says_so(tiny_dataset, tmp_path):
     (tiny_dataset / "lab.txt").write_text("images/t0.png masks/t0.png\nimages/sub masks/t1.png\n")
     config = _config(tiny_dataset, tmp_path, splits={"labelled": "lab.txt"})
     with pytest.raises(DataError, match=r"lab\.txt:2: image .*sub is a directory"):
-        Trainer(config)._load_splits()
+        _training_data(config)
     (tiny_dataset / "lab.txt").write_text("images/t0.png masks\n")
     with pytest.raises(DataError, match=r"lab\.txt:1: mask .*masks is a directory"):
-        Trainer(config)._load_splits()
+        _training_data(config)
 
 
 def test_overlap_is_checked_only_when_the_method_uses_the_unlabelled_list(tiny_dataset, tmp_path):
     (tiny_dataset / "unl.txt").write_text("images/t0.png\nimages/t5.png\n")  # t0 is labelled too
     cfg = tiny_config_dict(tiny_dataset, tmp_path / "run")
     cfg["data"]["splits"]["unlabelled"] = "unl.txt"
-    labelled, unlabelled, _ = Trainer(validate(cfg))._load_splits()  # supervised: not used, no error
-    assert len(labelled) == 4
+    data = _training_data(validate(cfg))  # supervised: not used, no error
+    assert len(data.labelled) == 4 and data.unlabelled is None
     cfg["train"]["method"] = "fixmatch"
     with pytest.raises(DataError, match=r"both labelled and unlabelled"):
-        Trainer(validate(cfg))._load_splits()
+        _training_data(validate(cfg))

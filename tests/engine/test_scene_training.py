@@ -8,7 +8,7 @@ import pytest
 from co2s.api import train
 from co2s.config.loader import validate
 from co2s.engine.metrics_log import read_log
-from co2s.engine.trainer import Trainer, training_datasets
+from co2s.data.module import data_module
 from co2s.data.scenes import LabelledSceneCrops, UnlabelledScenePairs
 from tests.conftest import write_tiny_dataset
 from tests.data.scene_data import OTHER_CRS, polygons_in_pixels, scene_data_config, write_scene, write_vector
@@ -37,11 +37,11 @@ def _config(tmp_path, method: str) -> dict:
 def test_training_on_a_scene_with_polygons_in_another_crs(tmp_path, method, capsys):
     cfg = _config(tmp_path, method)
     config = validate(cfg)
-    trainer = Trainer(config, progress=False)
-    labelled, unlabelled, val = trainer._load_splits()
+    data = data_module(config.data, config.in_channels, progress=False)
+    data.setup_training(config.train, config.uses_unlabelled)
     assert "labelled scene pixels: 1 rasters" in capsys.readouterr().out
-    assert len(labelled) == 8 and len(val) == 2
-    crops, pairs = training_datasets(config, labelled, unlabelled)
+    assert len(data.labelled) == 8 and len(data.val) == 2
+    crops, pairs = data.train_datasets(config.train)
     assert isinstance(crops, LabelledSceneCrops)
     assert (pairs is None) == (method == "supervised")
     if pairs is not None:

@@ -135,14 +135,15 @@ def test_a_uint16_scene_with_nodata_65535_scores_what_predict_writes(tmp_path):
 def test_ranks_share_the_regions_without_counting_a_pixel_twice(tmp_path):
     """Under DDP the windows are cut in bands across ranks: their confusion matrices add up to
     the single-process one."""
-    from co2s.evaluation.scenes import region_windows, score_scene_regions
+    from co2s.data.evaluation_sets import SceneEvaluationSet
+    from co2s.evaluation.evaluator import score_predictions
 
     config = _config(_write(tmp_path))
     segmenter = _segmenter(config, 1)
-    regions = load_regions(config.data, "val", progress=False)
-    assert len(region_windows(regions, 3)) == 3
-    whole = score_scene_regions(segmenter, regions, progress=False)["s0"]["confusion_matrix"]
-    parts = [np.array(score_scene_regions(segmenter, regions, rank=r, world_size=3, progress=False)["s0"]
+    regions = SceneEvaluationSet(load_regions(config.data, "val", progress=False))
+    assert len(regions.windows(3)) == 3
+    whole = score_predictions(segmenter, regions, progress=False)["s0"]["confusion_matrix"]
+    parts = [np.array(score_predictions(segmenter, regions, rank=r, world_size=3, progress=False)["s0"]
                       ["confusion_matrix"]) for r in range(3)]
     assert sum(p.sum() > 0 for p in parts) >= 2
     assert sum(parts).tolist() == whole

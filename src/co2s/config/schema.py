@@ -5,7 +5,7 @@ Unknown keys are errors (``extra="forbid"``) so a typo never silently falls back
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal, Union, get_args
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
@@ -43,6 +43,24 @@ def resolve_prediction(requested: str | None, model_names: list[str]) -> str:
     if requested not in choices:
         raise Co2sError(f"unknown prediction {requested!r}; choose from {choices}")
     return requested
+
+
+class MethodFacts(NamedTuple):
+    """What the config and the engine need to know of a training method."""
+
+    models: int  # how many models it trains
+    uses_unlabelled: bool  # whether it draws from the unlabelled images
+
+
+#: the one table of method facts: the schema validates with it, the methods and the data read it
+METHOD_FACTS: dict[str, MethodFacts] = {
+    "supervised": MethodFacts(models=1, uses_unlabelled=False),
+    "fixmatch": MethodFacts(models=1, uses_unlabelled=True),
+    "unimatch": MethodFacts(models=1, uses_unlabelled=True),
+    "co2s": MethodFacts(models=2, uses_unlabelled=True),
+}
+MethodName = Literal["supervised", "fixmatch", "unimatch", "co2s"]
+assert set(get_args(MethodName)) == set(METHOD_FACTS)
 
 
 def default_stride(window: int) -> int:
@@ -593,7 +611,7 @@ class SemiConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    method: Literal["supervised", "fixmatch", "unimatch", "co2s"] = Field(
+    method: MethodName = Field(
         default="supervised", description="training method (docs/methods.md)"
     )
     crop_size: int = Field(default=256, ge=16, description="square training crop; the default evaluation window")
@@ -659,20 +677,26 @@ class Config(_Strict):
     @model_validator(mode="after")
     def _method_fits_model(self) -> Config:
         method, model = self.train.method, self.model
-        if method == "co2s":
+        facts = METHOD_FACTS[method]
+        if facts.models == 2:
             if model.name != "students" or len(model.students) != 2:
-                raise ValueError("train.method co2s needs model.name: students with two students")
+                raise ValueError(f"train.method {method} needs model.name: students with two students")
         elif model.name == "students" and len(model.students) != 1:
             names = [s.name for s in model.students]
             raise ValueError(f"train.method {method} trains one model, but model.students has "
                              f"{len(names)} ({', '.join(names)}): keep one, e.g. --set "
                              f"'model.students=[...]', or use train.method co2s")
-        if method in {"fixmatch", "unimatch", "co2s"} and not (self.data.splits.unlabelled or self.data.scenes):
+        if facts.uses_unlabelled and not (self.data.splits.unlabelled or self.data.scenes):
             raise ValueError(f"train.method {method} needs data.splits.unlabelled (or data.scenes)")
         choices = prediction_choices(self.model_names)
         if self.eval.prediction is not None and self.eval.prediction not in choices:
             raise ValueError(f"eval.prediction must be one of {choices}, got {self.eval.prediction!r}")
         return self
+
+    @property
+    def uses_unlabelled(self) -> bool:
+        """Whether ``train.method`` trains on the unlabelled images."""
+        return METHOD_FACTS[self.train.method].uses_unlabelled
 
     @property
     def model_names(self) -> list[str]:

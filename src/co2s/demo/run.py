@@ -33,7 +33,6 @@ from co2s.evaluation.metrics import scores_from_confusion
 from co2s.evaluation.run import evaluate_checkpoint, print_report
 from co2s.inference.predict import predict_files
 from co2s.inference.segmenter import Segmenter
-from co2s.methods import METHODS
 from co2s.methods.losses import burn_in_steps
 
 #: test tiles shown in comparison.png
@@ -147,7 +146,7 @@ def run_demo(out_dir: str | os.PathLike = "demo_output", overrides: list[str] | 
     dataset = write_demo_dataset(out / "data", seed=seed)
     config = load_config("demo", [f"data.root={dataset.root}", f"out_dir={out / 'run'}",
                                   f"train.seed={seed}", *(overrides or [])])
-    semi = METHODS[config.train.method].uses_unlabelled
+    semi = config.uses_unlabelled
     model = ", ".join(f"{s.name}: {s.backbone.kind}" for s in config.model.students) \
         if config.model.name == "students" else config.model.name
     print(f"demo data in {dataset.root}; training {config.train.method} ({model}) for "

@@ -19,12 +19,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from co2s.config.loader import config_to_dict, validate
-from co2s.data.dataset import LabelledCrops, UnlabelledPairs, WholeImages
-from co2s.data.labels import LabelEncoder
+from co2s.data.module import data_module
 from co2s.data.sampler import ResumableSampler
-from co2s.data.scenes import LabelledSceneCrops, ScenePool, SceneSet, UnlabelledScenePairs
-from co2s.data.sources import check_disjoint, read_split, validate_samples
-from co2s.data.transforms import CutMixParams, StrongViewParams, WeakViewParams
 from co2s.engine.checkpoint import save_checkpoint
 from co2s.models.contract import contract_for
 from co2s.models.loading import read_checkpoint
@@ -32,7 +28,7 @@ from co2s.engine.metrics_log import MetricsLog
 from co2s.engine.optim import poly_factor, set_lr
 from co2s.config.compare import config_differences
 from co2s.engine.run_dir import prepare_run_dir, write_run_info
-from co2s.errors import CheckpointError, DataError, TrainingError
+from co2s.errors import CheckpointError, TrainingError
 from co2s.evaluation.evaluator import score_predictions
 from co2s.inference.segmenter import Segmenter
 from co2s.methods import build_method
@@ -102,27 +98,6 @@ def _set_rng_state(fabric, state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def training_datasets(config, labelled, unlabelled
-                      ) -> tuple[LabelledCrops | LabelledSceneCrops, UnlabelledPairs | UnlabelledScenePairs | None]:
-    """Weak-view labelled crops and, given unlabelled samples, their pairs with CutMix sources:
-    what a training step draws from (shared by ``fit`` and the throughput benchmark).
-
-    ``labelled`` / ``unlabelled`` are tile samples (lists) or, with ``data.scenes``, the scene
-    pools of :func:`co2s.data.scenes.scene_pools` (windowed crops of the scenes)."""
-    t = config.train
-    weak = WeakViewParams(
-        crop_size=(t.crop_size, t.crop_size), scale_range=tuple(t.scale_range),
-        hflip_p=t.augment.hflip_p, ignore_index=config.data.ignore_index,
-    )
-    strong = StrongViewParams(**t.augment.strong.model_dump())
-    cutmix = CutMixParams(**t.augment.cutmix.model_dump())
-    if isinstance(labelled, ScenePool):
-        pairs = UnlabelledScenePairs(unlabelled, weak, strong, cutmix) if unlabelled is not None else None
-        return LabelledSceneCrops(labelled, weak), pairs
-    pairs = UnlabelledPairs(unlabelled, config.data, weak, strong, cutmix) if unlabelled is not None else None
-    return LabelledCrops(labelled, config.data, weak), pairs
-
-
 def training_batches(labelled: Iterable[dict], unlabelled: Iterable[dict] | None) -> Iterator[dict]:
     """One dict per micro-batch: labelled crops, merged with unlabelled pairs when given."""
     if unlabelled is None:
@@ -162,101 +137,11 @@ class Trainer:
         self.progress = progress
 
     # -- data -----------------------------------------------------------------------------
-    def _load_splits(self):
-        """Read and check the splits up front (SPEC 3: bad data stops the run before training).
-
-        With ``data.validate_files: full`` the labelled split's pixels per class are counted: the
-        table is kept in ``self.class_table`` and printed once (rank 0), then the label check runs
-        (``data.label_check``: error stops the run, warn prints its findings on stderr).
-        """
-        import sys
-
-        from lightning_fabric.utilities.rank_zero import rank_zero_only
-
-        from co2s.data.sources import check_labels, class_table
-        from co2s.methods import METHODS
-
-        data = self.config.data
-        if data.scenes is not None:
-            return self._load_scenes()
-        if not data.splits.labelled:
-            raise DataError("data.splits.labelled is not set: training needs labelled samples")
-        encoder = LabelEncoder.from_config(data)
-        bands = {"channels": self.config.in_channels, "bands": data.bands}
-        rank_zero = getattr(rank_zero_only, "rank", 0) == 0
-        labelled = read_split(data.splits.labelled, data, labelled=True, name="labelled")
-        stats = validate_samples(labelled, encoder, data.validate_files, data.color_masks,
-                                 "checking labelled", **bands)
-        self.class_table = None
-        if stats is not None:
-            self.class_table = class_table(stats, data.classes)
-            if rank_zero:
-                print(self.class_table, flush=True)
-            for problem in check_labels(stats, data.classes, data.label_check, data.max_unmatched_colors):
-                if rank_zero:
-                    print(f"warning (data.label_check: warn): {problem}", file=sys.stderr, flush=True)
-        unlabelled = None
-        if data.splits.unlabelled and METHODS[self.config.train.method].uses_unlabelled:
-            # Read only when the method trains on it (a supervised run ignores the list).
-            # Masks an unlabelled list happens to give are kept only to log pseudo-label accuracy.
-            unlabelled = read_split(data.splits.unlabelled, data, labelled=False, name="unlabelled",
-                                    keep_masks=True)
-            check_disjoint(labelled, unlabelled)
-            validate_samples(unlabelled, encoder, data.validate_files, desc="checking unlabelled",
-                             masks=False, **bands)
-        return labelled, unlabelled, self._load_val()
-
-    def _load_val(self):
-        """The validation split: tiles (a list of samples), or the regions of ``data.scenes.val``
-        (a :class:`SceneSet`, scored in windows of the scenes)."""
-        data = self.config.data
-        if data.scenes is not None and data.scenes.val is not None:
-            from lightning_fabric.utilities.rank_zero import rank_zero_only
-
-            from co2s.data.scene_regions import load_regions
-            from co2s.data.sources import class_table
-
-            rank_zero = getattr(rank_zero_only, "rank", 0) == 0
-            regions = load_regions(data, "val", self.config.in_channels, progress=self.progress and rank_zero)
-            if rank_zero:
-                print(class_table(regions.stats(), data.classes, title="validation scene pixels",
-                                  unit="rasters"), flush=True)
-            return regions
-        if not data.splits.val:
-            return None
-        val = read_split(data.splits.val, data, labelled=True, name="val")
-        if self.config.train.val_max_images:
-            val = val[: self.config.train.val_max_images]
-        validate_samples(val, LabelEncoder.from_config(data), data.validate_files, data.color_masks,
-                         "checking val", channels=self.config.in_channels, bands=data.bands)
-        return val
-
-    def _load_scenes(self):
-        """``data.scenes``: check the scenes and index their labelled pixels (the class table is
-        theirs), then the labelled and unlabelled pools; validation: ``data.scenes.val`` (regions
-        of scenes, never trained on) or a tile split."""
-        import sys
-
-        from lightning_fabric.utilities.rank_zero import rank_zero_only
-
-        from co2s.data.scenes import load_scenes, scene_pools
-        from co2s.data.sources import check_labels, class_table
-        from co2s.methods import METHODS
-
-        data = self.config.data
-        rank_zero = getattr(rank_zero_only, "rank", 0) == 0
-        scenes = load_scenes(data, self.config.in_channels, progress=self.progress and rank_zero)
-        stats = scenes.stats()
-        self.class_table = class_table(stats, data.classes, title="labelled scene pixels", unit="rasters")
-        if rank_zero:
-            print(self.class_table, flush=True)
-        for problem in check_labels(stats, data.classes, data.label_check, data.max_unmatched_colors):
-            if rank_zero:
-                print(f"warning (data.label_check: warn): {problem}", file=sys.stderr, flush=True)
-        labelled, unlabelled = scene_pools(scenes, data, self.config.train.crop_size)
-        if not METHODS[self.config.train.method].uses_unlabelled:
-            unlabelled = None
-        return labelled, unlabelled, self._load_val()
+    def data(self, report: bool = True):
+        """The run's data module, read and checked (:mod:`co2s.data.module`)."""
+        config = self.config
+        module = data_module(config.data, config.in_channels, self.progress, report)
+        return module.setup_training(config.train, config.uses_unlabelled)
 
     def _loader(self, dataset, fabric, start: int, batch_size: int, seed: int) -> DataLoader:
         t = self.config.train
@@ -278,7 +163,8 @@ class Trainer:
         if t.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
-        labelled, unlabelled, val = self._load_splits()
+        data = self.data(report=fabric.is_global_zero)
+        labelled, unlabelled, val = data.labelled, data.unlabelled, data.val
 
         if fabric.is_global_zero:
             prepare_run_dir(config, self.run_dir)
@@ -310,12 +196,12 @@ class Trainer:
             write_run_info(self.run_dir, {"resumed_from_step": state["step"], "total_steps": total,
                                           "world_size": fabric.world_size})
 
-        dataset, pairs = training_datasets(config, labelled, unlabelled if uses_unlabelled else None)
+        dataset, pairs = data.train_datasets(t)
         start = state["step"] * t.grad_accum
         batches = training_batches(
             self._loader(dataset, fabric, start * t.batch_size, t.batch_size, t.seed),
             self._loader(pairs, fabric, start * ub, ub, t.seed + 1) if pairs is not None else None)
-        val_set = val if isinstance(val, SceneSet) else WholeImages(val, config.data) if val else None
+        val_set = val
 
         bar = progress_bar(total=total, initial=state["step"], desc="training", leave=True,
                            enabled=self.progress and fabric.is_global_zero)

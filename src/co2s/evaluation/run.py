@@ -9,9 +9,7 @@ import warnings
 from pathlib import Path
 
 from co2s.atomic import write_text
-from co2s.data.dataset import WholeImages
-from co2s.data.labels import LabelEncoder
-from co2s.data.sources import read_split, validate_samples
+from co2s.data.module import data_module
 from co2s.errors import DataError
 from co2s.evaluation.evaluator import score_predictions
 from co2s.evaluation.metrics import format_table
@@ -29,25 +27,8 @@ def evaluate(segmenter, data=None, split: str = "test", out: str | os.PathLike |
     """
     data = model_data(segmenter, data or segmenter.training_config.data)
     wanted = list(dict.fromkeys([segmenter.prediction, *(predictions or segmenter.choices)]))
-    if data.scenes is not None and getattr(data.scenes, split, None) is not None:
-        from co2s.data.scene_regions import load_regions
-        from co2s.evaluation.scenes import score_scene_regions
-
-        regions = load_regions(data, split, segmenter.in_channels, progress)
-        scores_by_name = score_scene_regions(segmenter, regions, wanted, progress=progress)
-        source, images = f"data.scenes.{split}: {regions.label_source}", len(regions.scenes)
-        extra = {"rasters": [str(s.path) for s in regions.scenes]}
-    else:
-        spec = getattr(data.splits, split, None)
-        if not spec:
-            scenes = f" (or data.scenes.{split})" if split in ("val", "test") and data.scenes is not None else ""
-            raise DataError(f"data.splits.{split}{scenes} is not set; give it in the config or with --set")
-        samples = read_split(spec, data, labelled=True, name=split)
-        # up front, as in training: files, image sizes and band counts, mask values
-        validate_samples(samples, LabelEncoder.from_config(data), data.validate_files, data.color_masks,
-                         f"checking {split}", channels=segmenter.in_channels, bands=data.bands)
-        scores_by_name = score_predictions(segmenter, WholeImages(samples, data), wanted, progress=progress)
-        source, images, extra = str(spec), len(samples), {}
+    dataset = data_module(data, segmenter.in_channels, progress, report=False).evaluation_set(split)
+    scores_by_name = score_predictions(segmenter, dataset, wanted, progress=progress)
     scores = scores_by_name[segmenter.prediction]
     keys = ("mIoU", "OA", "mF1", "IoU", "F1", "precision", "recall")
     result = {
@@ -59,9 +40,7 @@ def evaluate(segmenter, data=None, split: str = "test", out: str | os.PathLike |
         "pixels": scores["pixels"],
         "predictions": {name: {k: s[k] for k in (*keys, "confusion_matrix")} for name, s in scores_by_name.items()},
         "split": split,
-        "split_source": source,
-        "images": images,
-        **extra,
+        **dataset.record(),
         "window": segmenter.tile,
         "stride": segmenter.stride,
         "blend": "hann",

@@ -29,7 +29,7 @@ from PIL import Image
 from co2s.atomic import commit
 from co2s.data.io import colorize
 from co2s.data.raster import RasterReader, Window, bounded_gdal_cache
-from co2s.errors import Co2sError, DataError
+from co2s.errors import Co2sError
 from co2s.inference.streaming import PANEL_WIDTH, TileGrid, stream_predictions
 from co2s.progress import progress_bar
 
@@ -177,7 +177,6 @@ def predict_scene(path: Path, segmenter, out_dir: Path, options: PredictOptions,
                   progress: bool = True) -> tuple[list[Path], list[str]]:
     """Predict one raster with ``segmenter`` into the outputs of the module docstring; returns them
     and any warnings."""
-    import rasterio
 
     prediction = options.prediction or segmenter.prediction
     num_classes = segmenter.num_classes

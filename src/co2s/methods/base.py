@@ -9,19 +9,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from co2s.config.schema import METHOD_FACTS
 from co2s.models.factory import build_models
 
 
 class Method:
-    #: labelled training samples per step come from ``data.splits.labelled``; semi-supervised
-    #: methods also consume ``data.splits.unlabelled``.
-    uses_unlabelled: bool = False
-    #: how many models the method trains (the config validates the same rule first)
-    num_models: int = 1
+    """A training method; what it needs of the data and how many models it trains are its
+    ``METHOD_FACTS`` (``co2s.config.schema``), which the config validates with first."""
 
     def __init__(self, config, lr_scale: float = 1.0) -> None:
         """The config's models (``model``, or students by name), one AdamW each."""
         self.config = config
+        facts = METHOD_FACTS[config.train.method]
+        self.uses_unlabelled, self.num_models = facts.uses_unlabelled, facts.models
         t = config.train
         self.modules: dict[str, nn.Module] = build_models(config)
         if len(self.modules) != self.num_models:

@@ -20,8 +20,6 @@ from co2s.methods.unimatch import student_terms
 
 
 class Co2S(Method):
-    uses_unlabelled = True
-    num_models = 2
 
     def training_loss(self, batch, step, total_steps):
         semi, ignore = self.config.train.semi, self.config.data.ignore_index

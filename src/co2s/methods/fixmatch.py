@@ -11,7 +11,6 @@ from co2s.methods.unimatch import pseudo_label_logs, source_pseudo_labels, super
 
 
 class FixMatch(Method):
-    uses_unlabelled = True
 
     def training_loss(self, batch, step, total_steps):
         model, semi = self.model, self.config.train.semi

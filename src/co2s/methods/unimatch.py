@@ -116,7 +116,6 @@ def student_terms(model, batch: dict, semi, ignore_index: int, burn_in: bool) ->
 
 
 class UniMatch(Method):
-    uses_unlabelled = True
 
     def training_loss(self, batch, step, total_steps):
         semi = self.config.train.semi
