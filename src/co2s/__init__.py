@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from co2s.version import __version__
 
-_API = ("Prediction", "PredictOptions", "Run", "Segmenter", "evaluate", "export", "load_config",
-        "make_splits", "predict", "train")
+#: the names of ``co2s.api.__all__`` (a test holds them equal), loaded from the api on first use
+_API = ("Prediction", "PredictOptions", "PredictionResult", "Run", "Segmenter", "embed_text", "evaluate",
+        "evaluate_checkpoint", "export", "load_config", "make_splits", "model_summary", "predict", "preset",
+        "presets", "train")
 __all__ = ["__version__", *_API]
 
 

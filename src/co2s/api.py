@@ -23,8 +23,9 @@ from co2s.inference.predict import PredictionResult, predict_files
 from co2s.inference.scene import PredictOptions
 from co2s.inference.segmenter import Prediction, Segmenter
 
-__all__ = ["Prediction", "PredictOptions", "PredictionResult", "Run", "Segmenter", "evaluate",
-           "evaluate_checkpoint", "export", "load_config", "make_splits", "predict", "train"]
+__all__ = ["Prediction", "PredictOptions", "PredictionResult", "Run", "Segmenter", "embed_text", "evaluate",
+           "evaluate_checkpoint", "export", "load_config", "make_splits", "model_summary", "predict", "preset",
+           "presets", "train"]
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,40 @@ def export(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, predict
 
         written["onnx"] = export_onnx(segmenter, Path(folder) / "model.onnx", tile or segmenter.tile)
     return written
+
+
+def model_summary(config, *, random_weights: bool = False, input_size: int | None = None) -> dict:
+    """Parameters (total, trainable) and feature shapes of each model of ``config``
+    (``co2s model-summary``); ``random_weights`` builds the architectures without reading weights."""
+    from co2s.models.summary import model_summary as summary
+
+    return summary(config, load_weights=not random_weights, input_size=input_size)
+
+
+def embed_text(config, out: str | os.PathLike, *, clip: str | None = None, tokenizer: str | None = None,
+               template: str | None = None) -> tuple[Path, tuple[int, int]]:
+    """CLIP text prototypes of the classes of ``config`` saved to ``out`` (``co2s embed-text``);
+    returns the path and the prototypes' shape."""
+    from co2s.models.guidance import clip_text_prototypes, save_prototypes
+
+    result = clip_text_prototypes(config.data, config.model.students, clip=clip, tokenizer=tokenizer,
+                                  template=template)
+    path = save_prototypes(out, result.prototypes, config.data.classes, result.clip_source, result.template)
+    return Path(path), tuple(result.prototypes.shape)
+
+
+def presets() -> list[str]:
+    """The packaged presets and model fragments (``co2s presets``)."""
+    from co2s.config.loader import model_presets, preset_names
+
+    return preset_names() + model_presets()
+
+
+def preset(name: str, overrides: list[str] | None = None) -> str:
+    """A preset or YAML file fully resolved and validated, as YAML (``co2s presets NAME``)."""
+    from co2s.config.loader import dump_yaml
+
+    return dump_yaml(load_config(name, overrides))
 
 
 def make_splits(source: str | None, ratio: str, seed: int, out_dir: str | os.PathLike, *,

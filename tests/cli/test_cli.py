@@ -18,11 +18,39 @@ def run_cli(*args, cwd=None):
                           capture_output=True, text=True, cwd=cwd)
 
 
-def test_help_lists_the_verbs():
-    out = run_cli("--help")
-    assert out.returncode == 0
-    for verb in ("train", "evaluate", "predict", "splits", "demo"):
-        assert verb in out.stdout
+def _verbs() -> list[str]:
+    from co2s.cli.main import build_parser
+
+    import argparse
+
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return sorted(sub.choices)
+
+
+def test_help_lists_every_verb_and_every_verb_has_help(capsys):
+    verbs = _verbs()
+    assert {"train", "evaluate", "predict", "splits", "export", "demo", "model-summary", "embed-text",
+            "presets"} <= set(verbs)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    listing = capsys.readouterr().out
+    for verb in verbs:
+        assert verb in listing
+        with pytest.raises(SystemExit) as exit_:
+            main([verb, "--help"])
+        out = capsys.readouterr().out
+        assert exit_.value.code == 0 and out.startswith(f"usage: co2s {verb}"), verb
+        assert "--student" not in out  # the old name of --prediction is an alias only
+
+
+def test_the_package_facade_exposes_the_whole_api():
+    import co2s
+    from co2s import api
+
+    assert set(co2s._API) == set(api.__all__)
+    for name in api.__all__:
+        assert getattr(co2s, name) is getattr(api, name)
 
 
 @pytest.fixture
@@ -125,3 +153,22 @@ def test_train_evaluate_predict_round_trip(config_file, tiny_dataset, tmp_path):
     with rasterio.open(tmp_path / "pred" / "three_classes.tif") as src:  # TIFFs are predicted as scenes
         assert (src.width, src.height) == (50, 40)
     assert not list((tmp_path / "pred").glob("four*"))
+
+
+def test_old_flag_names_still_work_with_a_message(tmp_path, capsys):
+    """``--student`` is the old name of ``--prediction``; ``co2s export CHECKPOINT`` the old form of
+    ``--checkpoint``: both still work, the first with a deprecation message."""
+    from tests.compat.make_v1_fixtures import OUT
+
+    ckpt = OUT / "co2s_pair" / "best.ckpt"
+    assert main(["export", str(ckpt), "--out", str(tmp_path / "a"), "--student", "cnn"]) == 0
+    assert "--student is deprecated; use --prediction" in capsys.readouterr().err
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "b"), "--prediction", "cnn"]) == 0
+    assert capsys.readouterr().err == ""
+    a, b = (json.loads((tmp_path / d / "co2s_model.json").read_text())["contract"] for d in "ab")
+    assert a == b and a["prediction"] == "cnn"
+    assert main(["export", "--out", str(tmp_path / "c")]) == 2
+    assert "--checkpoint" in capsys.readouterr().err
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "d"), "--student", "clip",
+                 "--prediction", "cnn"]) == 2
+    assert "disagree" in capsys.readouterr().err

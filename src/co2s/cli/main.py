@@ -20,6 +20,32 @@ def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="override a config value, e.g. --set train.iters=500 (repeatable)")
 
 
+def _add_prediction_arg(p: argparse.ArgumentParser, help_: str) -> None:
+    p.add_argument("--prediction", help=help_)
+    p.add_argument("--student", dest="student_alias", help=argparse.SUPPRESS)  # the old name
+
+
+def _prediction(args) -> str | None:
+    """``--prediction``, or its deprecated alias ``--student`` (with a message)."""
+    if args.student_alias is None:
+        return args.prediction
+    if args.prediction is not None and args.prediction != args.student_alias:
+        raise Co2sError(f"--student {args.student_alias} and --prediction {args.prediction} disagree; "
+                        "give --prediction only")
+    print("warning: --student is deprecated; use --prediction", file=sys.stderr)
+    return args.student_alias
+
+
+def _checkpoint(args) -> str:
+    """``--checkpoint``, or the positional form ``co2s export CHECKPOINT`` (kept as an alias)."""
+    given = [c for c in (args.checkpoint, args.checkpoint_positional) if c is not None]
+    if not given:
+        raise Co2sError("give the checkpoint or model folder with --checkpoint")
+    if len(set(given)) > 1:
+        raise Co2sError(f"two checkpoints given: {given[1]} and --checkpoint {given[0]}")
+    return given[0]
+
+
 def cmd_train(args) -> int:
     from co2s import api
 
@@ -50,7 +76,7 @@ def cmd_evaluate(args) -> int:
 
     config = api.load_config(args.config, args.overrides) if args.config else None
     result = api.evaluate_checkpoint(args.checkpoint, config, args.split, args.out, args.device,
-                                     progress=not args.no_progress, prediction=args.student,
+                                     progress=not args.no_progress, prediction=_prediction(args),
                                      overrides=None if args.config else args.overrides)
     print_report(result)
     return 0
@@ -60,7 +86,7 @@ def cmd_predict(args) -> int:
     from co2s import api
 
     results = api.predict(args.checkpoint, args.inputs, args.out, device=args.device,
-                          prediction=args.student, progress=not args.no_progress, tile=args.tile,
+                          prediction=_prediction(args), progress=not args.no_progress, tile=args.tile,
                           overlap=args.overlap, batch_size=args.batch_size, precision=args.precision,
                           tta=args.tta, confidence=args.confidence, preview=args.preview,
                           overviews=args.overviews)
@@ -97,7 +123,7 @@ def cmd_splits(args) -> int:
 def cmd_export(args) -> int:
     from co2s import api
 
-    written = api.export(args.checkpoint, args.out, prediction=args.student, onnx=args.onnx, tile=args.tile)
+    written = api.export(_checkpoint(args), args.out, prediction=_prediction(args), onnx=args.onnx, tile=args.tile)
     for what, path in written.items():
         print(f"{what}: {path}")
     return 0
@@ -113,34 +139,29 @@ def cmd_demo(args) -> int:
 def cmd_model_summary(args) -> int:
     import json
 
-    from co2s.config.loader import load_config
-    from co2s.models.summary import format_summary, model_summary
+    from co2s import api
+    from co2s.models.summary import format_summary
 
-    config = load_config(args.config, args.overrides)
-    summary = model_summary(config, load_weights=not args.random_weights, input_size=args.input_size)
+    summary = api.model_summary(api.load_config(args.config, args.overrides), random_weights=args.random_weights,
+                                input_size=args.input_size)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0
 
 
 def cmd_embed_text(args) -> int:
-    from co2s.config.loader import load_config
-    from co2s.models.guidance import clip_text_prototypes, save_prototypes
+    from co2s import api
 
-    config = load_config(args.config, args.overrides)
-    result = clip_text_prototypes(config.data, config.model.students, clip=args.clip, tokenizer=args.tokenizer,
-                                  template=args.template)
-    path = save_prototypes(args.out, result.prototypes, config.data.classes, result.clip_source, result.template)
-    print(f"{result.prototypes.shape[0]} class prototypes of dimension {result.prototypes.shape[1]} -> {path}")
+    path, shape = api.embed_text(api.load_config(args.config, args.overrides), args.out, clip=args.clip,
+                                 tokenizer=args.tokenizer, template=args.template)
+    print(f"{shape[0]} class prototypes of dimension {shape[1]} -> {path}")
     return 0
 
 
 def cmd_presets(args) -> int:
-    from co2s.config.loader import dump_yaml, load_config, model_presets, preset_names
+    from co2s import api
 
-    if args.name:
-        print(dump_yaml(load_config(args.name, args.overrides)), end="")
-    else:
-        print("\n".join(preset_names() + model_presets()))
+    print(api.preset(args.name, args.overrides) if args.name else "\n".join(api.presets()),
+          end="" if args.name else "\n")
     return 0
 
 
@@ -165,8 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["test", "val", "labelled", "train"],
                    help="which data.splits entry to score (default: test)")
     p.add_argument("--out", help="metrics JSON path (default: metrics.json beside the checkpoint)")
-    p.add_argument("--student", help="which prediction leads the report: a student's name, mean or "
-                   "confidence (default: the model's, eval.prediction); all are reported")
+    _add_prediction_arg(p, "which prediction leads the report: a model's name, or for two students "
+                        "mean or confidence (default: the model's, eval.prediction); all are reported")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, auto (default)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)
@@ -182,8 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "written by co2s export")
     p.add_argument("inputs", nargs="+", help="image or raster files, folders or glob patterns")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--student", help="a student's name, or the fusion mean / confidence "
-                   "(default: the model's, eval.prediction when it was trained)")
+    _add_prediction_arg(p, "a model's name, or for two students the fusion mean / confidence "
+                        "(default: the model's, eval.prediction when it was trained)")
     p.add_argument("--tile", type=int, help="tile size in pixels (default: eval.window or train.crop_size)")
     p.add_argument("--overlap", type=float, help="overlap of neighbouring tiles: pixels (>= 1) or a "
                    "fraction of the tile (< 1); default: from eval.stride, else 1/6 of the tile")
@@ -238,10 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
         "mode, training config). `co2s predict` and `co2s evaluate` accept DIR in place of a "
         "checkpoint; co2s.Segmenter.load(DIR) in Python. With --onnx, also DIR/model.onnx: scaled "
         "image tiles [N, C, tile, tile] in, class probabilities out (see docs/prediction.md).")
-    p.add_argument("checkpoint", help="a .ckpt written by co2s train")
+    p.add_argument("--checkpoint", help="a .ckpt written by co2s train (or a model folder)")
+    p.add_argument("checkpoint_positional", nargs="?", metavar="CHECKPOINT",
+                   help="the same, as a positional argument (older form)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--student", help="prediction mode: a student's name, mean or confidence "
-                   "(default: the checkpoint's)")
+    _add_prediction_arg(p, "prediction mode: a model's name, or for two students mean or confidence "
+                        "(default: the checkpoint's)")
     p.add_argument("--onnx", action="store_true", help="also export model.onnx (needs the onnx extra)")
     p.add_argument("--tile", type=int, help="ONNX tile size (default: the evaluation window)")
     p.set_defaults(func=cmd_export)
