@@ -152,7 +152,7 @@ def make_splits(source: str | None, ratio: str, seed: int, out_dir: str | os.Pat
     spatially blocked (``block``, ``buffer``: CRS units) and stratified by class (``attribute``).
     """
     from co2s.data import splits
-    from co2s.data.scenes import vector_file
+    from co2s.data.scene_set import vector_file
     from co2s.data.sources import resolve
     from co2s.errors import DataError
     from co2s.data.vector_splits import is_vector_file, make_vector_splits

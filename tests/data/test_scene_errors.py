@@ -126,7 +126,7 @@ def test_rasters_that_cannot_be_read_window_wise(tmp_path, monkeypatch):
     profile.update(blockysize=120, compress="deflate")  # one compressed strip: the raster is one block
     with rasterio.open(tmp_path / "scene_strip.tif", "w", **profile) as dst:
         dst.write(pixels)
-    monkeypatch.setattr("co2s.data.scenes.ONE_BLOCK_LIMIT", 100 * 100)
+    monkeypatch.setattr("co2s.data.scene_set.ONE_BLOCK_LIMIT", 100 * 100)
     with pytest.raises(DataError, match=r"scene_strip\.tif: cannot be read window-wise: it is stored as one "
                                         r"120x120 block.*gdal_translate -of COG"):
         _load(tmp_path)

@@ -242,7 +242,7 @@ class _Spy:
 def test_every_read_is_a_window_no_larger_than_the_rescaled_crop(tmp_path, monkeypatch):
     """Training reads windows only: crops of at most crop / 0.5 scene pixels, and the index blocks
     (here made that size too) that locate a crop's labelled anchor pixel."""
-    monkeypatch.setattr("co2s.data.scenes.BLOCK", 64)
+    monkeypatch.setattr("co2s.data.scene_set.BLOCK", 64)
     config = _config(_scene(tmp_path), scale_range=(0.5, 2.0))
     _, crops, pairs = _datasets(config)
     calls: list = []
@@ -262,7 +262,7 @@ def test_scene_reads_run_with_a_bounded_gdal_block_cache(tmp_path, monkeypatch):
     """GDAL's default cache (5 % of RAM) would keep the decoded blocks of every window read, so
     memory would grow with the scene: every training read (and the index) runs under the cap."""
     from co2s.data.raster import TRAINING_GDAL_CACHE_BYTES
-    from co2s.data.scenes import Scene
+    from co2s.data.scene_set import Scene
 
     seen: list = []
     read = Scene.read

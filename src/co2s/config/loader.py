@@ -10,21 +10,14 @@ key path, so a typo is found before any data is read.
 from __future__ import annotations
 
 import copy
-import os
-import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
-
-from co2s.config.migrate import migrate
+from co2s.config.overrides import apply_overrides
 from co2s.config.schema import Config
 from co2s.errors import ConfigError
-
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
 
 def preset_names() -> list[str]:
     """Names of the configs shipped with the package (``co2s train NAME`` accepts them)."""
@@ -102,88 +95,10 @@ def _load_raw(source: str, seen: tuple[str, ...] = ()) -> tuple[dict[str, Any], 
     return deep_merge(merged, raw), origin
 
 
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """Parse ``a.b.c=value`` (value as YAML: numbers, booleans, null, lists)."""
-    if "=" not in item:
-        raise ConfigError(f"--set {item!r}: expected key.path=value")
-    key, _, text = item.partition("=")
-    keys = [k for k in key.strip().split(".") if k]
-    if not keys:
-        raise ConfigError(f"--set {item!r}: empty key")
-    try:
-        value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
-        value = text
-    return keys, value
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
-    """``raw`` with overrides set: ``["a.b=value", ...]`` (values parsed as YAML, as ``--set``) or
-    ``{"a.b": value, ...}`` (values used as given)."""
-    out = copy.deepcopy(raw)
-    if isinstance(overrides, dict):
-        pairs = [([k for k in str(key).split(".") if k], value, f"{key}={value!r}")
-                 for key, value in overrides.items()]
-    else:
-        pairs = [(*parse_override(item), item) for item in overrides]
-    for keys, value, item in pairs:
-        if not keys:
-            raise ConfigError(f"override {item!r}: empty key")
-        node = out
-        for k in keys[:-1]:
-            child = node.get(k)
-            if child is None:
-                child = node[k] = {}
-            elif not isinstance(child, dict):
-                raise ConfigError(f"--set {item!r}: {k!r} is not a section")
-            node = child
-        node[keys[-1]] = value
-    return out
-
-
-def _expand_env(value: Any) -> Any:
-    if isinstance(value, str):
-        return _ENV.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), value)
-    if isinstance(value, dict):
-        return {k: _expand_env(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_expand_env(v) for v in value]
-    return value
-
-
-#: tags of the ``model`` union that pydantic puts in error locations (``model.students.students.0``)
-_UNION_TAGS = {"lite_unet", "students"}
-
-
-def _error_path(loc: tuple) -> str:
-    parts = [str(p) for p in loc]
-    if len(parts) >= 2 and parts[0] == "model" and parts[1] in _UNION_TAGS:
-        parts.pop(1)  # the union variant, not a key the user wrote
-    return ".".join(parts) or "(top level)"
-
-
-def format_validation_error(exc: ValidationError, origin: str) -> str:
-    lines = [f"invalid config {origin}:"]
-    for err in exc.errors():
-        path = _error_path(err["loc"])
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key (typo?)"
-        elif err["type"] == "missing":
-            msg = "required value missing"
-        lines.append(f"  {path}: {msg}")
-    return "\n".join(lines)
-
-
 def validate(raw: dict[str, Any], origin: str = "config", stored: bool = False) -> Config:
     """A typed :class:`Config` from plain data, old key spellings migrated (with a deprecation
     warning, unless ``stored``: a config an older release wrote into a checkpoint)."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{origin}: a config must be a mapping, got {type(raw).__name__}")
-    try:
-        return Config.model_validate(_expand_env(migrate(raw, origin, warn=not stored)))
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, origin)) from None
+    return Config.from_raw(raw, origin, stored)
 
 
 def load_config(source: str | list[str], overrides: list[str] | dict[str, Any] | None = None) -> Config:

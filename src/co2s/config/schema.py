@@ -7,7 +7,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal, NamedTuple, Union, get_args
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
+
+from co2s.config.migrate import migrate
+from co2s.config.overrides import apply_overrides, expand_env
+from co2s.errors import ConfigError
 
 
 class _Strict(BaseModel):
@@ -710,12 +714,23 @@ class Config(_Strict):
         window = self.eval.window or self.train.crop_size
         return window, self.eval.stride or default_stride(window)
 
+    @classmethod
+    def from_raw(cls, raw: dict[str, Any], origin: str = "config", stored: bool = False) -> Config:
+        """Validate plain data (a YAML mapping): ``${VAR}`` expanded, old key spellings migrated
+        (with a deprecation warning unless ``stored``: a config an older release wrote); every
+        problem is one :class:`ConfigError` naming ``origin`` and the key paths."""
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{origin}: a config must be a mapping, got {type(raw).__name__}")
+        try:
+            return cls.model_validate(expand_env(migrate(raw, origin, warn=not stored)))
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, origin)) from None
+
     def override(self, overrides: dict[str, Any] | list[str] | None = None) -> Config:
         """A new config with ``overrides`` applied (``{"train.iters": 500}`` or
         ``["train.iters=500"]``, as ``--set``), every validator run again."""
-        from co2s.config.loader import apply_overrides, config_to_dict, validate
-
-        return validate(apply_overrides(config_to_dict(self), overrides or []), "config (with overrides)")
+        return Config.from_raw(apply_overrides(self.model_dump(mode="json"), overrides or []),
+                               "config (with overrides)")
 
     @property
     def run_dir(self) -> str:
@@ -730,3 +745,27 @@ class Config(_Strict):
         if self.data.mean is not None:
             return len(self.data.mean)
         return 3
+
+
+#: tags of the ``model`` union that pydantic puts in error locations (``model.students.students.0``)
+_UNION_TAGS = {"lite_unet", "students"}
+
+
+def _error_path(loc: tuple) -> str:
+    parts = [str(p) for p in loc]
+    if len(parts) >= 2 and parts[0] == "model" and parts[1] in _UNION_TAGS:
+        parts.pop(1)  # the union variant, not a key the user wrote
+    return ".".join(parts) or "(top level)"
+
+
+def format_validation_error(exc: ValidationError, origin: str) -> str:
+    lines = [f"invalid config {origin}:"]
+    for err in exc.errors():
+        path = _error_path(err["loc"])
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (typo?)"
+        elif err["type"] == "missing":
+            msg = "required value missing"
+        lines.append(f"  {path}: {msg}")
+    return "\n".join(lines)

@@ -27,7 +27,7 @@ import numpy as np
 from co2s.data.dataset import WholeImages
 from co2s.data.raster import Window, bounded_gdal_cache
 from co2s.data.scene_regions import region_extent
-from co2s.data.scenes import SceneSet
+from co2s.data.scene_set import SceneSet
 
 Reader = Callable[[Window], tuple["np.ndarray", "np.ndarray | None"]]
 

@@ -22,7 +22,16 @@ from pathlib import Path
 from co2s.data.labels import LabelEncoder
 from co2s.data.raster import Window
 from co2s.data.scene_labels import MaskLabels, VectorLabels, VectorSceneLabels, mask_extent, parse_crs
-from co2s.data.scenes import Scene, SceneSet, _expand, _index, _open_scene, _within, attach_labels, vector_file
+from co2s.data.scene_set import (
+    Scene,
+    SceneSet,
+    attach_labels,
+    expand_paths,
+    index_labels,
+    open_scene,
+    vector_file,
+    within,
+)
 from co2s.errors import DataError
 
 SPLITS = ("val", "test")
@@ -44,7 +53,7 @@ def _rasters_key(regions, split: str) -> str:
 def region_rasters(data, split: str, root: Path) -> list[Path]:
     """The rasters the regions of ``split`` lie on."""
     regions = _regions_config(data, split)
-    return _expand(regions.rasters or data.scenes.rasters, root, _rasters_key(regions, split))
+    return expand_paths(regions.rasters or data.scenes.rasters, root, _rasters_key(regions, split))
 
 
 def load_regions(data, split: str, channels: int | None = None, progress: bool = True) -> SceneSet:
@@ -52,11 +61,11 @@ def load_regions(data, split: str, channels: int | None = None, progress: bool =
     valid pixels (a :class:`DataError` names the file, and feature ids, of the first problem)."""
     regions = _regions_config(data, split)
     root = Path(data.root).expanduser()
-    scenes = [_open_scene(p, data, channels) for p in region_rasters(data, split, root)]
+    scenes = [open_scene(p, data, channels) for p in region_rasters(data, split, root)]
     key = f"data.scenes.{split}"
     source, _ = attach_labels(scenes, regions, data, root, key, _rasters_key(regions, split),
                               regions.attribute or data.scenes.labels.attribute)
-    found = _index(scenes, data.num_classes, data.ignore_index, source, progress)
+    found = index_labels(scenes, data.num_classes, data.ignore_index, source, progress)
     if found.labelled_pixels == 0:
         raise DataError(f"{key} ({source}): no labelled pixel with data in any of its rasters "
                         f"({', '.join(s.path.name for s in scenes[:5])}): regions over nodata only?")
@@ -100,9 +109,9 @@ def attach_held_out(scenes: list[Scene], data, root: Path, train_vector: VectorL
             if train_vector is not None:
                 _report_overlaps(train_vector, vector, key)
         else:
-            masks = _expand(regions.raster, root, f"{key}.raster")
+            masks = expand_paths(regions.raster, root, f"{key}.raster")
             for scene in scenes:
-                here = [m for m in masks if _within(mask_extent(m, scene.grid, f"raster {scene.path}")[1], scene)]
+                here = [m for m in masks if within(mask_extent(m, scene.grid, f"raster {scene.path}")[1], scene)]
                 if here:
                     scene.held_out.append(MaskLabels(here, scene.grid, encoder, f"raster {scene.path}"))
 
