@@ -14,11 +14,10 @@ package stays fast).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from co2s.config.loader import load_config
+from co2s.engine.run_dir import Run
 from co2s.inference.predict import PredictionResult, predict_files
 from co2s.inference.scene import PredictOptions
 from co2s.inference.segmenter import Prediction, Segmenter
@@ -28,38 +27,11 @@ __all__ = ["Prediction", "PredictOptions", "PredictionResult", "Run", "Segmenter
            "presets", "train"]
 
 
-@dataclass(frozen=True)
-class Run:
-    """A finished (or resumed-to-the-end) training run and where its checkpoints are."""
-
-    run_dir: Path
-    steps: int
-    best: dict[str, Any] | None  # {"step", "mIoU", "split", "prediction"} of the best validation
-    is_global_zero: bool = True  # False in the other processes of a multi-process run
-
-    @property
-    def latest_checkpoint(self) -> Path:
-        return self.run_dir / "latest.ckpt"
-
-    @property
-    def best_checkpoint(self) -> Path:
-        """``best.ckpt`` (chosen on the validation split); ``latest.ckpt`` when the run had no
-        validation split."""
-        best = self.run_dir / "best.ckpt"
-        return best if best.is_file() else self.latest_checkpoint
-
-    def segmenter(self, checkpoint: str = "best", prediction: str | None = None) -> Segmenter:
-        """The trained models as a :class:`Segmenter` (``checkpoint``: ``best`` or ``latest``)."""
-        path = self.best_checkpoint if checkpoint == "best" else self.latest_checkpoint
-        return Segmenter.load(path, prediction=prediction)
-
-
 def train(config, out: str | os.PathLike | None = None, progress: bool = True) -> Run:
     """Train (or resume) the run ``config`` describes, in ``out`` (default ``config.run_dir``)."""
     from co2s.engine.trainer import Trainer  # the engine (Lightning Fabric) is imported only to train
 
-    result = Trainer(config, out, progress).fit()
-    return Run(Path(result.run_dir), result.steps, result.best, result.is_global_zero)
+    return Trainer(config, out, progress).fit()
 
 
 def evaluate(segmenter, data=None, split: str = "test", out: str | os.PathLike | None = None,

@@ -20,13 +20,13 @@ from co2s.data.raster import RasterReader, scale_image
 from co2s.engine.checkpoint import write_model_checkpoint
 from co2s.errors import Co2sError
 from co2s.inference.fusion import class_probabilities
-from co2s.inference import scene as scene_module
 from co2s.inference.predict import predict_files
 from co2s.inference.scene import NODATA, PredictOptions
-from co2s.inference.sliding_window import blend_weight, sliding_window_logits
+from co2s.inference.tiling import blend_weight, overlap_to_stride
 
-from co2s.inference.streaming import overlap_to_stride
+from co2s.inference import streaming
 from co2s.models.factory import build_models
+from tests.inference.oracle import sliding_window_logits
 from tests.conftest import tiny_config_dict
 
 CRS = "EPSG:32633"
@@ -130,7 +130,7 @@ def read_band(path):
 @pytest.mark.parametrize("panel_width", [4096, 768])  # one panel; four panels
 def test_scene_keeps_georeferencing_and_nodata_and_equals_whole_image_inference(trained, tmp_path, panel_width,
                                                                                 monkeypatch):
-    monkeypatch.setattr(scene_module, "PANEL_WIDTH", panel_width)
+    monkeypatch.setattr(streaming, "PANEL_WIDTH", panel_width)
     ckpt, config, model = trained
     image, truth = synthetic_scene(700, 2500)
     image[:, 100:400, 300:900] = 0  # a nodata hole
@@ -172,7 +172,7 @@ def test_two_tile_sizes_agree(trained, tmp_path):
 
 
 def test_confidence_preview_overviews_and_tta(trained, tmp_path, monkeypatch):
-    monkeypatch.setattr(scene_module, "PANEL_WIDTH", 1024)  # three panels
+    monkeypatch.setattr(streaming, "PANEL_WIDTH", 1024)  # three panels
     ckpt, config, model = trained
     image = synthetic_scene(300, 2600, seed=4)[0]
     image[:, :50, :50] = 0

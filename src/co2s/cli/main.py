@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from co2s.version import __version__
 from co2s.errors import Co2sError
@@ -54,7 +53,9 @@ def cmd_train(args) -> int:
     try:
         run = api.train(config, progress=not args.no_progress)
     except KeyboardInterrupt:
-        latest = Path(config.run_dir) / "latest.ckpt"
+        from co2s.run_folder import RunFolder
+
+        latest = RunFolder(config.run_dir).latest
         if latest.is_file():
             print(f"interrupted; rerun the same command to resume from {latest}", file=sys.stderr)
         else:

@@ -28,7 +28,7 @@ from co2s.data.sources import read_split
 from co2s.demo.comparison import write_comparison
 from co2s.demo.synthetic import write_demo_dataset
 from co2s.engine.metrics_log import read_log
-from co2s.engine.run_dir import has_checkpoint
+from co2s.run_folder import RunFolder
 from co2s.evaluation.metrics import scores_from_confusion
 from co2s.evaluation.run import evaluate_checkpoint, print_report
 from co2s.inference.predict import predict_files
@@ -63,17 +63,18 @@ def _fork_at_burn_in(run_dir: Path, baseline_dir: Path, fork_step: int, best: di
     iterations), so the baseline resumes there instead of repeating it. False when there is no
     burn-in checkpoint or the baseline already has checkpoints of its own.
     """
-    fork = run_dir / "burn_in.ckpt"
-    if not fork.is_file() or has_checkpoint(baseline_dir):
+    run, baseline = RunFolder(run_dir), RunFolder(baseline_dir)
+    if not run.burn_in.is_file() or baseline.has_checkpoint():
         return False
     baseline_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(fork, baseline_dir / "latest.ckpt.part")
-    os.replace(baseline_dir / "latest.ckpt.part", baseline_dir / "latest.ckpt")
-    if (run_dir / "metrics.jsonl").is_file():  # its records up to the fork (the trainer drops the rest)
-        shutil.copyfile(run_dir / "metrics.jsonl", baseline_dir / "metrics.jsonl")
-    if best is not None and best["step"] <= fork_step and (run_dir / "best.ckpt").is_file():
+    partial = baseline.latest.with_name(baseline.latest.name + ".part")
+    shutil.copyfile(run.burn_in, partial)
+    os.replace(partial, baseline.latest)
+    if run.metrics_log.is_file():  # its records up to the fork (the trainer drops the rest)
+        shutil.copyfile(run.metrics_log, baseline.metrics_log)
+    if best is not None and best["step"] <= fork_step and run.best.is_file():
         # the best validation so far is one both runs share: the same weights
-        shutil.copyfile(run_dir / "best.ckpt", baseline_dir / "best.ckpt")
+        shutil.copyfile(run.best, baseline.best)
     return True
 
 
@@ -92,7 +93,7 @@ def _semi_diagnostics(config, run_dir: Path) -> dict:
     confident-pixel ratio at tau and the unlabelled loss terms, and the teaching shares (means over
     the last quarter of the run's train records)."""
     t = config.train
-    records = [r for r in read_log(run_dir / "metrics.jsonl") if r.get("kind") == "train"]
+    records = [r for r in read_log(RunFolder(run_dir).metrics_log) if r.get("kind") == "train"]
     total = records[-1]["step"] if records else 0
     tail = [r for r in records if r["step"] > total - max(1, total // 4)] or records[-1:]
     keys = sorted({k for r in tail for k in r if k.endswith(("confident_ratio", "/s1", "/sta", "_teaches"))
@@ -196,7 +197,7 @@ def run_demo(out_dir: str | os.PathLike = "demo_output", overrides: list[str] | 
     if "supervised" in scores and semi:
         sup = scores["supervised"]
         shared = (f"continued from the {config.train.method} run's burn_in.ckpt (step {fork_step})"
-                  if fork_step and (Path(result.run_dir) / "burn_in.ckpt").is_file() else "trained from scratch")
+                  if fork_step and RunFolder(result.run_dir).burn_in.is_file() else "trained from scratch")
         summary["supervised"] = {**sup, "how": "the same students, labelled crops, iterations and seed; "
                                  f"supervised cross-entropy only (train.semi.burn_in: 1.0), {shared}; "
                                  "both scored at their last step"}

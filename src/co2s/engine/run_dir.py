@@ -9,6 +9,7 @@ import platform
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from co2s.atomic import write_text
 from co2s.config.compare import config_differences
 from co2s.config.loader import config_to_dict, dump_yaml
 from co2s.errors import ConfigError
+from co2s.run_folder import RunFolder
 
 
 def git_revision() -> str | None:
@@ -39,9 +41,36 @@ def git_revision() -> str | None:
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
-def has_checkpoint(run_dir: str | os.PathLike) -> bool:
-    run_dir = Path(run_dir)
-    return (run_dir / "latest.ckpt").is_file() or (run_dir / "best.ckpt").is_file()
+@dataclass(frozen=True)
+class Run:
+    """A finished (or resumed-to-the-end) training run and where its checkpoints are."""
+
+    run_dir: Path
+    steps: int
+    best: dict[str, Any] | None  # {"step", "mIoU", "split", "prediction"} of the best validation
+    is_global_zero: bool = True  # False in the other processes of a multi-process run
+
+    @property
+    def folder(self) -> RunFolder:
+        return RunFolder(self.run_dir)
+
+    @property
+    def latest_checkpoint(self) -> Path:
+        return self.folder.latest
+
+    @property
+    def best_checkpoint(self) -> Path:
+        """``best.ckpt`` (chosen on the validation split); ``latest.ckpt`` when the run had no
+        validation split."""
+        return self.folder.best_or_latest
+
+    def segmenter(self, checkpoint: str = "best", prediction: str | None = None):
+        """The trained models as a :class:`~co2s.inference.segmenter.Segmenter` (``checkpoint``:
+        ``best`` or ``latest``)."""
+        from co2s.inference.segmenter import Segmenter
+
+        path = self.best_checkpoint if checkpoint == "best" else self.latest_checkpoint
+        return Segmenter.load(path, prediction=prediction)
 
 
 def prepare_run_dir(config, run_dir: str | os.PathLike) -> Path:
@@ -51,13 +80,13 @@ def prepare_run_dir(config, run_dir: str | os.PathLike) -> Path:
     its config is replaced by the new one.
     """
     run_dir = Path(run_dir)
-    saved = run_dir / "config.yaml"
+    saved = RunFolder(run_dir).config
     if saved.is_file():
         old = yaml.safe_load(saved.read_text())
         changes = config_differences(old, config_to_dict(config))
         if not changes:
             return run_dir
-        if has_checkpoint(run_dir):
+        if RunFolder(run_dir).has_checkpoint():
             shown = "\n  ".join(changes[:10])
             raise ConfigError(
                 f"run directory {run_dir} already holds a run with a different config:\n  {shown}\n"
@@ -85,5 +114,5 @@ def write_run_info(run_dir: Path, extra: dict[str, Any] | None = None) -> None:
         **(extra or {}),
     }
     # One record per start, so resumed runs keep the history of every launch.
-    with open(run_dir / "run_info.jsonl", "a") as fh:
+    with open(RunFolder(run_dir).run_info, "a") as fh:
         fh.write(json.dumps(info) + "\n")

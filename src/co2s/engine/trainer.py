@@ -10,7 +10,6 @@ import random
 import time
 import warnings
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,21 +26,14 @@ from co2s.models.loading import read_checkpoint
 from co2s.engine.metrics_log import MetricsLog
 from co2s.engine.optim import poly_factor, set_lr
 from co2s.config.compare import config_differences
-from co2s.engine.run_dir import prepare_run_dir, write_run_info
+from co2s.engine.run_dir import Run, prepare_run_dir, write_run_info
+from co2s.run_folder import RunFolder
 from co2s.errors import CheckpointError, TrainingError
 from co2s.evaluation.evaluator import score_predictions
 from co2s.inference.segmenter import Segmenter
 from co2s.methods import build_method
 from co2s.methods.losses import burn_in_steps
 from co2s.progress import progress_bar
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    steps: int
-    best: dict | None  # {"step", "mIoU", "split"} of the best validation, if any
-    is_global_zero: bool = True  # False on the other DDP ranks, which should stay quiet
 
 
 def make_fabric(config) -> Fabric:
@@ -156,7 +148,7 @@ class Trainer:
         return fabric.setup_dataloaders(loader, use_distributed_sampler=False)
 
     # -- the loop -------------------------------------------------------------------------
-    def fit(self) -> TrainResult:
+    def fit(self) -> Run:
         config, t = self.config, self.config.train
         fabric = make_fabric(config)
         fabric.launch()
@@ -183,8 +175,9 @@ class Trainer:
         state = {"step": 0, "best": None, "best_per_prediction": {}, **method.modules,
                  **{f"opt_{k}": v for k, v in method.optimizers.items()}}
         self._model_names = list(method.modules)
-        log = MetricsLog(self.run_dir / "metrics.jsonl", enabled=fabric.is_global_zero)
-        latest = self.run_dir / "latest.ckpt"
+        folder = RunFolder(self.run_dir)
+        log = MetricsLog(folder.metrics_log, enabled=fabric.is_global_zero)
+        latest = folder.latest
         if latest.is_file():
             self._resume(fabric, latest, method, state)
             if fabric.is_global_zero:
@@ -232,7 +225,7 @@ class Trainer:
             if done == burn_end and done < total:
                 # The students trained on labels only, as a supervised run of the same length would
                 # have them at this step (the demo continues its supervised baseline from here).
-                save_checkpoint(fabric, self.run_dir / "burn_in.ckpt", self._checkpoint_state(fabric, state))
+                save_checkpoint(fabric, RunFolder(self.run_dir).burn_in, self._checkpoint_state(fabric, state))
             # Test hook (tests/engine/test_trainer.py): a crash by SIGKILL once this step's checkpoint is written.
             if os.environ.get("CO2S_TEST_KILL_AFTER_STEP") == str(done):
                 import signal
@@ -242,7 +235,7 @@ class Trainer:
         if state["step"] == total:
             log.write({"step": total, "kind": "final", **_weights_in_sync(fabric, method.modules)})
         log.close()
-        return TrainResult(self.run_dir, state["step"], state["best"], fabric.is_global_zero)
+        return Run(self.run_dir, state["step"], state["best"], fabric.is_global_zero)
 
     def _checkpoint_state(self, fabric, state: dict) -> dict:
         contract = contract_for({name: state[name] for name in self._model_names}, self.config)
@@ -291,7 +284,7 @@ class Trainer:
         best = state["best"]
         if best is None or score > best["mIoU"]:
             state["best"] = {"step": state["step"], "mIoU": score, "split": "val", "prediction": main}
-            save_checkpoint(fabric, self.run_dir / "best.ckpt", self._checkpoint_state(fabric, state))
+            save_checkpoint(fabric, RunFolder(self.run_dir).best, self._checkpoint_state(fabric, state))
         if fabric.is_global_zero:
             others = ", ".join(f"{k} {r['mIoU']:.2f}" for k, r in results.items() if k != main)
             tqdm.write(f"step {state['step']}: val mIoU {score:.2f} ({main}"

@@ -108,10 +108,8 @@ def predict_files(
     segmenter = source if isinstance(source, Segmenter) else Segmenter.load(source, prediction=prediction)
     segmenter = segmenter.to(resolve_device(device))
     options = replace(options, prediction=prediction or options.prediction or segmenter.prediction)
-    segmenter.tiling(options.tile, options.overlap)  # bad options stop before any file
-    if options.batch_size is not None and options.batch_size < 1:
-        raise Co2sError(f"--batch-size must be at least 1, got {options.batch_size}")
-    segmenter.tile_predictors([options.prediction], options.precision, options.tta)
+    segmenter.check_options([options.prediction], options.tile, options.overlap, options.precision, options.tta,
+                            options.batch_size)  # bad options stop before any file
     paths = expand_inputs(inputs)
     out_dir = Path(out_dir)
     _writable_folder(out_dir)

@@ -30,12 +30,13 @@ from co2s.atomic import commit
 from co2s.data.io import colorize
 from co2s.data.raster import RasterReader, Window, bounded_gdal_cache
 from co2s.errors import Co2sError
-from co2s.inference.streaming import PANEL_WIDTH, TileGrid, stream_predictions
+from co2s.inference import streaming
+from co2s.inference.tiling import TileGrid
 from co2s.progress import progress_bar
 
 NODATA = 255
 BLOCK = 256
-assert PANEL_WIDTH % BLOCK == 0, "panels must start on block boundaries: each block is written once"
+assert streaming.PANEL_WIDTH % BLOCK == 0, "panels must start on block boundaries: each block is written once"
 PREVIEW_SIZE = 2048
 
 
@@ -188,11 +189,10 @@ def predict_scene(path: Path, segmenter, out_dir: Path, options: PredictOptions,
         try:
             if source.dataset.crs is None:
                 notes.append(f"{path} has no CRS; its outputs are written without one")
-            grid = TileGrid.over(source.dataset.height, source.dataset.width,
-                                 *segmenter.tiling(options.tile, options.overlap))
-            predictors = segmenter.tile_predictors([prediction], options.precision, options.tta)
+            height, width = source.height, source.width
+            grid = TileGrid.over(height, width, *segmenter.tiling(options.tile, options.overlap))
             outputs = SceneOutputs(source, out_dir, segmenter.palette, num_classes, options)
-            bar = progress_bar(total=grid.tiles_to_predict(PANEL_WIDTH), desc=path.name, unit="tile",
+            bar = progress_bar(total=grid.tiles_to_predict(streaming.PANEL_WIDTH), desc=path.name, unit="tile",
                                enabled=progress)
             start, pixels = time.perf_counter(), 0
 
@@ -204,11 +204,11 @@ def predict_scene(path: Path, segmenter, out_dir: Path, options: PredictOptions,
                                     refresh=False)
 
             try:
-                for window, classes, confidence in stream_predictions(
-                        source.read, grid, predictors, num_classes, prediction,
-                        options.batch_size or segmenter.batch_size, segmenter.device, options.confidence,
-                        report, PANEL_WIDTH):
-                    outputs.write_rows(window, classes, confidence)
+                for window, pieces in segmenter.predict_box(
+                        source.read, height, width, Window(0, 0, width, height), [prediction], tile=options.tile,
+                        overlap=options.overlap, tta=options.tta, precision=options.precision,
+                        batch_size=options.batch_size, confidence=options.confidence, on_progress=report):
+                    outputs.write_rows(window, pieces[prediction].classes, pieces[prediction].confidence)
                 written = outputs.finish()
             except BaseException:
                 outputs.discard()

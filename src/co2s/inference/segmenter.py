@@ -33,7 +33,8 @@ from co2s.errors import Co2sError
 from co2s.config.schema import prediction_choices
 from co2s.inference.fusion import class_probabilities
 from co2s.models.contract import InferenceContract, contract_for
-from co2s.inference.streaming import TileGrid, overlap_to_stride, stream_prediction_maps, tile_logits
+from co2s.inference.streaming import check_precision, stream_prediction_maps, tile_logits
+from co2s.inference.tiling import TileGrid, overlap_to_stride
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -192,6 +193,16 @@ class Segmenter(nn.Module):
             return list(dict.fromkeys(predictions))
         return list(self.models)
 
+    def check_options(self, predictions: list[str], tile: int | None = None, overlap: float | None = None,
+                      precision: str = "fp32", tta: bool = False, batch_size: int | None = None) -> None:
+        """Raise :class:`Co2sError` for options this Segmenter cannot predict with (an unknown
+        prediction, a bad tile or overlap, a precision the device lacks, a batch size below 1)."""
+        self._needed(predictions)
+        self.tiling(tile, overlap)
+        check_precision(precision, self.device)
+        if batch_size is not None and batch_size < 1:
+            raise Co2sError(f"--batch-size must be at least 1, got {batch_size}")
+
     def tile_predictors(self, predictions: list[str], precision: str = "fp32", tta: bool = False) -> dict:
         """Tile-to-logits functions of the models ``predictions`` need (one student, or both)."""
         device = self.device
@@ -229,7 +240,6 @@ class Segmenter(nn.Module):
         if image.shape[0] != self.in_channels:
             raise Co2sError(f"the image has {image.shape[0]} band(s), the model takes {self.in_channels}")
         _, height, width = image.shape
-        grid = TileGrid.over(height, width, *self.tiling(tile, overlap))
         out = {p: Prediction(np.empty((height, width), np.uint8),
                              np.empty((height, width), np.float32) if confidence else None)
                for p in predictions}
@@ -238,13 +248,13 @@ class Segmenter(nn.Module):
             rows, cols = window.slices
             return image[:, rows, cols], None if valid is None else valid[rows, cols]
 
-        predictors = self.tile_predictors(predictions, precision, tta)
-        for window, pieces in stream_prediction_maps(read, grid, predictors, self.num_classes, predictions,
-                                                     batch_size or self.batch_size, self.device, confidence):
-            for p, (classes, conf) in pieces.items():
-                out[p].classes[window.slices] = classes
-                if conf is not None:
-                    out[p].confidence[window.slices] = conf
+        for window, pieces in self.predict_box(read, height, width, Window(0, 0, width, height), predictions,
+                                               tile=tile, overlap=overlap, tta=tta, precision=precision,
+                                               batch_size=batch_size, confidence=confidence):
+            for p, piece in pieces.items():
+                out[p].classes[window.slices] = piece.classes
+                if confidence:
+                    out[p].confidence[window.slices] = piece.confidence
         return out
 
     @torch.no_grad()
@@ -253,13 +263,17 @@ class Segmenter(nn.Module):
                     overlap: float | None = None, tta: bool = False, precision: str = "fp32",
                     batch_size: int | None = None, confidence: bool = False, on_progress=None
                     ) -> Iterator[tuple[Window, dict[str, Prediction]]]:
-        """The pixels of the window ``box`` of a raster of ``height x width`` exactly as predicting
-        the whole raster gives them (``co2s predict`` on a scene): the tiles of the whole raster's
-        grid that cover the box, read with ``read(window)`` (raster pixels; returns the model input
-        and its validity, as for :func:`stream_prediction_maps`; a tile without a valid pixel is
-        skipped) and blended. Yields ``(window, {prediction: Prediction})`` pieces in raster pixels,
-        clipped to the box; memory depends on the tiles, not the raster."""
+        """The one prediction generator: images (:meth:`predict_many`), region scoring
+        (:mod:`co2s.evaluation.evaluator`) and whole scenes (:mod:`co2s.inference.scene`) all drive it.
+
+        The pixels of the window ``box`` of an image or raster of ``height x width`` exactly as
+        predicting all of it gives them: the tiles of the whole grid that cover the box, read with
+        ``read(window)`` (returns the model input and its validity, as for
+        :func:`stream_prediction_maps`; a tile without a valid pixel is skipped) and blended. Yields
+        ``(window, {prediction: Prediction})`` pieces, clipped to the box, panel by panel and top to
+        bottom; memory depends on the tiles, not the image. ``on_progress(tiles, pixels)`` reports."""
         predictions = predictions or [self.prediction]
+        self.check_options(predictions, tile, overlap, precision, tta, batch_size)
         grid, origin = TileGrid.over(height, width, *self.tiling(tile, overlap)).covering(box)
 
         def local(window: Window):

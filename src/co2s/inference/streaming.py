@@ -1,9 +1,9 @@
 """Sliding-window prediction of an image of any size, streamed in panels and strips of tile rows.
 
-The tile grid is laid out over the whole image (``window_starts`` over its full height and
-width), and each tile's logits are added with a smooth weight (``blend_weight``) to running sums,
-exactly as :func:`~co2s.inference.sliding_window.sliding_window_logits` does over the whole
-image. The image is cut into vertical panels (``PANEL_WIDTH`` columns), each predicted top to
+The tile grid (:mod:`co2s.inference.tiling`) is laid out over the whole image, and each tile's
+logits are added with a smooth weight (``blend_weight``) to running sums, exactly as adding every
+tile over the whole image at once would. The image is cut into vertical panels (``PANEL_WIDTH``
+columns), each predicted top to
 bottom with every tile that covers it; within a panel only the sums that a later tile still
 covers are kept: the band of the tile row being predicted, a few tiles wide, and the overlap rows
 carried to the next tile row. Finished pixels leave as class indices and confidences, one strip
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -24,95 +23,25 @@ import torch
 from co2s.data.raster import Window
 from co2s.errors import Co2sError
 from co2s.inference.fusion import class_probabilities
-from co2s.config.schema import default_stride
-from co2s.inference.sliding_window import blend_weight, window_starts
+from co2s.inference.tiling import Panel, TileGrid, blend_weight
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 #: columns predicted side by side; wider scenes go in panels (a multiple of the GeoTIFF block)
 PANEL_WIDTH = 4096
 
 
-@dataclass(frozen=True)
-class TileGrid:
-    """Tiles of ``tile_h x tile_w`` at every (y, x) of ``ys x xs``; the last ones flush with the edges."""
-
-    height: int
-    width: int
-    tile_h: int
-    tile_w: int
-    ys: tuple[int, ...]
-    xs: tuple[int, ...]
-
-    @classmethod
-    def over(cls, height: int, width: int, tile: int, stride: int) -> TileGrid:
-        """The grid ``sliding_window_logits`` uses: an image smaller than a tile is one tile."""
-        th, tw = min(tile, height), min(tile, width)
-        return cls(height, width, th, tw, tuple(window_starts(height, th, stride)),
-                   tuple(window_starts(width, tw, stride)))
-
-    def covering(self, window: Window) -> tuple[TileGrid, Window]:
-        """The tiles of this grid that cover ``window``, as a grid over their own window, and that
-        window. Every pixel of ``window`` is covered by the same tiles, added in the same order, so
-        streaming this grid predicts it exactly as streaming the whole grid does (region scoring,
-        SPEC 3.3 and 4)."""
-        top, left, bottom, right = window.y, window.x, window.y1, window.x1
-        if not (0 <= top < bottom <= self.height and 0 <= left < right <= self.width):
-            raise Co2sError(f"window rows [{top}, {bottom}) x columns [{left}, {right}) is not inside the "
-                            f"{self.height} x {self.width} grid")
-        ys = [y for y in self.ys if y < bottom and y + self.tile_h > top]
-        xs = [x for x in self.xs if x < right and x + self.tile_w > left]
-        oy, ox = ys[0], xs[0]
-        grid = TileGrid(ys[-1] + self.tile_h - oy, xs[-1] + self.tile_w - ox, self.tile_h, self.tile_w,
-                        tuple(y - oy for y in ys), tuple(x - ox for x in xs))
-        return grid, Window(ox, oy, grid.width, grid.height)
-
-    @property
-    def num_tiles(self) -> int:
-        return len(self.ys) * len(self.xs)
-
-    def panels(self, width: int) -> list[Panel]:
-        """Vertical panels of ``width`` output columns, each with every tile column that covers it
-        (a tile straddling a panel border is predicted for both panels)."""
-        cuts = [*range(0, self.width, width), self.width]
-        return [Panel(a, b, tuple(x for x in self.xs if x < b and x + self.tile_w > a))
-                for a, b in zip(cuts, cuts[1:])]
-
-    def tiles_to_predict(self, panel_width: int) -> int:
-        return len(self.ys) * sum(len(p.xs) for p in self.panels(panel_width))
-
-
-@dataclass(frozen=True)
-class Panel:
-    left: int  # output columns [left, right)
-    right: int
-    xs: tuple[int, ...]  # starts of the tile columns covering them
-
-
-def overlap_to_stride(window: int, stride: int, tile: int | None = None,
-                      overlap: float | None = None) -> tuple[int, int]:
-    """Tile size and stride from the configured ``window``/``stride`` and optional overrides:
-    ``tile`` defaults to ``window``; ``overlap`` is in pixels (>= 1) or a fraction of the tile
-    (< 1); without it the configured stride holds for the configured window, else a sixth overlaps."""
-    tile = tile or window
-    if tile < 1:
-        raise Co2sError(f"--tile must be a positive number of pixels, got {tile}")
-    if overlap is None:
-        return tile, stride if tile == window else default_stride(tile)
-    pixels = round(overlap * tile) if overlap < 1 else overlap
-    if pixels != int(pixels) or not 0 <= pixels < tile:
-        raise Co2sError(f"--overlap {overlap}: give whole pixels below the tile size {tile}, or a "
-                        "fraction of the tile in [0, 1)")
-    return tile, tile - int(pixels)
+def check_precision(precision: str, device: torch.device) -> None:
+    if precision not in PRECISIONS:
+        raise Co2sError(f"unknown precision {precision!r}; choose from {PRECISIONS}")
+    if precision == "fp16" and torch.device(device).type == "cpu":
+        raise Co2sError("fp16 needs a GPU; on the CPU use --precision bf16 or fp32")
 
 
 def tile_logits(model: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
                 precision: str = "fp32", tta: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
     """``model`` as a float32 tile predictor: autocast to bf16/fp16 (fp16 only on GPUs), and with
     ``tta`` the average of the logits of the tiles and of their horizontal mirror images."""
-    if precision not in PRECISIONS:
-        raise Co2sError(f"unknown precision {precision!r}; choose from {PRECISIONS}")
-    if precision == "fp16" and device.type == "cpu":
-        raise Co2sError("fp16 needs a GPU; on the CPU use --precision bf16 or fp32")
+    check_precision(precision, device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
     def predict(tiles: torch.Tensor) -> torch.Tensor:
@@ -132,28 +61,6 @@ Reader = Callable[[Window], tuple["torch.Tensor | np.ndarray", "np.ndarray | Non
 
 
 @torch.no_grad()
-def stream_predictions(
-    read: Reader,
-    grid: TileGrid,
-    predictors: dict[str, Callable[[torch.Tensor], torch.Tensor]],
-    num_classes: int,
-    prediction: str,
-    batch_size: int = 4,
-    device: torch.device | str = "cpu",
-    with_confidence: bool = True,
-    on_progress: Callable[[int, int], None] | None = None,
-    panel_width: int = PANEL_WIDTH,
-) -> Iterator[tuple[Window, np.ndarray, np.ndarray | None]]:
-    """Yield ``(window, classes [h, w] uint8, confidence [h, w] float32 or None)`` pieces of one
-    ``prediction``: panel by panel (``grid.panels``), each top to bottom in strips of rows.
-    See :func:`stream_prediction_maps`."""
-    for window, pieces in stream_prediction_maps(read, grid, predictors, num_classes, [prediction], batch_size,
-                                                 device, with_confidence, on_progress, panel_width):
-        classes, confidence = pieces[prediction]
-        yield window, classes, confidence
-
-
-@torch.no_grad()
 def stream_prediction_maps(
     read: Reader,
     grid: TileGrid,
@@ -164,7 +71,7 @@ def stream_prediction_maps(
     device: torch.device | str = "cpu",
     with_confidence: bool = True,
     on_progress: Callable[[int, int], None] | None = None,
-    panel_width: int = PANEL_WIDTH,
+    panel_width: int | None = None,
 ) -> Iterator[tuple[Window, dict[str, tuple[np.ndarray, np.ndarray | None]]]]:
     """Yield ``(window, {prediction: (classes, confidence)})`` pieces, panel by panel, each top
     to bottom in strips of rows. Several ``predictions`` (students and fusions) share one pass of
@@ -177,7 +84,7 @@ def stream_prediction_maps(
     """
     device = torch.device(device)
     weight = blend_weight(grid.tile_h, grid.tile_w).to(device)
-    for panel in grid.panels(panel_width):
+    for panel in grid.panels(panel_width or PANEL_WIDTH):
         yield from _stream_panel(read, grid, panel, predictors, num_classes, list(predictions), batch_size,
                                  device, weight, with_confidence, on_progress)
 

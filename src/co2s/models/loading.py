@@ -17,6 +17,7 @@ import torch
 
 from co2s.config.loader import config_to_dict
 from co2s.errors import CheckpointError
+from co2s.run_folder import RunFolder
 from co2s.models.contract import InferenceContract, contract_for
 from co2s.models.factory import build_models, models_from_contract
 
@@ -27,7 +28,8 @@ FORMAT_VERSION = 2
 
 def _other_checkpoints(path: Path) -> str:
     """A hint naming the run's other checkpoint when it exists (``best`` for ``latest`` and back)."""
-    others = [p for p in (path.with_name("best.ckpt"), path.with_name("latest.ckpt"))
+    folder = RunFolder(path.parent)
+    others = [p for p in (folder.best, folder.latest)
               if p.is_file() and p.resolve() != path.resolve()]
     return f"; {others[0]} exists and may be intact" if others else ""
 

@@ -1,8 +1,6 @@
-"""Sliding-window inference (SPEC 3.3): windows of the crop size, overlapping logits averaged.
-
-Also the reference for whole-scene prediction (``co2s.inference.streaming``), which lays out the
-same grid with ``window_starts`` and blends tiles with the smooth ``blend_weight``.
-"""
+"""The test oracle of tiled prediction: every window of the image at once, logits averaged with a
+weight (uniform by default, as the paper's code does), no streaming. The package's streamed
+prediction must equal it with the Hann weight; ``benchmarks/blend_rule.py`` compares the two weights."""
 
 from __future__ import annotations
 
@@ -11,27 +9,7 @@ from collections.abc import Callable
 import torch
 
 from co2s.config.schema import default_stride
-
-
-def window_starts(length: int, window: int, stride: int) -> list[int]:
-    """Start offsets covering ``[0, length)``; the last window is flush with the end."""
-    if length <= window:
-        return [0]
-    starts = list(range(0, length - window + 1, stride))
-    if starts[-1] != length - window:
-        starts.append(length - window)
-    return starts
-
-
-def blend_weight(height: int, width: int, floor: float = 1e-3) -> torch.Tensor:
-    """A separable Hann window ``[height, width]``: 1 at the centre, falling smoothly towards the
-    edges, where a tile sees the least context. Overlapping tiles then hand over gradually (no
-    seams). Floored at ``floor`` so a pixel covered by a single tile keeps a positive weight."""
-
-    def hann(n: int) -> torch.Tensor:
-        return torch.sin(torch.pi * (torch.arange(n, dtype=torch.float64) + 0.5) / n).square().clamp_min(floor)
-
-    return (hann(height)[:, None] * hann(width)[None, :]).float()
+from co2s.inference.tiling import window_starts
 
 
 @torch.no_grad()
