@@ -77,6 +77,7 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("model")
     config = _config(tmp)
     torch.manual_seed(0)
+    threads = torch.get_num_threads()  # restored below: a module fixture must not leave it at 1
     torch.set_num_threads(1)
     model = build_models(config)["model"]
     image, labels = synthetic_scene(384, 384, seed=1, cell=24)
@@ -96,6 +97,7 @@ def trained(tmp_path_factory):
         opt.step()
         decay.step()
     model.eval()
+    torch.set_num_threads(threads)
     return write_model_checkpoint(tmp / "model.ckpt", config, {"model": model}), config, model
 
 
