@@ -50,7 +50,7 @@ from co2s.config.loader import load_config  # noqa: E402
 from co2s.demo.synthetic import write_demo_dataset  # noqa: E402
 from co2s.data.module import data_module  # noqa: E402
 from co2s.engine.trainer import make_fabric, train_step, training_batches  # noqa: E402
-from co2s.methods import build_method  # noqa: E402
+from co2s.methods import Schedule, build_method  # noqa: E402
 from co2s.models.summary import without_weights  # noqa: E402
 
 CONFIGS = {"tiny": {"models": "models/co2s-tiny", "crop": 128},
@@ -170,14 +170,14 @@ def run_cell(args, method_name: str, precision: str) -> dict:
     for module in method.modules.values():
         module.train()
 
-    step, logs = 0, {}
+    step, logs, schedule = 0, {}, Schedule.for_run(config, total)
 
     def one_step() -> float:
         nonlocal step
         if on_gpu:
             torch.cuda.synchronize()
         start = time.perf_counter()
-        train_step(fabric, method, batches, step, total, logs)
+        train_step(fabric, method, batches, step, schedule, logs)
         if on_gpu:
             torch.cuda.synchronize()
         step += 1

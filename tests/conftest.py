@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from co2s.config.loader import validate
+from co2s.data.transforms import WeakViewParams
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CO2S_DATA_DIR", REPO.parent / "shared" / "data"))
@@ -62,6 +63,12 @@ def tiny_config_dict(root: Path, run_dir: Path, classes: int = 3, **train) -> di
         "eval": {"batch_size": 4},
         "engine": {"accelerator": "cpu"},
     }
+
+
+def weak_params(crop_size, scale_range=(0.5, 2.0), hflip_p=0.5, ignore_index=255) -> WeakViewParams:
+    """A weak view for tests that drive the transforms and datasets directly (the package builds
+    it from a training config): UniMatch's rescale range and flip unless a test says otherwise."""
+    return WeakViewParams(tuple(crop_size), tuple(scale_range), hflip_p, ignore_index)
 
 
 @pytest.fixture

@@ -14,11 +14,11 @@ from co2s.config.loader import validate
 from co2s.data.dataset import LabelledCrops, UnlabelledPairs, WholeImages
 from co2s.data.evaluation_sets import TileEvaluationSet
 from co2s.data.sources import read_split
-from co2s.data.transforms import WeakViewParams, weak_view
+from co2s.data.transforms import weak_view
 from co2s.evaluation.evaluator import score_predictions
 from co2s.inference.segmenter import Segmenter
 from co2s.models.contract import InferenceContract
-from tests.conftest import tiny_config_dict
+from tests.conftest import tiny_config_dict, weak_params
 
 SIZE = 40
 
@@ -93,7 +93,7 @@ def test_labelled_crops_ignore_invalid_pixels(rasters):
     config, invalid = rasters
     samples = read_split("lab.txt", config.data, labelled=True)
     # crop = image size and no rescale: the invalid pixels are exactly where they were
-    crops = LabelledCrops(samples, config.data, WeakViewParams((SIZE, SIZE), scale_range=(1.0, 1.0), hflip_p=0.0))
+    crops = LabelledCrops(samples, config.data, weak_params((SIZE, SIZE), scale_range=(1.0, 1.0), hflip_p=0.0))
     for index, sample in enumerate(samples):
         item = crops[(index, 3)]
         assert torch.isfinite(item["image"]).all()
@@ -103,7 +103,7 @@ def test_labelled_crops_ignore_invalid_pixels(rasters):
         assert (item["mask"][torch.from_numpy(~invalid[name])] != 255).all()
         assert (item["image"][:, torch.from_numpy(invalid[name])] == 0).all()
     # with rescaling and crops, every tensor is still finite and the invalid share stays ignore
-    crops = LabelledCrops(samples, config.data, WeakViewParams((32, 32)))
+    crops = LabelledCrops(samples, config.data, weak_params((32, 32)))
     for seed in range(8):
         item = crops[(seed % 2, seed)]
         assert torch.isfinite(item["image"]).all()
@@ -112,7 +112,7 @@ def test_labelled_crops_ignore_invalid_pixels(rasters):
 def test_unlabelled_pairs_mark_invalid_pixels_not_valid(rasters):
     config, invalid = rasters
     samples = read_split("unl.txt", config.data, labelled=False)
-    weak = WeakViewParams((SIZE, SIZE), scale_range=(1.0, 1.0), hflip_p=0.0)
+    weak = weak_params((SIZE, SIZE), scale_range=(1.0, 1.0), hflip_p=0.0)
     pairs = UnlabelledPairs(samples, config.data, weak)
     item = pairs[(0, 0)]
     for key, value in item.items():
@@ -121,7 +121,7 @@ def test_unlabelled_pairs_mark_invalid_pixels_not_valid(rasters):
     assert item["u_path"] == str(samples[0].image) and item["mix_path"] == str(samples[1].image)
     assert torch.equal(item["u_valid"], torch.from_numpy(~invalid["f"]))
     assert torch.equal(item["mix_valid"], torch.from_numpy(~invalid["u"]))
-    pairs = UnlabelledPairs(samples, config.data, WeakViewParams((32, 32)))
+    pairs = UnlabelledPairs(samples, config.data, weak_params((32, 32)))
     invalid_share = []
     for seed in range(8):
         item = pairs[(seed % 2, seed)]
@@ -136,7 +136,7 @@ def test_weak_view_carries_validity_through_rescale_crop_and_flip():
     valid = torch.ones(30, 30, dtype=torch.bool)
     valid[:, :10] = False  # left third invalid
     mask = torch.ones(30, 30, dtype=torch.long)
-    params = WeakViewParams((30, 30), scale_range=(0.5, 2.0), hflip_p=0.5)
+    params = weak_params((30, 30), scale_range=(0.5, 2.0), hflip_p=0.5)
     fewer = 0
     for seed in range(10):
         gen = torch.Generator().manual_seed(seed)
@@ -147,7 +147,7 @@ def test_weak_view_carries_validity_through_rescale_crop_and_flip():
         fewer += int(out_valid.sum() < plain[2].sum())
     assert fewer >= 5
     # no rescale, a flip: the invalid third moves to the right
-    _, out_mask, out_valid = weak_view(image, mask, WeakViewParams((30, 30), (1.0, 1.0), hflip_p=1.0),
+    _, out_mask, out_valid = weak_view(image, mask, weak_params((30, 30), (1.0, 1.0), hflip_p=1.0),
                                        torch.Generator().manual_seed(0), valid=valid)
     assert torch.equal(out_valid, valid.flip(-1)) and (out_mask[:, 20:] == 255).all()
 

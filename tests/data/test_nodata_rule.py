@@ -15,11 +15,11 @@ from co2s.data.dataset import WholeImages
 from co2s.data.raster import RasterReader, Window, model_input
 from co2s.data.scenes import LabelledSceneCrops, load_scenes, scene_pools
 from co2s.data.sources import read_split
-from co2s.data.transforms import WeakViewParams
 from co2s.engine.checkpoint import write_model_checkpoint
 from co2s.inference.predict import predict_files
 from co2s.inference.segmenter import Segmenter
 from co2s.models.factory import build_models
+from tests.conftest import weak_params
 
 SHAPE = (3, 150, 170)
 BORDER = 40
@@ -124,7 +124,7 @@ def test_training_evaluation_and_prediction_read_the_same_pixels(tmp_path):
                                 "scenes": {"rasters": ["images/t.tif"], "labels": {"raster": ["m.tif"]}}},
                        "train": {"crop_size": 48, "iters": 1, "scale_range": [1.0, 1.0]}})
     pool, _ = scene_pools(load_scenes(scenes.data, progress=False), scenes.data, 48)
-    crops = LabelledSceneCrops(pool, WeakViewParams((48, 48), scale_range=(1.0, 1.0), hflip_p=0.0))
+    crops = LabelledSceneCrops(pool, weak_params((48, 48), scale_range=(1.0, 1.0), hflip_p=0.0))
     scene = crops.set.scenes[0]
     window = Window(10, 20, 48, 48)
     crop, crop_valid = scene.read(window, window.shape)

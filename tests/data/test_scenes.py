@@ -23,10 +23,9 @@ from co2s.data.dataset import LabelledCrops, UnlabelledPairs
 from co2s.data.labels import LabelEncoder
 from co2s.data.scenes import LabelledSceneCrops, UnlabelledScenePairs, load_scenes, scene_pools
 from co2s.data.sources import read_split, validate_samples
-from co2s.data.transforms import WeakViewParams
 from co2s.errors import DataError
 from co2s.data.raster import Window as PixelWindow
-from tests.conftest import write_tiny_dataset
+from tests.conftest import write_tiny_dataset, weak_params
 from tests.data.scene_data import (
     CLASSES,
     OTHER_CRS,
@@ -61,7 +60,7 @@ def _datasets(config, **pool):
     scene_set = load_scenes(config.data, config.in_channels, progress=False)
     labelled, unlabelled = scene_pools(scene_set, config.data, config.train.crop_size)
     t = config.train
-    weak = WeakViewParams((t.crop_size, t.crop_size), tuple(t.scale_range), t.augment.hflip_p,
+    weak = weak_params((t.crop_size, t.crop_size), tuple(t.scale_range), t.augment.hflip_p,
                           config.data.ignore_index)
     return scene_set, LabelledSceneCrops(labelled, weak), UnlabelledScenePairs(unlabelled, weak)
 
@@ -180,7 +179,7 @@ def test_scene_items_have_the_keys_shapes_and_dtypes_of_the_tile_items(tmp_path)
     tiles = write_tiny_dataset(tmp_path / "tiles", n=4, size=48)
     samples = read_split("train.txt", validate({"data": {"root": str(tiles), "classes": CLASSES},
                                                "train": {"iters": 1}}).data, labelled=True)
-    weak = WeakViewParams((CROP, CROP))
+    weak = weak_params((CROP, CROP))
     tile_item = LabelledCrops(samples, config.data, weak)[(0, 3)]
     tile_pair = UnlabelledPairs(samples, config.data, weak)[(0, 3)]
     for ours, theirs in ((crops[(0, 3)], tile_item), (pairs[(0, 3)], tile_pair)):
@@ -311,7 +310,7 @@ def test_complete_labels_make_every_other_pixel_background(tmp_path):
     np.testing.assert_array_equal(scene_set.counts, np.bincount(expected[expected != 255], minlength=3))
     labelled, unlabelled = scene_pools(scene_set, config.data, CROP)
     with pytest.raises(DataError, match="complete.*no unlabelled area.*exclude_labelled: false"):
-        UnlabelledScenePairs(unlabelled, WeakViewParams((CROP, CROP)))
+        UnlabelledScenePairs(unlabelled, weak_params((CROP, CROP)))
 
 
 @pytest.mark.parametrize("grid", ["same", "reprojected"])

@@ -8,9 +8,6 @@ import pytest
 import torch
 
 from co2s.data.transforms import (
-    CutMixParams,
-    StrongViewParams,
-    WeakViewParams,
     _adjust_hue,
     _hsv_to_rgb,
     _rgb_to_hsv,
@@ -19,6 +16,8 @@ from co2s.data.transforms import (
     strong_view,
     weak_view,
 )
+from co2s.config.schema import CutMixConfig, StrongViewConfig
+from tests.conftest import weak_params
 
 IGNORE = 255
 
@@ -49,7 +48,7 @@ def labelled_pair(height: int, width: int, classes: int = 10, block: int = 1, se
 )
 def test_weak_view_output_shapes(in_size, crop):
     image, mask = labelled_pair(*in_size)
-    params = WeakViewParams(crop_size=crop)
+    params = weak_params(crop_size=crop)
     for seed in range(5):
         out, out_mask, valid = weak_view(image, mask, params, gen(seed))
         assert out.shape == (3, *crop)
@@ -63,7 +62,7 @@ def test_weak_view_padding_is_ignored_and_zero():
     image = torch.rand(3, 20, 30) * 0.5 + 0.5  # strictly positive, so padding (0) is visible
     mask = torch.randint(0, 5, (20, 30))
     for seed in range(10):
-        out, out_mask, valid = weak_view(image, mask, WeakViewParams(crop_size=(64, 64)), gen(seed))
+        out, out_mask, valid = weak_view(image, mask, weak_params(crop_size=(64, 64)), gen(seed))
         assert (~valid).any()
         assert torch.all(out_mask[~valid] == IGNORE)
         assert torch.all(out[:, ~valid] == 0)
@@ -73,14 +72,14 @@ def test_weak_view_padding_is_ignored_and_zero():
 
 def test_weak_view_custom_ignore_index():
     image, mask = labelled_pair(10, 10)
-    params = WeakViewParams(crop_size=(40, 40), ignore_index=7)
+    params = weak_params(crop_size=(40, 40), ignore_index=7)
     _, out_mask, valid = weak_view(image, mask, params, gen(0))
     assert torch.all(out_mask[~valid] == 7)
 
 
 def test_weak_view_is_reproducible_and_seed_dependent():
     image, mask = labelled_pair(80, 100)
-    params = WeakViewParams(crop_size=(64, 64))
+    params = weak_params(crop_size=(64, 64))
     a = weak_view(image, mask, params, gen(123))
     b = weak_view(image, mask, params, gen(123))
     for x, y in zip(a, b):
@@ -95,9 +94,9 @@ def test_weak_view_does_not_touch_global_rng():
     torch.manual_seed(0)
     expected = torch.rand(3)
     torch.manual_seed(0)
-    weak_view(image, mask, WeakViewParams(crop_size=(32, 32)), gen(1))
-    strong_view(image, StrongViewParams(jitter_p=1.0, blur_p=1.0), gen(1))
-    cutmix_box((32, 32), CutMixParams(p=1.0), gen(1))
+    weak_view(image, mask, weak_params(crop_size=(32, 32)), gen(1))
+    strong_view(image, StrongViewConfig(jitter_p=1.0, blur_p=1.0), gen(1))
+    cutmix_box((32, 32), CutMixConfig(p=1.0), gen(1))
     assert torch.equal(torch.rand(3), expected)
 
 
@@ -105,7 +104,7 @@ def test_weak_view_mask_values_stay_in_input_set():
     image, mask = labelled_pair(37, 53, classes=4)
     mask[mask == 3] = 11  # non-contiguous label set
     for seed in range(10):
-        _, out_mask, _ = weak_view(image, mask, WeakViewParams(crop_size=(48, 48)), gen(seed))
+        _, out_mask, _ = weak_view(image, mask, weak_params(crop_size=(48, 48)), gen(seed))
         allowed = set(mask.unique().tolist()) | {IGNORE}
         assert set(out_mask.unique().tolist()) <= allowed
 
@@ -113,7 +112,7 @@ def test_weak_view_mask_values_stay_in_input_set():
 def test_weak_view_image_and_mask_stay_aligned_without_rescale():
     # No rescale: the crop and flip must move image and mask identically, pixel for pixel.
     image, mask = labelled_pair(48, 40, classes=10)
-    params = WeakViewParams(crop_size=(32, 32), scale_range=(1.0, 1.0))
+    params = weak_params(crop_size=(32, 32), scale_range=(1.0, 1.0))
     for seed in range(10):
         out, out_mask, valid = weak_view(image, mask, params, gen(seed))
         assert valid.all()
@@ -125,7 +124,7 @@ def test_weak_view_crop_position_is_random():
     # cropped to 32x32 has offsets y in 0..3 and x in 0..4, all of which must occur.
     mask = torch.arange(35 * 36).view(35, 36)
     image = torch.rand(1, 35, 36)
-    params = WeakViewParams(crop_size=(32, 32), scale_range=(1.0, 1.0), hflip_p=0.0)
+    params = weak_params(crop_size=(32, 32), scale_range=(1.0, 1.0), hflip_p=0.0)
     ys, xs = set(), set()
     for seed in range(60):
         _, out_mask, _ = weak_view(image, mask, params, gen(seed))
@@ -141,7 +140,7 @@ def test_weak_view_mask_upsampling_is_exact_nearest(factor):
     mask = torch.arange(10 * 10).view(10, 10)
     image = mask.float().unsqueeze(0) / 100
     size = 10 * factor
-    params = WeakViewParams(crop_size=(size, size), scale_range=(factor, factor), hflip_p=0.0)
+    params = weak_params(crop_size=(size, size), scale_range=(factor, factor), hflip_p=0.0)
     _, out_mask, valid = weak_view(image, mask, params, gen(0))
     assert valid.all()
     assert torch.equal(out_mask, mask.repeat_interleave(factor, 0).repeat_interleave(factor, 1))
@@ -151,7 +150,7 @@ def test_weak_view_image_and_mask_stay_aligned_with_rescale():
     # 16x16 blocks of random classes: after bilinear/nearest resizing only block edges may
     # disagree (about 90% agree; a mask flipped or shifted against the image agrees far less).
     image, mask = labelled_pair(64, 64, classes=10, block=16)
-    params = WeakViewParams(crop_size=(48, 48))
+    params = weak_params(crop_size=(48, 48))
     for seed in range(10):
         out, out_mask, valid = weak_view(image, mask, params, gen(seed))
         agree = torch.round(out[0] * 9).long() == out_mask
@@ -173,9 +172,9 @@ def test_weak_view_flip_probability_and_consistency():
         assert torch.equal(torch.round(out[0] * (width - 1)).long(), out_mask)
         return bool(out_mask[0, 0] > out_mask[0, -1])
 
-    assert not any(flipped(WeakViewParams(**base, hflip_p=0.0), s) for s in range(10))
-    assert all(flipped(WeakViewParams(**base, hflip_p=1.0), s) for s in range(10))
-    outcomes = [flipped(WeakViewParams(**base), s) for s in range(40)]
+    assert not any(flipped(weak_params(**base, hflip_p=0.0), s) for s in range(10))
+    assert all(flipped(weak_params(**base, hflip_p=1.0), s) for s in range(10))
+    outcomes = [flipped(weak_params(**base), s) for s in range(40)]
     assert 5 < sum(outcomes) < 35
 
 
@@ -184,7 +183,7 @@ def test_weak_view_rescale_covers_shrinking_and_enlarging():
     # padding; an enlarged one has no padding but repeats labels (nearest upsampling).
     mask = torch.arange(64 * 64).view(64, 64)
     image = torch.rand(1, 64, 64)
-    params = WeakViewParams(crop_size=(64, 64), ignore_index=-1)
+    params = weak_params(crop_size=(64, 64), ignore_index=-1)
     shrunk = enlarged = 0
     for seed in range(30):
         _, out_mask, valid = weak_view(image, mask, params, gen(seed))
@@ -197,26 +196,26 @@ def test_weak_view_rescale_covers_shrinking_and_enlarging():
 
 def test_weak_view_without_mask():
     image = torch.rand(4, 15, 15)  # long side at most 30 < 40: always padded
-    out, out_mask, valid = weak_view(image, None, WeakViewParams(crop_size=(40, 40)), gen(0))
+    out, out_mask, valid = weak_view(image, None, weak_params(crop_size=(40, 40)), gen(0))
     assert out_mask is None
     assert out.shape == (4, 40, 40) and valid.shape == (40, 40)
     assert (~valid).any()
     # Same draws as with a mask: the image part is identical.
     zeros = torch.zeros(15, 15, dtype=torch.long)
-    out2, _, valid2 = weak_view(image, zeros, WeakViewParams(crop_size=(40, 40)), gen(0))
+    out2, _, valid2 = weak_view(image, zeros, weak_params(crop_size=(40, 40)), gen(0))
     assert torch.equal(out, out2) and torch.equal(valid, valid2)
 
 
 def test_weak_view_rejects_bad_inputs():
     with pytest.raises(ValueError):
         bad_mask = torch.zeros(10, 11, dtype=torch.long)
-        weak_view(torch.rand(3, 10, 10), bad_mask, WeakViewParams((8, 8)), gen(0))
+        weak_view(torch.rand(3, 10, 10), bad_mask, weak_params((8, 8)), gen(0))
     with pytest.raises(ValueError):
-        weak_view(torch.rand(10, 10), None, WeakViewParams((8, 8)), gen(0))
+        weak_view(torch.rand(10, 10), None, weak_params((8, 8)), gen(0))
     with pytest.raises(ValueError):
-        WeakViewParams(crop_size=(0, 8))
+        weak_params(crop_size=(0, 8))
     with pytest.raises(ValueError):
-        WeakViewParams(crop_size=(8, 8), scale_range=(2.0, 0.5))
+        weak_params(crop_size=(8, 8), scale_range=(2.0, 0.5))
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,7 +227,7 @@ def test_strong_view_keeps_shape_and_range_and_changes_values():
     image = torch.rand(3, 40, 50, generator=gen(0))
     changed = 0
     for seed in range(20):
-        out = strong_view(image, StrongViewParams(), gen(seed))
+        out = strong_view(image, StrongViewConfig(), gen(seed))
         assert out.shape == image.shape and out.dtype == image.dtype
         assert out.min() >= 0 and out.max() <= 1
         changed += not torch.allclose(out, image)
@@ -237,7 +236,7 @@ def test_strong_view_keeps_shape_and_range_and_changes_values():
 
 def test_strong_view_is_reproducible():
     image = torch.rand(3, 32, 32, generator=gen(0))
-    params = StrongViewParams(jitter_p=1.0, grayscale_p=0.5, blur_p=1.0)
+    params = StrongViewConfig(jitter_p=1.0, grayscale_p=0.5, blur_p=1.0)
     a = strong_view(image, params, gen(7))
     assert torch.equal(a, strong_view(image, params, gen(7)))
     assert not torch.equal(a, strong_view(image, params, gen(8)))
@@ -245,7 +244,7 @@ def test_strong_view_is_reproducible():
 
 def test_strong_view_identity_when_nothing_applies():
     image = torch.rand(3, 16, 16, generator=gen(0))
-    params = StrongViewParams(jitter=(0.0, 0.0, 0.0, 0.0), jitter_p=1.0, grayscale_p=0.0, blur_p=0.0)
+    params = StrongViewConfig(jitter=(0.0, 0.0, 0.0, 0.0), jitter_p=1.0, grayscale_p=0.0, blur_p=0.0)
     out = strong_view(image, params, gen(0))
     assert torch.equal(out, image)
     out.add_(1)  # must be a copy
@@ -255,7 +254,7 @@ def test_strong_view_identity_when_nothing_applies():
 @pytest.mark.parametrize("bands", [1, 5])
 def test_strong_view_other_band_counts(bands):
     image = torch.rand(bands, 24, 24, generator=gen(0))
-    params = StrongViewParams(jitter_p=1.0, grayscale_p=1.0, blur_p=0.5)
+    params = StrongViewConfig(jitter_p=1.0, grayscale_p=1.0, blur_p=0.5)
     outs = [strong_view(image, params, gen(seed)) for seed in range(6)]
     for out in outs:
         assert out.shape == image.shape
@@ -263,7 +262,7 @@ def test_strong_view_other_band_counts(bands):
     assert torch.equal(outs[0], strong_view(image, params, gen(0)))
     assert any(not torch.allclose(o, image) for o in outs)
     # Saturation, hue and grayscale are RGB-only: they leave other band counts untouched.
-    rgb_only = StrongViewParams(jitter=(0.0, 0.0, 0.5, 0.25), jitter_p=1.0, grayscale_p=1.0, blur_p=0.0)
+    rgb_only = StrongViewConfig(jitter=(0.0, 0.0, 0.5, 0.25), jitter_p=1.0, grayscale_p=1.0, blur_p=0.0)
     for seed in range(5):
         assert torch.equal(strong_view(image, rgb_only, gen(seed)), image)
 
@@ -271,10 +270,10 @@ def test_strong_view_other_band_counts(bands):
 def test_strong_view_brightness_and_contrast_act_on_multiband():
     image = torch.rand(5, 24, 24, generator=gen(0)) * 0.5 + 0.25
     for jitter in [(0.5, 0.0, 0.0, 0.0), (0.0, 0.5, 0.0, 0.0)]:
-        params = StrongViewParams(jitter=jitter, jitter_p=1.0, grayscale_p=0.0, blur_p=0.0)
+        params = StrongViewConfig(jitter=jitter, jitter_p=1.0, grayscale_p=0.0, blur_p=0.0)
         assert any(not torch.allclose(strong_view(image, params, gen(s)), image) for s in range(5))
     # Contrast blends with the global mean: it keeps the mean (no clamping here) and scales deviations.
-    params = StrongViewParams(jitter=(0.0, 0.5, 0.0, 0.0), jitter_p=1.0, grayscale_p=0.0, blur_p=0.0)
+    params = StrongViewConfig(jitter=(0.0, 0.5, 0.0, 0.0), jitter_p=1.0, grayscale_p=0.0, blur_p=0.0)
     out = strong_view(image, params, gen(3))
     assert torch.allclose(out.mean(), image.mean(), atol=1e-5)
     ratio = (out - image.mean()) / (image - image.mean())
@@ -283,7 +282,7 @@ def test_strong_view_brightness_and_contrast_act_on_multiband():
 
 def test_strong_view_grayscale_gives_equal_channels():
     image = torch.rand(3, 20, 20, generator=gen(0))
-    params = StrongViewParams(jitter_p=0.0, grayscale_p=1.0, blur_p=0.0)
+    params = StrongViewConfig(jitter_p=0.0, grayscale_p=1.0, blur_p=0.0)
     out = strong_view(image, params, gen(0))
     assert torch.equal(out[0], out[1]) and torch.equal(out[1], out[2])
     expected = 0.299 * image[0] + 0.587 * image[1] + 0.114 * image[2]
@@ -292,7 +291,7 @@ def test_strong_view_grayscale_gives_equal_channels():
 
 def test_strong_view_blur_reduces_variance():
     image = torch.rand(3, 64, 64, generator=gen(0))
-    params = StrongViewParams(jitter_p=0.0, grayscale_p=0.0, blur_p=1.0, blur_sigma=(1.0, 2.0))
+    params = StrongViewConfig(jitter_p=0.0, grayscale_p=0.0, blur_p=1.0, blur_sigma=(1.0, 2.0))
     for seed in range(3):
         out = strong_view(image, params, gen(seed))
         assert out.var() < 0.5 * image.var()
@@ -300,7 +299,7 @@ def test_strong_view_blur_reduces_variance():
 
 
 def test_strong_view_blur_on_tiny_images():
-    params = StrongViewParams(jitter_p=0.0, grayscale_p=0.0, blur_p=1.0, blur_sigma=(2.0, 2.0))
+    params = StrongViewConfig(jitter_p=0.0, grayscale_p=0.0, blur_p=1.0, blur_sigma=(2.0, 2.0))
     for shape in [(3, 1, 1), (3, 2, 7), (1, 5, 3)]:
         image = torch.rand(*shape, generator=gen(0))
         out = strong_view(image, params, gen(0))
@@ -338,7 +337,7 @@ def test_hue_shift_of_pure_red(shift, rgb):
 
 def test_strong_view_hue_only_keeps_value_and_saturation():
     image = torch.rand(3, 16, 16, generator=gen(0))
-    params = StrongViewParams(jitter=(0.0, 0.0, 0.0, 0.5), jitter_p=1.0, grayscale_p=0.0, blur_p=0.0)
+    params = StrongViewConfig(jitter=(0.0, 0.0, 0.0, 0.5), jitter_p=1.0, grayscale_p=0.0, blur_p=0.0)
     out = strong_view(image, params, gen(1))
     before, after = _rgb_to_hsv(image), _rgb_to_hsv(out)
     assert torch.allclose(before[1:], after[1:], atol=1e-5)
@@ -363,7 +362,7 @@ def box_extent(box: torch.Tensor) -> tuple[int, int, int, int]:
 
 def test_cutmix_box_never_applied_with_p0():
     for seed in range(20):
-        box = cutmix_box((32, 48), CutMixParams(p=0.0), gen(seed))
+        box = cutmix_box((32, 48), CutMixConfig(p=0.0), gen(seed))
         assert box.shape == (32, 48) and box.dtype == torch.bool
         assert not box.any()
 
@@ -371,7 +370,7 @@ def test_cutmix_box_never_applied_with_p0():
 @pytest.mark.parametrize("size", [(128, 128), (96, 160)])
 def test_cutmix_box_area_and_aspect(size):
     height, width = size
-    params = CutMixParams(p=1.0)
+    params = CutMixConfig(p=1.0)
     areas = []
     for seed in range(200):
         box = cutmix_box(size, params, gen(seed))
@@ -387,17 +386,17 @@ def test_cutmix_box_area_and_aspect(size):
 
 
 def test_cutmix_box_probability_and_reproducibility():
-    params = CutMixParams(p=0.5)
+    params = CutMixConfig(p=0.5)
     applied = sum(bool(cutmix_box((32, 32), params, gen(seed)).any()) for seed in range(200))
     assert 60 < applied < 140
-    always = CutMixParams(p=1.0)
+    always = CutMixConfig(p=1.0)
     assert torch.equal(cutmix_box((32, 32), always, gen(5)), cutmix_box((32, 32), always, gen(5)))
 
 
 def test_cutmix_box_positions_vary_and_elongated_images_terminate():
-    corners = {box_extent(cutmix_box((64, 64), CutMixParams(p=1.0), gen(s)))[:2] for s in range(20)}
+    corners = {box_extent(cutmix_box((64, 64), CutMixConfig(p=1.0), gen(s)))[:2] for s in range(20)}
     assert len(corners) > 10
-    box = cutmix_box((2, 500), CutMixParams(p=1.0), gen(0))
+    box = cutmix_box((2, 500), CutMixConfig(p=1.0), gen(0))
     assert box.shape == (2, 500) and box.any()
     box_extent(box)
 

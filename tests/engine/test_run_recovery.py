@@ -26,10 +26,10 @@ def _interrupt_at(monkeypatch, at_step: int) -> None:
     """Make training raise KeyboardInterrupt (as Ctrl-C would) when it reaches ``at_step``."""
     real = REAL_STEP
 
-    def step(fabric, method, batches, step, total, sums):
+    def step(fabric, method, batches, step, schedule, sums):
         if step == at_step:
             raise KeyboardInterrupt
-        return real(fabric, method, batches, step, total, sums)
+        return real(fabric, method, batches, step, schedule, sums)
 
     monkeypatch.setattr(trainer_module, "train_step", step)
 

@@ -13,13 +13,13 @@ import torch
 from co2s.config.loader import validate
 from co2s.data.scene_regions import load_regions
 from co2s.data.scenes import LabelledSceneCrops, UnlabelledScenePairs, load_scenes, scene_pools
-from co2s.data.transforms import WeakViewParams
 from co2s.errors import ConfigError, DataError
 from co2s.evaluation.run import evaluate
 from co2s.data.raster import RasterReader
 from co2s.inference.predict import predict_files
 from co2s.inference.segmenter import Segmenter
 from co2s.models.factory import build_models
+from tests.conftest import weak_params
 from tests.data.scene_data import (
     CLASSES,
     RASTER_CRS,
@@ -216,7 +216,7 @@ def test_held_out_regions_are_never_trained_on(tmp_path):
     assert train[_rasterised([2]) != 255].size and (train == 2).sum() == 0  # c2 lies in held-out polygons only
     np.testing.assert_array_equal(scene_set.counts, np.bincount(train[train != 255], minlength=3))
     labelled, unlabelled = scene_pools(scene_set, config.data, 32)
-    weak = WeakViewParams((32, 32), (1.0, 1.0), 0.0)
+    weak = weak_params((32, 32), (1.0, 1.0), 0.0)
     crops, pairs = LabelledSceneCrops(labelled, weak), UnlabelledScenePairs(unlabelled, weak)
     for i in range(10):
         item = crops[(i, i)]

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from co2s.errors import ConfigError
-from co2s.methods import build_method
-from co2s.methods.losses import burn_in_steps, stability_weight, supervised_cross_entropy
+from co2s.methods import Schedule, build_method
+from co2s.methods.losses import stability_weight, supervised_cross_entropy
 from tests.methods.test_co2s_step import _batch, _co2s_config, unl  # noqa: F401  (unl: a fixture)
 
 TOTAL = 10
@@ -22,16 +22,27 @@ def _loss_and_grads(config, modules, batch, step):
     method = build_method(config)
     method.modules = {k: copy.deepcopy(m) for k, m in modules.items()}
     torch.manual_seed(0)
-    loss, logs = method.training_loss(batch, step, TOTAL)
+    loss, logs = method.training_loss(batch, step, Schedule.for_run(config, TOTAL))
     loss.backward()
     grads = {k: [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in m.parameters()]
              for k, m in method.modules.items()}
     return loss, logs, grads, method.modules
 
 
-def test_burn_in_steps():
-    assert [burn_in_steps(10, f) for f in (0.0, 0.25, 0.5, 1.0)] == [0, 2, 5, 10]
-    assert burn_in_steps(0, 0.5) == 0
+def test_the_burn_in_is_a_rounded_fraction_of_the_run_for_methods_with_unlabelled_images(unl, tmp_path):
+    def burn_in(fraction, total):
+        return Schedule.for_run(_co2s_config(unl, tmp_path, burn_in=fraction), total).burn_in
+
+    assert [burn_in(f, 10) for f in (0.0, 0.25, 0.5, 1.0)] == [0, 2, 5, 10]
+    assert burn_in(0.5, 0) == 0
+    supervised = _co2s_config(unl, tmp_path, burn_in=0.5).override(
+        {"train.method": "supervised", "model": {"name": "lite_unet"}})
+    assert Schedule.for_run(supervised, 10).burn_in == 0  # no unlabelled images: nothing to burn in
+    schedule = Schedule(10, 3)
+    assert [schedule.in_burn_in(s) for s in (0, 2, 3, 9)] == [True, True, False, False]
+    assert schedule.after_burn_in(5) == (2, 7)
+    with pytest.raises(ValueError):
+        Schedule(4, 5)
 
 
 def test_burn_in_fraction_is_checked(unl, tmp_path):
@@ -110,6 +121,7 @@ def test_training_keeps_the_state_at_the_end_of_the_burn_in(unl, tmp_path):
     config = _co2s_config(unl, tmp_path, burn_in=0.5, tau=0.8).override(
         {"data.splits.unlabelled": "unl_only.txt", "train.iters": 4, "train.log_every": 1, "train.val_every": 4, "train.ckpt_every": 4})
     run = train(config, progress=False)
+    assert run.burn_in_steps == 2
     assert int(read_checkpoint(run.run_dir / "burn_in.ckpt")["step"]) == 2
     flags = [r["burn_in"] for r in read_log(run.run_dir / "metrics.jsonl") if r["kind"] == "train"]
     assert flags == [1.0, 1.0, 0.0, 0.0]

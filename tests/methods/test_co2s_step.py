@@ -9,9 +9,8 @@ import torch
 from co2s.config.loader import validate
 from co2s.data.dataset import UnlabelledPairs
 from co2s.data.sources import read_split
-from co2s.data.transforms import WeakViewParams
-from co2s.methods import build_method
-from tests.conftest import tiny_config_dict
+from co2s.methods import Schedule, build_method
+from tests.conftest import tiny_config_dict, weak_params
 
 
 def _co2s_config(root, tmp_path, **semi):
@@ -33,7 +32,7 @@ def unl(tiny_dataset):
 
 def _batch(config):
     data = config.data
-    weak = WeakViewParams((32, 32))
+    weak = weak_params((32, 32))
     pairs = UnlabelledPairs(read_split("unl.txt", data, labelled=False), data, weak)
     from co2s.data.dataset import LabelledCrops
 
@@ -47,7 +46,7 @@ def _grads(config, modules, batch, step=5, total=10):
     method = build_method(config)
     method.modules = {k: copy.deepcopy(m) for k, m in modules.items()}
     torch.manual_seed(0)  # same dropout masks in every variant
-    loss, logs = method.training_loss(batch, step, total)
+    loss, logs = method.training_loss(batch, step, Schedule.for_run(config, total))
     loss.backward()
     return {k: torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None])
             for k, m in method.modules.items()}, logs
@@ -72,7 +71,7 @@ def test_stability_gradient_couples_the_students_and_the_reference_switch_does_n
 def test_cutmix_source_is_a_different_image(unl, tmp_path):
     config = _co2s_config(unl, tmp_path)
     samples = read_split("unl.txt", config.data, labelled=False)
-    pairs = UnlabelledPairs(samples, config.data, WeakViewParams((32, 32), scale_range=(1.0, 1.0), hflip_p=0))
+    pairs = UnlabelledPairs(samples, config.data, weak_params((32, 32), scale_range=(1.0, 1.0), hflip_p=0))
     partners = {pairs.partner(i, seed) for i in range(3) for seed in range(50)}
     assert all(pairs.partner(i, s) != i for i in range(3) for s in range(50))
     assert partners == {0, 1, 2}  # every image serves as a source for others
@@ -86,4 +85,4 @@ def test_single_image_unlabelled_split_is_refused(unl, tmp_path):
 
     config = _co2s_config(unl, tmp_path)
     with pytest.raises(DataError, match="at least 2 images"):
-        UnlabelledPairs(read_split("unl.txt", config.data, labelled=False)[:1], config.data, WeakViewParams((32, 32)))
+        UnlabelledPairs(read_split("unl.txt", config.data, labelled=False)[:1], config.data, weak_params((32, 32)))

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
+from co2s.config.schema import LossWeightsConfig
 from co2s.methods.losses import (
-    LossWeights,
     arbitration_masks,
     masked_cross_entropy,
     pseudo_labels,
@@ -159,22 +159,21 @@ def test_supervised_cross_entropy():
 
 def test_unimatch_loss_weights():
     sup, s1, s2, fp = (torch.tensor(v) for v in (1.0, 2.0, 3.0, 4.0))
-    assert unimatch_loss(sup, s1, s2, fp).item() == pytest.approx(2.125)
-    custom = LossWeights(sup=1.0, s1=0.0, s2=0.0, fp=0.0, scale=1.0)
+    # The config's defaults are UniMatch's: 0.5 * (1 * 1 + 0.25 * 2 + 0.25 * 3 + 0.5 * 4).
+    assert unimatch_loss(sup, s1, s2, fp, LossWeightsConfig()).item() == pytest.approx(2.125)
+    custom = LossWeightsConfig(sup=1.0, s1=0.0, s2=0.0, fp=0.0, scale=1.0)
     assert unimatch_loss(sup, s1, s2, fp, weights=custom).item() == pytest.approx(1.0)
-    with pytest.raises(Exception):
-        LossWeights().sup = 2.0  # frozen
 
 
 def test_stability_weight_ramp():
     # total 100, fraction 0.2 -> ramp over 20 steps
-    assert stability_weight(0, 100) == 0.0
-    assert stability_weight(5, 100) == pytest.approx(0.25 * (1 - math.sqrt(2) / 2))
-    assert stability_weight(10, 100) == pytest.approx(0.25)
-    assert stability_weight(20, 100) == pytest.approx(0.5)
-    assert stability_weight(99, 100) == pytest.approx(0.5)
-    ramp = [stability_weight(s, 100) for s in range(21)]
+    assert stability_weight(0, 100, 0.5, 0.2) == 0.0
+    assert stability_weight(5, 100, 0.5, 0.2) == pytest.approx(0.25 * (1 - math.sqrt(2) / 2))
+    assert stability_weight(10, 100, 0.5, 0.2) == pytest.approx(0.25)
+    assert stability_weight(20, 100, 0.5, 0.2) == pytest.approx(0.5)
+    assert stability_weight(99, 100, 0.5, 0.2) == pytest.approx(0.5)
+    ramp = [stability_weight(s, 100, 0.5, 0.2) for s in range(21)]
     assert all(a < b for a, b in zip(ramp, ramp[1:]))
-    assert stability_weight(19, 100) < 0.5
-    assert stability_weight(0, 100, ramp_fraction=0.0) == 0.5
+    assert stability_weight(19, 100, 0.5, 0.2) < 0.5
+    assert stability_weight(0, 100, 0.5, ramp_fraction=0.0) == 0.5
     assert stability_weight(0, 100, max_weight=1.0, ramp_fraction=0.0) == 1.0

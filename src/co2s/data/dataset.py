@@ -8,9 +8,8 @@ from torch.utils.data import Dataset
 from co2s.data.io import read_mask, read_model_input
 from co2s.data.labels import LabelEncoder
 from co2s.data.sources import Sample
+from co2s.config.schema import CutMixConfig, StrongViewConfig
 from co2s.data.transforms import (
-    CutMixParams,
-    StrongViewParams,
     WeakViewParams,
     cutmix_box,
     strong_view,
@@ -63,7 +62,7 @@ class SampleReader:
         return self.read(sample)[:2]
 
 
-def _split_key(key) -> tuple[int, int]:
+def split_key(key) -> tuple[int, int]:
     """Samplers of this package yield ``(index, seed)``; a bare index gets seed = index."""
     if isinstance(key, (tuple, list)):
         return int(key[0]), int(key[1])
@@ -83,7 +82,7 @@ class LabelledCrops(Dataset):
         return len(self.samples)
 
     def __getitem__(self, key) -> dict:
-        index, seed = _split_key(key)
+        index, seed = split_key(key)
         sample = self.samples[index]
         image, mask, valid = self.reader.read(sample)
         generator = torch.Generator().manual_seed(seed)
@@ -121,13 +120,13 @@ class UnlabelledPairs(Dataset):
     """
 
     def __init__(self, samples: list[Sample], data, weak: WeakViewParams,
-                 strong: StrongViewParams | None = None, cutmix: CutMixParams | None = None) -> None:
+                 strong: StrongViewConfig | None = None, cutmix: CutMixConfig | None = None) -> None:
         if len(samples) < 2:
             raise DataError("the unlabelled split needs at least 2 images (each is mixed with another)")
         self.samples = samples
         self.reader = SampleReader(data)
-        self.weak, self.strong = weak, strong or StrongViewParams()
-        self.cutmix = cutmix or CutMixParams()
+        self.weak, self.strong = weak, strong or StrongViewConfig()
+        self.cutmix = cutmix or CutMixConfig()
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -149,7 +148,7 @@ class UnlabelledPairs(Dataset):
                 "s2": strong_view(weak, self.strong, generator), "valid": valid, "gt": gt}
 
     def __getitem__(self, key) -> dict:
-        index, seed = _split_key(key)
+        index, seed = split_key(key)
         generator = torch.Generator().manual_seed(seed)
         partner = self.partner(index, seed)
         u = self._views(index, generator)

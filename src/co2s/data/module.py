@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import sys
 
+from co2s.config.schema import CutMixConfig, StrongViewConfig
 from co2s.data.dataset import LabelledCrops, UnlabelledPairs, WholeImages
 from co2s.data.evaluation_sets import SceneEvaluationSet, TileEvaluationSet
 from co2s.data.labels import LabelEncoder
 from co2s.data.sources import LabelStats, check_disjoint, check_labels, class_table, read_split, validate_samples
-from co2s.data.transforms import CutMixParams, StrongViewParams, WeakViewParams
+from co2s.data.transforms import WeakViewParams
 from co2s.errors import DataError
 
 
@@ -31,12 +32,9 @@ def data_module(data, channels: int, progress: bool = True, report: bool = True)
     return cls(data, channels, progress, report)
 
 
-def view_params(train, ignore_index: int) -> tuple[WeakViewParams, StrongViewParams, CutMixParams]:
+def view_params(train, ignore_index: int) -> tuple[WeakViewParams, StrongViewConfig, CutMixConfig]:
     """The augmentation parameters of ``train`` (the config is their one source)."""
-    weak = WeakViewParams(crop_size=(train.crop_size, train.crop_size), scale_range=tuple(train.scale_range),
-                          hflip_p=train.augment.hflip_p, ignore_index=ignore_index)
-    return (weak, StrongViewParams(**train.augment.strong.model_dump()),
-            CutMixParams(**train.augment.cutmix.model_dump()))
+    return WeakViewParams.from_train(train, ignore_index), train.augment.strong, train.augment.cutmix
 
 
 class DataModule:

@@ -33,7 +33,7 @@ GEOMETRY_NAMES = {0: "Point", 1: "LineString", 2: "LinearRing", 3: "Polygon", 4:
                   5: "MultiLineString", 6: "MultiPolygon", 7: "GeometryCollection"}
 
 
-def _shown(items: list, limit: int = 8) -> str:
+def shown_items(items: list, limit: int = 8) -> str:
     text = ", ".join(str(i) for i in items[:limit])
     return text + (f", ... ({len(items)} in all)" if len(items) > limit else "")
 
@@ -88,11 +88,11 @@ class VectorLabels:
             raise DataError(f"cannot read vector file {path}: {exc}") from None
         if layer is None:
             if len(layers) != 1:
-                raise DataError(f"{path} holds {len(layers)} layers ({_shown(layers)}): set "
+                raise DataError(f"{path} holds {len(layers)} layers ({shown_items(layers)}): set "
                                 f"{key}.layer to the one with the labels")
             layer = layers[0]
         elif layer not in layers:
-            raise DataError(f"{path} has no layer {layer!r}; its layers: {_shown(layers)}")
+            raise DataError(f"{path} has no layer {layer!r}; its layers: {shown_items(layers)}")
         self.layer = layer
         self.where = where
         where = f"{path} (layer {layer})"
@@ -118,16 +118,16 @@ class VectorLabels:
         self.fids = np.asarray(fids if fids is not None else np.arange(len(wkb)))
         missing = [int(f) for f, g in zip(self.fids, wkb) if g is None]
         if missing:
-            raise DataError(f"{where}: feature id(s) {_shown(missing)} have no geometry")
+            raise DataError(f"{where}: feature id(s) {shown_items(missing)} have no geometry")
         geoms = shapely.from_wkb(np.asarray(wkb, dtype=object))
         empty = self.fids[shapely.is_empty(geoms)].tolist()
         if empty:
-            raise DataError(f"{where}: feature id(s) {_shown(empty)} have an empty geometry")
+            raise DataError(f"{where}: feature id(s) {shown_items(empty)} have an empty geometry")
         types = shapely.get_type_id(geoms)
         other = [f"{int(f)} ({GEOMETRY_NAMES.get(int(t), t)})" for f, t in zip(self.fids, types)
                  if t not in POLYGONAL]
         if other:
-            raise DataError(f"{where}: feature id(s) {_shown(other)} are not polygons; labels are "
+            raise DataError(f"{where}: feature id(s) {shown_items(other)} are not polygons; labels are "
                             "polygons (buffer lines and points into polygons first)")
         self.geoms = geoms
         self.values = self._class_indices(values, classes, where)
@@ -155,14 +155,14 @@ class VectorLabels:
             else:
                 bad.append((fid, value))
         if nulls:
-            raise DataError(f"{where}: feature id(s) {_shown(nulls)} have no class (attribute "
+            raise DataError(f"{where}: feature id(s) {shown_items(nulls)} have no class (attribute "
                             f"{self.attribute!r} is empty)")
         if bad:
             values_seen = sorted({repr(v) for _, v in bad})
             raise DataError(
-                f"{where}: class value(s) {_shown(values_seen)} of attribute {self.attribute!r} are "
+                f"{where}: class value(s) {shown_items(values_seen)} of attribute {self.attribute!r} are "
                 f"not in data.classes {classes} (nor a class index 0..{len(classes) - 1}): feature "
-                f"id(s) {_shown([f'{f} ({v!r})' for f, v in bad], 5)}"
+                f"id(s) {shown_items([f'{f} ({v!r})' for f, v in bad], 5)}"
             )
         return out
 
@@ -186,7 +186,7 @@ class VectorLabels:
         bounds = shapely.bounds(pixels)
         broken = self.fids[~np.isfinite(bounds).all(1)].tolist()
         if broken:
-            raise DataError(f"{self.path}: feature id(s) {_shown(broken)} cannot be reprojected from "
+            raise DataError(f"{self.path}: feature id(s) {shown_items(broken)} cannot be reprojected from "
                             f"{self.crs.to_string()} to the CRS of {what} ({crs.to_string()})")
         return pixels
 

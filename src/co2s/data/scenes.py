@@ -32,22 +32,21 @@ included) and never pickled open.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from co2s.data.dataset import _split_key
+from co2s.config.schema import CutMixConfig, StrongViewConfig
+from co2s.data.dataset import split_key
 from co2s.data.raster import TRAINING_GDAL_CACHE_BYTES, Window, bounded_gdal_cache
 from co2s.data.scene_set import Scene, SceneSet, attach_labels, expand_paths, index_labels, open_scene
 from co2s.data.transforms import (
-    CutMixParams,
-    StrongViewParams,
     WeakViewParams,
-    _randint,
-    _uniform,
+    random_int,
+    random_uniform,
     cutmix_box,
     strong_view,
     weak_view,
@@ -112,7 +111,7 @@ def scene_pools(scene_set: SceneSet, data, crop_size: int) -> tuple[ScenePool, S
 
 def _scale_window(generator: torch.Generator, crop: int, scale_range: tuple[float, float]) -> int:
     """Scene pixels a window spans for a random rescale ``ratio`` in ``scale_range``: ``crop / ratio``."""
-    ratio = _uniform(generator, *scale_range)
+    ratio = random_uniform(generator, *scale_range)
     return max(1, round(crop / ratio))
 
 
@@ -145,8 +144,7 @@ def _crop(scene_index: int, scene: Scene, x: int, y: int, span: int, crop: int) 
 
 def _identity_view(params: WeakViewParams) -> WeakViewParams:
     """The weak view without its rescale (the window read did it): pad, crop, flip."""
-    return WeakViewParams(crop_size=params.crop_size, scale_range=(1.0, 1.0), hflip_p=params.hflip_p,
-                          ignore_index=params.ignore_index)
+    return replace(params, scale_range=(1.0, 1.0))
 
 
 class LabelledSceneCrops(Dataset):
@@ -182,14 +180,14 @@ class LabelledSceneCrops(Dataset):
             return self._item(key)
 
     def _item(self, key) -> dict:
-        index, seed = _split_key(key)
+        index, seed = split_key(key)
         generator = torch.Generator().manual_seed(seed)
-        fraction = (index % len(self) + _uniform(generator, 0.0, 1.0)) / len(self)
+        fraction = (index % len(self) + random_uniform(generator, 0.0, 1.0)) / len(self)
         scene_index, ax, ay = self.anchor(fraction)
         scene = self.set.scenes[scene_index]
         span = _scale_window(generator, self.crop, self.params.scale_range)
-        x = ax - _randint(generator, 0, span - 1)
-        y = ay - _randint(generator, 0, span - 1)
+        x = ax - random_int(generator, 0, span - 1)
+        y = ay - random_int(generator, 0, span - 1)
         w = _crop(scene_index, scene, x, y, span, self.crop)
         image, valid = scene.read(w.window, w.out)
         labels = scene.labels_of(w.window, w.out, valid, self.set.ignore_index)
@@ -205,11 +203,11 @@ class UnlabelledScenePairs(Dataset):
     ``valid`` False on nodata, padding and (``exclude_labelled``) labelled pixels, ``u_gt`` the
     window's labels where it has any (pseudo-label accuracy only, never trained on)."""
 
-    def __init__(self, pool: ScenePool, weak: WeakViewParams, strong: StrongViewParams | None = None,
-                 cutmix: CutMixParams | None = None) -> None:
+    def __init__(self, pool: ScenePool, weak: WeakViewParams, strong: StrongViewConfig | None = None,
+                 cutmix: CutMixConfig | None = None) -> None:
         self.pool, self.set = pool, pool.scenes
         self.weak, self.view = weak, _identity_view(weak)
-        self.strong, self.cutmix = strong or StrongViewParams(), cutmix or CutMixParams()
+        self.strong, self.cutmix = strong or StrongViewConfig(), cutmix or CutMixConfig()
         self.crop = weak.crop_size[0]
         self.ignore_index = self.set.ignore_index
         self.cumulative_area = np.cumsum([s.width * s.height for s in self.set.scenes])
@@ -228,8 +226,8 @@ class UnlabelledScenePairs(Dataset):
         index = int(np.searchsorted(self.cumulative_area, target, side="right"))
         scene = self.set.scenes[index]
         span = _scale_window(generator, self.crop, self.weak.scale_range)
-        x = _randint(generator, 0, max(0, scene.width - span))
-        y = _randint(generator, 0, max(0, scene.height - span))
+        x = random_int(generator, 0, max(0, scene.width - span))
+        y = random_int(generator, 0, max(0, scene.height - span))
         return _crop(index, scene, x, y, span, self.crop)
 
     def _pick(self, generator: torch.Generator, fraction: float, avoid: _Crop | None):
@@ -237,7 +235,7 @@ class UnlabelledScenePairs(Dataset):
         ``min_valid`` valid pixels; after ``UNLABELLED_TRIES`` draws the best one seen."""
         best, best_score = None, None
         for attempt in range(UNLABELLED_TRIES):
-            w = self._draw(generator, fraction if attempt == 0 else _uniform(generator, 0.0, 1.0))
+            w = self._draw(generator, fraction if attempt == 0 else random_uniform(generator, 0.0, 1.0))
             other = avoid is None or w != avoid  # the CutMix source must be another window
             if not other and best is not None:
                 continue
@@ -271,11 +269,11 @@ class UnlabelledScenePairs(Dataset):
             return self._item(key)
 
     def _item(self, key) -> dict:
-        index, seed = _split_key(key)
+        index, seed = split_key(key)
         generator = torch.Generator().manual_seed(seed)
-        fraction = (index % len(self) + _uniform(generator, 0.0, 1.0)) / len(self)
+        fraction = (index % len(self) + random_uniform(generator, 0.0, 1.0)) / len(self)
         uw, u = self._views(generator, fraction)
-        mw, mix = self._views(generator, _uniform(generator, 0.0, 1.0), avoid=uw)
+        mw, mix = self._views(generator, random_uniform(generator, 0.0, 1.0), avoid=uw)
         size = tuple(u["w"].shape[-2:])
         return {
             "u_w": u["w"], "u_s1": u["s1"], "u_s2": u["s2"], "u_valid": u["valid"], "u_gt": u["gt"],

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from co2s.config.schema import CutMixConfig, StrongViewConfig
+
 __all__ = [
-    "CutMixParams",
-    "StrongViewParams",
     "WeakViewParams",
     "apply_cutmix",
     "cutmix_box",
@@ -70,12 +70,19 @@ def _check_prob(p: float, name: str) -> None:
 
 @dataclass(frozen=True)
 class WeakViewParams:
-    """Geometric augmentation: random rescale (ratio of the long side), pad, random crop, hflip."""
+    """Geometric augmentation: random rescale (ratio of the long side), pad, random crop, hflip.
+    Its values come from a training config (:meth:`from_train`), their one source; the strong
+    view and CutMix take their config sections as they are."""
 
     crop_size: tuple[int, int]  # (h, w)
-    scale_range: tuple[float, float] = (0.5, 2.0)
-    hflip_p: float = 0.5
-    ignore_index: int = 255
+    scale_range: tuple[float, float]
+    hflip_p: float
+    ignore_index: int
+
+    @classmethod
+    def from_train(cls, train, ignore_index: int) -> WeakViewParams:
+        """The weak view of a ``train`` config section."""
+        return cls((train.crop_size, train.crop_size), tuple(train.scale_range), train.augment.hflip_p, ignore_index)
 
     def __post_init__(self) -> None:
         # Lists (from YAML) become tuples so the frozen instance stays hashable.
@@ -89,65 +96,18 @@ class WeakViewParams:
         _check_prob(self.hflip_p, "hflip_p")
 
 
-@dataclass(frozen=True)
-class StrongViewParams:
-    """Photometric augmentation applied on top of the weak view (geometry never changes)."""
-
-    # brightness, contrast, saturation, hue
-    jitter: tuple[float, float, float, float] = (0.5, 0.5, 0.5, 0.25)
-    jitter_p: float = 0.8
-    grayscale_p: float = 0.2
-    blur_p: float = 0.5
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
-
-    def __post_init__(self) -> None:
-        jitter = tuple(float(v) for v in self.jitter)
-        if len(jitter) != 4 or min(jitter) < 0:
-            raise ValueError(f"jitter must be 4 non-negative numbers, got {self.jitter!r}")
-        if jitter[3] > 0.5:
-            raise ValueError(f"hue jitter must be within [0, 0.5], got {jitter[3]!r}")
-        object.__setattr__(self, "jitter", jitter)
-        object.__setattr__(self, "blur_sigma", _pair(self.blur_sigma, "blur_sigma", float))
-        if self.blur_sigma[0] <= 0:
-            raise ValueError(f"blur_sigma must be positive, got {self.blur_sigma!r}")
-        _check_range(self.blur_sigma, "blur_sigma", 0.0)
-        _check_prob(self.jitter_p, "jitter_p")
-        _check_prob(self.grayscale_p, "grayscale_p")
-        _check_prob(self.blur_p, "blur_p")
-
-
-@dataclass(frozen=True)
-class CutMixParams:
-    """CutMix box: applied with probability ``p``; area fraction and aspect ratio (h / w) ranges."""
-
-    p: float = 0.5
-    area: tuple[float, float] = (0.02, 0.4)
-    aspect: tuple[float, float] = (0.3, 1 / 0.3)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "area", _pair(self.area, "area", float))
-        object.__setattr__(self, "aspect", _pair(self.aspect, "aspect", float))
-        _check_prob(self.p, "p")
-        if self.area[0] <= 0:
-            raise ValueError(f"area must be positive, got {self.area!r}")
-        _check_range(self.area, "area", 0.0, 1.0)
-        if self.aspect[0] <= 0:
-            raise ValueError(f"aspect must be positive, got {self.aspect!r}")
-        _check_range(self.aspect, "aspect", 0.0)
-
-
 # --------------------------------------------------------------------------------------------
 # Random draws (all from an explicit generator)
 # --------------------------------------------------------------------------------------------
 
 
-def _uniform(generator: torch.Generator, lo: float, hi: float) -> float:
+def random_uniform(generator: torch.Generator, lo: float, hi: float) -> float:
     """One float drawn uniformly from ``[lo, hi)``."""
     u = torch.rand((), generator=generator, device=generator.device, dtype=torch.float64).item()
     return lo + (hi - lo) * u
 
 
-def _randint(generator: torch.Generator, lo: int, hi: int) -> int:
+def random_int(generator: torch.Generator, lo: int, hi: int) -> int:
     """One integer drawn uniformly from ``[lo, hi]``, both ends included (as ``random.randint``)."""
     if hi < lo:
         raise ValueError(f"empty integer range [{lo}, {hi}]")
@@ -156,7 +116,7 @@ def _randint(generator: torch.Generator, lo: int, hi: int) -> int:
 
 def _coin(generator: torch.Generator, p: float) -> bool:
     """True with probability ``p``; always consumes exactly one draw."""
-    return _uniform(generator, 0.0, 1.0) < p
+    return random_uniform(generator, 0.0, 1.0) < p
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,7 +190,7 @@ def weak_view(
     # (1) rescale, UniMatch style.
     long_side = max(height, width)
     lo, hi = params.scale_range
-    target = _randint(generator, max(1, int(long_side * lo)), max(1, int(long_side * hi)))
+    target = random_int(generator, max(1, int(long_side * lo)), max(1, int(long_side * hi)))
     if height > width:
         new_h, new_w = target, int(width * target / height + 0.5)
     else:
@@ -276,8 +236,8 @@ def weak_view(
 
     # (3) random crop.
     full_h, full_w = new_h + pad_h, new_w + pad_w
-    x = _randint(generator, 0, full_w - crop_w)
-    y = _randint(generator, 0, full_h - crop_h)
+    x = random_int(generator, 0, full_w - crop_w)
+    y = random_int(generator, 0, full_h - crop_h)
     image = image[:, y : y + crop_h, x : x + crop_w]
     valid = valid[y : y + crop_h, x : x + crop_w]
     if mask is not None:
@@ -378,7 +338,7 @@ def _gaussian_blur(image: Tensor, sigma: float) -> Tensor:
     return image.clone() if out.data_ptr() == image.data_ptr() else out
 
 
-def strong_view(image: Tensor, params: StrongViewParams, generator: torch.Generator) -> Tensor:
+def strong_view(image: Tensor, params: StrongViewConfig, generator: torch.Generator) -> Tensor:
     """Photometric augmentation of a weak-view image (shape unchanged, values in [0, 1]).
 
     1. With probability ``jitter_p``: colour jitter, the four ops in a random order (as
@@ -403,10 +363,10 @@ def strong_view(image: Tensor, params: StrongViewParams, generator: torch.Genera
     apply_jitter = _coin(generator, params.jitter_p)
     order = torch.randperm(4, generator=generator, device=generator.device).tolist()
     factors = (
-        _uniform(generator, max(0.0, 1.0 - b), 1.0 + b),
-        _uniform(generator, max(0.0, 1.0 - c), 1.0 + c),
-        _uniform(generator, max(0.0, 1.0 - s), 1.0 + s),
-        _uniform(generator, -h, h),
+        random_uniform(generator, max(0.0, 1.0 - b), 1.0 + b),
+        random_uniform(generator, max(0.0, 1.0 - c), 1.0 + c),
+        random_uniform(generator, max(0.0, 1.0 - s), 1.0 + s),
+        random_uniform(generator, -h, h),
     )
     if apply_jitter:
         for op in order:
@@ -424,7 +384,7 @@ def strong_view(image: Tensor, params: StrongViewParams, generator: torch.Genera
         out = _luminance(out).expand(3, -1, -1).contiguous()
 
     apply_blur = _coin(generator, params.blur_p)
-    sigma = _uniform(generator, *params.blur_sigma)
+    sigma = random_uniform(generator, *params.blur_sigma)
     if apply_blur:
         out = _gaussian_blur(out, sigma)
 
@@ -438,7 +398,7 @@ def strong_view(image: Tensor, params: StrongViewParams, generator: torch.Genera
 
 
 def cutmix_box(
-    size: tuple[int, int], params: CutMixParams, generator: torch.Generator
+    size: tuple[int, int], params: CutMixConfig, generator: torch.Generator
 ) -> Tensor:
     """Random CutMix box as a bool mask ``[h, w]`` (True inside the box); on CPU.
 
@@ -456,17 +416,17 @@ def cutmix_box(
     if not _coin(generator, params.p):
         return box
 
-    area = _uniform(generator, *params.area) * height * width
+    area = random_uniform(generator, *params.area) * height * width
     for _ in range(_CUTMIX_MAX_TRIES):
-        ratio = _uniform(generator, *params.aspect)
+        ratio = random_uniform(generator, *params.aspect)
         box_w = int(math.sqrt(area / ratio))
         box_h = int(math.sqrt(area * ratio))
         if box_w <= width and box_h <= height:
             break
     else:
         box_w, box_h = min(box_w, width), min(box_h, height)
-    x = _randint(generator, 0, width - box_w)
-    y = _randint(generator, 0, height - box_h)
+    x = random_int(generator, 0, width - box_w)
+    y = random_int(generator, 0, height - box_h)
     box[y : y + box_h, x : x + box_w] = True
     return box
 

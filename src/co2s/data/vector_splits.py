@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from co2s.atomic import commit, write_text
-from co2s.data.scene_labels import GEOMETRY_NAMES, POLYGONAL, VectorLabels, _shown
+from co2s.data.scene_labels import GEOMETRY_NAMES, POLYGONAL, VectorLabels, shown_items
 from co2s.errors import DataError
 
 #: file suffixes read as vector label files by ``co2s splits``
@@ -57,10 +57,10 @@ def _read(path: Path, layer: str | None, where: str | None):
         raise DataError(f"cannot read vector file {path}: {exc}") from None
     if layer is None:
         if len(layers) != 1:
-            raise DataError(f"{path} holds {len(layers)} layers ({_shown(layers)}): give --layer")
+            raise DataError(f"{path} holds {len(layers)} layers ({shown_items(layers)}): give --layer")
         layer = layers[0]
     elif layer not in layers:
-        raise DataError(f"{path} has no layer {layer!r}; its layers: {_shown(layers)}")
+        raise DataError(f"{path} has no layer {layer!r}; its layers: {shown_items(layers)}")
     try:
         meta, fids, wkb, fields = pyogrio.raw.read(path, layer=layer, return_fids=True, where=where)
     except Exception as exc:
@@ -73,15 +73,15 @@ def _geometries(wkb, fids: np.ndarray, where: str):
 
     missing = [int(f) for f, g in zip(fids, wkb) if g is None]
     if missing:
-        raise DataError(f"{where}: feature id(s) {_shown(missing)} have no geometry")
+        raise DataError(f"{where}: feature id(s) {shown_items(missing)} have no geometry")
     geoms = shapely.from_wkb(np.asarray(wkb, dtype=object))
     empty = fids[shapely.is_empty(geoms)].tolist()
     if empty:
-        raise DataError(f"{where}: feature id(s) {_shown(empty)} have an empty geometry")
+        raise DataError(f"{where}: feature id(s) {shown_items(empty)} have an empty geometry")
     other = [f"{int(f)} ({GEOMETRY_NAMES.get(int(t), t)})" for f, t in zip(fids, shapely.get_type_id(geoms))
              if t not in POLYGONAL]
     if other:
-        raise DataError(f"{where}: feature id(s) {_shown(other)} are not polygons; labels are polygons")
+        raise DataError(f"{where}: feature id(s) {shown_items(other)} are not polygons; labels are polygons")
     return geoms
 
 
@@ -158,7 +158,7 @@ def make_vector_splits(
             raw = fields[names.index(attribute)].tolist()
             nulls = [int(f) for f, v in zip(fids, raw) if v is None]
             if nulls:
-                raise DataError(f"{described}: feature id(s) {_shown(nulls)} have no class (attribute "
+                raise DataError(f"{described}: feature id(s) {shown_items(nulls)} have no class (attribute "
                                 f"{attribute!r} is empty)")
             labels = [str(v) for v in raw]
     crs = meta.get("crs")

@@ -33,7 +33,6 @@ from co2s.evaluation.metrics import scores_from_confusion
 from co2s.evaluation.run import evaluate_checkpoint, print_report
 from co2s.inference.predict import predict_files
 from co2s.inference.segmenter import Segmenter
-from co2s.methods.losses import burn_in_steps
 
 #: test tiles shown in comparison.png
 COMPARISON_TILES = 4
@@ -88,17 +87,17 @@ def _scores(metrics: dict, checkpoint: Path, seconds: float) -> dict:
     }
 
 
-def _semi_diagnostics(config, run_dir: Path) -> dict:
+def _semi_diagnostics(config, run) -> dict:
     """The semi-supervised machinery at the end of training, from ``metrics.jsonl``: per model the
     confident-pixel ratio at tau and the unlabelled loss terms, and the teaching shares (means over
     the last quarter of the run's train records)."""
     t = config.train
-    records = [r for r in read_log(RunFolder(run_dir).metrics_log) if r.get("kind") == "train"]
+    records = [r for r in read_log(run.folder.metrics_log) if r.get("kind") == "train"]
     total = records[-1]["step"] if records else 0
     tail = [r for r in records if r["step"] > total - max(1, total // 4)] or records[-1:]
     keys = sorted({k for r in tail for k in r if k.endswith(("confident_ratio", "/s1", "/sta", "_teaches"))
                    or k in ("no_teaching", "s1")})
-    return {"tau": t.semi.tau, "burn_in_iters": burn_in_steps(total, t.semi.burn_in), "iters": total,
+    return {"tau": t.semi.tau, "burn_in_iters": run.burn_in_steps, "iters": total,
             "last_quarter": {k: float(np.mean([r[k] for r in tail if k in r])) for k in keys}}
 
 
@@ -160,7 +159,7 @@ def run_demo(out_dir: str | os.PathLike = "demo_output", overrides: list[str] | 
     runs[config.train.method] = (config, result.latest_checkpoint, time.perf_counter() - t0)
     if semi and baseline:
         base = config.override({"train.semi.burn_in": 1.0, "out_dir": str(out / "supervised")})
-        fork_step = burn_in_steps(result.steps, config.train.semi.burn_in)
+        fork_step = result.burn_in_steps
         forked = fork_step if _fork_at_burn_in(Path(result.run_dir), out / "supervised", fork_step,
                                                result.best) else 0
         print(f"supervised baseline: the same students, labels, seed and {base.train.iters} iterations, "
@@ -206,7 +205,7 @@ def run_demo(out_dir: str | os.PathLike = "demo_output", overrides: list[str] | 
             "IoU": {c: main["IoU"][c] - sup["IoU"][c] for c in main["IoU"]},
         }
     if semi:
-        summary["semi_supervised"] = _semi_diagnostics(config, Path(result.run_dir))
+        summary["semi_supervised"] = _semi_diagnostics(config, result)
     summary.update({
         "checkpoint": str(checkpoint),
         "metrics": main["metrics"],

@@ -49,6 +49,7 @@ class Run:
     steps: int
     best: dict[str, Any] | None  # {"step", "mIoU", "split", "prediction"} of the best validation
     is_global_zero: bool = True  # False in the other processes of a multi-process run
+    burn_in_steps: int = 0  # steps of the supervised burn-in (burn_in.ckpt holds their end)
 
     @property
     def folder(self) -> RunFolder:

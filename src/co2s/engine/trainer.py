@@ -31,8 +31,7 @@ from co2s.run_folder import RunFolder
 from co2s.errors import CheckpointError, TrainingError
 from co2s.evaluation.evaluator import score_predictions
 from co2s.inference.segmenter import Segmenter
-from co2s.methods import build_method
-from co2s.methods.losses import burn_in_steps
+from co2s.methods import Schedule, build_method
 from co2s.progress import progress_bar
 
 
@@ -97,20 +96,20 @@ def training_batches(labelled: Iterable[dict], unlabelled: Iterable[dict] | None
     return ({**x, **u} for x, u in zip(labelled, unlabelled))
 
 
-def train_step(fabric, method, batches: Iterator[dict], step: int, total: int, sums: dict[str, float]) -> int:
+def train_step(fabric, method, batches: Iterator[dict], step: int, schedule: Schedule, sums: dict[str, float]) -> int:
     """One optimiser step exactly as ``fit`` runs it, so benchmarks can time the real thing: poly
     learning rate, forward and backward of ``train.grad_accum`` micro-batches (DDP all-reduces
     gradients on the last only), then every optimiser steps. Adds each logged scalar / grad_accum
     to ``sums`` (the caller's log window); returns the labelled images consumed across ranks."""
     t = method.config.train
     for opt in method.optimizers.values():
-        set_lr(opt, poly_factor(step, total, t.poly_power, t.warmup_iters))
+        set_lr(opt, poly_factor(step, schedule.total, t.poly_power, t.warmup_iters))
     images = 0
     for micro in range(t.grad_accum):
         batch = next(batches)
         last = micro == t.grad_accum - 1
         with _no_sync(fabric, method.modules.values(), enabled=not last):
-            loss, logs = method.training_loss(batch, step, total)
+            loss, logs = method.training_loss(batch, step, schedule)
             _check_finite_loss(fabric, loss, logs, batch, step)
             fabric.backward(loss / t.grad_accum)
         for key, value in logs.items():
@@ -170,8 +169,7 @@ class Trainer:
         uses_unlabelled = method.uses_unlabelled
         total = (total_steps(config, len(unlabelled), fabric.world_size, ub) if uses_unlabelled
                  else total_steps(config, len(labelled), fabric.world_size))
-        # The supervised burn-in's last step (train.semi.burn_in): its state is kept in burn_in.ckpt.
-        burn_end = burn_in_steps(total, t.semi.burn_in) if uses_unlabelled else 0
+        schedule = Schedule.for_run(config, total)
         state = {"step": 0, "best": None, "best_per_prediction": {}, **method.modules,
                  **{f"opt_{k}": v for k, v in method.optimizers.items()}}
         self._model_names = list(method.modules)
@@ -187,6 +185,7 @@ class Trainer:
         log.truncate_after(state["step"])
         if fabric.is_global_zero:
             write_run_info(self.run_dir, {"resumed_from_step": state["step"], "total_steps": total,
+                                          "burn_in_steps": schedule.burn_in,
                                           "world_size": fabric.world_size})
 
         dataset, pairs = data.train_datasets(t)
@@ -203,7 +202,7 @@ class Trainer:
             m.train()
         while state["step"] < total:
             step = state["step"]
-            window_images += train_step(fabric, method, batches, step, total, sums)
+            window_images += train_step(fabric, method, batches, step, schedule, sums)
             state["step"] = step + 1
             bar.update(1)
 
@@ -222,9 +221,10 @@ class Trainer:
                 self._validate(fabric, method, val_set, state, log)
             if done % t.ckpt_every == 0 or done == total or (val_set is not None and done % t.val_every == 0):
                 save_checkpoint(fabric, latest, self._checkpoint_state(fabric, state))
-            if done == burn_end and done < total:
-                # The students trained on labels only, as a supervised run of the same length would
-                # have them at this step (the demo continues its supervised baseline from here).
+            if done == schedule.burn_in and done < total:
+                # The end of the supervised burn-in: the students trained on labels only, as a
+                # supervised run of the same length would have them at this step (the demo
+                # continues its supervised baseline from here).
                 save_checkpoint(fabric, RunFolder(self.run_dir).burn_in, self._checkpoint_state(fabric, state))
             # Test hook (tests/engine/test_trainer.py): a crash by SIGKILL once this step's checkpoint is written.
             if os.environ.get("CO2S_TEST_KILL_AFTER_STEP") == str(done):
@@ -235,7 +235,7 @@ class Trainer:
         if state["step"] == total:
             log.write({"step": total, "kind": "final", **_weights_in_sync(fabric, method.modules)})
         log.close()
-        return Run(self.run_dir, state["step"], state["best"], fabric.is_global_zero)
+        return Run(self.run_dir, state["step"], state["best"], fabric.is_global_zero, schedule.burn_in)
 
     def _checkpoint_state(self, fabric, state: dict) -> dict:
         contract = contract_for({name: state[name] for name in self._model_names}, self.config)

@@ -3,6 +3,7 @@
 from co2s.methods.base import Method
 from co2s.methods.co2s import Co2S
 from co2s.methods.fixmatch import FixMatch
+from co2s.methods.schedule import Schedule
 from co2s.methods.supervised import Supervised
 from co2s.methods.unimatch import UniMatch
 
@@ -15,4 +16,4 @@ def build_method(config, lr_scale: float = 1.0) -> Method:
     return METHODS[config.train.method](config, lr_scale)
 
 
-__all__ = ["METHODS", "Method", "build_method"]
+__all__ = ["METHODS", "Method", "Schedule", "build_method"]

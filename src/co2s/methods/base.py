@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from co2s.config.schema import METHOD_FACTS
+from co2s.methods.schedule import Schedule
 from co2s.models.factory import build_models
 
 
@@ -38,8 +39,9 @@ class Method:
             module, optimizer = fabric.setup(module, self.optimizers[name])
             self.modules[name], self.optimizers[name] = module, optimizer
 
-    def training_loss(self, batch: dict, step: int, total_steps: int) -> tuple[torch.Tensor, dict]:
-        """Loss to back-propagate for one batch, and scalars to log."""
+    def training_loss(self, batch: dict, step: int, schedule: Schedule) -> tuple[torch.Tensor, dict]:
+        """Loss to back-propagate for one batch at ``step`` of the run's ``schedule``, and scalars
+        to log."""
         raise NotImplementedError
 
     @property

@@ -9,8 +9,6 @@ import torch
 from co2s.methods.base import Method
 from co2s.methods.losses import (
     arbitration_masks,
-    burn_in_steps,
-    loss_weights,
     stability_loss,
     stability_weight,
     teaching_shares,
@@ -21,14 +19,13 @@ from co2s.methods.unimatch import student_terms
 
 class Co2S(Method):
 
-    def training_loss(self, batch, step, total_steps):
+    def training_loss(self, batch, step, schedule):
         semi, ignore = self.config.train.semi, self.config.data.ignore_index
         (a_name, a_model), (b_name, b_model) = self.modules.items()  # "global" (CLIP), "local" (DINO)
 
         # Supervised burn-in (train.semi.burn_in, default none): before it ends only L_sup trains;
         # the unlabelled CE terms and L_sta are zero and lambda stays 0.
-        burn = burn_in_steps(total_steps, semi.burn_in)
-        in_burn_in = step < burn
+        in_burn_in = schedule.in_burn_in(step)
 
         # Each student's UniMatch terms: supervised, two strong views, feature perturbation.
         a = student_terms(a_model, batch, semi, ignore, in_burn_in)
@@ -45,11 +42,11 @@ class Co2S(Method):
             sta_a = stability_loss(a.weak_logits, b.weak_logits, a_learns, detach_student=detach)
             sta_b = stability_loss(b.weak_logits, a.weak_logits, b_learns, detach_student=detach)
             # lambda(t) ramps over the iterations after the burn-in (all of them without one).
-            lam = (stability_weight(step - burn, total_steps - burn, semi.stability_weight, semi.stability_ramp)
+            lam = (stability_weight(*schedule.after_burn_in(step), semi.stability_weight, semi.stability_ramp)
                    if semi.stability else 0.0)
 
-        loss_a = unimatch_loss(a.sup, a.s1, a.s2, a.fp, loss_weights(semi)) + lam * sta_a
-        loss_b = unimatch_loss(b.sup, b.s1, b.s2, b.fp, loss_weights(semi)) + lam * sta_b
+        loss_a = unimatch_loss(a.sup, a.s1, a.s2, a.fp, semi.loss_weights) + lam * sta_a
+        loss_b = unimatch_loss(b.sup, b.s1, b.s2, b.fp, semi.loss_weights) + lam * sta_b
         shares = teaching_shares(a_learns, b_learns, batch["u_valid"])
         logs = {"loss": (loss_a + loss_b).detach(), "lambda": lam, "burn_in": float(in_burn_in),
                 f"{b_name}_teaches": shares["dino_teaches"], f"{a_name}_teaches": shares["clip_teaches"],

@@ -6,16 +6,16 @@ import torch
 
 from co2s.data.transforms import apply_cutmix
 from co2s.methods.base import Method
-from co2s.methods.losses import burn_in_steps, masked_cross_entropy, pseudo_labels, supervised_cross_entropy
+from co2s.methods.losses import masked_cross_entropy, pseudo_labels, supervised_cross_entropy
 from co2s.methods.unimatch import pseudo_label_logs, source_pseudo_labels, supervised_terms
 
 
 class FixMatch(Method):
 
-    def training_loss(self, batch, step, total_steps):
+    def training_loss(self, batch, step, schedule):
         model, semi = self.model, self.config.train.semi
         x, y, u_w, valid = batch["image"], batch["mask"], batch["u_w"], batch["u_valid"]
-        if step < burn_in_steps(total_steps, semi.burn_in):  # supervised burn-in: no unlabelled CE
+        if schedule.in_burn_in(step):  # supervised burn-in: no unlabelled CE
             t = supervised_terms(model, batch, semi.tau, self.config.data.ignore_index)
             loss = t.sup / 2
             return loss, {"loss": loss.detach(), "sup": t.sup.detach(), "s1": t.s1, "burn_in": 1.0, **t.logs}

@@ -7,16 +7,15 @@ boolean masks ``[B, H, W]``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from co2s.config.schema import LossWeightsConfig
+
 __all__ = [
-    "LossWeights",
     "arbitration_masks",
-    "burn_in_steps",
     "masked_cross_entropy",
     "pseudo_labels",
     "stability_loss",
@@ -96,7 +95,7 @@ def stability_loss(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor,
     return (per_pixel * mask.to(per_pixel.dtype)).sum() / n
 
 
-def stability_weight(step: int, total_steps: int, max_weight: float = 0.5, ramp_fraction: float = 0.2) -> float:
+def stability_weight(step: int, total_steps: int, max_weight: float, ramp_fraction: float) -> float:
     """lambda(t): cosine ramp from 0 to ``max_weight`` over the first ``ramp_fraction`` of training."""
     ramp_steps = ramp_fraction * total_steps
     if ramp_steps <= 0 or step >= ramp_steps:
@@ -104,29 +103,7 @@ def stability_weight(step: int, total_steps: int, max_weight: float = 0.5, ramp_
     return float(max_weight * 0.5 * (1.0 - math.cos(math.pi * step / ramp_steps)))
 
 
-def burn_in_steps(total_steps: int, fraction: float) -> int:
-    """Iterations of the supervised burn-in (``train.semi.burn_in``, a fraction of the run): steps
-    ``0 .. burn_in_steps - 1`` train on the labelled crops only."""
-    return min(total_steps, int(round(fraction * total_steps)))
-
-
-@dataclass(frozen=True)
-class LossWeights:
-    """Per-student weighting of the UniMatch terms: ``scale * (sup*L_sup + s1*L_s1 + s2*L_s2 + fp*L_fp)``."""
-
-    sup: float = 1.0
-    s1: float = 0.25
-    s2: float = 0.25
-    fp: float = 0.5
-    scale: float = 0.5
-
-
-def loss_weights(semi) -> LossWeights:
-    """The UniMatch weights of a ``train.semi`` config section."""
-    return LossWeights(**semi.loss_weights.model_dump())
-
-
-def unimatch_loss(sup: Tensor, s1: Tensor, s2: Tensor, fp: Tensor, weights: LossWeights = LossWeights()) -> Tensor:
+def unimatch_loss(sup: Tensor, s1: Tensor, s2: Tensor, fp: Tensor, weights: LossWeightsConfig) -> Tensor:
     """Weighted UniMatch total of one student (the caller adds ``lambda(t) * L_sta``)."""
     w = weights
     return w.scale * (w.sup * sup + w.s1 * s1 + w.s2 * s2 + w.fp * fp)

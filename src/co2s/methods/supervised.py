@@ -7,7 +7,7 @@ from co2s.methods.losses import supervised_cross_entropy
 
 
 class Supervised(Method):
-    def training_loss(self, batch, step, total_steps):
+    def training_loss(self, batch, step, schedule):
         logits = self.model(batch["image"])
         loss = supervised_cross_entropy(logits, batch["mask"], self.config.data.ignore_index)
         return loss, {"loss": loss.detach()}

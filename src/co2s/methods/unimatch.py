@@ -12,8 +12,6 @@ import torch
 from co2s.data.transforms import apply_cutmix
 from co2s.methods.base import Method
 from co2s.methods.losses import (
-    burn_in_steps,
-    loss_weights,
     masked_cross_entropy,
     pseudo_labels,
     supervised_cross_entropy,
@@ -117,10 +115,10 @@ def student_terms(model, batch: dict, semi, ignore_index: int, burn_in: bool) ->
 
 class UniMatch(Method):
 
-    def training_loss(self, batch, step, total_steps):
+    def training_loss(self, batch, step, schedule):
         semi = self.config.train.semi
-        burn_in = step < burn_in_steps(total_steps, semi.burn_in)
+        burn_in = schedule.in_burn_in(step)
         t = student_terms(self.model, batch, semi, self.config.data.ignore_index, burn_in)
-        loss = unimatch_loss(t.sup, t.s1, t.s2, t.fp, loss_weights(semi))
+        loss = unimatch_loss(t.sup, t.s1, t.s2, t.fp, semi.loss_weights)
         return loss, {"loss": loss.detach(), "sup": t.sup.detach(), "s1": t.s1.detach(),
                       "s2": t.s2.detach(), "fp": t.fp.detach(), "burn_in": float(burn_in), **t.logs}
