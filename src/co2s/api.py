@@ -123,34 +123,8 @@ def make_splits(source: str | None, ratio: str, seed: int, out_dir: str | os.Pat
     ``held_out.gpkg`` by feature ``count`` or ``area`` (``by``, default area), optionally
     spatially blocked (``block``, ``buffer``: CRS units) and stratified by class (``attribute``).
     """
-    from co2s.data import splits
-    from co2s.data.scene_set import vector_file
-    from co2s.data.sources import resolve
-    from co2s.errors import DataError
-    from co2s.data.vector_splits import is_vector_file, make_vector_splits
+    from co2s.data.splitting import write_splits
 
-    data = config.data if config is not None else None
-    labels = data.scenes.labels if data is not None and data.scenes is not None else None
-    vector = None
-    if source is not None and is_vector_file(source):
-        vector = Path(source) if Path(source).exists() or data is None else resolve(data.root, source)
-    elif source is None and labels is not None and labels.vector is not None:
-        vector = vector_file(Path(data.root), labels.vector)
-        layer, where = layer or labels.layer, where or labels.where
-    if vector is not None:
-        attribute = attribute or (labels.attribute if labels is not None else None)
-        return {**make_vector_splits(vector, ratio, seed, out_dir, layer=layer, attribute=attribute, where=where,
-                                     by=by or "area", stratify=stratify, block=block, buffer=buffer,
-                                     classes=list(data.classes) if data is not None and attribute else None,
-                                     ignore_index=data.ignore_index if data is not None else 255),
-                "kind": "vector"}
-    given = [flag for flag, v in (("--by", by), ("--block", block), ("--buffer", buffer),
-                                  ("--attribute", attribute), ("--layer", layer), ("--where", where)) if v is not None]
-    if given:
-        raise DataError(f"{', '.join(given)}: for vector label files only (a .gpkg, .geojson, .shp, ...), "
-                               f"not the tile source {source or 'data.splits.train'}")
-    samples, encoder, source_name = splits.split_source(source, data, root, stratify)
-    return {**splits.make_splits(samples, ratio, seed, out_dir, stratify, encoder,
-                                 data.ignore_index if data else 255, data.color_masks if data else False,
-                                 source_name),
-            "kind": "tiles"}
+    return write_splits(source, ratio, seed, out_dir, data=config.data if config is not None else None, root=root,
+                        stratify=stratify, by=by, block=block, buffer=buffer, attribute=attribute, layer=layer,
+                        where=where)

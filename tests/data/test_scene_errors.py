@@ -138,7 +138,7 @@ def test_globs_and_files_that_match_nothing(scene):
         _load(scene, rasters=["tiles/*.tif"])
     with pytest.raises(DataError, match=r"data\.scenes\.rasters: .*other\.tif not found"):
         _load(scene, rasters="other.tif")
-    with pytest.raises(DataError, match=r"vector labels not found: .*none\.gpkg"):
+    with pytest.raises(DataError, match=r"vector file not found: .*none\.gpkg"):
         _load(scene, labels={"vector": "none.gpkg", "attribute": "class"})
 
 

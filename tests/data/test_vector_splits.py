@@ -136,7 +136,7 @@ def test_bad_vector_splits(tmp_path):
     source = write_parcels(tmp_path / "labels.gpkg")
     with pytest.raises(DataError, match="stratified splits need --attribute"):
         make_splits(str(source), "1/4", 0, tmp_path / "o", stratify=True)
-    with pytest.raises(DataError, match=r"has no attribute 'landcover'; its attributes: class, parcel"):
+    with pytest.raises(DataError, match=r"has no attribute 'landcover' \(--attribute\); its attributes: class, parcel"):
         make_splits(str(source), "1/4", 0, tmp_path / "o", attribute="landcover")
     with pytest.raises(DataError, match="fall in one block"):
         make_splits(str(source), "1/4", 0, tmp_path / "o", block=10_000.0)

@@ -67,6 +67,84 @@ def parse_crs(value, what: str):
 # ---------------------------------------------------------------------------------------------
 
 
+class PolygonLayer:
+    """The polygons of one layer of a vector file, read and checked once (the one reader of vector
+    labels: training, evaluation regions and ``co2s splits`` all use it).
+
+    ``key`` names the setting a user changes to pick a layer or filter (``data.scenes.labels`` or a
+    CLI flag such as ``--layer``), so each error names it. Every feature has a non-empty polygonal
+    geometry; ``fields`` are the attribute columns ``columns`` (all when None), of which
+    ``required`` must exist; ``force_2d`` drops Z coordinates."""
+
+    def __init__(self, path: Path, layer: str | None, where: str | None, key: str, *,
+                 columns: list[str] | None = None, required: tuple[str, ...] = (), force_2d: bool = False) -> None:
+        import pyogrio
+        import shapely
+
+        self.path, self.where = path, where
+        if not path.exists():
+            raise DataError(f"vector file not found: {path}")
+        try:
+            layers = [str(name) for name, _ in pyogrio.list_layers(path)]
+        except Exception as exc:  # pyogrio's DataSourceError and friends
+            raise DataError(f"cannot read vector file {path}: {exc}") from None
+        if layer is None:
+            if len(layers) != 1:
+                raise DataError(f"{path} holds {len(layers)} layers ({shown_items(layers)}): set "
+                                f"{key_for(key, 'layer')} to the one with the labels")
+            layer = layers[0]
+        elif layer not in layers:
+            raise DataError(f"{path} has no layer {layer!r}; its layers: {shown_items(layers)}")
+        self.layer = layer
+        self.described = described = f"{path} (layer {layer})"
+        try:
+            info = pyogrio.read_info(path, layer=layer)
+        except Exception as exc:
+            raise DataError(f"cannot read vector file {described}: {exc}") from None
+        self.field_names = [str(f) for f in info["fields"]]
+        self.crs_text = info["crs"]
+        for name in required:
+            if name not in self.field_names:
+                raise DataError(f"{described} has no attribute {name!r} ({key_for(key, 'attribute')}); "
+                                f"its attributes: {', '.join(self.field_names) if self.field_names else 'none'}")
+        try:
+            meta, fids, wkb, fields = pyogrio.raw.read(path, layer=layer, columns=columns, return_fids=True,
+                                                       force_2d=force_2d, where=where)
+        except Exception as exc:
+            filtered = f" with {key_for(key, 'where')} {where!r}" if where else ""
+            raise DataError(f"cannot read vector file {described}{filtered}: {exc}") from None
+        if len(wkb) == 0:
+            if where:
+                raise DataError(f"{described}: no feature matches {key_for(key, 'where')} {where!r}")
+            raise DataError(f"{described} has no features")
+        self.columns = [str(f) for f in meta["fields"]]
+        self.fields = list(fields)
+        self.wkb = np.asarray(wkb, dtype=object)
+        self.fids = np.asarray(fids if fids is not None else np.arange(len(wkb)))
+        missing = [int(f) for f, g in zip(self.fids, wkb) if g is None]
+        if missing:
+            raise DataError(f"{described}: feature id(s) {shown_items(missing)} have no geometry")
+        geoms = shapely.from_wkb(self.wkb)
+        empty = self.fids[shapely.is_empty(geoms)].tolist()
+        if empty:
+            raise DataError(f"{described}: feature id(s) {shown_items(empty)} have an empty geometry")
+        types = shapely.get_type_id(geoms)
+        other = [f"{int(f)} ({GEOMETRY_NAMES.get(int(t), t)})" for f, t in zip(self.fids, types)
+                 if t not in POLYGONAL]
+        if other:
+            raise DataError(f"{described}: feature id(s) {shown_items(other)} are not polygons; labels are "
+                            "polygons (buffer lines and points into polygons first)")
+        self.geoms = geoms
+
+    def column(self, name: str) -> np.ndarray:
+        return self.fields[self.columns.index(name)]
+
+
+def key_for(key: str, option: str) -> str:
+    """The user-facing name of a vector option: ``data.scenes.labels.layer`` or ``--layer``."""
+    return f"--{option}" if key.startswith("--") else f"{key}.{option}"
+
+
 class VectorLabels:
     """The polygons of one vector layer with their class indices, checked up front.
 
@@ -76,95 +154,12 @@ class VectorLabels:
 
     def __init__(self, path: Path, layer: str | None, attribute: str, classes: list[str],
                  ignore_index: int, where: str | None = None, key: str = "data.scenes.labels") -> None:
-        import pyogrio
-        import shapely
-
+        polygons = PolygonLayer(path, layer, where, key, columns=[attribute], required=(attribute,), force_2d=True)
         self.path, self.attribute, self.ignore_index = path, attribute, ignore_index
-        if not path.exists():
-            raise DataError(f"vector labels not found: {path}")
-        try:
-            layers = [str(name) for name, _ in pyogrio.list_layers(path)]
-        except Exception as exc:  # pyogrio's DataSourceError and friends
-            raise DataError(f"cannot read vector file {path}: {exc}") from None
-        if layer is None:
-            if len(layers) != 1:
-                raise DataError(f"{path} holds {len(layers)} layers ({shown_items(layers)}): set "
-                                f"{key}.layer to the one with the labels")
-            layer = layers[0]
-        elif layer not in layers:
-            raise DataError(f"{path} has no layer {layer!r}; its layers: {shown_items(layers)}")
-        self.layer = layer
-        self.where = where
-        where = f"{path} (layer {layer})"
-        try:
-            info = pyogrio.read_info(path, layer=layer)
-        except Exception as exc:
-            raise DataError(f"cannot read vector file {where}: {exc}") from None
-        fields = [str(f) for f in info["fields"]]
-        if attribute not in fields:
-            raise DataError(f"{where} has no attribute {attribute!r} ({key}.attribute); "
-                            f"its attributes: {', '.join(fields) if fields else 'none'}")
-        self.crs = parse_crs(info["crs"], f"vector file {where}")
-        try:
-            _, fids, wkb, (values,) = pyogrio.raw.read(path, layer=layer, columns=[attribute],
-                                                        return_fids=True, force_2d=True, where=self.where)
-        except Exception as exc:
-            filtered = f" with {key}.where {self.where!r}" if self.where else ""
-            raise DataError(f"cannot read vector file {where}{filtered}: {exc}") from None
-        if len(wkb) == 0:
-            if self.where:
-                raise DataError(f"{where}: no feature matches {key}.where {self.where!r}")
-            raise DataError(f"{where} has no features")
-        self.fids = np.asarray(fids if fids is not None else np.arange(len(wkb)))
-        missing = [int(f) for f, g in zip(self.fids, wkb) if g is None]
-        if missing:
-            raise DataError(f"{where}: feature id(s) {shown_items(missing)} have no geometry")
-        geoms = shapely.from_wkb(np.asarray(wkb, dtype=object))
-        empty = self.fids[shapely.is_empty(geoms)].tolist()
-        if empty:
-            raise DataError(f"{where}: feature id(s) {shown_items(empty)} have an empty geometry")
-        types = shapely.get_type_id(geoms)
-        other = [f"{int(f)} ({GEOMETRY_NAMES.get(int(t), t)})" for f, t in zip(self.fids, types)
-                 if t not in POLYGONAL]
-        if other:
-            raise DataError(f"{where}: feature id(s) {shown_items(other)} are not polygons; labels are "
-                            "polygons (buffer lines and points into polygons first)")
-        self.geoms = geoms
-        self.values = self._class_indices(values, classes, where)
-
-    def _class_indices(self, values: np.ndarray, classes: list[str], where: str) -> np.ndarray:
-        index = {name: i for i, name in enumerate(classes)}
-        out = np.empty(len(values), np.int64)
-        nulls, bad = [], []
-        for i, (fid, value) in enumerate(zip(self.fids.tolist(), values.tolist())):
-            if value is None or (isinstance(value, float) and not np.isfinite(value)):
-                nulls.append(fid)
-                continue
-            if isinstance(value, str) and value in index:
-                out[i] = index[value]
-                continue
-            number = None
-            if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-                number = int(value)
-            elif isinstance(value, float) and value == int(value):
-                number = int(value)
-            elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
-                number = int(value.strip())
-            if number is not None and (0 <= number < len(classes) or number == self.ignore_index):
-                out[i] = number
-            else:
-                bad.append((fid, value))
-        if nulls:
-            raise DataError(f"{where}: feature id(s) {shown_items(nulls)} have no class (attribute "
-                            f"{self.attribute!r} is empty)")
-        if bad:
-            values_seen = sorted({repr(v) for _, v in bad})
-            raise DataError(
-                f"{where}: class value(s) {shown_items(values_seen)} of attribute {self.attribute!r} are "
-                f"not in data.classes {classes} (nor a class index 0..{len(classes) - 1}): feature "
-                f"id(s) {shown_items([f'{f} ({v!r})' for f, v in bad], 5)}"
-            )
-        return out
+        self.layer, self.where = polygons.layer, where
+        self.crs = parse_crs(polygons.crs_text, f"vector file {polygons.described}")
+        self.fids, self.geoms = polygons.fids, polygons.geoms
+        self.values = class_indices(polygons, attribute, classes, ignore_index)
 
     def in_pixels(self, crs, transform, what: str) -> np.ndarray:
         """The polygons in the pixel coordinates of a scene with ``crs`` and ``transform``,
@@ -192,6 +187,44 @@ class VectorLabels:
 
     def for_scene(self, pixels: np.ndarray, fill: int) -> VectorSceneLabels:
         return VectorSceneLabels(pixels, self.values, fill, self.ignore_index)
+
+
+def class_indices(polygons: PolygonLayer, attribute: str, classes: list[str], ignore_index: int) -> np.ndarray:
+    """Each polygon's class index from its ``attribute``: a name of ``classes`` or an index
+    ``0..K-1`` or ``ignore_index``; an empty or unknown value is a DataError naming the features."""
+    values, where = polygons.column(attribute), polygons.described
+    index = {name: i for i, name in enumerate(classes)}
+    out = np.empty(len(values), np.int64)
+    nulls, bad = [], []
+    for i, (fid, value) in enumerate(zip(polygons.fids.tolist(), values.tolist())):
+        if value is None or (isinstance(value, float) and not np.isfinite(value)):
+            nulls.append(fid)
+            continue
+        if isinstance(value, str) and value in index:
+            out[i] = index[value]
+            continue
+        number = None
+        if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+            number = int(value)
+        elif isinstance(value, float) and value == int(value):
+            number = int(value)
+        elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            number = int(value.strip())
+        if number is not None and (0 <= number < len(classes) or number == ignore_index):
+            out[i] = number
+        else:
+            bad.append((fid, value))
+    if nulls:
+        raise DataError(f"{where}: feature id(s) {shown_items(nulls)} have no class (attribute "
+                        f"{attribute!r} is empty)")
+    if bad:
+        values_seen = sorted({repr(v) for _, v in bad})
+        raise DataError(
+            f"{where}: class value(s) {shown_items(values_seen)} of attribute {attribute!r} are "
+            f"not in data.classes {classes} (nor a class index 0..{len(classes) - 1}): feature "
+            f"id(s) {shown_items([f'{f} ({v!r})' for f, v in bad], 5)}"
+        )
+    return out
 
 
 class VectorSceneLabels:

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from co2s.atomic import commit, write_text
-from co2s.data.scene_labels import GEOMETRY_NAMES, POLYGONAL, VectorLabels, shown_items
+from co2s.data.scene_labels import PolygonLayer, class_indices, shown_items
 from co2s.errors import DataError
 
 #: file suffixes read as vector label files by ``co2s splits``
@@ -44,45 +44,6 @@ BY = ("count", "area")
 
 def is_vector_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in VECTOR_SUFFIXES
-
-
-def _read(path: Path, layer: str | None, where: str | None):
-    import pyogrio
-
-    if not path.exists():
-        raise DataError(f"vector file not found: {path}")
-    try:
-        layers = [str(name) for name, _ in pyogrio.list_layers(path)]
-    except Exception as exc:
-        raise DataError(f"cannot read vector file {path}: {exc}") from None
-    if layer is None:
-        if len(layers) != 1:
-            raise DataError(f"{path} holds {len(layers)} layers ({shown_items(layers)}): give --layer")
-        layer = layers[0]
-    elif layer not in layers:
-        raise DataError(f"{path} has no layer {layer!r}; its layers: {shown_items(layers)}")
-    try:
-        meta, fids, wkb, fields = pyogrio.raw.read(path, layer=layer, return_fids=True, where=where)
-    except Exception as exc:
-        raise DataError(f"cannot read vector file {path} (layer {layer}): {exc}") from None
-    return layer, meta, np.asarray(fids if fids is not None else np.arange(len(wkb))), wkb, fields
-
-
-def _geometries(wkb, fids: np.ndarray, where: str):
-    import shapely
-
-    missing = [int(f) for f, g in zip(fids, wkb) if g is None]
-    if missing:
-        raise DataError(f"{where}: feature id(s) {shown_items(missing)} have no geometry")
-    geoms = shapely.from_wkb(np.asarray(wkb, dtype=object))
-    empty = fids[shapely.is_empty(geoms)].tolist()
-    if empty:
-        raise DataError(f"{where}: feature id(s) {shown_items(empty)} have an empty geometry")
-    other = [f"{int(f)} ({GEOMETRY_NAMES.get(int(t), t)})" for f, t in zip(fids, shapely.get_type_id(geoms))
-             if t not in POLYGONAL]
-    if other:
-        raise DataError(f"{where}: feature id(s) {shown_items(other)} are not polygons; labels are polygons")
-    return geoms
 
 
 def _closest_prefix(measures: list[float], ratio: float) -> int:
@@ -140,28 +101,21 @@ def make_vector_splits(
     if stratify and not attribute:
         raise DataError("stratified splits need --attribute: the field holding each polygon's class")
     path = Path(path)
-    layer, meta, fids, wkb, fields = _read(path, layer, where)
-    described = f"{path} (layer {layer})"
-    if len(fids) == 0:
-        raise DataError(f"{described}: no feature" + (f" matches --where {where!r}" if where else ""))
-    geoms = _geometries(wkb, fids, described)
-    names = [str(f) for f in meta["fields"]]
+    polygons = PolygonLayer(path, layer, where, "--", required=(attribute,) if attribute else ())
+    layer, described, fids, geoms = polygons.layer, polygons.described, polygons.fids, polygons.geoms
     labels = None
     if attribute:
-        if attribute not in names:
-            raise DataError(f"{described} has no attribute {attribute!r}; its attributes: "
-                            f"{', '.join(names) if names else 'none'}")
         if classes is not None:  # the checks and class names of training
-            indices = VectorLabels(path, layer, attribute, list(classes), ignore_index, where, "--attribute").values
+            indices = class_indices(polygons, attribute, list(classes), ignore_index)
             labels = [classes[i] if i < len(classes) else "(ignore)" for i in indices.tolist()]
         else:
-            raw = fields[names.index(attribute)].tolist()
+            raw = polygons.column(attribute).tolist()
             nulls = [int(f) for f, v in zip(fids, raw) if v is None]
             if nulls:
                 raise DataError(f"{described}: feature id(s) {shown_items(nulls)} have no class (attribute "
                                 f"{attribute!r} is empty)")
             labels = [str(v) for v in raw]
-    crs = meta.get("crs")
+    crs = polygons.crs_text
     if crs and (block is not None or buffer is not None):
         from rasterio.crs import CRS
 
@@ -226,8 +180,8 @@ def make_vector_splits(
         for name, rows in (("labelled.gpkg", labelled), ("held_out.gpkg", held)):
             tmp = out_dir / f".{os.getpid()}.{name}"  # GDAL wants the .gpkg suffix
             try:
-                pyogrio.raw.write(tmp, np.asarray(wkb, dtype=object)[rows], [f[rows] for f in fields],
-                                  fields=names, crs=crs, geometry_type=geometry_type, driver="GPKG",
+                pyogrio.raw.write(tmp, polygons.wkb[rows], [f[rows] for f in polygons.fields],
+                                  fields=polygons.columns, crs=crs, geometry_type=geometry_type, driver="GPKG",
                                   layer=layer, promote_to_multi=len(types) > 1)
                 commit(tmp, out_dir / name)
             except Exception as exc:

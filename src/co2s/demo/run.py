@@ -20,9 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from co2s.api import train
+from co2s import api
 from co2s.atomic import write_text
-from co2s.config.loader import load_config
 from co2s.data.io import read_image, read_mask
 from co2s.data.sources import read_split
 from co2s.demo.comparison import write_comparison
@@ -30,9 +29,7 @@ from co2s.demo.synthetic import write_demo_dataset
 from co2s.engine.metrics_log import read_log
 from co2s.run_folder import RunFolder
 from co2s.evaluation.metrics import scores_from_confusion
-from co2s.evaluation.run import evaluate_checkpoint, print_report
-from co2s.inference.predict import predict_files
-from co2s.inference.segmenter import Segmenter
+from co2s.evaluation.run import print_report
 
 #: test tiles shown in comparison.png
 COMPARISON_TILES = 4
@@ -111,7 +108,7 @@ def _show_tiles(config, count: int) -> list:
 
 def write_comparison_png(path: Path, config, checkpoints: dict[str, Path]) -> Path:
     """Image, ground truth and each checkpoint's prediction for a few test tiles."""
-    segmenters = {title: Segmenter.load(ckpt) for title, ckpt in checkpoints.items()}
+    segmenters = {title: api.Segmenter.load(ckpt) for title, ckpt in checkpoints.items()}
     rows = []
     for sample, mask in _show_tiles(config, COMPARISON_TILES):
         image = read_image(sample.image)  # [C, H, W] uint8 for the demo's PNG tiles
@@ -144,7 +141,7 @@ def run_demo(out_dir: str | os.PathLike = "demo_output", overrides: list[str] | 
     start = time.perf_counter()
     out = Path(out_dir)
     dataset = write_demo_dataset(out / "data", seed=seed)
-    config = load_config("demo", [f"data.root={dataset.root}", f"out_dir={out / 'run'}",
+    config = api.load_config("demo", [f"data.root={dataset.root}", f"out_dir={out / 'run'}",
                                   f"train.seed={seed}", *(overrides or [])])
     semi = config.uses_unlabelled
     model = ", ".join(f"{s.name}: {s.backbone.kind}" for s in config.model.students) \
@@ -155,7 +152,7 @@ def run_demo(out_dir: str | os.PathLike = "demo_output", overrides: list[str] | 
              else ""))
     runs: dict[str, tuple] = {}
     t0 = time.perf_counter()
-    result = train(config, progress=progress)
+    result = api.train(config, progress=progress)
     runs[config.train.method] = (config, result.latest_checkpoint, time.perf_counter() - t0)
     if semi and baseline:
         base = config.override({"train.semi.burn_in": 1.0, "out_dir": str(out / "supervised")})
@@ -167,20 +164,19 @@ def run_demo(out_dir: str | os.PathLike = "demo_output", overrides: list[str] | 
               + (f"; steps 1-{forked} are the Co2S run's burn-in, continued from its burn_in.ckpt" if forked
                  else ""))
         t0 = time.perf_counter()
-        base_result = train(base, progress=progress)
+        base_result = api.train(base, progress=progress)
         runs["supervised"] = (base, base_result.latest_checkpoint, time.perf_counter() - t0)
 
     scores = {}
     for name, (cfg, checkpoint, seconds) in runs.items():
-        metrics = evaluate_checkpoint(checkpoint, split="test", progress=progress)
+        metrics = api.evaluate_checkpoint(checkpoint, split="test", progress=progress)
         if name == config.train.method:
             main_metrics = metrics
             print_report(metrics)
         scores[name] = _scores(metrics, checkpoint, seconds)
     main = scores[config.train.method]
     checkpoint = Path(main["checkpoint"])
-    predictions = predict_files(checkpoint, [str(p) for p in dataset.scenes], out / "predictions",
-                                progress=progress)
+    predictions = api.predict(checkpoint, dataset.scenes, out / "predictions", progress=progress)
     shown = ({f"supervised (test mIoU {scores['supervised']['mIoU']:.1f})": runs["supervised"][1]}
              if "supervised" in runs and semi else {})
     shown[f"{config.train.method} (test mIoU {main['mIoU']:.1f})"] = checkpoint
