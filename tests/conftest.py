@@ -72,6 +72,18 @@ def weak_params(crop_size, scale_range=(0.5, 2.0), hflip_p=0.5, ignore_index=255
 
 
 @pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test, restored after: the test machine's two cores are shared,
+    and one thread avoids oversubscription stalls in tests that run whole scenes."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def tiny_dataset(tmp_path) -> Path:
     return write_tiny_dataset(tmp_path / "data")
 

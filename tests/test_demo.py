@@ -27,7 +27,7 @@ def test_demo_writes_everything_into_one_folder(tmp_path):
         assert (out / run / "metrics.json").is_file() and (out / run / "best.ckpt").is_file()
     assert sorted(p.name for p in (out / "predictions").iterdir()) == [
         "scene_0.png", "scene_0_color.png", "scene_1.png", "scene_1_color.png"]
-    assert summary["test_mIoU"] >= 0 and summary["constant_mIoU"] < 15
+    assert summary["constant_mIoU"] < 15
 
     # both test scores, per class, and what the unlabelled images added: numbers of this run
     co2s, sup = summary["co2s"], summary["supervised"]

@@ -110,6 +110,7 @@ def test_overlapping_unlabelled_list_stops_training(tiny_dataset, config_file, t
     assert not (tmp_path / "run" / "latest.ckpt").exists()
 
 
+@pytest.mark.slow
 def test_train_evaluate_predict_round_trip(config_file, tiny_dataset, tmp_path):
     cfg = config_file()
     assert run_cli("train", cfg, "--no-progress").returncode == 0

@@ -1,8 +1,11 @@
 import json
 
+import pytest
+
 from co2s.cli.main import main
 
 
+@pytest.mark.slow
 def test_paper_pair_summary_matches_the_paper_sizes(capsys):
     """ViT-B/16 students: ~86 M backbone each, ~28 M trainable with attention-only tuning, ~2.2 M decoder."""
     assert main(["model-summary", "whdld", "--random-weights", "--json", "--input-size", "64"]) == 0

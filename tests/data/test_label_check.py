@@ -75,6 +75,7 @@ def test_ignore_colors_are_not_unmatched():
     assert (encoder.encode(rgb)[2:] == 255).all()
 
 
+@pytest.mark.slow
 def test_real_ai4mars_labelled_splits_pass(tmp_path):
     root = shared_dataset("ai4mars-msl-256")
     config = load_config("ai4mars", [f"data.root={root}"])

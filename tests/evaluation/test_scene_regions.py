@@ -37,12 +37,7 @@ WINDOW = 48  # stride int(48 * 5 / 6) = 40: a 5 x 5 tile grid over the scene
 TRAIN, HELD = [0, 1, 3], [2, 4]  # polygons for training, held out (two spread over several tiles)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _write(root, held=HELD, train=TRAIN):

@@ -34,13 +34,7 @@ TRANSFORM = from_origin(500000.0, 5000000.0, 10.0, 10.0)
 COLOURS = np.array([[200, 60, 40], [40, 160, 60], [50, 70, 210]])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The test machine's two cores are shared; one thread avoids oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def synthetic_scene(height: int, width: int, seed: int = 0, cell: int = 60):

@@ -97,6 +97,7 @@ def test_old_spelling_of_a_key_is_accepted_with_a_deprecation_message(tmp_path):
         load_config(str(yaml), ["eval.prediction=clip"])
 
 
+@pytest.mark.slow
 def test_predicting_evaluating_and_exporting_do_not_import_the_engine(tmp_path):
     """`import co2s; co2s.Segmenter` and the predict, evaluate and export commands leave Lightning
     Fabric (the training engine) unimported."""
