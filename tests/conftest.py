@@ -11,6 +11,7 @@ from PIL import Image
 
 from co2s.config.loader import validate
 from co2s.data.transforms import WeakViewParams
+from co2s.models.families import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, Overrides
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CO2S_DATA_DIR", REPO.parent / "shared" / "data"))
@@ -69,6 +70,23 @@ def weak_params(crop_size, scale_range=(0.5, 2.0), hflip_p=0.5, ignore_index=255
     """A weak view for tests that drive the transforms and datasets directly (the package builds
     it from a training config): UniMatch's rescale range and flip unless a test says otherwise."""
     return WeakViewParams(tuple(crop_size), tuple(scale_range), hflip_p, ignore_index)
+
+
+def tiny_weights(kind: str, heads: int | None = None) -> dict:
+    """The backbone keys that describe the tests' tiny weight files, which no weight family has
+    (a real file is matched to its family by name and shape: co2s.models.families): the
+    normalisation and, for CLIP files in OpenAI's names, the heads and the activation."""
+    mean, std = (CLIP_MEAN, CLIP_STD) if kind == "clip" else (IMAGENET_MEAN, IMAGENET_STD)
+    keys = {"mean": list(mean), "std": list(std)}
+    if heads is not None:
+        keys.update(heads=heads, act="quick_gelu")
+    return keys
+
+
+def tiny_overrides(kind: str, heads: int | None = None) -> Overrides:
+    """:func:`tiny_weights` for calls of ``load_backbone_weights``."""
+    keys = tiny_weights(kind, heads)
+    return Overrides(heads=keys.get("heads"), act=keys.get("act"), mean=tuple(keys["mean"]), std=tuple(keys["std"]))
 
 
 @pytest.fixture

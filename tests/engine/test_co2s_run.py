@@ -13,7 +13,7 @@ from co2s.api import train
 from co2s.evaluation.run import evaluate_checkpoint
 from co2s.inference.predict import predict_files
 from co2s.models.student_factory import _random_model
-from tests.conftest import tiny_config_dict
+from tests.conftest import tiny_config_dict, tiny_weights
 
 
 def test_co2s_train_evaluate_predict(tiny_dataset, tmp_path):
@@ -26,7 +26,8 @@ def test_co2s_train_evaluate_predict(tiny_dataset, tmp_path):
     cfg["model"] = {"name": "students", "students": [
         {"name": "clip", "backbone": {"kind": "clip", "arch": "tiny"}, "guidance": "text",
          "text": {"prototypes": "random"}},
-        {"name": "dino", "backbone": {"kind": "dinov3", "weights": str(weights)}, "guidance": "queries"}]}
+        {"name": "dino", "backbone": {"kind": "dinov3", "weights": str(weights), **tiny_weights("dinov3")},
+         "guidance": "queries"}]}
     cfg["train"].update(method="co2s", semi={"tau": 0.0, "stability_ramp": 0.5})
     result = train(validate(cfg), progress=False)
     assert result.best["prediction"] == "confidence" and result.best["split"] == "val"

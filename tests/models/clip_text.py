@@ -144,16 +144,21 @@ def prompt_words(classes: list[str], concepts: dict[str, list[str]], template: s
 #: and vocabulary size, so that the BPE fixture's 49408 tokens fit its text tower
 OPENAI_TINY = dict(embed=32, resolution=32, patch=16, width=64, layers=2, context=CONTEXT,
                    vocab=2 * 256 + USED_MERGES + 2, t_width=64, t_layers=2)
+OPENAI_TINY_FILE = "ViT-tiny.pt"
+OPENAI_TINY_KEYS = {"heads": 1, "act": "quick_gelu", "mean": [0.48145466, 0.4578275, 0.40821073],
+                    "std": [0.26862954, 0.26130258, 0.27577711]}
 
 
 def write_openai_clip_files(root: Path, data) -> tuple[torch.nn.Module, list[tuple[str, str]]]:
-    """What a user of OpenAI's release has: ``ViT-B-16.pt`` (TorchScript, fp16) and
-    ``bpe_simple_vocab_16e6.txt.gz`` covering the prompts of ``data`` (classes and concepts).
+    """What a user of OpenAI's release has, at a tiny size: ``ViT-tiny.pt`` (TorchScript, fp16,
+    OpenAI's layout; no family has its shape, so a student names its heads, activation and
+    normalisation: ``OPENAI_TINY_KEYS``) and ``bpe_simple_vocab_16e6.txt.gz`` covering the
+    prompts of ``data`` (classes and concepts).
     Returns the OpenAI-layout source module and the merges its tokenizer uses."""
     from tests.models.test_weights import make_torchscript_clip
 
     root.mkdir(parents=True, exist_ok=True)
-    source = make_torchscript_clip(root / "ViT-B-16.pt", **OPENAI_TINY)
+    source = make_torchscript_clip(root / OPENAI_TINY_FILE, **OPENAI_TINY)
     merges = write_openai_bpe(root / "bpe_simple_vocab_16e6.txt.gz", prompt_words(data.classes, data.concepts))
     return source, merges
 

@@ -8,10 +8,10 @@ import torch
 from co2s.config.loader import load_config, validate
 from co2s.models.loading import load_trained_models, read_checkpoint
 from co2s.errors import ConfigError
-from co2s.models.backbones.base import CLIP_MEAN, CLIP_STD
+from co2s.models.families import CLIP_MEAN, CLIP_STD
 from co2s.models.multispectral import _patch_embedding
 from co2s.models.student_factory import _random_model, build_student
-from tests.conftest import tiny_config_dict
+from tests.conftest import tiny_config_dict, tiny_weights
 
 PATCH_CONV = {"clip": "backbone.vision.embeddings.patch_embedding.weight",
               "dinov3": "backbone.model.embeddings.patch_embeddings.weight",
@@ -19,7 +19,8 @@ PATCH_CONV = {"clip": "backbone.vision.embeddings.patch_embedding.weight",
 
 
 def _config(kind, weights, bands=4, **data):
-    student = {"name": kind, "backbone": {"kind": kind, "weights": str(weights), "tune": "attention"},
+    student = {"name": kind, "backbone": {"kind": kind, "weights": str(weights), "tune": "attention",
+                                          **tiny_weights(kind)},
                "guidance": "queries"}
     overrides = ["train.method=supervised", "model.name=students", f"model.students=[{student!r}]",
                  f"data.bands={list(range(1, bands + 1))}"]

@@ -15,6 +15,7 @@ from co2s.models.backbones.weights import verify_weights
 from co2s.models.guidance import concept_lists, load_prototypes
 from co2s.models.student_factory import _random_model, build_backbone, build_student
 from co2s.models.student import Student
+from tests.conftest import tiny_weights
 from tests.models.clip_text import USED_MERGES, bpe_merges, prompt_words, write_hf_vocab
 
 
@@ -44,10 +45,10 @@ def _config(*students):
 def test_backbone_keeps_the_checkpoint_weights_through_every_build_step(saved_dino):
     path, source = saved_dino
     reference = {k: v.clone() for k, v in source.state_dict().items()}
-    cfg = _config({"name": "dino", "backbone": {"kind": "dinov3", "weights": str(path)}, "guidance": "queries"})
+    cfg = _config({"name": "dino", "backbone": {"kind": "dinov3", "weights": str(path), **tiny_weights("dinov3")}, "guidance": "queries"})
     student_cfg = cfg.model.students[0]
 
-    backbone, hf_model, loaded_reference = build_backbone(student_cfg.backbone)  # load, wrap, tune
+    backbone, hf_model, loaded_reference, _ = build_backbone(student_cfg.backbone)  # load, wrap, tune
     assert loaded_reference.keys() == reference.keys()
     verify_weights(hf_model, reference, str(path))
     student = build_student(student_cfg, cfg.data)  # guidance, head, Student, start-up check
@@ -64,7 +65,7 @@ def test_backbone_keeps_the_checkpoint_weights_through_every_build_step(saved_di
 
 def test_start_up_check_catches_a_reinitialising_build_step(saved_dino, monkeypatch):
     path, _ = saved_dino
-    cfg = _config({"name": "dino", "backbone": {"kind": "dinov3", "weights": str(path)}, "guidance": "queries"})
+    cfg = _config({"name": "dino", "backbone": {"kind": "dinov3", "weights": str(path), **tiny_weights("dinov3")}, "guidance": "queries"})
     original = Student.__init__
 
     def reinit(self, backbone, *args, **kwargs):
@@ -78,7 +79,7 @@ def test_start_up_check_catches_a_reinitialising_build_step(saved_dino, monkeypa
 
 def test_text_prototypes_from_clip_text_tower(saved_clip, tmp_path, capsys):
     path, source = saved_clip
-    cfg = _config({"name": "clip", "backbone": {"kind": "clip", "weights": str(path)}, "guidance": "text"})
+    cfg = _config({"name": "clip", "backbone": {"kind": "clip", "weights": str(path), **tiny_weights("clip")}, "guidance": "text"})
     student = build_student(cfg.model.students[0], cfg.data)
     # recompute by hand: mean of the text embeddings of "a photo of a {c}" per class, then L2 norm
     tokenizer = CLIPTokenizer.from_pretrained(path)
@@ -98,7 +99,7 @@ def test_text_prototypes_from_clip_text_tower(saved_clip, tmp_path, capsys):
     # `co2s embed-text` saves the same prototypes; a config can point at the file
     config_file = tmp_path / "c.yaml"
     config_file.write_text(json.dumps({"preset": "demo", "train": {"method": "supervised"}, "model": {"name": "students", "students": [
-        {"name": "clip", "backbone": {"kind": "clip", "weights": str(path)}, "guidance": "text"}]}}))
+        {"name": "clip", "backbone": {"kind": "clip", "weights": str(path), **tiny_weights("clip")}, "guidance": "text"}]}}))
     out = tmp_path / "protos.safetensors"
     assert main(["embed-text", str(config_file), "--out", str(out)]) == 0
     torch.testing.assert_close(load_prototypes(out, cfg.data.classes, 32), expected, rtol=1e-5, atol=1e-6)

@@ -2,6 +2,7 @@
 checks that a tokenizer fits the CLIP text tower it feeds (fixtures: tests/models/clip_text.py)."""
 
 import copy
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -10,10 +11,13 @@ import torch
 from co2s.config.loader import load_config
 from co2s.errors import CheckpointError
 from co2s.models.backbones.weights import load_backbone_weights
+from co2s.models.families import Overrides
 from co2s.models.guidance import clip_text_prototypes, concept_lists
 from co2s.models.student_factory import _random_model, build_student
 from co2s.models.text_encoder import encode_prompts, load_tokenizer
 from tests.models.clip_text import (
+    OPENAI_TINY_FILE,
+    OPENAI_TINY_KEYS,
     USED_MERGES,
     bpe_merges,
     openai_prototypes,
@@ -26,6 +30,9 @@ from tests.models.clip_text import (
 
 BPE = "bpe_simple_vocab_16e6.txt.gz"
 
+OVERRIDES = Overrides(heads=OPENAI_TINY_KEYS["heads"], act=OPENAI_TINY_KEYS["act"],
+                      mean=tuple(OPENAI_TINY_KEYS["mean"]), std=tuple(OPENAI_TINY_KEYS["std"]))
+
 
 def _data():
     return load_config("demo").data
@@ -36,15 +43,19 @@ def _config(*students):
 
 
 def _clip_student(weights, **text):
-    return {"name": "clip", "backbone": {"kind": "clip", "weights": str(weights)}, "guidance": "text", "text": text}
+    """A CLIP student of tiny weights, which no family describes: an OpenAI-layout file needs its
+    heads and activation stated, a save_pretrained folder (its config says them) only the mean/std."""
+    keys = OPENAI_TINY_KEYS if Path(weights).is_file() else {k: OPENAI_TINY_KEYS[k] for k in ("mean", "std")}
+    return {"name": "clip", "backbone": {"kind": "clip", "weights": str(weights), **keys}, "guidance": "text",
+            "text": text}
 
 
 @pytest.fixture(scope="module")
 def official(tmp_path_factory):
     root = tmp_path_factory.mktemp("openai")
     source, merges = write_openai_clip_files(root, _data())
-    text_config = load_backbone_weights("clip", root / "ViT-B-16.pt")[0].config.text_config
-    return SimpleNamespace(root=root, pt=root / "ViT-B-16.pt", bpe=root / BPE, source=source, merges=merges,
+    text_config = load_backbone_weights("clip", root / OPENAI_TINY_FILE, overrides=OVERRIDES).model.config.text_config
+    return SimpleNamespace(root=root, pt=root / OPENAI_TINY_FILE, bpe=root / BPE, source=source, merges=merges,
                            text_config=text_config)
 
 
@@ -71,7 +82,7 @@ def test_prototypes_from_openai_bpe_equal_those_from_hub_vocab_files(official, t
     cfg = _config(_clip_student(official.pt, tokenizer=str(official.bpe)))
     from_openai = build_student(cfg.model.students[0], cfg.data).guidance()
 
-    model, _ = load_backbone_weights("clip", official.pt)
+    model = load_backbone_weights("clip", official.pt, overrides=OVERRIDES).model
     hub = tmp_path / "clip-vit-tiny-patch16"
     model.save_pretrained(hub)
     write_hf_vocab(hub, official.merges)
@@ -88,7 +99,7 @@ def test_prototypes_from_openai_bpe_equal_those_from_hub_vocab_files(official, t
 def test_tokenizer_source_without_vocabulary_is_refused(official, tmp_path):
     """Before: transformers built a 2-token tokenizer, every prompt got the same ids and all
     class prototypes were identical. Now the source is named."""
-    model, _ = load_backbone_weights("clip", official.pt)
+    model = load_backbone_weights("clip", official.pt, overrides=OVERRIDES).model
     weights_only = tmp_path / "clip-weights-only"
     model.save_pretrained(weights_only)  # the tokenizer defaults to the CLIP source: no vocabulary there
     cfg = _config(_clip_student(weights_only))
@@ -100,7 +111,7 @@ def test_tokenizer_source_without_vocabulary_is_refused(official, tmp_path):
     (elsewhere / "README.md").write_text("not a tokenizer")
     with pytest.raises(CheckpointError, match=r"notes: the folder holds no CLIP tokenizer vocabulary"):
         clip_text_prototypes(cfg.data, cfg.model.students[0], tokenizer=str(elsewhere))
-    with pytest.raises(CheckpointError, match=r"ViT-B-16\.pt: not a tokenizer vocabulary"):
+    with pytest.raises(CheckpointError, match=r"ViT-tiny\.pt: not a tokenizer vocabulary"):
         clip_text_prototypes(cfg.data, _config(_clip_student(official.pt)).model.students[0])
     with pytest.raises(CheckpointError, match=r"co2s-test/absent: .*not in .*hub.*nothing is downloaded"):
         load_tokenizer("co2s-test/absent", cache_dir=tmp_path / "hub")

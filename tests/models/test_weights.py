@@ -34,6 +34,9 @@ from co2s.models.backbones.weights import (
     reference_subset,
     verify_weights,
 )
+from co2s.models.backbones.weights.openai_clip import openai_clip_shape
+from co2s.models.families import identify
+from tests.conftest import tiny_overrides, tiny_weights
 
 # --------------------------------------------------------------------------------------------
 # key patterns of the real released files ({i} = block index), with their shapes
@@ -399,7 +402,7 @@ def text_features(model: CLIPModel, ids):
 def test_hf_directory_dinov3(tmp_path):
     source = tiny_dinov3()
     source.save_pretrained(tmp_path)
-    model, reference = load_backbone_weights("dinov3", tmp_path)
+    model, reference, _ = load_backbone_weights("dinov3", tmp_path, overrides=tiny_overrides("dinov3"))
     assert isinstance(model, DINOv3ViTModel) and not model.training
     x = torch.randn(2, 3, 48, 32)
     with torch.no_grad():
@@ -411,7 +414,7 @@ def test_hf_directory_dinov3(tmp_path):
 def test_hf_directory_dinov2(tmp_path):
     source = tiny_dinov2()
     source.save_pretrained(tmp_path)
-    model, reference = load_backbone_weights("dinov2", str(tmp_path))
+    model, reference, _ = load_backbone_weights("dinov2", str(tmp_path), overrides=tiny_overrides("dinov2"))
     assert isinstance(model, Dinov2Model)
     x = torch.randn(2, 3, 32, 48)
     with torch.no_grad():
@@ -422,7 +425,7 @@ def test_hf_directory_dinov2(tmp_path):
 def test_hf_directory_clip(tmp_path):
     source = tiny_clip()
     source.save_pretrained(tmp_path)
-    model, reference = load_backbone_weights("clip", tmp_path)
+    model, reference, _ = load_backbone_weights("clip", tmp_path, overrides=tiny_overrides("clip", 2))
     assert isinstance(model, CLIPModel)
     pixels, ids = clip_inputs()
     assert torch.equal(image_features(model, pixels), image_features(source, pixels))
@@ -441,18 +444,18 @@ def test_hub_id_resolved_from_local_cache_only(tmp_path):
     source.save_pretrained(snapshot)
     (snapshot.parents[1] / "refs").mkdir()
     (snapshot.parents[1] / "refs" / "main").write_text("0123abcd")
-    model, _ = load_backbone_weights("dinov2", "co2s-test/tiny-dinov2", cache_dir=tmp_path / "hub")
+    model, *_ = load_backbone_weights("dinov2", "co2s-test/tiny-dinov2", cache_dir=tmp_path / "hub", overrides=tiny_overrides("dinov2"))
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(model(x).last_hidden_state, source(x).last_hidden_state)
     with pytest.raises(CheckpointError, match="co2s-test/absent.*not found in .*hub.*nothing is downloaded"):
-        load_backbone_weights("dinov2", "co2s-test/absent", cache_dir=tmp_path / "hub")
+        load_backbone_weights("dinov2", "co2s-test/absent", cache_dir=tmp_path / "hub", overrides=tiny_overrides("dinov2"))
 
 
 def test_hf_directory_of_another_model_type(tmp_path):
     tiny_dinov2().save_pretrained(tmp_path)
     with pytest.raises(CheckpointError, match=r"model_type 'dinov2'.*dinov3_vit"):
-        load_backbone_weights("dinov3", tmp_path)
+        load_backbone_weights("dinov3", tmp_path, overrides=tiny_overrides("dinov3"))
 
 
 def test_hf_directory_with_a_tensor_missing(tmp_path):
@@ -461,7 +464,7 @@ def test_hf_directory_with_a_tensor_missing(tmp_path):
     del weights["layer.1.mlp.up_proj.weight"]
     save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(CheckpointError, match=r"up_proj\.weight"):
-        load_backbone_weights("dinov3", tmp_path)
+        load_backbone_weights("dinov3", tmp_path, overrides=tiny_overrides("dinov3"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -474,7 +477,7 @@ def test_official_dinov3_pth(tmp_path, gated):
     official = export_dinov3_official(source)
     path = tmp_path / "dinov3_tiny_pretrain.pth"
     torch.save(official, path)
-    model, reference = load_backbone_weights("dinov3", path)
+    model, reference, _ = load_backbone_weights("dinov3", path, overrides=tiny_overrides("dinov3"))
     c = model.config
     assert (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.num_register_tokens, c.patch_size) == \
         (DIM, 2, HEADS, REGISTERS, PATCH)
@@ -505,16 +508,17 @@ def test_official_dinov3_bf16_rope_periods_as_released(tmp_path, stored):
     assert not torch.allclose(periods.double(), exact, rtol=1e-5, atol=0)  # really rounded
     if stored != "bf16 tensor":
         official["rope_embed.periods"] = periods.float()
-    path = tmp_path / "dinov3_vits16_pretrain_lvd1689m-08c60483.pth"
+    path = tmp_path / "dinov3_tiny_pretrain.pth"  # a tiny shape: no released name
     torch.save(official, path)
-    model, reference = load_backbone_weights("dinov3", path)
+    model, reference, _ = load_backbone_weights("dinov3", path, overrides=tiny_overrides("dinov3"))
     assert model.config.rope_theta == 100.0
     inv_freq = dict(model.named_buffers())["rope_embeddings.inv_freq"]
     torch.testing.assert_close(inv_freq.double(), 1 / exact, rtol=1e-6, atol=0)
     verify_weights(model, reference, str(path))
 
     cfg = load_config("demo", ["train.method=supervised", "model.name=students", "model.students=" + repr([
-        {"name": "dino", "backbone": {"kind": "dinov3", "weights": str(path), "layers": [1, 2, 3]},
+        {"name": "dino", "backbone": {"kind": "dinov3", "weights": str(path), "layers": [1, 2, 3],
+                                      **tiny_weights("dinov3")},
          "guidance": "queries"}])])
     student = build_student(cfg.model.students[0], cfg.data)
     verify_weights(student.backbone.model, reference, str(path))
@@ -591,17 +595,17 @@ def test_truncated_file(tmp_path):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match=r"dinov3_vitb16_pretrain_lvd1689m-73cec8be\.pth.*truncated or corrupt"):
-        load_backbone_weights("dinov3", path)
+        load_backbone_weights("dinov3", path, overrides=tiny_overrides("dinov3"))
     path.write_bytes(b"")
     with pytest.raises(CheckpointError, match="empty"):
-        load_backbone_weights("dinov3", path)
+        load_backbone_weights("dinov3", path, overrides=tiny_overrides("dinov3"))
 
 
 def test_missing_file(tmp_path):
     with pytest.raises(CheckpointError, match="absent.pth: no such file"):
-        load_backbone_weights("dinov3", tmp_path / "absent.pth")
+        load_backbone_weights("dinov3", tmp_path / "absent.pth", overrides=tiny_overrides("dinov3"))
     with pytest.raises(CheckpointError, match="weights/absent.pth: no such file"):
-        load_backbone_weights("dinov3", "weights/absent.pth")  # a relative path, not a Hub id
+        load_backbone_weights("dinov3", "weights/absent.pth", overrides=tiny_overrides("dinov3"))  # a relative path, not a Hub id
 
 
 def dinov2_official_state() -> dict[str, torch.Tensor]:
@@ -619,15 +623,15 @@ def test_wrong_architecture_given_as_dinov3(tmp_path):
     path = tmp_path / "dinov2_vitb14_reg4_pretrain.pth"
     torch.save(dinov2_official_state(), path)
     with pytest.raises(CheckpointError, match=r"dinov2_vitb14_reg4_pretrain\.pth.*DINOv2"):
-        load_backbone_weights("dinov3", path)
+        load_backbone_weights("dinov3", path, overrides=tiny_overrides("dinov3"))
     resnet = {"conv1.weight": torch.randn(8, 3, 7, 7), "bn1.weight": torch.ones(8), "bn1.bias": torch.zeros(8),
               "layer1.0.conv1.weight": torch.randn(8, 8, 1, 1), "fc.weight": torch.randn(10, 8)}
     torch.save(resnet, tmp_path / "resnet.pth")
     with pytest.raises(CheckpointError, match=r"resnet\.pth.*(ResNet|convolutional)"):
-        load_backbone_weights("dinov3", tmp_path / "resnet.pth")
+        load_backbone_weights("dinov3", tmp_path / "resnet.pth", overrides=tiny_overrides("dinov3"))
     torch.save(export_openai_clip(tiny_clip()), tmp_path / "clip.pt")
     with pytest.raises(CheckpointError, match="CLIP"):
-        load_backbone_weights("dinov3", tmp_path / "clip.pt")
+        load_backbone_weights("dinov3", tmp_path / "clip.pt", overrides=tiny_overrides("dinov3"))
 
 
 def test_renamed_and_missing_keys_are_named(tmp_path):
@@ -637,7 +641,7 @@ def test_renamed_and_missing_keys_are_named(tmp_path):
     torch.save(state, path)
     with pytest.raises(CheckpointError, match=r"renamed\.pth.*missing keys blocks\.1\.attn\.proj\.weight.*"
                                               r"unexpected keys blocks\.1\.attn\.out\.weight"):
-        load_backbone_weights("dinov3", path)
+        load_backbone_weights("dinov3", path, overrides=tiny_overrides("dinov3"))
     state = export_dinov3_official(tiny_dinov3())
     del state["norm.bias"]
     with pytest.raises(CheckpointError, match=r"lacks norm\.bias"):
@@ -655,7 +659,7 @@ def test_wrapped_training_checkpoint_is_refused(tmp_path):
     path = tmp_path / "train.pth"
     torch.save({"teacher": export_dinov3_official(tiny_dinov3()), "iteration": 5}, path)
     with pytest.raises(CheckpointError, match="not a flat state dict"):
-        load_backbone_weights("dinov3", path)
+        load_backbone_weights("dinov3", path, overrides=tiny_overrides("dinov3"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -667,7 +671,7 @@ def test_openai_clip_plain_state_dict(tmp_path):
     source = tiny_clip()
     path = tmp_path / "ViT-tiny.pt"
     torch.save(export_openai_clip(source), path)
-    model, reference = load_backbone_weights("clip", path)
+    model, reference, _ = load_backbone_weights("clip", path, overrides=tiny_overrides("clip", 2))
     pixels, ids = clip_inputs()
     assert torch.equal(image_features(model, pixels), image_features(source, pixels))
     assert torch.equal(text_features(model, ids), text_features(source, ids))
@@ -693,7 +697,7 @@ def make_torchscript_clip(path: Path, **arch) -> OpenAIClip:
 
 
 def test_openai_clip_torchscript_archive(tmp_path, monkeypatch):
-    path = tmp_path / "ViT-B-16.pt"
+    path = tmp_path / "ViT-tiny.pt"  # OpenAI's archive layout at a tiny size (no family's name)
     source = make_torchscript_clip(path)
     assert "constants.pkl" in " ".join(zipfile.ZipFile(path).namelist())
 
@@ -708,7 +712,7 @@ def test_openai_clip_torchscript_archive(tmp_path, monkeypatch):
     for key, value in expected.items():
         assert torch.equal(tensors[key].to(value.dtype), value), key
 
-    model, reference = load_backbone_weights("clip", path)
+    model, reference, _ = load_backbone_weights("clip", path, overrides=tiny_overrides("clip", 2))
     c = model.config
     assert (c.vision_config.hidden_size, c.vision_config.num_attention_heads, c.vision_config.image_size,
             c.text_config.max_position_embeddings, c.text_config.vocab_size, c.projection_dim) == \
@@ -735,7 +739,9 @@ def test_openai_export_has_the_real_key_set():
 def test_real_size_openai_vitb16_key_set_converts_to_the_hub_config():
     state = {k: lazy_zeros(s) for k, s in openai_vitb16_shapes().items()}
     state.update({k: torch.tensor(v) for k, v in zip(OPENAI_JIT_EXTRAS, (224, 77, 49408))})
-    config, converted = convert_openai_clip(state)
+    family, variant = identify("clip", "/weights/ViT-B-16.pt", openai_clip_shape(state))
+    assert (family.name, variant.name) == ("openai", "ViT-B/16")
+    config, converted = convert_openai_clip(state, variant.heads, variant.text_heads, variant.act)
     v, t = config.vision_config, config.text_config
     assert (v.hidden_size, v.intermediate_size, v.num_hidden_layers, v.num_attention_heads, v.patch_size, v.image_size,
             v.hidden_act) == (768, 3072, 12, 12, 16, 224, "quick_gelu")
@@ -756,7 +762,7 @@ def test_openai_clip_renamed_key(tmp_path):
     block = r"visual\.transformer\.resblocks\.1\.mlp\."
     expected = rf"renamed\.pt.*missing keys {block}c_fc\.weight.*unexpected keys {block}fc\.weight"
     with pytest.raises(CheckpointError, match=expected):
-        load_backbone_weights("clip", path)
+        load_backbone_weights("clip", path, overrides=tiny_overrides("clip", 2))
 
 
 def test_truncated_torchscript_archive(tmp_path):
@@ -765,7 +771,7 @@ def test_truncated_torchscript_archive(tmp_path):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) * 2 // 3])
     with pytest.raises(CheckpointError, match=r"ViT-B-16\.pt.*(truncated|corrupt)"):
-        load_backbone_weights("clip", path)
+        load_backbone_weights("clip", path, overrides=tiny_overrides("clip", 2))
 
 
 class _Payload:
@@ -802,7 +808,7 @@ def test_code_in_a_file_is_never_executed(tmp_path):
 def test_verify_weights_catches_reinitialisation(tmp_path):
     path = tmp_path / "tiny.pth"
     torch.save(export_dinov3_official(tiny_dinov3()), path)
-    model, reference = load_backbone_weights("dinov3", path)
+    model, reference, _ = load_backbone_weights("dinov3", path, overrides=tiny_overrides("dinov3"))
     verify_weights(model, reference, str(path))
 
     with torch.no_grad():
@@ -810,7 +816,7 @@ def test_verify_weights_catches_reinitialisation(tmp_path):
     with pytest.raises(CheckpointError, match=r"tiny\.pth.*1 tensor\(s\) differ.*embeddings\.register_tokens"):
         verify_weights(model, reference, str(path))
 
-    model, reference = load_backbone_weights("dinov3", path)
+    model, reference, _ = load_backbone_weights("dinov3", path, overrides=tiny_overrides("dinov3"))
     model.model.layer[1].mlp.up_proj.reset_parameters()  # what a stray init_weights() does
     with pytest.raises(CheckpointError) as info:
         verify_weights(model, reference, str(path))
@@ -822,7 +828,7 @@ def test_verify_weights_catches_reinitialisation(tmp_path):
 def test_verify_weights_inside_a_wrapper_and_for_a_tower(tmp_path):
     source = tiny_clip()
     source.save_pretrained(tmp_path)
-    model, reference = load_backbone_weights("clip", tmp_path)
+    model, reference, _ = load_backbone_weights("clip", tmp_path, overrides=tiny_overrides("clip", 2))
 
     class Segmentor(nn.Module):
         def __init__(self):

@@ -397,6 +397,28 @@ class BackboneConfig(_Strict):
     rope_rescale: bool = Field(
         default=False, description="DINOv3: keep transformers' random RoPE rescaling in training"
     )
+    family: str | None = Field(
+        default=None,
+        description="weight family of `weights` when its name does not say it (docs/weights.md: openai, "
+        "remoteclip, georsclip, skyclip, openclip-laion, dinov3-lvd1689m, dinov3-sat493m, dinov2)",
+    )
+    mean: list[float] | None = Field(
+        default=None, description="input mean of the bands the backbone was pretrained on (RGB); null: "
+        "the weight family's"
+    )
+    std: list[float] | None = Field(default=None, description="input std of those bands; null: the family's")
+    act: Literal["quick_gelu", "gelu"] | None = Field(
+        default=None, description="clip: MLP activation; null: the family's (OpenAI: quick_gelu; the Co2S "
+        "authors' code runs OpenAI's weights with gelu)"
+    )
+    heads: int | list[int] | None = Field(
+        default=None, description="clip: attention heads of weights no family describes (both towers, or "
+        "[vision, text]); the family's otherwise"
+    )
+    rope_periods: Literal["exact", "stored"] = Field(
+        default="exact", description="DINOv3 .pth: exact RoPE periods from the base (transformers), or the "
+        "file's own bf16-rounded ones (stored; Meta's code)"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -412,6 +434,19 @@ class BackboneConfig(_Strict):
             raise ValueError("tune: last_n needs tune_last >= 1")
         if self.skips == "value" and self.kind != "clip":
             raise ValueError(f"skips: value is for clip backbones only ({self.kind} skips are hidden states)")
+        for key in ("mean", "std"):
+            values = getattr(self, key)
+            if values is not None and (len(values) != 3 or (key == "std" and min(values) <= 0)):
+                raise ValueError(f"{key}: three values for the RGB bands the backbone was pretrained on"
+                                 + (", all positive" if key == "std" else ""))
+        heads = self.heads if isinstance(self.heads, list) else [self.heads] if self.heads is not None else []
+        if self.heads is not None and (not 1 <= len(heads) <= 2 or min(heads) < 1):
+            raise ValueError("heads: a positive number, or [vision, text]")
+        for key, kinds in (("act", ("clip",)), ("heads", ("clip",)), ("family", ("clip", "dinov3", "dinov2"))):
+            if getattr(self, key) is not None and self.kind not in kinds:
+                raise ValueError(f"{key}: for {' or '.join(kinds)} backbones, not {self.kind}")
+        if self.rope_periods == "stored" and self.kind != "dinov3":
+            raise ValueError(f"rope_periods: stored is for dinov3 backbones, not {self.kind}")
         if self.kind == "cnn":
             if self.weights is not None:
                 raise ValueError("kind: cnn has no pretrained weights (random initialisation): leave weights null")

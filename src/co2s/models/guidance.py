@@ -98,13 +98,18 @@ def clip_text_prototypes(data, student: Any = None, *, clip: str | None = None, 
             "student (or --clip), or point text.prototypes at a file from `co2s embed-text`")
     tokenizer_source = tokenizer or (text.tokenizer if text is not None else None) or clip_source
     template = template or (text.template if text is not None else PROMPT_TEMPLATE)
-    if clip_model is None or clip_source != weights:
-        from co2s.models.backbones.weights import load_backbone_weights
-
-        clip_model, _ = load_backbone_weights("clip", clip_source)
     from co2s.models.text_encoder import load_tokenizer
 
-    loaded = load_tokenizer(tokenizer_source)
+    loaded = load_tokenizer(tokenizer_source)  # first: it fails fast, the weights take long to load
+    if clip_model is None or clip_source != weights:
+        from co2s.models.backbones.weights import load_backbone_weights
+        from co2s.models.families import Overrides
+
+        # The student's backbone.family/heads/act describe the CLIP its prototypes come from (its
+        # weights, text.model or --clip); only the text tower is used, so no normalisation is needed.
+        overrides = Overrides.of(student.backbone) if student is not None else None
+        clip_model = load_backbone_weights("clip", clip_source, overrides=overrides, text_only=True).model
+
     prototypes = text_prototypes(clip_model, loaded, concept_lists(data.classes, data.concepts), template,
                                  source=str(tokenizer_source))
     return ClipTextPrototypes(prototypes, str(clip_source), str(tokenizer_source), template)

@@ -168,6 +168,7 @@ MODEL_FORMAT = "co2s-model"
 MODEL_FORMAT_VERSION = 2
 MODEL_CONFIG = "co2s_model.json"
 MODEL_WEIGHTS = "model.safetensors"
+MODEL_NOTICE = "NOTICE.md"  # the pretrained weights' families, licences and required notices
 
 
 def portable_config(record: Any) -> Any:
@@ -210,7 +211,28 @@ def write_model_folder(directory: str | os.PathLike, models: dict, contract: Inf
         "training_config": portable_config(training_config) if training_config is not None else None,
     }
     write_text(directory / MODEL_CONFIG, json.dumps(record, indent=2) + "\n")
+    notice = weights_notice(contract)
+    if notice:
+        write_text(directory / MODEL_NOTICE, notice)
     return directory
+
+
+def weights_notice(contract: InferenceContract) -> str:
+    """What a shared model folder must say of the pretrained weights inside it (the DINOv3 licence
+    requires its notice on redistribution): family, licence, citation, notice per model; empty
+    when no model started from pretrained weights."""
+    lines = []
+    for name, architecture in contract.architectures.items():
+        record = (architecture.get("backbone") or {}).get("weights") or {}
+        if record.get("family"):
+            lines += [f"## {name}: {record['title']}", "", f"- licence: {record['licence']}",
+                      f"- cite: {record['citation']}"]
+            if record.get("notice"):
+                lines.append(f"- notice: {record['notice']}")
+            lines.append("")
+    if not lines:
+        return ""
+    return "# Pretrained weights in this model\n\nThe weights were fine-tuned from:\n\n" + "\n".join(lines)
 
 
 def _read_model_folder(path: Path) -> tuple[dict, dict[str, dict]]:

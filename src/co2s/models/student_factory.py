@@ -22,6 +22,7 @@ from co2s.models.backbones.base import Backbone
 from co2s.models.backbones.clip import ClipBackbone
 from co2s.models.backbones.cnn import CnnBackbone
 from co2s.models.backbones.dino import DinoV2Backbone, DinoV3Backbone
+from co2s.models.families import Overrides, Resolved, for_random_weights
 from co2s.models.guidance import LearnableQueries, TextGuidance, clip_text_prototypes, load_prototypes
 from co2s.models.heads import DeepLabV3PlusHead, LanguageGuidedHead
 from co2s.models.multispectral import band_normalisation, widen_patch_embedding
@@ -83,9 +84,14 @@ _CLASSES = {"clip": (CLIPConfig, CLIPModel), "dinov3": (DINOv3ViTConfig, DINOv3V
             "dinov2": (Dinov2Config, Dinov2Model)}
 
 
-def _random_model(kind: str, arch):
+def _random_model(kind: str, arch, act: str | None = None):
+    """``arch`` with random weights; ``act`` (``backbone.act``) replaces a CLIP's activation."""
     config_class, model_class = _CLASSES[kind]
-    return model_class(config_class(**_arch_config(kind, arch)))
+    values = _arch_config(kind, arch)
+    if act is not None:
+        for tower in ("vision_config", "text_config"):
+            values[tower] = {**values.get(tower, {}), "hidden_act": act}
+    return model_class(config_class(**values))
 
 
 def _model_from_saved_config(kind: str, saved: dict[str, Any]):
@@ -126,23 +132,29 @@ def _wrap_backbone(kind: str, model, layers, skips: str = "hidden", rope_rescale
 
 
 def build_backbone(cfg, saved_arch: dict[str, Any] | None = None
-                   ) -> tuple[Backbone, torch.nn.Module, dict[str, torch.Tensor] | None]:
-    """The wrapped backbone, the transformers model it came from, and the reference weights it
-    must hold (None for random initialisation). ``saved_arch`` (from a co2s checkpoint) rebuilds
+                   ) -> tuple[Backbone, torch.nn.Module, dict[str, torch.Tensor] | None, Resolved]:
+    """The wrapped backbone, the transformers model it came from, the reference weights it must
+    hold (None for random initialisation) and what its weight family decided (heads, activation,
+    normalisation: :mod:`co2s.models.families`). ``saved_arch`` (from a co2s checkpoint) rebuilds
     the architecture without reading the pretrained files: the checkpoint holds the weights.
     ViTs only (the CNN: :func:`build_cnn_backbone`)."""
     reference = None
+    overrides = Overrides.of(cfg)
     if saved_arch is not None:
-        model = _model_from_saved_config(cfg.kind, saved_arch)
+        model, family = _model_from_saved_config(cfg.kind, saved_arch), for_random_weights(cfg.kind, overrides)
     elif cfg.weights:
         from co2s.models.backbones.weights import load_backbone_weights
 
-        model, reference = load_backbone_weights(cfg.kind, cfg.weights)
+        model, reference, family = load_backbone_weights(cfg.kind, cfg.weights, overrides=overrides)
     else:
-        model = _random_model(cfg.kind, cfg.arch)
+        if overrides.heads is not None:
+            raise ConfigError("backbone.heads describes a weights file; for random weights set arch")
+        family = for_random_weights(cfg.kind, overrides)
+        model = _random_model(cfg.kind, cfg.arch, family.act)
     backbone = _wrap_backbone(cfg.kind, model, cfg.layers, cfg.skips, cfg.rope_rescale)
+    backbone.mean, backbone.std = family.mean, family.std
     backbone.set_tuning(cfg.tune, cfg.tune_last)
-    return backbone, model, reference
+    return backbone, model, reference, family
 
 
 def _text_guidance(student_cfg, clip_model, data, placeholder: bool = False) -> TextGuidance:
@@ -170,9 +182,11 @@ def _head(backbone: Backbone, kind: str, head: str, width: int, num_classes: int
                              fuse_scale=None if kind == "cnn" else 1)
 
 
-def _architecture(kind: str, backbone: Backbone, hf_model, guidance: str, head: str, head_width: int) -> dict:
+def _architecture(kind: str, backbone: Backbone, hf_model, guidance: str, head: str, head_width: int,
+                  family: Resolved | None) -> dict:
     """A student's architecture record (the inference contract's): everything
-    :func:`student_from_architecture` needs, nothing about training."""
+    :func:`student_from_architecture` needs, nothing about training; and where the backbone's
+    weights came from (their family, licence and normalisation) for model folders and summaries."""
     if kind == "cnn":
         record = {"kind": "cnn", "arch": dict(backbone.arch)}
     else:
@@ -180,6 +194,8 @@ def _architecture(kind: str, backbone: Backbone, hf_model, guidance: str, head: 
                   "layers": list(backbone.skip_layers if kind == "clip" else backbone.layers)}
         if kind == "clip":
             record["skips"] = backbone.skip_mode
+        if family is not None:
+            record["weights"] = family.record()
     return {"kind": "student", "backbone": record, "guidance": guidance, "head": head, "head_width": head_width}
 
 
@@ -193,9 +209,10 @@ def build_student(student_cfg, data, saved_arch: dict[str, Any] | None = None,
     """
     kind = student_cfg.backbone.kind
     if kind == "cnn":
-        backbone, hf_model, reference = build_cnn_backbone(student_cfg.backbone, saved_arch, in_channels), None, None
+        backbone, hf_model, reference, family = (build_cnn_backbone(student_cfg.backbone, saved_arch, in_channels),
+                                                 None, None, None)
     else:
-        backbone, hf_model, reference = build_backbone(student_cfg.backbone, saved_arch)
+        backbone, hf_model, reference, family = build_backbone(student_cfg.backbone, saved_arch)
     mean, std = band_normalisation(backbone.mean, backbone.std, data, in_channels)
     n = data.num_classes
     if student_cfg.guidance == "text":
@@ -217,7 +234,7 @@ def build_student(student_cfg, data, saved_arch: dict[str, Any] | None = None,
     if hf_model is not None:
         widen_patch_embedding(hf_model, kind, in_channels)  # after the check
     student.architecture = _architecture(kind, backbone, hf_model, student_cfg.guidance, student_cfg.head,
-                                         student_cfg.head_width)
+                                         student_cfg.head_width, family if saved_arch is None else None)
     return student
 
 

@@ -29,6 +29,7 @@ def model_summary(config, load_weights: bool = True, input_size: int | None = No
             features = student.extract(student.normalize(x))
             entries.append({
                 "name": cfg.name, "backbone": cfg.backbone.kind, "weights": cfg.backbone.weights if load_weights else None,
+                **backbone_facts(student),
                 "guidance": cfg.guidance, "head": cfg.head, "tune": cfg.backbone.tune, **counts,
                 "input_shape": list(x.shape),
                 "feature_shapes": [list(f.shape) for f in features],
@@ -46,12 +47,36 @@ def model_summary(config, load_weights: bool = True, input_size: int | None = No
     return {"students": entries}
 
 
+def backbone_facts(student) -> dict:
+    """What a student's backbone is: its weight family (None for random weights), architecture,
+    activation and the normalisation of its pretrained bands, as built."""
+    record = student.architecture["backbone"]
+    facts = {"family": (record.get("weights") or {}).get("family"),
+             "normalisation": {"mean": [round(v, 6) for v in student.mean.flatten().tolist()],
+                               "std": [round(v, 6) for v in student.std.flatten().tolist()]}}
+    if record["kind"] == "cnn":
+        return {**facts, "architecture": dict(record["arch"]), "act": "relu"}
+    arch = record["arch"].get("vision_config", record["arch"])
+    facts["architecture"] = {"width": arch["hidden_size"], "depth": arch["num_hidden_layers"],
+                             "heads": arch["num_attention_heads"], "patch": arch["patch_size"]}
+    facts["act"] = arch.get("hidden_act")
+    if record.get("weights"):
+        facts["weights_record"] = record["weights"]
+    return facts
+
+
 def format_summary(summary: dict) -> str:
     m = lambda n: f"{n / 1e6:8.2f} M"  # noqa: E731
     lines = []
     for s in summary["students"]:
         lines.append(f"{s['name']}: {s['backbone']} ({s['weights'] or 'random weights'}), guidance "
                      f"{s['guidance']}, head {s['head']}, tuning {s['tune']}")
+        if "architecture" in s:
+            a, norm = s["architecture"], s["normalisation"]
+            shape = (f"width {a['width']}, depth {a['depth']}, {a['heads']} heads, patch {a['patch']}"
+                     if "width" in a else "cnn")
+            lines.append(f"  family {s['family'] or 'none (random weights)'}: {shape}, {s['act']}, "
+                         f"mean {norm['mean']}, std {norm['std']}")
         lines.append(f"  backbone {m(s['backbone_total'])} total, {m(s['backbone_trainable'])} trainable")
         lines.append(f"  decoder  {m(s['decoder_total'])}   guidance {s['guidance_total']:,} values")
         lines.append(f"  input {s['input_shape']} -> features {s['feature_shapes']} -> logits {s['output_shape']}")

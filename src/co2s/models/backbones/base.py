@@ -7,10 +7,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 #: names of the attention projections, per backbone family, for attention-only tuning
 ATTENTION_NAMES = ("q_proj", "k_proj", "v_proj", "out_proj", "o_proj", "query", "key", "value",
@@ -30,7 +26,8 @@ class BackboneFeatures:
 
 class Backbone(nn.Module):
     """A student backbone: skip maps and the cost-volume map of an image, ``blocks()`` in order for
-    last-N tuning, and the RGB ``mean``/``std`` its inputs are normalised with."""
+    last-N tuning, and the RGB ``mean``/``std`` its inputs are normalised with (a ViT's come from
+    its weight family, set when it is built: :mod:`co2s.models.families`)."""
 
     feature_dim: int  # channels of ``last``
     skip_dims: tuple[int, ...]

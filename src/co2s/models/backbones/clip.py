@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from co2s.models.backbones.base import CLIP_MEAN, CLIP_STD, BackboneFeatures, ViTBackbone, to_map
+from co2s.models.backbones.base import BackboneFeatures, ViTBackbone, to_map
 
 SkipMode = Literal["hidden", "value"]
 
@@ -35,8 +35,6 @@ SkipMode = Literal["hidden", "value"]
 class ClipBackbone(ViTBackbone):
     """``skip_layers`` are hidden-state indices (see the module docstring; the paper's code uses
     0 and 4 with ``skip_mode="value"``)."""
-
-    mean, std = CLIP_MEAN, CLIP_STD
 
     def __init__(self, vision: CLIPVisionModel, projection: torch.nn.Linear,
                  skip_layers: tuple[int, ...] = (0, 4), skip_mode: SkipMode = "hidden") -> None:

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from co2s.models.backbones.base import IMAGENET_MEAN, IMAGENET_STD, Backbone, BackboneFeatures
+from co2s.models.backbones.base import Backbone, BackboneFeatures
+from co2s.models.families import IMAGENET_MEAN, IMAGENET_STD
 from co2s.models.heads.blocks import group_norm
 
 #: named architectures: ``stem`` channels, per-stage ``widths`` and ``depths`` (residual blocks)

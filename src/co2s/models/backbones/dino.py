@@ -11,14 +11,12 @@ from __future__ import annotations
 import torch
 from transformers import Dinov2Model, DINOv3ViTModel
 
-from co2s.models.backbones.base import IMAGENET_MEAN, IMAGENET_STD, BackboneFeatures, ViTBackbone, to_map
+from co2s.models.backbones.base import BackboneFeatures, ViTBackbone, to_map
 
 
 class _DinoFamily(ViTBackbone):
     """``layers``: hidden-state indices, ``k`` = output of block ``k`` (1-based); the last one
     feeds the cost volume, the others are skips (the paper: 3, 8, 12 for ViT-B/16)."""
-
-    mean, std = IMAGENET_MEAN, IMAGENET_STD
 
     def freeze_unused(self) -> None:
         # The mask token only serves masked-image modelling in pretraining: never used here, so it
@@ -46,6 +44,10 @@ class DinoV3Backbone(_DinoFamily):
         if not rope_rescale:
             # Used only in train mode; the attribute lives on the shared config object.
             config.pos_embed_rescale = None
+        periods = getattr(config, "rope_periods", None)
+        if periods:  # backbone.rope_periods: stored, the file's own periods as Meta's code uses them
+            with torch.no_grad():
+                model.rope_embeddings.inv_freq.copy_(1 / torch.tensor(periods, dtype=torch.float32))
 
     def blocks(self):
         return list(self.model.model.layer)

@@ -10,22 +10,26 @@
 * a single OpenAI CLIP file (``ViT-B-16.pt``), mapped by :func:`~.openai_clip.convert_openai_clip`.
 
 A single file is read by :func:`~.readers.read_state_dict`, converted, loaded into a freshly built
-transformers model and verified against the converted tensors.
+transformers model and verified against the converted tensors. What the tensors cannot tell (the
+weight family, hence heads, activation and input normalisation) is decided by
+:func:`co2s.models.families.resolve` from the file name or Hub id, the shape and the student's
+own settings, and returned with the model.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from torch import Tensor
 from transformers import CLIPModel, DINOv3ViTModel, PreTrainedModel
 
 from co2s.errors import CheckpointError
 from co2s.models.backbones.weights.dinov3_official import convert_dinov3_official
-from co2s.models.backbones.weights.hf_folders import HF_MODELS, cached_hub_snapshot, load_hf_directory
-from co2s.models.backbones.weights.openai_clip import convert_openai_clip
+from co2s.models.backbones.weights.hf_folders import HF_MODELS, cached_hub_snapshot, hf_config, load_hf_directory
+from co2s.models.backbones.weights.openai_clip import convert_openai_clip, openai_clip_shape
+from co2s.models.families import Overrides, Resolved, resolve
 from co2s.models.backbones.weights.readers import read_state_dict
 from co2s.models.backbones.weights.verify import check_keys_and_shapes, verify_weights
 
@@ -35,34 +39,67 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _FILE_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".pkl")
 
 
+class LoadedWeights(NamedTuple):
+    """A pretrained backbone: the transformers ``model`` (eval mode, float32), the ``reference``
+    tensors it must hold (:func:`verify_weights`) and what its family decided (``family``)."""
+
+    model: PreTrainedModel
+    reference: dict[str, Tensor]
+    family: Resolved
+
+
 def load_backbone_weights(
-    kind: Kind, source: str | Path, *, cache_dir: str | Path | None = None
-) -> tuple[PreTrainedModel, dict[str, Tensor]]:
-    """Load a ``kind`` backbone from ``source`` and return ``(model, reference)``.
+    kind: Kind, source: str | Path, *, overrides: Overrides | None = None, cache_dir: str | Path | None = None,
+    text_only: bool = False,
+) -> LoadedWeights:
+    """Load a ``kind`` backbone from ``source``.
 
     ``source`` is a ``save_pretrained`` directory, a Hub id present in the local cache
     (``cache_dir`` overrides the default Hub cache), or a single official file (DINOv3 ``.pth``,
-    OpenAI CLIP ``.pt``; also those tensors as ``.safetensors``). ``model`` is the transformers
-    model in eval mode with float32 weights (``CLIPModel`` for ``clip``: vision tower,
-    ``visual_projection``, text tower and ``text_projection``); ``reference`` maps each of its
-    state-dict keys to the tensor it must hold (see :func:`verify_weights`).
-    Raises :class:`CheckpointError` naming the file and the problem.
+    a CLIP ``.pt`` in OpenAI's names, an open_clip training checkpoint; also those tensors as
+    ``.safetensors``). ``overrides``: the student's ``backbone.family/heads/act/mean/std/
+    rope_periods``; ``text_only``: only a CLIP's text tower will be used (text prototypes), so
+    weights no family describes need no input normalisation. The model is a ``CLIPModel`` for
+    ``clip`` (vision tower, ``visual_projection``, text tower and ``text_projection``). Raises :class:`CheckpointError` or
+    :class:`~co2s.errors.ConfigError` naming the file and the problem.
     """
+    overrides = overrides or Overrides()
     if kind not in HF_MODELS:
         raise CheckpointError(f"unknown backbone kind {kind!r}; expected one of {sorted(HF_MODELS)}")
     path = Path(source).expanduser()
+    needs = () if text_only else ("mean", "std")
     if path.is_dir():
-        return load_hf_directory(kind, path, str(source))
+        return _load_directory(kind, path, str(source), overrides, needs)
     if path.is_file():
-        return _load_single_file(kind, path)
+        return _load_single_file(kind, path, overrides, needs)
     text = str(source)
     if (not path.exists() and _HUB_ID.match(text) and not text.startswith((".", "/", "~"))
             and path.suffix not in _FILE_SUFFIXES):
-        return load_hf_directory(kind, cached_hub_snapshot(text, cache_dir), text)
+        return _load_directory(kind, cached_hub_snapshot(text, cache_dir), text, overrides, needs)
     raise CheckpointError(f"{source}: no such file or directory")
 
 
-def _load_single_file(kind: str, path: Path) -> tuple[PreTrainedModel, dict[str, Tensor]]:
+def _load_directory(kind: str, directory: Path, label: str, overrides: Overrides,
+                    needs: tuple[str, ...]) -> LoadedWeights:
+    """A save_pretrained folder: its config.json says heads and activation; the family (matched on
+    the folder or Hub id) says the normalisation and checks them."""
+    hf_config(kind, directory, label)  # the folder is a save_pretrained one of this kind
+    try:  # the full config, defaults included (config.json may hold only what differs from them)
+        config = HF_MODELS[kind][0].config_class.from_pretrained(str(directory), local_files_only=True)
+    except Exception as exc:  # transformers raises many types
+        raise CheckpointError(f"{label}: unreadable config.json: {exc}") from None
+    vision = config.vision_config if kind == "clip" else config
+    shape = (vision.hidden_size, vision.num_hidden_layers, vision.patch_size)
+    heads, act = vision.num_attention_heads, vision.hidden_act
+    if overrides.heads is not None and overrides.vision_heads != heads:
+        raise CheckpointError(f"{label}: backbone.heads {overrides.heads}, but its config.json says {heads}")
+    where = f"{label} ({directory})" if label != str(directory) else label
+    family = resolve(kind, where, shape, overrides, needs, file_heads=heads, file_act=act)
+    model, reference = load_hf_directory(kind, directory, label, act=family.act if family.act != act else None)
+    return LoadedWeights(model, reference, family)
+
+
+def _load_single_file(kind: str, path: Path, overrides: Overrides, needs: tuple[str, ...]) -> LoadedWeights:
     if kind == "dinov2":
         raise CheckpointError(
             f"{path}: single-file DINOv2 checkpoints are not supported; give a save_pretrained "
@@ -72,9 +109,21 @@ def _load_single_file(kind: str, path: Path) -> tuple[PreTrainedModel, dict[str,
     try:
         if kind == "dinov3":
             config, converted = convert_dinov3_official(state)
+            shape = (config.hidden_size, config.num_hidden_layers, config.patch_size)
+            family = resolve(kind, str(path), shape, overrides, needs, file_heads=config.num_attention_heads)
+            if overrides.rope_periods == "stored":
+                # Meta's code uses the file's own (bf16-rounded) periods; kept in the config so a
+                # checkpoint of the student rebuilds them (co2s.models.backbones.dino).
+                config.rope_periods = [float(v) for v in state["rope_embed.periods"].float()]
             model_cls: type[PreTrainedModel] = DINOv3ViTModel
         else:
-            config, converted = convert_openai_clip(state)
+            shape = openai_clip_shape(state)
+            if not all(shape):  # not OpenAI's layout: the converter names what is missing
+                convert_openai_clip(state, 1, 1, "quick_gelu")
+            family = resolve(kind, str(path), shape, overrides, ("heads", "act", *needs))
+            vision_heads, text_heads = ((family.variant.heads, family.variant.text_heads)
+                                        if overrides.heads is None else (overrides.vision_heads, overrides.text_heads))
+            config, converted = convert_openai_clip(state, vision_heads, text_heads, family.act)
             model_cls = CLIPModel
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
@@ -85,4 +134,4 @@ def _load_single_file(kind: str, path: Path) -> tuple[PreTrainedModel, dict[str,
     check_keys_and_shapes(expected, reference, str(path))
     model.load_state_dict(reference, strict=True)
     verify_weights(model, reference, str(path))
-    return model, reference
+    return LoadedWeights(model, reference, family)

@@ -47,13 +47,15 @@ def cached_hub_snapshot(repo_id: str, cache_dir: str | Path | None) -> Path:
     return Path(found).parent
 
 
-def load_hf_directory(kind: str, directory: Path, label: str) -> tuple[PreTrainedModel, dict[str, Tensor]]:
+def hf_config(kind: str, directory: Path, label: str) -> dict:
+    """The ``config.json`` of a save_pretrained folder of a ``kind`` model, checked for its type."""
     model_cls, model_types = HF_MODELS[kind]
     config_file = directory / "config.json"
     if not config_file.is_file():
         raise CheckpointError(f"{label}: no config.json in {directory}; not a save_pretrained directory")
     try:
-        model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        model_type = config.get("model_type")
     except (ValueError, OSError, AttributeError) as exc:
         raise CheckpointError(f"{label}: config.json is unreadable or not a JSON object: {exc}") from None
     if model_type not in model_types:
@@ -61,10 +63,25 @@ def load_hf_directory(kind: str, directory: Path, label: str) -> tuple[PreTraine
             f"{label}: config.json has model_type {model_type!r}, but a {kind} backbone needs "
             f"{' or '.join(repr(t) for t in model_types)} ({model_cls.__name__})"
         )
+    return config
+
+
+def load_hf_directory(kind: str, directory: Path, label: str,
+                      act: str | None = None) -> tuple[PreTrainedModel, dict[str, Tensor]]:
+    """The model of a save_pretrained folder, checked tensor by tensor against its files;
+    ``act`` replaces the activation its config names (``backbone.act``)."""
+    model_cls, _ = HF_MODELS[kind]
+    hf_config(kind, directory, label)
     file_tensors = _read_hf_weight_files(directory, label)
+    extra = {}
+    if act is not None:
+        config = model_cls.config_class.from_pretrained(str(directory), local_files_only=True)
+        for sub in (config.vision_config, config.text_config) if kind == "clip" else (config,):
+            sub.hidden_act = act
+        extra["config"] = config
     try:
         model, info = model_cls.from_pretrained(
-            str(directory), local_files_only=True, output_loading_info=True, dtype=torch.float32
+            str(directory), local_files_only=True, output_loading_info=True, dtype=torch.float32, **extra
         )
     except Exception as exc:  # transformers raises many types; the user needs the message
         raise CheckpointError(f"{label}: transformers could not load {model_cls.__name__}: {exc}") from None

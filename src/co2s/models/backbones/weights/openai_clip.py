@@ -5,9 +5,12 @@ TorchScript archive by :func:`~.readers.read_torchscript_tensors`) and derives t
 shapes.
 
 Key-mapping sources: ``openai/CLIP`` ``clip/model.py`` (``VisionTransformer``, ``Transformer``,
-``ResidualAttentionBlock`` with ``nn.MultiheadAttention``, ``build_model``: heads = width / 64)
-and transformers' ``models/clip/convert_clip_original_pytorch_to_hf.py`` (``in_proj`` chunked
-into q, k, v; ``proj`` / ``text_projection`` transposed into the ``Linear`` projections).
+``ResidualAttentionBlock`` with ``nn.MultiheadAttention``) and transformers'
+``models/clip/convert_clip_original_pytorch_to_hf.py`` (``in_proj`` chunked into q, k, v; ``proj`` /
+``text_projection`` transposed into the ``Linear`` projections). open_clip, RemoteCLIP, GeoRSCLIP
+and SkyCLIP files use the same names, but the shapes cannot tell the attention heads (OpenAI:
+width / 64; open_clip: width / head_width) or the activation: the caller gives them, from
+:mod:`co2s.models.families` (:func:`openai_clip_shape` is what it matches there).
 """
 
 from __future__ import annotations
@@ -38,10 +41,22 @@ _CLIP_BLOCK = {  # OpenAI ResidualAttentionBlock suffix -> transformers CLIPEnco
 _CLIP_QKV = ("attn.in_proj_weight", "attn.in_proj_bias")
 
 
-def convert_openai_clip(state: dict[str, Tensor]) -> tuple[CLIPConfig, dict[str, Tensor]]:
-    """Map an OpenAI CLIP ViT state dict (``clip/model.py`` names, as in ``ViT-B-16.pt`` or
-    open_clip's OpenAI files) to ``transformers.CLIPModel`` names; the config is derived from the
-    shapes (heads = width / 64, quick_gelu, LayerNorm eps 1e-5, as OpenAI's ``build_model``).
+def openai_clip_shape(state: dict[str, Tensor]) -> tuple[int, int, int]:
+    """(width, depth, patch) of the vision tower of a state dict in OpenAI's names, what the weight
+    families are matched on; (0, 0, 0) when the keys are not there (the converter says why)."""
+    conv = state.get("visual.conv1.weight")
+    if conv is None or conv.dim() != 4:
+        return 0, 0, 0
+    blocks = {int(m.group(1)) for k in state if (m := re.match(r"visual\.transformer\.resblocks\.(\d+)\.", k))}
+    return int(conv.shape[0]), len(blocks), int(conv.shape[-1])
+
+
+def convert_openai_clip(state: dict[str, Tensor], vision_heads: int, text_heads: int,
+                        act: str) -> tuple[CLIPConfig, dict[str, Tensor]]:
+    """Map a CLIP ViT state dict in OpenAI's names (``clip/model.py``, as in ``ViT-B-16.pt`` and
+    the open_clip-based releases) to ``transformers.CLIPModel`` names; the sizes come from the
+    shapes, the heads and activation (``quick_gelu`` or ``gelu``) from the caller, LayerNorm eps
+    1e-5 as in both code bases.
 
     The text config uses ``eos_token_id = vocab_size - 1`` (``<|endoftext|>`` is the largest id), so
     transformers pools the text at the first end-of-text token, as OpenAI's ``argmax`` does for
@@ -98,9 +113,9 @@ def convert_openai_clip(state: dict[str, Tensor]) -> tuple[CLIPConfig, dict[str,
     context, vocab = state["positional_embedding"].shape[0], state["token_embedding.weight"].shape[0]
     v_blocks, t_blocks = layers["visual.transformer.resblocks."], layers["transformer.resblocks."]
     v_mlp, t_mlp = v_blocks[0]["mlp.c_fc.weight"].shape[0], t_blocks[0]["mlp.c_fc.weight"].shape[0]
-    if width % 64 or t_width % 64:
-        raise CheckpointError(
-            f"widths {width} (vision) and {t_width} (text) must be multiples of 64 (OpenAI: heads = width / 64)")
+    for tower, w, heads in (("vision", width, vision_heads), ("text", t_width, text_heads)):
+        if heads < 1 or w % heads:
+            raise CheckpointError(f"the {tower} tower's width {w} does not split into {heads} attention heads")
 
     def block_shapes(w: int, mlp: int) -> dict[str, tuple[int, ...]]:
         return {"attn.in_proj_weight": (3 * w, w), "attn.in_proj_bias": (3 * w,),
@@ -125,12 +140,12 @@ def convert_openai_clip(state: dict[str, Tensor]) -> tuple[CLIPConfig, dict[str,
 
     config = CLIPConfig(
         text_config=dict(vocab_size=vocab, hidden_size=t_width, intermediate_size=t_mlp,
-                         num_hidden_layers=len(t_blocks), num_attention_heads=t_width // 64,
-                         max_position_embeddings=context, hidden_act="quick_gelu", layer_norm_eps=1e-5,
+                         num_hidden_layers=len(t_blocks), num_attention_heads=text_heads,
+                         max_position_embeddings=context, hidden_act=act, layer_norm_eps=1e-5,
                          projection_dim=embed, bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=0),
         vision_config=dict(hidden_size=width, intermediate_size=v_mlp, num_hidden_layers=len(v_blocks),
-                           num_attention_heads=width // 64, image_size=grid * patch, patch_size=patch,
-                           num_channels=channels, hidden_act="quick_gelu", layer_norm_eps=1e-5,
+                           num_attention_heads=vision_heads, image_size=grid * patch, patch_size=patch,
+                           num_channels=channels, hidden_act=act, layer_norm_eps=1e-5,
                            projection_dim=embed),
         projection_dim=embed,
     )

@@ -85,6 +85,10 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
 def _as_flat_state_dict(state: Any, path: Path) -> dict[str, Tensor]:
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a state dict of tensors")
+    if isinstance(state.get("state_dict"), dict) and not isinstance(state["state_dict"], Tensor):
+        # An open_clip training checkpoint ({epoch, name, state_dict, optimizer[, scaler]}, as SkyCLIP
+        # releases them): the model's weights, saved from a DistributedDataParallel wrapper.
+        state = _without_prefix(state["state_dict"], "module.")
     bad = [str(k) for k, v in state.items() if not (isinstance(k, str) and isinstance(v, Tensor))]
     if bad:
         raise CheckpointError(
@@ -92,6 +96,13 @@ def _as_flat_state_dict(state: Any, path: Path) -> dict[str, Tensor]:
             "a training checkpoint must have its model weights extracted first)"
         )
     return dict(state)
+
+
+def _without_prefix(state: dict, prefix: str) -> dict:
+    """``state`` with ``prefix`` removed from its keys when every key has it (a DDP-wrapped save)."""
+    if state and all(isinstance(k, str) and k.startswith(prefix) for k in state):
+        return {k[len(prefix):]: v for k, v in state.items()}
+    return state
 
 
 def _is_torchscript(path: Path) -> bool:
