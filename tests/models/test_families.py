@@ -332,3 +332,17 @@ def test_sat493m_file_trains_predicts_and_exports_with_its_family(tiny_dataset, 
     assert main(["predict", "--checkpoint", str(folder), str(image), "--out", str(tmp_path / "pred"),
                  "--no-progress"]) == 0
     assert (tmp_path / "pred" / "t5.png").is_file()
+
+
+def test_sat_pair_preset_reads_the_satellite_dinov3_at_the_papers_relative_depths(tmp_path):
+    (tmp_path / "sat.yaml").write_text("preset: [whdld, models/co2s-vitb16-sat-vitl16]\n")
+    config = load_config(str(tmp_path / "sat.yaml"))
+    clip, sat = config.model.students
+    assert (clip.backbone.kind, clip.guidance, sat.backbone.kind, sat.guidance) == ("clip", "text", "dinov3", "queries")
+    assert "sat" in sat.name and sat.backbone.layers == [6, 16, 24]  # 3, 8, 12 of 12 -> of 24
+    resolved = resolve("dinov3", sat.backbone.weights, (1024, 24, 16), Overrides.of(sat.backbone))
+    assert (resolved.family.name, resolved.mean, resolved.std) == ("dinov3-sat493m", SAT493M_MEAN, SAT493M_STD)
+    built = build_student(sat.model_copy(update={"backbone": sat.backbone.model_copy(update={
+        "weights": None, "arch": {"base": "vit-l16", "num_hidden_layers": 24, "hidden_size": 64,
+                                  "intermediate_size": 64, "num_attention_heads": 1}})}), config.data)
+    assert built.mean.flatten().tolist() == pytest.approx(SAT493M_MEAN)  # random weights sized as SAT: its inputs

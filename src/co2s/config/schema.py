@@ -374,7 +374,7 @@ class BackboneConfig(_Strict):
     )
     arch: str | dict[str, Any] = Field(
         default="vit-b16",
-        description="architecture when weights is null: vit-b16, tiny, or config keys; cnn: tiny "
+        description="architecture when weights is null: vit-b16, tiny (dinov3: vit-l16), or config keys; cnn: tiny "
         "(its default), small, or {base, stem, widths, depths, strides}",
     )
     layers: list[int] | None = Field(

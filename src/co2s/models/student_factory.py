@@ -28,8 +28,9 @@ from co2s.models.heads import DeepLabV3PlusHead, LanguageGuidedHead
 from co2s.models.multispectral import band_normalisation, widen_patch_embedding
 from co2s.models.student import Student
 
-# Architectures buildable without weights: the paper's ViT-B/16s (for summaries and scale tests)
-# and tiny variants of the same code (a few layers, small width) for tests, the demo and CPU studies.
+# Architectures buildable without weights: the paper's ViT-B/16s and the SAT-493M ViT-L/16 (for
+# summaries and scale tests), and tiny variants of the same code (a few layers, small width) for tests,
+# the demo and CPU studies.
 _CLIP_TEXT_B = dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8,
                     max_position_embeddings=77, vocab_size=49408, hidden_act="quick_gelu")
 ARCHS: dict[str, dict[str, dict[str, Any]]] = {
@@ -49,6 +50,8 @@ ARCHS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "dinov3": {
         "vit-b16": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                        patch_size=16, num_register_tokens=4, layerscale_value=1.0, key_bias=False),
+        "vit-l16": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
                         patch_size=16, num_register_tokens=4, layerscale_value=1.0, key_bias=False),
         "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
                      patch_size=16, num_register_tokens=4, layerscale_value=1.0, key_bias=False),
