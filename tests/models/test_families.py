@@ -346,3 +346,21 @@ def test_sat_pair_preset_reads_the_satellite_dinov3_at_the_papers_relative_depth
         "weights": None, "arch": {"base": "vit-l16", "num_hidden_layers": 24, "hidden_size": 64,
                                   "intermediate_size": 64, "num_attention_heads": 1}})}), config.data)
     assert built.mean.flatten().tolist() == pytest.approx(SAT493M_MEAN)  # random weights sized as SAT: its inputs
+
+
+def test_weights_doc_lists_every_family_as_the_table_says():
+    """docs/weights.md's table rows: each family's name, every architecture (width / depth / heads /
+    patch), its activations, licence and citation, as in co2s.models.families."""
+    from pathlib import Path
+
+    from co2s.models.families import FAMILIES
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "weights.md").read_text()
+    rows = {line.split("|")[1].strip(" `"): line for line in doc.splitlines() if line.startswith("| `") and "backbone.family" not in line}
+    assert set(rows) == {f.name for f in FAMILIES}
+    for family in FAMILIES:
+        row = rows[family.name]
+        for v in family.variants:
+            assert f"{v.name}: {v.width} / {v.depth} / {v.heads} / {v.patch}" in row, (family.name, v.name)
+            assert v.act in row
+        assert family.licence in row and family.citation in row

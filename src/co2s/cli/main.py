@@ -278,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("model-summary", help="parameters (total/trainable) and shapes of each student")
+    p = sub.add_parser("model-summary", help="weight family, architecture, normalisation, parameters and "
+                       "shapes of each student")
     _add_config_args(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--random-weights", action="store_true",
