@@ -364,3 +364,15 @@ def test_weights_doc_lists_every_family_as_the_table_says():
             assert f"{v.name}: {v.width} / {v.depth} / {v.heads} / {v.patch}" in row, (family.name, v.name)
             assert v.act in row
         assert family.licence in row and family.citation in row
+
+
+def test_layers_beyond_the_weights_depth_are_one_config_error(tmp_path):
+    """The depth is known once the weights are read (ViT-L: 24); a layer list for another depth is
+    a config error naming the weights, not a traceback."""
+    torch.save(export_dinov3_official(tiny_dinov3(depth=3)), tmp_path / "d.pth")
+    student = {"name": "dino", "guidance": "queries", "backbone": {
+        "kind": "dinov3", "weights": str(tmp_path / "d.pth"), "layers": [3, 8, 12],
+        "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}}
+    cfg = load_config("demo", ["train.method=supervised", "model.name=students", f"model.students=[{student!r}]"])
+    with pytest.raises(ConfigError, match=r"d\.pth\): layers \(3, 8, 12\) must be increasing block numbers in 1\.\.3"):
+        build_student(cfg.model.students[0], cfg.data)

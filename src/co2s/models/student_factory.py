@@ -154,7 +154,10 @@ def build_backbone(cfg, saved_arch: dict[str, Any] | None = None
             raise ConfigError("backbone.heads describes a weights file; for random weights set arch")
         family = for_random_weights(cfg.kind, overrides)
         model = _random_model(cfg.kind, cfg.arch, family.act)
-    backbone = _wrap_backbone(cfg.kind, model, cfg.layers, cfg.skips, cfg.rope_rescale)
+    try:  # layers are checked against the depth, known only now
+        backbone = _wrap_backbone(cfg.kind, model, cfg.layers, cfg.skips, cfg.rope_rescale)
+    except ValueError as exc:
+        raise ConfigError(f"backbone.layers of the {cfg.kind} student ({cfg.weights or cfg.arch}): {exc}") from None
     backbone.mean, backbone.std = family.mean, family.std
     backbone.set_tuning(cfg.tune, cfg.tune_last)
     return backbone, model, reference, family
