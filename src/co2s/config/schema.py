@@ -415,6 +415,10 @@ class BackboneConfig(_Strict):
         default=None, description="clip: attention heads of weights no family describes (both towers, or "
         "[vision, text]); the family's otherwise"
     )
+    checkpointing: bool = Field(
+        default=False, description="ViTs: activation checkpointing; each block's activations are recomputed in "
+        "the backward pass instead of kept (less memory, about a third more compute; docs/memory.md)"
+    )
     rope_periods: Literal["exact", "stored"] = Field(
         default="exact", description="DINOv3 .pth: exact RoPE periods from the base (transformers), or the "
         "file's own bf16-rounded ones (stored; Meta's code)"
@@ -445,6 +449,8 @@ class BackboneConfig(_Strict):
         for key, kinds in (("act", ("clip",)), ("heads", ("clip",)), ("family", ("clip", "dinov3", "dinov2"))):
             if getattr(self, key) is not None and self.kind not in kinds:
                 raise ValueError(f"{key}: for {' or '.join(kinds)} backbones, not {self.kind}")
+        if self.checkpointing and self.kind == "cnn":
+            raise ValueError("checkpointing: for ViT backbones (clip, dinov3, dinov2), not cnn")
         if self.rope_periods == "stored" and self.kind != "dinov3":
             raise ValueError(f"rope_periods: stored is for dinov3 backbones, not {self.kind}")
         if self.kind == "cnn":

@@ -159,6 +159,7 @@ def build_backbone(cfg, saved_arch: dict[str, Any] | None = None
     except ValueError as exc:
         raise ConfigError(f"backbone.layers of the {cfg.kind} student ({cfg.weights or cfg.arch}): {exc}") from None
     backbone.mean, backbone.std = family.mean, family.std
+    backbone.checkpointing = cfg.checkpointing
     backbone.set_tuning(cfg.tune, cfg.tune_last)
     return backbone, model, reference, family
 

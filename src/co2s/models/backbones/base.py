@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 #: names of the attention projections, per backbone family, for attention-only tuning
@@ -69,6 +70,15 @@ class ViTBackbone(Backbone):
     """A pretrained ViT exposing patch maps of chosen blocks (see subclasses)."""
 
     patch_size: int
+    checkpointing: bool = False  # backbone.checkpointing
+
+    def run_block(self, block: nn.Module, *args, **kwargs):
+        """``block(*args, **kwargs)``; with activation checkpointing, in a training forward that
+        builds a graph, the block's activations are recomputed in the backward pass instead of kept
+        (memory per block falls to its input; the forward runs twice)."""
+        if self.checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(block, *args, use_reentrant=False, **kwargs)
+        return block(*args, **kwargs)
 
 
 def to_map(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:

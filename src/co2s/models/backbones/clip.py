@@ -84,7 +84,7 @@ class ClipBackbone(ViTBackbone):
                 skips[index] = hidden if self.skip_mode == "hidden" else self.value_path(layer, hidden)
             if index == self.depth - 1:
                 break
-            hidden = layer(hidden, None)
+            hidden = self.run_block(layer, hidden, None)
         dense = self.vision.post_layernorm(self.dense_last_block(hidden))
         dense = F.normalize(self.projection(dense[:, 1:]), dim=-1)
         return BackboneFeatures(

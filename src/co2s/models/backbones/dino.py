@@ -59,7 +59,7 @@ class DinoV3Backbone(_DinoFamily):
         rope = self.model.rope_embeddings(x)
         maps = []
         for index, layer in enumerate(self.model.model.layer[: self.layers[-1]], start=1):
-            hidden = layer(hidden, position_embeddings=rope)
+            hidden = self.run_block(layer, hidden, position_embeddings=rope)
             if index in self.layers:
                 maps.append(to_map(self.model.norm(hidden)[:, self.prefix :], h, w))
         return BackboneFeatures(skips=maps[:-1], last=maps[-1])
@@ -84,7 +84,7 @@ class DinoV2Backbone(_DinoFamily):
         hidden = self.model.embeddings(x)  # interpolates its position embeddings to any size
         maps = []
         for index, layer in enumerate(self.model.encoder.layer[: self.layers[-1]], start=1):
-            hidden = layer(hidden)
+            hidden = self.run_block(layer, hidden)
             hidden = hidden[0] if isinstance(hidden, tuple) else hidden
             if index in self.layers:
                 maps.append(to_map(self.model.layernorm(hidden)[:, 1:], h, w))
