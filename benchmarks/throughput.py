@@ -135,8 +135,13 @@ def benchmark_config(args, method: str, precision: str, steps_total: int):
         f"train.crop_size={args.crop}", f"train.batch_size={args.batch}",
         f"train.iters={steps_total}", "train.num_workers=0", f"engine.accelerator={args.device}",
         "engine.devices=1", f"engine.precision={precision}",
+        # every timed step a full step of the method: no supervised burn-in, lambda at its value
+        "train.semi.burn_in=0", "train.semi.stability_ramp=0",
     ])
     students = [without_weights(s).model_dump(mode="json") for s in config.model.students]
+    if getattr(args, "checkpointing", False):
+        for student in students:
+            student["backbone"]["checkpointing"] = True
     return config.override({"train.method": method,
                             "model.students": students if method == "co2s" else students[:1]})
 
@@ -170,17 +175,19 @@ def run_cell(args, method_name: str, precision: str) -> dict:
     for module in method.modules.values():
         module.train()
 
-    step, logs, schedule = 0, {}, Schedule.for_run(config, total)
+    step, step_logs, schedule = 0, [], Schedule.for_run(config, total)
 
     def one_step() -> float:
         nonlocal step
         if on_gpu:
             torch.cuda.synchronize()
+        logs = {}
         start = time.perf_counter()
         train_step(fabric, method, batches, step, schedule, logs)
         if on_gpu:
             torch.cuda.synchronize()
         step += 1
+        step_logs.append(logs)
         return time.perf_counter() - start
 
     for _ in range(args.warmup):
@@ -188,11 +195,12 @@ def run_cell(args, method_name: str, precision: str) -> dict:
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
     times = [one_step() for _ in range(args.steps)]
-    peak_gpu_mib = torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None
-    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     with counting_flops() as counter:
         one_step()
     flops = counter.get_total_flops()
+    # the peaks cover the timed steps and the step whose FLOPs were counted
+    peak_gpu_mib = torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None
+    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
     seconds = statistics.median(times)
     device_name = torch.cuda.get_device_name() if on_gpu else None
@@ -208,6 +216,8 @@ def run_cell(args, method_name: str, precision: str) -> dict:
         "peak_tflops": peak, "percent_of_peak": 100 * flops / seconds / 1e12 / peak if peak else None,
         "trainable_m": sum(p.numel() for m in method.modules.values() for p in m.parameters()
                            if p.requires_grad) / 1e6,
+        "checkpointing": bool(getattr(args, "checkpointing", False)),
+        "step_logs": step_logs[args.warmup:],  # the timed steps', then the counted step's loss terms
     }
 
 
@@ -264,6 +274,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2, help="labelled and unlabelled images per step each")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing of the ViT blocks")
     parser.add_argument("--out", type=Path, help="JSON results (default benchmarks/results/"
                         "throughput_<config>_<device>.json)")
     parser.add_argument("--cell", help=argparse.SUPPRESS)  # internal: method,precision
@@ -287,7 +298,8 @@ def main() -> None:
             for precision in args.precision:
                 cmd = [sys.executable, __file__, "--cell", f"{method},{precision}", "--data-root", tmp,
                        "--config", args.config, "--device", args.device, "--crop", str(args.crop),
-                       "--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+                       "--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup),
+                       *(["--checkpointing"] if args.checkpointing else [])]
                 out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
                 if out.returncode != 0:
                     print(f"{method} {precision}: failed\n{out.stderr[-3000:]}", file=sys.stderr)
@@ -299,14 +311,16 @@ def main() -> None:
     print(markdown_table(results))
     report = {
         "benchmark": "throughput", "config": args.config, "device": args.device, "crop": args.crop,
-        "batch": args.batch, "steps": args.steps, "warmup": args.warmup, "hardware": hardware(args.device),
+        "batch": args.batch, "steps": args.steps, "warmup": args.warmup, "checkpointing": args.checkpointing,
+        "hardware": hardware(args.device),
         "note": "One optimiser step of the engine's train_step on random-weight students; data loading "
                 "excluded (batches prefetched on the device). Images per step: labelled = batch, "
                 "unlabelled = batch for unimatch/co2s (each also forwards a CutMix-source batch of the "
                 "same size without gradient; that is not counted as images but is in the FLOPs). "
+                "Every step is a full step of its method (burn-in 0, lambda at its value from step 0). "
                 "FLOPs: torch.utils.flop_counter over one step (forward + backward + no-grad "
                 "pseudo-label forwards). Peak memory: torch.cuda.max_memory_allocated over the timed "
-                "steps on GPU, else the cell process's peak RSS. % of peak: achieved FLOP/s over "
+                "steps and the counted one on GPU, else the cell process's peak RSS. % of peak: achieved FLOP/s over "
                 "NVIDIA datasheet dense peaks (bf16 tensor core; fp32 without TF32), null for unknown "
                 "devices and CPU.",
         "results": results,
