@@ -12,7 +12,8 @@ on a known GPU, the fraction of the device's peak that this reaches.
 
 Configurations: ``tiny`` is the random-weight tiny pair of ``models/co2s-tiny`` (crop 128);
 ``paper`` is the architecture pair of ``models/co2s-vitb16`` (CLIP + DINOv3 ViT-B/16, attention-only
-tuning) built with random weights, since timing does not depend on their values (crop 512).
+tuning) built with random weights, since timing does not depend on their values (crop 512); ``sat``
+that of ``models/co2s-vitb16-sat-vitl16`` (the DINOv3 student a SAT-493M ViT-L/16).
 Supervised and UniMatch train the first student alone; Co2S trains both.
 
 Every (method, precision) cell runs in its own process so that peak resident memory is that cell's
@@ -49,12 +50,14 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 from co2s.config.loader import load_config  # noqa: E402
 from co2s.demo.synthetic import write_demo_dataset  # noqa: E402
 from co2s.data.module import data_module  # noqa: E402
+from co2s.engine.memory import LiveTensorBytes  # noqa: E402
 from co2s.engine.trainer import make_fabric, train_step, training_batches  # noqa: E402
 from co2s.methods import Schedule, build_method  # noqa: E402
 from co2s.models.summary import without_weights  # noqa: E402
 
 CONFIGS = {"tiny": {"models": "models/co2s-tiny", "crop": 128},
-           "paper": {"models": "models/co2s-vitb16", "crop": 512}}
+           "paper": {"models": "models/co2s-vitb16", "crop": 512},
+           "sat": {"models": "models/co2s-vitb16-sat-vitl16", "crop": 512}}
 METHODS = ["supervised", "unimatch", "co2s"]
 PRECISIONS = ["32-true", "bf16-mixed"]
 BATCH_POOL = 2  # distinct batches cycled through the steps
@@ -137,6 +140,7 @@ def benchmark_config(args, method: str, precision: str, steps_total: int):
         "engine.devices=1", f"engine.precision={precision}",
         # every timed step a full step of the method: no supervised burn-in, lambda at its value
         "train.semi.burn_in=0", "train.semi.stability_ramp=0",
+        "data.label_check=warn",  # a few synthetic tiles need not hold every class
     ])
     students = [without_weights(s).model_dump(mode="json") for s in config.model.students]
     if getattr(args, "checkpointing", False):
@@ -161,11 +165,19 @@ def device_batches(config, fabric, unlabelled_batch: int) -> list[dict]:
 
 
 def run_cell(args, method_name: str, precision: str) -> dict:
-    total = args.warmup + args.steps + 1  # the last step is the FLOP count
+    count_flops = getattr(args, "count_flops", True)
+    total = args.warmup + args.steps + count_flops  # the last step is the FLOP count
     config = benchmark_config(args, method_name, precision, total)
     fabric = make_fabric(config)
     fabric.launch()
     fabric.seed_everything(config.train.seed, verbose=False)
+    # live tensors counted from before the model exists (weights, optimiser states, batches, activations)
+    tensors = LiveTensorBytes() if getattr(args, "track_memory", False) else contextlib.nullcontext()
+    with tensors:
+        return _run_steps(args, config, fabric, method_name, precision, total, count_flops, tensors)
+
+
+def _run_steps(args, config, fabric, method_name, precision, total, count_flops, tensors) -> dict:
     method = build_method(config)
     method.setup(fabric)
     t = config.train
@@ -195,9 +207,11 @@ def run_cell(args, method_name: str, precision: str) -> dict:
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
     times = [one_step() for _ in range(args.steps)]
-    with counting_flops() as counter:
-        one_step()
-    flops = counter.get_total_flops()
+    flops = None
+    if count_flops:
+        with counting_flops() as counter:
+            one_step()
+        flops = counter.get_total_flops()
     # the peaks cover the timed steps and the step whose FLOPs were counted
     peak_gpu_mib = torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
@@ -212,8 +226,11 @@ def run_cell(args, method_name: str, precision: str) -> dict:
         "labelled_images_per_s": t.batch_size / seconds,
         "total_images_per_s": (t.batch_size + unlabelled) / seconds,
         "peak_gpu_mib": peak_gpu_mib, "peak_rss_mib": peak_rss_mib,
-        "gflops_per_step": flops / 1e9, "achieved_tflops": flops / seconds / 1e12,
-        "peak_tflops": peak, "percent_of_peak": 100 * flops / seconds / 1e12 / peak if peak else None,
+        "peak_tensor_mib": {d: b / 2**20 for d, b in tensors.peak.items()} if isinstance(tensors, LiveTensorBytes)
+        else None,
+        "gflops_per_step": flops / 1e9 if flops else None,
+        "achieved_tflops": flops / seconds / 1e12 if flops else None,
+        "peak_tflops": peak, "percent_of_peak": 100 * flops / seconds / 1e12 / peak if peak and flops else None,
         "trainable_m": sum(p.numel() for m in method.modules.values() for p in m.parameters()
                            if p.requires_grad) / 1e6,
         "checkpointing": bool(getattr(args, "checkpointing", False)),
@@ -259,7 +276,7 @@ def markdown_table(results: list[dict]) -> str:
             continue
         memory = r["peak_gpu_mib"] if r["peak_gpu_mib"] is not None else r["peak_rss_mib"]
         lines.append(f"| {r['method']} | {r['precision']} | {r['step_s']:.3f} | {r['labelled_images_per_s']:.2f} "
-                     f"| {r['total_images_per_s']:.2f} | {memory:.0f} | {r['gflops_per_step']:.1f} "
+                     f"| {r['total_images_per_s']:.2f} | {memory:.0f} | {number(r['gflops_per_step'], '.1f')} "
                      f"| {number(r['percent_of_peak'], '.1f')} |")
     return "\n".join(lines)
 
@@ -275,6 +292,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing of the ViT blocks")
+    parser.add_argument("--track-memory", action="store_true",
+                        help="also count the peak bytes of live tensors per device (co2s.engine.memory)")
+    parser.add_argument("--no-flops", dest="count_flops", action="store_false", help="skip the FLOP-counted step")
     parser.add_argument("--out", type=Path, help="JSON results (default benchmarks/results/"
                         "throughput_<config>_<device>.json)")
     parser.add_argument("--cell", help=argparse.SUPPRESS)  # internal: method,precision
@@ -299,7 +319,9 @@ def main() -> None:
                 cmd = [sys.executable, __file__, "--cell", f"{method},{precision}", "--data-root", tmp,
                        "--config", args.config, "--device", args.device, "--crop", str(args.crop),
                        "--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup),
-                       *(["--checkpointing"] if args.checkpointing else [])]
+                       *(["--checkpointing"] if args.checkpointing else []),
+                       *(["--track-memory"] if args.track_memory else []),
+                       *([] if args.count_flops else ["--no-flops"])]
                 out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
                 if out.returncode != 0:
                     print(f"{method} {precision}: failed\n{out.stderr[-3000:]}", file=sys.stderr)
