@@ -37,23 +37,20 @@ def pseudo_labels(logits: Tensor) -> tuple[Tensor, Tensor]:
 def masked_cross_entropy(logits: Tensor, labels: Tensor, confidence: Tensor, valid: Tensor, tau: float) -> Tensor:
     """UniMatch unsupervised loss: CE on confident valid pixels, divided by the number of valid pixels."""
     valid = valid.bool()
-    n_valid = valid.sum()
-    if n_valid == 0:
-        return logits.sum() * 0
     # Invalid pixels may hold 255 (or anything); CE would fail on an out-of-range index.
     safe_labels = torch.where(valid, labels, torch.zeros_like(labels))
     ce = F.cross_entropy(logits, safe_labels, reduction="none")
     keep = ((confidence >= tau) & valid).to(ce.dtype)
     # Dividing by the valid count (not the confident count) is what UniMatch does: the loss
-    # shrinks when few pixels pass the threshold instead of being re-inflated.
-    return (ce * keep).sum() / n_valid
+    # shrinks when few pixels pass the threshold instead of being re-inflated. No valid pixel: 0
+    # (this and the losses below branch on no tensor value: no host sync inside a training step).
+    return (ce * keep).sum() / valid.sum().clamp(min=1)
 
 
 def supervised_cross_entropy(logits: Tensor, labels: Tensor, ignore_index: int = 255) -> Tensor:
-    """Mean CE over non-ignored pixels; ``logits.sum() * 0`` when every pixel is ignored."""
-    if not bool((labels != ignore_index).any()):
-        return logits.sum() * 0
-    return F.cross_entropy(logits, labels, ignore_index=ignore_index)
+    """Mean CE over non-ignored pixels; 0 (with a zero gradient) when every pixel is ignored."""
+    total = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="sum")
+    return total / (labels != ignore_index).sum().clamp(min=1)
 
 
 def arbitration_masks(
@@ -83,16 +80,11 @@ def stability_loss(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor,
     code, where this term contributes no gradient at all.
     """
     mask = mask.bool()
-    n = mask.sum()
-    if n == 0:
-        if detach_student:
-            return torch.zeros((), device=student_logits.device, dtype=torch.float32)
-        return student_logits.sum() * 0
     student = student_logits.detach() if detach_student else student_logits
     p_s = student.float().softmax(dim=1)
     p_t = teacher_logits.detach().float().softmax(dim=1)
     per_pixel = (p_s - p_t).pow(2).mean(dim=1)
-    return (per_pixel * mask.to(per_pixel.dtype)).sum() / n
+    return (per_pixel * mask.to(per_pixel.dtype)).sum() / mask.sum().clamp(min=1)
 
 
 def stability_weight(step: int, total_steps: int, max_weight: float, ramp_fraction: float) -> float:
