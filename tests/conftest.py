@@ -89,6 +89,23 @@ def tiny_overrides(kind: str, heads: int | None = None) -> Overrides:
     return Overrides(heads=keys.get("heads"), act=keys.get("act"), mean=tuple(keys["mean"]), std=tuple(keys["std"]))
 
 
+@pytest.fixture(autouse=True)
+def no_real_hub(monkeypatch, tmp_path):
+    """No test reaches huggingface.co or reads the user's token: the Hub endpoint is a closed local
+    port (connection refused at once) unless a test serves its own (tests/hub_server.py)."""
+    from huggingface_hub import constants
+
+    from tests.hub_server import closed_port_url
+
+    url = closed_port_url()
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    monkeypatch.setattr(constants, "ENDPOINT", url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-hub-token"))
+
+
 @pytest.fixture
 def one_torch_thread():
     """torch on one thread for the test, restored after: the test machine's two cores are shared,

@@ -438,17 +438,31 @@ def test_hf_directory_clip(tmp_path):
     assert {"visual_projection.weight", "text_projection.weight", "logit_scale"} <= set(reference)
 
 
-def test_hub_id_resolved_from_local_cache_only(tmp_path):
+def test_hub_id_resolved_from_local_cache_only(tmp_path, monkeypatch):
+    """A cache written by hand (no file list cached): with the Hub unreachable (a closed local
+    port, never the internet) what is on disk serves; the absent repository is a clear error.
+    Downloads: tests/models/test_hub_download.py."""
+    from huggingface_hub import constants
+
+    from tests.hub_server import closed_port_url
+
+    url = closed_port_url()
+    monkeypatch.setattr(constants, "ENDPOINT", url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     source = tiny_dinov2()
     snapshot = tmp_path / "hub" / "models--co2s-test--tiny-dinov2" / "snapshots" / "0123abcd"
     source.save_pretrained(snapshot)
     (snapshot.parents[1] / "refs").mkdir()
     (snapshot.parents[1] / "refs" / "main").write_text("0123abcd")
-    model, *_ = load_backbone_weights("dinov2", "co2s-test/tiny-dinov2", cache_dir=tmp_path / "hub", overrides=tiny_overrides("dinov2"))
+    model, _, family = load_backbone_weights("dinov2", "co2s-test/tiny-dinov2", cache_dir=tmp_path / "hub", overrides=tiny_overrides("dinov2"))
+    assert family.origin == {"hub": "co2s-test/tiny-dinov2", "revision": "0123abcd"}
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(model(x).last_hidden_state, source(x).last_hidden_state)
-    with pytest.raises(CheckpointError, match="co2s-test/absent.*not found in .*hub.*nothing is downloaded"):
+    with pytest.raises(CheckpointError, match=r"co2s-test/absent: it is not in the Hugging Face cache \(.*hub\), and "
+                                              r"nothing is downloaded: the Hub .* cannot be reached.*`hf download "
+                                              r"co2s-test/absent`"):
         load_backbone_weights("dinov2", "co2s-test/absent", cache_dir=tmp_path / "hub", overrides=tiny_overrides("dinov2"))
 
 

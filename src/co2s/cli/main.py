@@ -293,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip", help="CLIP weights (default: the config's first CLIP student: text.model, "
                    "else backbone.weights)")
     p.add_argument("--tokenizer", help="folder with vocab.json + merges.txt, OpenAI's bpe_simple_vocab_16e6.txt.gz "
-                   "(or its folder), or a cached Hub id (default: the student's text.tokenizer, else the CLIP source)")
+                   "(or its folder), or a Hub id (default: the student's text.tokenizer, else the CLIP source)")
     p.add_argument("--template", help="prompt template (default: the student's text.template, 'a photo of a {}')")
     p.set_defaults(func=cmd_embed_text)
 

@@ -369,8 +369,8 @@ class BackboneConfig(_Strict):
     )
     weights: str | None = Field(
         default=None,
-        description="Hub id (local cache), save_pretrained folder, official DINOv3 .pth or OpenAI "
-        "CLIP .pt; null builds the architecture `arch` with random weights (cnn: always null)",
+        description="Hub id (owner/name[@revision]; downloaded on first use, docs/weights.md), "
+        "save_pretrained folder, official DINOv3 .pth, OpenAI-format CLIP .pt; null builds the architecture `arch` with random weights (cnn: always null)",
     )
     arch: str | dict[str, Any] = Field(
         default="vit-b16",
@@ -477,7 +477,7 @@ class TextConfig(_Strict):
     tokenizer: str | None = Field(
         default=None,
         description="folder with vocab.json + merges.txt (or tokenizer.json), OpenAI's "
-        "bpe_simple_vocab_16e6.txt.gz or a folder holding it, or a cached Hub id; null = the text "
+        "bpe_simple_vocab_16e6.txt.gz or a folder holding it, or a Hub id; null = the text "
         "model's source; must fit the text tower (same vocabulary size and end-of-text token)",
     )
     template: str = Field(default="a photo of a {}", description="prompt per concept; {} is the concept")

@@ -218,13 +218,14 @@ class Resolved:
     mean: tuple[float, ...] | None  # None only where the caller needs no normalisation (text only)
     std: tuple[float, ...] | None
     sources: dict = field(default_factory=dict)  # where each value came from, for the summary
+    origin: dict = field(default_factory=dict)  # a Hub id's {"hub": repo id, "revision": commit sha}
 
     def record(self) -> dict:
         out = self.family.record() if self.family else {"family": None}  # random or user-described
         if self.variant:
             out["variant"] = self.variant.name
         return {**out, "act": self.act, "mean": list(self.mean or ()), "std": list(self.std or ()),
-                "from": dict(self.sources)}
+                "from": dict(self.sources), **({"origin": dict(self.origin)} if self.origin else {})}
 
 
 def _describe(shape: tuple[int, int, int]) -> str:

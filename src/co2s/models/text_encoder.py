@@ -1,4 +1,5 @@
-"""The CLIP tokenizer, loaded offline, and the checks that its token ids fit a CLIP text tower.
+"""The CLIP tokenizer, from local files or a Hub id, and the checks that its token ids fit a CLIP
+text tower.
 
 Accepted tokenizer sources (:func:`load_tokenizer`):
 
@@ -12,8 +13,10 @@ Accepted tokenizer sources (:func:`load_tokenizer`):
   joined merges, then ``<|startoftext|>`` and ``<|endoftext|>`` (49408 tokens for the real file).
   :func:`tokenizer_from_openai_bpe` builds exactly that vocabulary and merge list in memory and
   gives them to ``transformers.CLIPTokenizer``, the same construction as the Hub's files;
-* a Hugging Face Hub id whose tokenizer files are already in the local cache (nothing is
-  downloaded).
+* a Hugging Face Hub id (``owner/name[@revision]``): its tokenizer files only (``vocab.json``,
+  ``merges.txt``, ``tokenizer.json``, ``tokenizer_config.json``, ``special_tokens_map.json``,
+  those it has) are downloaded into the Hugging Face cache on first use, and found there after,
+  offline too (:func:`co2s.models.backbones.weights.hub.hub_snapshot`).
 
 A source without a vocabulary is refused: transformers would otherwise build a tokenizer of two
 special tokens that encodes every prompt to the same ids. :func:`encode_prompts` then checks the
@@ -26,7 +29,6 @@ the start and end tokens, as OpenAI's ``clip.tokenize(..., truncate=True)`` does
 from __future__ import annotations
 
 import gzip
-import re
 import warnings
 import zlib
 from pathlib import Path
@@ -40,12 +42,12 @@ OPENAI_BPE_NAME = "bpe_simple_vocab_16e6.txt.gz"
 OPENAI_BPE_MERGES = 49152 - 256 - 2
 START_OF_TEXT, END_OF_TEXT = "<|startoftext|>", "<|endoftext|>"
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _HF_FILES = (("vocab.json", "merges.txt"), ("tokenizer.json",))
 
 
 def load_tokenizer(source: str | Path, cache_dir: str | Path | None = None):
-    """A ``transformers.CLIPTokenizer`` from ``source`` (see the module docstring), offline.
+    """A ``transformers.CLIPTokenizer`` from ``source`` (see the module docstring); a Hub id's files
+    are downloaded on first use into the Hugging Face cache (``cache_dir`` overrides it).
 
     Raises :class:`CheckpointError` naming ``source`` when it holds no CLIP vocabulary.
     """
@@ -56,7 +58,7 @@ def load_tokenizer(source: str | Path, cache_dir: str | Path | None = None):
             return tokenizer_from_openai_bpe(path)
         raise CheckpointError(
             f"{label}: not a tokenizer vocabulary (a CLIP weight file holds none): give OpenAI's "
-            f"{OPENAI_BPE_NAME}, a folder with vocab.json and merges.txt, or a cached Hub id "
+            f"{OPENAI_BPE_NAME}, a folder with vocab.json and merges.txt, or a Hub id "
             "(text.tokenizer, or --tokenizer)")
     if path.is_dir():
         if any(all((path / f).is_file() for f in files) for files in _HF_FILES):
@@ -67,8 +69,10 @@ def load_tokenizer(source: str | Path, cache_dir: str | Path | None = None):
             f"{label}: the folder holds no CLIP tokenizer vocabulary (vocab.json and merges.txt, "
             f"tokenizer.json, or OpenAI's {OPENAI_BPE_NAME}); give the tokenizer's folder or file "
             "as text.tokenizer (or --tokenizer)")
-    if _HUB_ID.match(label) and not label.startswith((".", "/", "~")):
-        return _from_pretrained(_cached_tokenizer_folder(label, cache_dir), label)
+    from co2s.models.backbones.weights.hub import parse_hub_source
+
+    if parse_hub_source(label) is not None and not label.startswith((".", "/", "~")):
+        return _from_pretrained(_hub_tokenizer_folder(label, cache_dir), label)
     raise CheckpointError(f"{label}: tokenizer source not found (no such file or directory)")
 
 
@@ -86,20 +90,12 @@ def _from_pretrained(folder: Path, label: str):
         raise CheckpointError(f"{label}: cannot load a CLIP tokenizer from {folder}: {exc}") from None
 
 
-def _cached_tokenizer_folder(repo_id: str, cache_dir: str | Path | None) -> Path:
-    """The Hub-cache snapshot folder of ``repo_id`` holding its tokenizer files (no download)."""
-    from huggingface_hub import try_to_load_from_cache
+def _hub_tokenizer_folder(source: str, cache_dir: str | Path | None) -> Path:
+    """The Hub-cache folder of ``source``'s tokenizer files, downloaded there first if they are not
+    (only those files: no weights)."""
+    from co2s.models.backbones.weights.hub import hub_snapshot
 
-    cache = None if cache_dir is None else str(cache_dir)
-    for files in _HF_FILES:
-        found = [try_to_load_from_cache(repo_id, f, cache_dir=cache) for f in files]
-        if all(isinstance(f, str) for f in found):
-            return Path(found[0]).parent
-    where = cache_dir if cache_dir is not None else "the Hugging Face cache (HF_HOME / HF_HUB_CACHE)"
-    raise CheckpointError(
-        f"{repo_id}: no such local file or folder, and as a Hub id its tokenizer files (vocab.json "
-        f"and merges.txt, or tokenizer.json) are not in {where}; nothing is downloaded: fetch them "
-        f"beforehand or give a local tokenizer folder or OpenAI's {OPENAI_BPE_NAME}")
+    return hub_snapshot(source, cache_dir, "tokenizer").path
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
-"""Load pretrained ViT weights into ``transformers`` modules, offline, and prove they arrived intact.
+"""Load pretrained ViT weights into ``transformers`` modules and prove they arrived intact.
 
 One entry point, :func:`load_backbone_weights` (:mod:`.dispatch`), decides by what ``source`` is:
-a directory written by ``save_pretrained`` or a Hub id already in the local cache
-(:mod:`.hf_folders`), a single DINOv3 file as Meta distributes it (:mod:`.dinov3_official`), or a
+a directory written by ``save_pretrained`` or a Hub id (downloaded on first use into the Hub
+cache, :mod:`.hub`; then :mod:`.hf_folders`), a single DINOv3 file as Meta distributes it (:mod:`.dinov3_official`), or a
 single OpenAI CLIP file (:mod:`.openai_clip`). No file is read in a way that could execute code
 from it (:mod:`.readers`).
 

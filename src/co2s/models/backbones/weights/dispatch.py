@@ -1,9 +1,11 @@
 """The one entry point, :func:`load_backbone_weights`: which loader a ``source`` goes to.
 
 * a directory written by ``save_pretrained`` (``config.json`` + ``model.safetensors``, sharded or
-  not, or ``pytorch_model.bin``), or a Hugging Face Hub id that is already in the local cache
-  (looked up with ``huggingface_hub.try_to_load_from_cache``: no network access, no download):
-  :mod:`.hf_folders`;
+  not, or ``pytorch_model.bin``): :mod:`.hf_folders`;
+* a Hugging Face Hub id, ``owner/name`` or ``owner/name@revision``: downloaded into the Hugging
+  Face cache on first use, found there after (offline too) by :func:`~.hub.hub_snapshot`, then
+  loaded as a save_pretrained folder; the family records the repository and commit
+  (``origin``);
 * a single DINOv3 file as Meta distributes it (``dinov3_vitb16_pretrain_lvd1689m-73cec8be.pth``):
   a ``torch.save``\\ d state dict of the ``dinov3`` repository's ``DinoVisionTransformer``, mapped key
   by key by :func:`~.dinov3_official.convert_dinov3_official`;
@@ -18,7 +20,7 @@ own settings, and returned with the model.
 
 from __future__ import annotations
 
-import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -27,7 +29,8 @@ from transformers import CLIPModel, DINOv3ViTModel, PreTrainedModel
 
 from co2s.errors import CheckpointError
 from co2s.models.backbones.weights.dinov3_official import convert_dinov3_official
-from co2s.models.backbones.weights.hf_folders import HF_MODELS, cached_hub_snapshot, hf_config, load_hf_directory
+from co2s.models.backbones.weights.hf_folders import HF_MODELS, hf_config, load_hf_directory
+from co2s.models.backbones.weights.hub import hub_snapshot, parse_hub_source
 from co2s.models.backbones.weights.openai_clip import convert_openai_clip, openai_clip_shape
 from co2s.models.families import Overrides, Resolved, resolve
 from co2s.models.backbones.weights.readers import read_state_dict
@@ -35,7 +38,6 @@ from co2s.models.backbones.weights.verify import check_keys_and_shapes, verify_w
 
 Kind = Literal["clip", "dinov3", "dinov2"]
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _FILE_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".pkl")
 
 
@@ -54,9 +56,10 @@ def load_backbone_weights(
 ) -> LoadedWeights:
     """Load a ``kind`` backbone from ``source``.
 
-    ``source`` is a ``save_pretrained`` directory, a Hub id present in the local cache
-    (``cache_dir`` overrides the default Hub cache), or a single official file (DINOv3 ``.pth``,
-    a CLIP ``.pt`` in OpenAI's names, an open_clip training checkpoint; also those tensors as
+    ``source`` is a ``save_pretrained`` directory, a Hub id (``owner/name[@revision]``, downloaded
+    on first use into the Hugging Face cache; ``cache_dir`` overrides the default one; the
+    family's ``origin`` records the commit), or a single official file (DINOv3 ``.pth``, a CLIP
+    ``.pt`` in OpenAI's names, an open_clip training checkpoint; also those tensors as
     ``.safetensors``). ``overrides``: the student's ``backbone.family/heads/act/mean/std/
     rope_periods``; ``text_only``: only a CLIP's text tower will be used (text prototypes), so
     weights no family describes need no input normalisation. The model is a ``CLIPModel`` for
@@ -73,9 +76,13 @@ def load_backbone_weights(
     if path.is_file():
         return _load_single_file(kind, path, overrides, needs)
     text = str(source)
-    if (not path.exists() and _HUB_ID.match(text) and not text.startswith((".", "/", "~"))
-            and path.suffix not in _FILE_SUFFIXES):
-        return _load_directory(kind, cached_hub_snapshot(text, cache_dir), text, overrides, needs)
+    hub = parse_hub_source(text)
+    if (not path.exists() and hub is not None and not text.startswith((".", "/", "~"))
+            and Path(hub[0]).suffix not in _FILE_SUFFIXES):
+        snapshot = hub_snapshot(text, cache_dir, "model")
+        loaded = _load_directory(kind, snapshot.path, text, overrides, needs)
+        origin = {"hub": snapshot.repo_id, "revision": snapshot.revision}
+        return loaded._replace(family=replace(loaded.family, origin=origin))
     raise CheckpointError(f"{source}: no such file or directory")
 
 
@@ -103,7 +110,7 @@ def _load_single_file(kind: str, path: Path, overrides: Overrides, needs: tuple[
     if kind == "dinov2":
         raise CheckpointError(
             f"{path}: single-file DINOv2 checkpoints are not supported; give a save_pretrained "
-            "directory or a cached Hub id (e.g. facebook/dinov2-base)"
+            "directory or a Hub id (e.g. facebook/dinov2-base)"
         )
     state = read_state_dict(path)
     try:

@@ -1,10 +1,11 @@
-"""``save_pretrained`` directories and Hub ids already in the local cache.
+"""``save_pretrained`` directories: a local folder, or the cache folder of a Hub id.
 
 A directory written by ``save_pretrained`` (``config.json`` + ``model.safetensors``, sharded or
 not, or ``pytorch_model.bin``) is loaded by ``transformers.CLIPModel`` / ``DINOv3ViTModel`` /
 ``Dinov2Model`` with ``local_files_only=True``; the model type in ``config.json`` must match the
-requested kind (:data:`HF_MODELS`). A Hugging Face Hub id is looked up in the local cache with
-``huggingface_hub.try_to_load_from_cache``: no network access, no download.
+requested kind (:data:`HF_MODELS`). A Hugging Face Hub id reaches this module as the cache folder
+:func:`~.hub.hub_snapshot` downloaded it to (or found it in): transformers itself never goes to
+the network here.
 
 The reference of a saved directory is itself checked against the file: the loaded module, written
 back in the file's layout with transformers' own reverse renaming (what ``save_pretrained`` does),
@@ -31,20 +32,6 @@ HF_MODELS: dict[str, tuple[type[PreTrainedModel], tuple[str, ...]]] = {
     "dinov3": (DINOv3ViTModel, ("dinov3_vit",)),
     "dinov2": (Dinov2Model, ("dinov2",)),
 }
-
-
-def cached_hub_snapshot(repo_id: str, cache_dir: str | Path | None) -> Path:
-    from huggingface_hub import try_to_load_from_cache
-
-    found = try_to_load_from_cache(repo_id, "config.json", cache_dir=None if cache_dir is None else str(cache_dir))
-    if not isinstance(found, str):
-        where = cache_dir if cache_dir is not None else "the Hugging Face cache (HF_HOME / HF_HUB_CACHE)"
-        raise CheckpointError(
-            f"{repo_id}: no such local file or directory, and as a Hub id not found in {where}; "
-            f"nothing is downloaded: fetch it beforehand (e.g. `hf download {repo_id}`) or give a "
-            "local directory or file"
-        )
-    return Path(found).parent
 
 
 def hf_config(kind: str, directory: Path, label: str) -> dict:
