@@ -2,19 +2,19 @@
 batch, precision and activation checkpointing (a benchmark, not a test).
 
     python benchmarks/memory.py                                    # paper + SAT pairs, batches 1 2 4
-    python benchmarks/memory.py --configs paper --measure 1 2 4    # measure batch 4 too
-    python benchmarks/memory.py --device cuda                      # on a GPU: max_memory_allocated
+    python benchmarks/memory.py --configs sat --measure 1          # measure only batch 1 of the SAT pair
+    python benchmarks/memory.py --device cuda --no-estimate        # on a GPU: max_memory_allocated
 
 A training cell is the real step of ``benchmarks/throughput.py`` (``train_step``: Co2S's
 ``training_loss``, backward, AdamW step; full steps, no burn-in), run twice in its own process so
 that the second step holds the optimiser states; batch b means b labelled and b unlabelled images
-(each unlabelled image also brings a CutMix-source image). On CPU the peak is the bytes of live
-tensors (:class:`co2s.engine.memory.LiveTensorBytes`), which is what
-``torch.cuda.max_memory_allocated`` counts on a GPU; on CUDA it is that counter itself. Batches not
-in ``--measure`` are estimated linearly in the batch from batches 1 and 2
-(:func:`co2s.engine.memory.linear_in_batch`). A prediction cell is one forward of the fused pair
-on ``--tile``-pixel tiles without gradients. Results: ``benchmarks/results/memory_<device>.json``
-and a markdown table (docs/memory.md).
+(each unlabelled image also brings a CutMix-source image). Every cell is estimated by running that
+step on fake tensors (:func:`co2s.engine.memory.fake_tensors`: seconds, no memory), and the
+batches in ``--measure`` are also measured: on CPU the peak bytes of live tensors
+(:class:`co2s.engine.memory.LiveTensorBytes`, what ``torch.cuda.max_memory_allocated`` counts on a
+GPU), on CUDA that counter itself. The report gives the largest difference between the two. A
+prediction cell is one forward of the fused pair on ``--tile``-pixel tiles without gradients.
+Results: ``benchmarks/results/memory_<device>.json`` (resumable: cells already there are kept) and a markdown table (docs/memory.md).
 """
 
 from __future__ import annotations
@@ -33,25 +33,31 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import torch  # noqa: E402
 
-from co2s.engine.memory import LiveTensorBytes, linear_in_batch  # noqa: E402
+from co2s.engine.memory import LiveTensorBytes  # noqa: E402
 
 CARDS_GIB = (16, 24, 40, 80)
+MEASURED, ESTIMATED = "measured", "estimated"
 
 
-def training_cell(args, config: str, precision: str, batch: int, checkpointing: bool, data_root: str) -> dict:
-    """One measured training cell, in its own process (throughput.py's cell, two full steps)."""
+def training_cell(args, config: str, precision: str, batch: int, checkpointing: bool, data_root: str,
+                  estimate: bool) -> dict:
+    """One training cell in its own process (throughput.py's cell, two full steps): measured, or
+    estimated on fake tensors."""
+    memory = ["--estimate-memory"] if estimate else ["--track-memory"] if args.device == "cpu" else []
     cmd = [sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--cell", f"co2s,{precision}",
-           "--data-root", data_root, "--config", config, "--device", args.device, "--crop", str(args.crop),
-           "--batch", str(batch), "--steps", "1", "--warmup", "1", "--no-flops",
-           *(["--track-memory"] if args.device == "cpu" else []), *(["--checkpointing"] if checkpointing else [])]
+           "--data-root", data_root, "--config", config, "--device", "cpu" if estimate else args.device,
+           "--crop", str(args.crop), "--batch", str(batch), "--steps", "1", "--warmup", "1", "--no-flops",
+           *memory, *(["--checkpointing"] if checkpointing else [])]
     start = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if out.returncode != 0:
         raise SystemExit(f"{config} {precision} batch {batch}: failed\n{out.stderr[-3000:]}")
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    peak_mib = (result["peak_gpu_mib"] if args.device == "cuda" else result["peak_tensor_mib"]["cpu"])
-    return {"peak_mib": peak_mib, "step_s": result["step_s"], "cell_s": time.perf_counter() - start,
-            "peak_rss_mib": result["peak_rss_mib"]}
+    peak_mib = result["peak_gpu_mib"] if args.device == "cuda" and not estimate else result["peak_tensor_mib"]["cpu"]
+    cell = {"peak_mib": peak_mib, "cell_s": time.perf_counter() - start}
+    if not estimate:
+        cell.update(step_s=result["step_s"], peak_rss_mib=result["peak_rss_mib"])
+    return cell
 
 
 def inference_cell(args, config_name: str, precision: str, tiles: int) -> dict:
@@ -102,19 +108,35 @@ def fits(mib: float) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| pair | precision | checkpointing | batch | training step peak | how | fits |",
-             "|---|---|---|---:|---:|---|---|"]
+    """One line per cell: the measured peak where there is one, the fake-tensor estimate, and the
+    smallest card the peak (measured, else estimated) fits on."""
+    cells: dict[tuple, dict] = {}
     for r in rows:
-        lines.append(f"| {r['config']} | {r['precision']} | {'on' if r['checkpointing'] else 'off'} | {r['batch']} "
-                     f"| {r['peak_mib'] / 1024:.1f} GiB | {r['how']} | {fits(r['peak_mib'])} |")
+        cells.setdefault((r["config"], r["precision"], r["checkpointing"], r["batch"]), {})[r["how"]] = r["peak_mib"]
+    lines = ["| pair | precision | checkpointing | batch | measured | estimated | fits |",
+             "|---|---|---|---:|---:|---:|---|"]
+    for (config, precision, ckpt, batch), peaks in sorted(cells.items()):
+        shown = {how: f"{peaks[how] / 1024:.1f} GiB" if how in peaks else "-" for how in (MEASURED, ESTIMATED)}
+        lines.append(f"| {config} | {precision} | {'on' if ckpt else 'off'} | {batch} | {shown[MEASURED]} "
+                     f"| {shown[ESTIMATED]} | {fits(peaks.get(MEASURED, peaks.get(ESTIMATED)))} |")
     return "\n".join(lines)
+
+
+def estimate_error(rows: list[dict]) -> float | None:
+    """The largest relative difference between estimate and measurement over the cells with both."""
+    cells: dict[tuple, dict] = {}
+    for r in rows:
+        cells.setdefault((r["config"], r["precision"], r["checkpointing"], r["batch"]), {})[r["how"]] = r["peak_mib"]
+    errors = [abs(c[ESTIMATED] - c[MEASURED]) / c[MEASURED] for c in cells.values() if len(c) == 2]
+    return max(errors) if errors else None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", default=["paper", "sat"], choices=["tiny", "paper", "sat"])
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 2, 4])
-    parser.add_argument("--measure", nargs="+", type=int, default=[1, 2], help="batches measured; others estimated")
+    parser.add_argument("--measure", nargs="*", type=int, default=[1, 2], help="batches also measured (real tensors)")
+    parser.add_argument("--no-estimate", action="store_true", help="measured cells only (no fake-tensor estimates)")
     parser.add_argument("--precision", nargs="+", default=["32-true", "bf16-mixed"])
     parser.add_argument("--checkpointing", nargs="+", default=["off", "on"], choices=["off", "on"])
     parser.add_argument("--crop", type=int, default=512)
@@ -127,13 +149,12 @@ def main() -> None:
         name, precision, tiles = args.infer_cell.split(",")
         print(json.dumps(inference_cell(args, name, precision, int(tiles))))
         return
-    if not {1, 2} <= set(args.measure):
-        parser.error("--measure needs batches 1 and 2 (the estimate is linear in the batch from them)")
 
     import throughput
 
     out_path = args.out or REPO / "benchmarks" / "results" / f"memory_{args.device}.json"
     report = json.loads(out_path.read_text()) if out_path.exists() else {"training": [], "inference": []}
+    report["training"] = [r for r in report["training"] if r["how"] in (MEASURED, ESTIMATED)]
     done = {(r["config"], r["precision"], r["checkpointing"], r["batch"], r["how"]) for r in report["training"]}
 
     def save() -> None:  # after every cell: a long run resumes from what it has
@@ -147,32 +168,22 @@ def main() -> None:
 
     for name in args.configs:
         data_root = tempfile.mkdtemp(prefix="co2s-memory-")
-        throughput.write_benchmark_data(Path(data_root), name, args.crop, max(args.measure))
+        throughput.write_benchmark_data(Path(data_root), name, args.crop, max(args.batches))
         for precision in args.precision:
             for ckpt in (c == "on" for c in args.checkpointing):
-                measured = {}
-                for row in report["training"]:
-                    if (row["config"], row["precision"], row["checkpointing"], row["how"]) == \
-                            (name, precision, ckpt, f"measured ({args.device})"):
-                        measured[row["batch"]] = row["peak_mib"]
-                for batch in sorted(set(args.measure)):
-                    if batch in measured:
-                        continue
-                    cell = training_cell(args, name, precision, batch, ckpt, data_root)
-                    measured[batch] = cell["peak_mib"]
-                    report["training"].append({"config": name, "precision": precision, "checkpointing": ckpt,
-                                               "batch": batch, "how": f"measured ({args.device})", **cell})
-                    print(f"{name} {precision} ckpt={ckpt} batch {batch}: {cell['peak_mib']:.0f} MiB "
-                          f"({cell['cell_s']:.0f} s)", file=sys.stderr)
-                    save()
                 for batch in args.batches:
-                    key = (name, precision, ckpt, batch, "estimated")
-                    if batch in measured or key in done:
-                        continue
-                    report["training"].append({"config": name, "precision": precision, "checkpointing": ckpt,
-                                               "batch": batch, "how": "estimated",
-                                               "peak_mib": linear_in_batch(measured[1], measured[2], batch)})
-                    save()
+                    for how, estimate in ((MEASURED, False), (ESTIMATED, True)):
+                        if (estimate and args.no_estimate) or (not estimate and batch not in args.measure):
+                            continue
+                        if (name, precision, ckpt, batch, how) in done:
+                            continue
+                        cell = training_cell(args, name, precision, batch, ckpt, data_root, estimate)
+                        report["training"].append({"config": name, "precision": precision, "checkpointing": ckpt,
+                                                   "batch": batch, "how": how, **cell})
+                        done.add((name, precision, ckpt, batch, how))
+                        print(f"{name} {precision} ckpt={ckpt} batch {batch} {how}: {cell['peak_mib']:.0f} MiB "
+                              f"({cell['cell_s']:.0f} s)", file=sys.stderr)
+                        save()
         for precision in args.precision:
             if any((r["config"], r["precision"]) == (name, precision) for r in report["inference"]):
                 continue
@@ -186,8 +197,10 @@ def main() -> None:
                                         **cell})
             save()
 
-    rows = sorted(report["training"], key=lambda r: (r["config"], r["precision"], r["checkpointing"], r["batch"]))
-    print(markdown(rows))
+    print(markdown(report["training"]))
+    error = estimate_error(report["training"])
+    if error is not None:
+        print(f"largest difference between estimate and measurement: {100 * error:.2f} %")
     for r in report["inference"]:
         print(f"prediction {r['config']} {r['precision']}: {r['peak_mib']:.0f} MiB per {r['tile']} px tile")
     print(f"wrote {out_path}", file=sys.stderr)

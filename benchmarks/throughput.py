@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -50,7 +51,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 from co2s.config.loader import load_config  # noqa: E402
 from co2s.demo.synthetic import write_demo_dataset  # noqa: E402
 from co2s.data.module import data_module  # noqa: E402
-from co2s.engine.memory import LiveTensorBytes  # noqa: E402
+from co2s.engine.memory import LiveTensorBytes, fake_tensors  # noqa: E402
 from co2s.engine.trainer import make_fabric, train_step, training_batches  # noqa: E402
 from co2s.methods import Schedule, build_method  # noqa: E402
 from co2s.models.summary import without_weights  # noqa: E402
@@ -171,18 +172,29 @@ def run_cell(args, method_name: str, precision: str) -> dict:
     fabric = make_fabric(config)
     fabric.launch()
     fabric.seed_everything(config.train.seed, verbose=False)
+    estimate = getattr(args, "estimate_memory", False)
+    if estimate:  # fake parameters cannot be moved by Module.to; they are made on the CPU already
+        fabric.setup = functools.partial(fabric.setup, move_to_device=False)
     # live tensors counted from before the model exists (weights, optimiser states, batches, activations)
-    tensors = LiveTensorBytes() if getattr(args, "track_memory", False) else contextlib.nullcontext()
-    with tensors:
-        return _run_steps(args, config, fabric, method_name, precision, total, count_flops, tensors)
+    tracking = getattr(args, "track_memory", False) or estimate
+    tensors = LiveTensorBytes() if tracking else contextlib.nullcontext()
+    # real batches (the data pipeline draws random crops and boxes: it needs values), counted as live
+    t = config.train
+    unlabelled = (t.semi.unlabelled_batch_size or t.batch_size) if config.uses_unlabelled else 0
+    pool = device_batches(config, fabric, unlabelled)
+    with fake_tensors() if estimate else contextlib.nullcontext(), tensors:
+        if tracking:
+            tensors.add(*(v for batch in pool for v in batch.values() if isinstance(v, torch.Tensor)))
+        result = _run_steps(args, config, fabric, method_name, precision, total, count_flops, tensors, pool)
+    return {**result, "memory": "estimated (fake tensors)" if estimate else "measured" if tracking else None}
 
 
-def _run_steps(args, config, fabric, method_name, precision, total, count_flops, tensors) -> dict:
+def _run_steps(args, config, fabric, method_name, precision, total, count_flops, tensors, pool) -> dict:
     method = build_method(config)
     method.setup(fabric)
     t = config.train
     unlabelled = (t.semi.unlabelled_batch_size or t.batch_size) if method.uses_unlabelled else 0
-    batches = itertools.cycle(device_batches(config, fabric, unlabelled))
+    batches = itertools.cycle(pool)
     on_gpu = fabric.device.type == "cuda"
     for module in method.modules.values():
         module.train()
@@ -295,6 +307,8 @@ def main() -> None:
     parser.add_argument("--track-memory", action="store_true",
                         help="also count the peak bytes of live tensors per device (co2s.engine.memory)")
     parser.add_argument("--no-flops", dest="count_flops", action="store_false", help="skip the FLOP-counted step")
+    parser.add_argument("--estimate-memory", action="store_true",
+                        help="run the steps on fake tensors: peak memory estimated in seconds, no timing")
     parser.add_argument("--out", type=Path, help="JSON results (default benchmarks/results/"
                         "throughput_<config>_<device>.json)")
     parser.add_argument("--cell", help=argparse.SUPPRESS)  # internal: method,precision
@@ -321,6 +335,7 @@ def main() -> None:
                        "--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup),
                        *(["--checkpointing"] if args.checkpointing else []),
                        *(["--track-memory"] if args.track_memory else []),
+                       *(["--estimate-memory"] if args.estimate_memory else []),
                        *([] if args.count_flops else ["--no-flops"])]
                 out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
                 if out.returncode != 0:

@@ -8,14 +8,17 @@ the optimiser and the batches are built. The count is what ``torch.cuda.max_memo
 reports on a GPU, less the caching allocator's rounding (blocks of 512 bytes) and the workspaces of
 CUDA libraries; the CUDA context and allocator fragmentation come on top (docs/memory.md).
 
-:func:`linear_in_batch` extrapolates a peak to larger batches from two measured batch sizes: every
-activation scales with the batch (attention is per image), the weights, gradients and optimiser
-states do not.
+Under :func:`fake_tensors` the same code runs on fake tensors: every shape, dtype and storage
+size as in the real run, no data and no arithmetic, so the peak of a step too large or too slow
+for this machine is estimated in seconds. The step reads tensor values only for its logs and its
+finite-loss check (the losses branch on no value), which get stand-ins there (:class:`_NoValues`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import weakref
+from collections.abc import Iterator
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -65,11 +68,34 @@ class LiveTensorBytes(TorchDispatchMode):
                 self._count(value)
         return out
 
+    def add(self, *tensors: torch.Tensor) -> None:
+        """Count tensors made before the mode was entered (e.g. batches already on the device)."""
+        for tensor in tensors:
+            self._count(tensor)
+
     def reset_peak(self) -> None:
         """Start a new peak from what is live now (e.g. after building the model)."""
         self.peak = dict(self.live)
 
 
-def linear_in_batch(at_1: float, at_2: float, batch: int) -> float:
-    """A peak at ``batch`` from the peaks measured at batch 1 and 2."""
-    return at_1 + (batch - 1) * (at_2 - at_1)
+class _NoValues(TorchDispatchMode):
+    """Values read from fake tensors (``.item()``, ``float()``, ``bool()``, ``.tolist()``): 1, 1.0
+    or False. No element is found (``any()``: a rejection-sampling init ends; the finite-loss check,
+    which asks whether any value is not finite, passes); counts and steps are 1 (the optimiser's
+    bias correction divides by a function of its step)."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            dtype = args[0].dtype
+            return False if dtype == torch.bool else 1.0 if dtype.is_floating_point else 1
+        return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def fake_tensors() -> Iterator[None]:
+    """Tensors made inside are fake (torch's FakeTensorMode): real shapes, dtypes and storage
+    sizes, no memory and no compute. Modules must be built inside (their parameters fake too)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode(allow_non_fake_inputs=True), _NoValues():
+        yield

@@ -298,7 +298,7 @@ def _check_finite_loss(fabric, loss: torch.Tensor, logs: dict, batch: dict, step
     Every rank takes part in the check (one all-reduce), so all stop together instead of hanging in
     the gradient all-reduce of the rank that failed.
     """
-    finite = bool(torch.isfinite(loss.detach()).all())
+    finite = not bool((~torch.isfinite(loss.detach())).any())
     if fabric.world_size > 1:
         flag = torch.tensor(0.0 if finite else 1.0, device=fabric.device)
         finite = float(fabric.all_reduce(flag, reduce_op="sum")) == 0.0

@@ -94,15 +94,21 @@ def supervised_terms(model, batch: dict, tau: float, ignore_index: int) -> Stude
 def pseudo_label_logs(labels, conf, valid, gt, tau, ignore_index) -> dict[str, float]:
     """Confident-pixel ratio and, where the unlabelled images have masks on disk, pseudo-label
     accuracy (a diagnostic: the masks never reach a loss)."""
-    n_valid = valid.sum().clamp(min=1)
-    logs = {"confident_ratio": float(((conf >= tau) & valid).sum() / n_valid)}
+    valid = valid.bool()
+    confident = valid & (conf >= tau)
+    counts = [valid.sum(), confident.sum()]
     if gt is not None:
-        known = valid & (gt != ignore_index)
-        if known.any():
-            logs["pseudo_label_acc"] = float((labels[known] == gt[known]).float().mean())
-            confident = known & (conf >= tau)
-            if confident.any():
-                logs["pseudo_label_acc_confident"] = float((labels[confident] == gt[confident]).float().mean())
+        known, right = valid & (gt != ignore_index), labels == gt
+        counts += [known.sum(), (known & right).sum(), (known & confident).sum(), (known & confident & right).sum()]
+    # one read of the device per step, after the losses are queued
+    n_valid, n_confident, *known_counts = torch.stack(counts).tolist()
+    logs = {"confident_ratio": n_confident / max(n_valid, 1)}
+    if known_counts:
+        n_known, n_right, n_known_confident, n_confident_right = known_counts
+        if n_known:
+            logs["pseudo_label_acc"] = n_right / n_known
+        if n_known_confident:
+            logs["pseudo_label_acc_confident"] = n_confident_right / n_known_confident
     return logs
 
 
