@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -131,6 +132,26 @@ def estimate_error(rows: list[dict]) -> float | None:
     return max(errors) if errors else None
 
 
+def prediction_table(rows: list[dict]) -> str:
+    lines = ["| pair | precision | tiles | peak |", "|---|---|---:|---:|"]
+    for r in sorted(rows, key=lambda r: (r["config"], r["precision"], r["tiles"])):
+        lines.append(f"| {r['config']} | {r['precision']} | {r['tiles']} x {r['tile']} px | {r['peak_mib'] / 1024:.2f} GiB |")
+    return "\n".join(lines)
+
+
+def write_doc(path: Path, report: dict) -> None:
+    """Refresh the generated tables of docs/memory.md from the results."""
+    text = path.read_text()
+    for name, table in (("TABLE", markdown(report["training"])), ("PREDICTION", prediction_table(report["inference"]))):
+        begin, end = f"<!-- BEGIN GENERATED {name} (python benchmarks/memory.py) -->", f"<!-- END GENERATED {name} -->"
+        head, rest = text.split(begin)
+        text = f"{head}{begin}\n{table}\n{end}{rest.split(end)[1]}"
+    error = estimate_error(report["training"])
+    text = re.sub(r"agree within [^;]*;", f"agree within {100 * error:.2f} %;" if error is not None else
+                  "agree within (not measured yet);", text)
+    path.write_text(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", default=["paper", "sat"], choices=["tiny", "paper", "sat"])
@@ -141,10 +162,15 @@ def main() -> None:
     parser.add_argument("--checkpointing", nargs="+", default=["off", "on"], choices=["off", "on"])
     parser.add_argument("--crop", type=int, default=512)
     parser.add_argument("--tile", type=int, default=512, help="prediction tile size")
+    parser.add_argument("--tiles", nargs="+", type=int, default=[1, 4], help="tiles per prediction batch")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--out", type=Path, help="JSON results (default benchmarks/results/memory_<device>.json)")
+    parser.add_argument("--doc", type=Path, help="only refresh this doc's tables (docs/memory.md) from --out")
     parser.add_argument("--infer-cell", help=argparse.SUPPRESS)  # internal: config,precision,tiles
     args = parser.parse_args()
+    if args.doc:
+        write_doc(args.doc, json.loads((args.out or REPO / "benchmarks" / "results" / "memory_cpu.json").read_text()))
+        return
     if args.infer_cell:
         name, precision, tiles = args.infer_cell.split(",")
         print(json.dumps(inference_cell(args, name, precision, int(tiles))))
@@ -185,24 +211,27 @@ def main() -> None:
                               f"({cell['cell_s']:.0f} s)", file=sys.stderr)
                         save()
         for precision in args.precision:
-            if any((r["config"], r["precision"]) == (name, precision) for r in report["inference"]):
-                continue
-            cmd = [sys.executable, __file__, "--infer-cell", f"{name},{precision},1", "--device", args.device,
-                   "--tile", str(args.tile)]
-            out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-            if out.returncode != 0:
-                raise SystemExit(f"{name} {precision} prediction: failed\n{out.stderr[-3000:]}")
-            cell = json.loads(out.stdout.strip().splitlines()[-1])
-            report["inference"].append({"config": name, "precision": precision, "tiles": 1, "tile": args.tile,
-                                        **cell})
-            save()
+            for tiles in args.tiles:
+                if any((r["config"], r["precision"], r["tiles"]) == (name, precision, tiles)
+                       for r in report["inference"]):
+                    continue
+                cmd = [sys.executable, __file__, "--infer-cell", f"{name},{precision},{tiles}", "--device",
+                       args.device, "--tile", str(args.tile)]
+                out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+                if out.returncode != 0:
+                    raise SystemExit(f"{name} {precision} prediction: failed\n{out.stderr[-3000:]}")
+                cell = json.loads(out.stdout.strip().splitlines()[-1])
+                report["inference"].append({"config": name, "precision": precision, "tiles": tiles,
+                                            "tile": args.tile, **cell})
+                save()
 
     print(markdown(report["training"]))
     error = estimate_error(report["training"])
     if error is not None:
         print(f"largest difference between estimate and measurement: {100 * error:.2f} %")
     for r in report["inference"]:
-        print(f"prediction {r['config']} {r['precision']}: {r['peak_mib']:.0f} MiB per {r['tile']} px tile")
+        print(f"prediction {r['config']} {r['precision']}: {r['peak_mib']:.0f} MiB for {r['tiles']} tile(s) of "
+              f"{r['tile']} px")
     print(f"wrote {out_path}", file=sys.stderr)
 
 
