@@ -89,6 +89,17 @@ def tiny_overrides(kind: str, heads: int | None = None) -> Overrides:
     return Overrides(heads=keys.get("heads"), act=keys.get("act"), mean=tuple(keys["mean"]), std=tuple(keys["std"]))
 
 
+@pytest.fixture(scope="session")
+def throughput_benchmark():
+    """benchmarks/throughput.py as a module (its cells are the real training step, timed)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("co2s_throughput_benchmark", REPO / "benchmarks" / "throughput.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(autouse=True)
 def no_real_hub(monkeypatch, tmp_path):
     """No test reaches huggingface.co or reads the user's token: the Hub endpoint is a closed local

@@ -4,33 +4,20 @@ match an analytic count."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
-from pathlib import Path
 
-import pytest
 import torch
 
 from co2s.config.loader import load_config
 from co2s.models.student_factory import build_student
 
-REPO = Path(__file__).resolve().parents[2]
 
-
-@pytest.fixture(scope="module")
-def throughput():
-    spec = importlib.util.spec_from_file_location("co2s_throughput_benchmark", REPO / "benchmarks" / "throughput.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_co2s_cell_times_full_co2s_steps(throughput, tmp_path, one_torch_thread):
+def test_co2s_cell_times_full_co2s_steps(throughput_benchmark, tmp_path, one_torch_thread):
     """The cells run on the demo preset, whose burn-in is 0.8: the timed steps must still be full
     Co2S steps (unlabelled terms and the stability loss at its weight), the counted one too."""
-    throughput.write_benchmark_data(tmp_path, "tiny", 64, 1)
+    throughput_benchmark.write_benchmark_data(tmp_path, "tiny", 64, 1)
     args = argparse.Namespace(data_root=str(tmp_path), crop=64, batch=1, device="cpu", steps=2, warmup=1,
                               checkpointing=False)
-    result = throughput.run_cell(args, "co2s", "32-true")
+    result = throughput_benchmark.run_cell(args, "co2s", "32-true")
     logs = result["step_logs"]
     assert len(logs) == args.steps + 1  # timed steps, then the counted one
     weight = load_config("demo").train.semi.stability_weight
@@ -45,7 +32,7 @@ def _linear(n, d_in, d_out):
     return 2 * n * d_in * d_out
 
 
-def test_counted_flops_of_a_tiny_vit_step_match_the_analytic_count(throughput):
+def test_counted_flops_of_a_tiny_vit_step_match_the_analytic_count(throughput_benchmark):
     """Forward and backward of a tiny DINOv3 backbone (all weights trained): per block the four
     attention projections, the two MLP layers and attention itself (4 N^2 D: scores and weighted
     values); the patch embedding once more for its weight gradient (the image needs none).
@@ -67,7 +54,7 @@ def test_counted_flops_of_a_tiny_vit_step_match_the_analytic_count(throughput):
     expected = c.num_hidden_layers * (3 * linear + 3.5 * attention) + 2 * embed
 
     x = torch.rand(batch, 3, size, size)
-    with throughput.counting_flops() as counter:
+    with throughput_benchmark.counting_flops() as counter:
         features = backbone(x)
         sum(f.sum() for f in features.as_list()).backward()
     assert counter.get_total_flops() == expected

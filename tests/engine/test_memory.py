@@ -4,15 +4,12 @@ step's peak checked against measured tiny-ViT steps."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
 
 from co2s.engine.memory import LiveTensorBytes, fake_tensors
 
-REPO = Path(__file__).resolve().parents[2]
 MIB = 2**20
 #: the stated margin of the estimate (docs/memory.md)
 MARGIN = 0.02
@@ -37,26 +34,18 @@ def test_live_bytes_count_each_storage_once_while_it_lives():
     assert tensors.live == before
 
 
-@pytest.fixture(scope="module")
-def throughput():
-    spec = importlib.util.spec_from_file_location("co2s_throughput_benchmark", REPO / "benchmarks" / "throughput.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("precision, checkpointing", [("32-true", False), ("bf16-mixed", True)])
-def test_fake_tensor_estimate_matches_a_measured_tiny_vit_step(throughput, tmp_path, one_torch_thread, precision,
+def test_fake_tensor_estimate_matches_a_measured_tiny_vit_step(throughput_benchmark, tmp_path, one_torch_thread, precision,
                                                                 checkpointing):
     """Two full Co2S steps of the tiny ViT pair (weights, AdamW states, activations, CutMix
     sources), measured on real tensors and estimated on fake ones: within the stated margin."""
-    throughput.write_benchmark_data(tmp_path, "tiny", 64, 2)
+    throughput_benchmark.write_benchmark_data(tmp_path, "tiny", 64, 2)
     peaks = {}
     for estimate in (False, True):
         args = argparse.Namespace(data_root=str(tmp_path), crop=64, batch=2, device="cpu", steps=1, warmup=1,
                                   checkpointing=checkpointing, track_memory=not estimate, estimate_memory=estimate,
                                   count_flops=False)
-        result = throughput.run_cell(args, "co2s", precision)
+        result = throughput_benchmark.run_cell(args, "co2s", precision)
         assert result["memory"] == ("estimated (fake tensors)" if estimate else "measured")
         peaks[estimate] = result["peak_tensor_mib"]["cpu"]
     assert peaks[False] > 20  # weights, optimiser states and activations of two students
