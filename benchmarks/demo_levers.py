@@ -218,7 +218,7 @@ def run_config(name: str, data: Path, work: Path, budget_s: float | None, iters:
     run = train(config, progress=False)
     seconds = time.perf_counter() - start
     metrics = evaluate_checkpoint(run.latest_checkpoint, split="test", progress=False,
-                                  out=run_dir / "test_metrics.json")
+                                  out=run_dir / "test_metrics.json", overwrite=True)
     records = read_log(run_dir / "metrics.jsonl")
     semi = config.train.method != "supervised"
     burn = round(config.train.semi.burn_in * iters) if semi else iters

@@ -83,7 +83,7 @@ def run_cell(args) -> dict:
                              confidence=args.extras, preview=args.extras)
     start = time.perf_counter()
     [result] = predict_files(args.checkpoint, [args.scene], args.out_dir, args.device, progress=False,
-                             options=options)
+                             options=options, overwrite=True)  # a reused --workdir: this benchmark's own outputs
     seconds = time.perf_counter() - start
     if result.error:
         raise SystemExit(result.error)

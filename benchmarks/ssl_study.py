@@ -207,7 +207,7 @@ def execute(run_dir: Path, cfg: dict, threads: int) -> dict:
     steps = [
         [*cli, "train", str(cfg_path), "--out", str(run_dir), "--no-progress"],
         [*cli, "evaluate", "--checkpoint", str(run_dir / "best.ckpt"), "--split", "test",
-         "--out", str(run_dir / "test_metrics.json"), "--no-progress"],
+         "--out", str(run_dir / "test_metrics.json"), "--overwrite", "--no-progress"],
     ]
     times = []
     for command in steps:

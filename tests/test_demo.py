@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from co2s.demo import reference_scores, run_demo
+from co2s.evaluation import metrics_file
 
 
 def test_reference_scores_of_constant_and_random_predictors():
@@ -17,14 +18,14 @@ def test_reference_scores_of_constant_and_random_predictors():
 
 
 @pytest.mark.slow
-def test_demo_writes_everything_into_one_folder(tmp_path):
-    summary = run_demo(tmp_path / "demo", ["train.iters=12", "train.val_every=6", "train.log_every=2",
-                                            "train.num_workers=0"],
-                       progress=False)
+def test_demo_writes_everything_into_one_folder(tmp_path, capsys):
+    overrides = ["train.iters=12", "train.val_every=6", "train.log_every=2", "train.num_workers=0"]
+    summary = run_demo(tmp_path / "demo", overrides, progress=False)
+    assert "replacing the earlier demo outputs" not in capsys.readouterr().out
     out = tmp_path / "demo"
     assert json.loads((out / "summary.json").read_text()) == summary
     for run in ("run", "supervised"):  # Co2S and its supervised baseline
-        assert (out / run / "metrics.json").is_file() and (out / run / "best.ckpt").is_file()
+        assert (out / run / metrics_file("test")).is_file() and (out / run / "best.ckpt").is_file()
     assert sorted(p.name for p in (out / "predictions").iterdir()) == [
         "scene_0.png", "scene_0_color.png", "scene_1.png", "scene_1_color.png"]
     assert summary["constant_mIoU"] < 15
@@ -32,8 +33,8 @@ def test_demo_writes_everything_into_one_folder(tmp_path):
     # both test scores, per class, and what the unlabelled images added: numbers of this run
     co2s, sup = summary["co2s"], summary["supervised"]
     assert summary["test_mIoU"] == co2s["mIoU"]
-    assert co2s["mIoU"] == json.loads((out / "run" / "metrics.json").read_text())["mIoU"]
-    assert sup["mIoU"] == json.loads((out / "supervised" / "metrics.json").read_text())["mIoU"]
+    assert co2s["mIoU"] == json.loads((out / "run" / metrics_file("test")).read_text())["mIoU"]
+    assert sup["mIoU"] == json.loads((out / "supervised" / metrics_file("test")).read_text())["mIoU"]
     classes = ["cropland", "forest", "water", "road", "building", "bare soil"]
     assert list(co2s["IoU"]) == list(sup["IoU"]) == classes
     gain = summary["unlabelled_gain"]
@@ -53,3 +54,13 @@ def test_demo_writes_everything_into_one_folder(tmp_path):
     with Image.open(out / "comparison.png") as image:
         assert image.mode == "RGB" and image.width >= 4 * 256 and image.height >= 4 * 256
     assert summary["comparison"] == str(out / "comparison.png")
+
+    # run again into the same folder: the demo replaces its own earlier outputs, and says so in one line
+    again = run_demo(tmp_path / "demo", overrides, progress=False)
+    said = [line for line in capsys.readouterr().out.splitlines() if "earlier demo outputs" in line]
+    assert len(said) == 1 and said[0].startswith(f"replacing the earlier demo outputs in {out}: ")
+    for name in (f"run/{metrics_file('test')}", "predictions", "comparison.png", "summary.json"):
+        assert name in said[0]
+    assert json.loads((out / "summary.json").read_text()) == again
+    assert sorted(p.name for p in (out / "predictions").iterdir()) == [
+        "scene_0.png", "scene_0_color.png", "scene_1.png", "scene_1_color.png"]

@@ -35,31 +35,40 @@ def train(config, out: str | os.PathLike | None = None, progress: bool = True) -
 
 
 def evaluate(segmenter, data=None, split: str = "test", out: str | os.PathLike | None = None,
-             progress: bool = True, predictions: list[str] | None = None) -> dict:
-    """Score ``segmenter`` on a split of ``data`` (default: its training config's data); see
-    :func:`co2s.evaluation.run.evaluate`."""
+             progress: bool = True, predictions: list[str] | None = None, *, overwrite: bool = False) -> dict:
+    """Score ``segmenter`` on a split of ``data`` (default: its training config's data); with
+    ``out`` (a folder for ``metrics_<split>.json``, or a ``.json`` path) also write the metrics,
+    replacing an existing file only with ``overwrite``; see :func:`co2s.evaluation.run.evaluate`."""
     from co2s.evaluation.run import evaluate as run
 
-    return run(segmenter, data, split, out, progress, predictions)
+    return run(segmenter, data, split, out, progress, predictions, overwrite=overwrite)
 
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, config=None, split: str = "test",
                         out: str | os.PathLike | None = None, device: str = "auto", progress: bool = True,
-                        prediction: str | None = None, overrides: list[str] | None = None) -> dict:
-    """``co2s evaluate``: score a checkpoint or model folder and write ``metrics.json``; see
+                        prediction: str | None = None, overrides: list[str] | None = None, *,
+                        overwrite: bool = False) -> dict:
+    """``co2s evaluate``: score a checkpoint or model folder and write ``metrics_<split>.json``
+    beside a training checkpoint, in the current folder for a model folder, or in ``out`` (a folder,
+    or a ``.json`` path); an existing file is replaced only with ``overwrite``, an input never; see
     :func:`co2s.evaluation.run.evaluate_checkpoint`."""
     from co2s.evaluation.run import evaluate_checkpoint as run
 
-    return run(checkpoint, config, split, out, device, progress, prediction, overrides)
+    return run(checkpoint, config, split, out, device, progress, prediction, overrides, overwrite=overwrite)
 
 
 def predict(model, inputs: list[str | os.PathLike], out_dir: str | os.PathLike, *, device: str = "auto",
-            prediction: str | None = None, progress: bool = True, **options) -> list[PredictionResult]:
+            prediction: str | None = None, progress: bool = True, overwrite: bool = False,
+            **options) -> list[PredictionResult]:
     """Predict image files, folders or globs into ``out_dir`` (PNG for plain images, GeoTIFF for
     rasters of any size) with a :class:`Segmenter`, a checkpoint or an exported model folder.
-    ``options``: the fields of :class:`PredictOptions` (tile, overlap, tta, precision, ...)."""
+    ``options``: the fields of :class:`PredictOptions` (tile, overlap, tta, precision, ...).
+
+    Every output path is checked before anything is predicted: an output that is an input, two
+    inputs writing the same file, or (without ``overwrite``) an existing file raise a ``DataError``
+    and nothing is written."""
     return predict_files(model, [str(i) for i in inputs], out_dir, device, progress, prediction,
-                         PredictOptions(**options))
+                         PredictOptions(**options), overwrite=overwrite)
 
 
 def export(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, prediction: str | None = None,

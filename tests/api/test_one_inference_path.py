@@ -13,6 +13,7 @@ from co2s import Segmenter
 from co2s.cli.main import main
 from co2s.data.sources import read_split
 from co2s.config.loader import validate
+from co2s.evaluation import metrics_file
 from tests.conftest import tiny_config_dict
 
 CO2S_TINY = {"name": "students", "students": [
@@ -39,7 +40,7 @@ def _train(tiny_dataset, tmp_path, method):
 def test_evaluate_scores_exactly_what_predict_writes(tiny_dataset, tmp_path, method, capsys):
     ckpt, config = _train(tiny_dataset, tmp_path, method)
     assert main(["evaluate", "--checkpoint", str(ckpt), "--split", "test", "--no-progress"]) == 0
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "run" / metrics_file("test")).read_text())
     samples = read_split(config.data.splits.test, config.data, labelled=True)
     out = tmp_path / "pred"
     assert main(["predict", "--checkpoint", str(ckpt), *[str(s.image) for s in samples], "--out", str(out),
@@ -59,7 +60,7 @@ def test_evaluate_scores_exactly_what_predict_writes(tiny_dataset, tmp_path, met
     assert np.mean(inter[present] / union[present]) * 100 == pytest.approx(metrics["mIoU"], abs=1e-9)
 
 
-def test_exported_folder_is_small_equivalent_and_predicts(tiny_dataset, tmp_path, capsys):
+def test_exported_folder_is_small_equivalent_and_predicts(tiny_dataset, tmp_path, capsys, monkeypatch):
     ckpt, config = _train(tiny_dataset, tmp_path, "co2s")
     folder = tmp_path / "exported"
     assert main(["export", str(ckpt), "--out", str(folder)]) == 0
@@ -79,12 +80,15 @@ def test_exported_folder_is_small_equivalent_and_predicts(tiny_dataset, tmp_path
     assert main(["predict", "--checkpoint", str(ckpt), image, "--out", str(tmp_path / "b"), "--no-progress"]) == 0
     assert np.array_equal(np.asarray(Image.open(tmp_path / "a" / "t5.png")),
                           np.asarray(Image.open(tmp_path / "b" / "t5.png")))
-    # evaluate accepts the folder too, with the data config (a folder carries none), and scores the same
+    # evaluate accepts the folder too, with the data config (a folder carries none), and scores the same;
+    # the metrics go to the current folder, never into the (shared) model folder
+    monkeypatch.chdir(tmp_path)
     assert main(["evaluate", "--checkpoint", str(folder), "--split", "test", "--no-progress"]) == 2
     assert "is an exported model folder" in capsys.readouterr().err
     run_config = str(tmp_path / "run" / "config.yaml")
     assert main(["evaluate", run_config, "--checkpoint", str(folder), "--split", "test", "--no-progress"]) == 0
     assert main(["evaluate", "--checkpoint", str(ckpt), "--split", "test", "--no-progress"]) == 0
-    a = json.loads((folder / "metrics.json").read_text())
-    b = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert not (folder / metrics_file("test")).exists()
+    a = json.loads((tmp_path / metrics_file("test")).read_text())
+    b = json.loads((tmp_path / "run" / metrics_file("test")).read_text())
     assert a["confusion_matrix"] == b["confusion_matrix"] and a["predictions"].keys() == b["predictions"].keys()

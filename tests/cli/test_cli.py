@@ -118,7 +118,7 @@ def test_train_evaluate_predict_round_trip(config_file, tiny_dataset, tmp_path):
     out = run_cli("evaluate", "--checkpoint", ckpt, "--split", "test", "--no-progress")
     assert out.returncode == 0, out.stderr
     assert "mean" in out.stdout and "overall accuracy" in out.stdout
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "run" / "metrics_test.json").read_text())
     for key in ("mIoU", "OA", "IoU", "F1", "confusion_matrix", "split", "checkpoint"):
         assert key in metrics
     assert metrics["split"] == "test" and set(metrics["IoU"]) == {"c0", "c1", "c2"}

@@ -25,7 +25,7 @@ def test_supervised_ai4mars_then_evaluate_test_gold(tmp_path, capsys):
     code = main(["evaluate", "--checkpoint", str(tmp_path / "run" / "best.ckpt"), "--split", "test",
                  "--no-progress"])
     assert code == 0, capsys.readouterr().err
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "run" / "metrics_test.json").read_text())
     assert metrics["split"] == "test" and metrics["split_source"].endswith("test_gold.txt")
     assert metrics["images"] == 322 and metrics["classes"] == ["soil", "bedrock", "sand", "big_rock"]
     cm = np.array(metrics["confusion_matrix"], dtype=float)

@@ -10,6 +10,7 @@ from PIL import Image
 from co2s.config.loader import validate
 from co2s.engine.metrics_log import read_log
 from co2s.api import train
+from co2s.evaluation import metrics_file
 from co2s.evaluation.run import evaluate_checkpoint
 from co2s.inference.predict import predict_files
 from co2s.models.student_factory import _random_model
@@ -47,7 +48,7 @@ def test_co2s_train_evaluate_predict(tiny_dataset, tmp_path):
     assert set(metrics["predictions"]) == {"clip", "dino", "mean", "confidence"}
     assert metrics["prediction"] == "confidence"
     assert metrics["mIoU"] == metrics["predictions"]["confidence"]["mIoU"]
-    on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    on_disk = json.loads((tmp_path / "run" / metrics_file("test")).read_text())
     assert on_disk["predictions"]["dino"]["confusion_matrix"] == metrics["predictions"]["dino"]["confusion_matrix"]
     dino_first = evaluate_checkpoint(ckpt, split="test", progress=False, prediction="dino",
                                      out=tmp_path / "dino.json")

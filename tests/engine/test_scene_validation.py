@@ -1,5 +1,5 @@
 """Validation regions of scenes in training (val records, best.ckpt) and ``co2s evaluate --split
-val|test`` on scene regions (metrics.json as for tiles)."""
+val|test`` on scene regions (metrics_<split>.json as for tiles)."""
 
 from __future__ import annotations
 

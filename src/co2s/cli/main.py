@@ -78,7 +78,7 @@ def cmd_evaluate(args) -> int:
     config = api.load_config(args.config, args.overrides) if args.config else None
     result = api.evaluate_checkpoint(args.checkpoint, config, args.split, args.out, args.device,
                                      progress=not args.no_progress, prediction=_prediction(args),
-                                     overrides=None if args.config else args.overrides)
+                                     overrides=None if args.config else args.overrides, overwrite=args.overwrite)
     print_report(result)
     return 0
 
@@ -90,7 +90,7 @@ def cmd_predict(args) -> int:
                           prediction=_prediction(args), progress=not args.no_progress, tile=args.tile,
                           overlap=args.overlap, batch_size=args.batch_size, precision=args.precision,
                           tta=args.tta, confidence=args.confidence, preview=args.preview,
-                          overviews=args.overviews)
+                          overviews=args.overviews, overwrite=args.overwrite)
     failed = [r for r in results if r.error]
     for r in results:
         for note in r.warnings:
@@ -180,13 +180,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="sliding-window evaluation of a checkpoint: mIoU, IoU, OA, F1")
+    p = sub.add_parser(
+        "evaluate", help="sliding-window evaluation of a checkpoint: mIoU, IoU, OA, F1",
+        description="Score a checkpoint or an exported model folder on a split and write "
+        "metrics_<split>.json (metrics_test.json, metrics_val.json, ...): beside a training "
+        "checkpoint (its run folder); for a model folder, in the current folder (a model folder is "
+        "never written into unless --out names it); or in --out. An existing metrics file is "
+        "replaced only with --overwrite. See docs/training.md.")
     _add_config_args(p, required=False)
     p.add_argument("--checkpoint", required=True, help="a .ckpt written by co2s train, or a folder "
                    "written by co2s export")
     p.add_argument("--split", default="test", choices=["test", "val", "labelled", "train"],
                    help="which data.splits entry to score (default: test)")
-    p.add_argument("--out", help="metrics JSON path (default: metrics.json beside the checkpoint)")
+    p.add_argument("--out", metavar="DIR", help="folder for metrics_<split>.json, or a .json file path "
+                   "(default: beside a training checkpoint; the current folder for a model folder)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing metrics file of the split")
     _add_prediction_arg(p, "which prediction leads the report: a model's name, or for two students "
                         "mean or confidence (default: the model's, eval.prediction); all are reported")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, auto (default)")
@@ -198,12 +206,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Plain PNG/JPEG/BMP images give an index PNG and a colour PNG. Other rasters "
         "(GeoTIFF, VRT, ...) are streamed in windows into <stem>_classes.tif: uint8 classes with "
         "the input's CRS and transform, nodata 255 where the input is nodata, the palette as "
-        "colour table. Overlapping tiles are blended with a smooth (Hann) weight. See "
-        "docs/prediction.md.")
+        "colour table. Overlapping tiles are blended with a smooth (Hann) weight. Every output path "
+        "is checked before anything is predicted: an output that is one of the inputs or that two "
+        "inputs would both write stops the command, and so does an existing file unless "
+        "--overwrite is given; nothing is written then. See docs/prediction.md.")
     p.add_argument("--checkpoint", required=True, help="a .ckpt written by co2s train, or a folder "
                    "written by co2s export")
     p.add_argument("inputs", nargs="+", help="image or raster files, folders or glob patterns")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder: <stem>.png and <stem>_color.png for "
+                   "plain images, <stem>_classes.tif (and _confidence.tif, _preview.png) for rasters")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files (e.g. of an "
+                   "earlier prediction); an input is never replaced")
     _add_prediction_arg(p, "a model's name, or for two students the fusion mean / confidence "
                         "(default: the model's, eval.prediction when it was trained)")
     p.add_argument("--tile", type=int, help="tile size in pixels (default: eval.window or train.crop_size)")
@@ -270,7 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int, help="ONNX tile size (default: the evaluation window)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("demo", help="generate synthetic aerial data, train, evaluate and predict")
+    p = sub.add_parser("demo", help="generate synthetic aerial data, train, evaluate and predict",
+                       description="Generate synthetic aerial data, train, evaluate and predict, all in one "
+                       "output folder. Rerun into the same folder, the demo replaces its own earlier "
+                       "outputs there (metrics, predictions, comparison.png, summary.json) and says so.")
     p.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -28,6 +28,7 @@ from co2s.demo.comparison import write_comparison
 from co2s.demo.synthetic import write_demo_dataset
 from co2s.engine.metrics_log import read_log
 from co2s.run_folder import RunFolder
+from co2s.evaluation import metrics_file
 from co2s.evaluation.metrics import scores_from_confusion
 from co2s.evaluation.run import print_report
 
@@ -133,13 +134,26 @@ def _iou_table(classes: list[str], rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def _demo_outputs(out: Path) -> list[Path]:
+    """What the demo writes after training, which a rerun into ``out`` replaces."""
+    return [out / "run" / metrics_file("test"), out / "supervised" / metrics_file("test"), out / "predictions",
+            out / "comparison.png", out / "summary.json"]
+
+
 def run_demo(out_dir: str | os.PathLike = "demo_output", overrides: list[str] | None = None,
              seed: int = 0, progress: bool = True, baseline: bool = True) -> dict:
     """Generate the data, train the demo config and (``baseline``, for a semi-supervised method)
     its supervised baseline, evaluate both on the test split, predict the scenes and write
-    ``summary.json`` and ``comparison.png``. Returns the summary."""
+    ``summary.json`` and ``comparison.png``. Returns the summary.
+
+    Rerun into the same folder, it replaces its own earlier outputs there (the test metrics, the
+    predictions, ``comparison.png``, ``summary.json``) and prints one line saying so."""
     start = time.perf_counter()
     out = Path(out_dir)
+    earlier = [p for p in _demo_outputs(out) if p.exists()]
+    if earlier:
+        print(f"replacing the earlier demo outputs in {out}: "
+              + ", ".join(str(p.relative_to(out)) for p in earlier))
     dataset = write_demo_dataset(out / "data", seed=seed)
     config = api.load_config("demo", [f"data.root={dataset.root}", f"out_dir={out / 'run'}",
                                   f"train.seed={seed}", *(overrides or [])])
@@ -169,14 +183,14 @@ def run_demo(out_dir: str | os.PathLike = "demo_output", overrides: list[str] | 
 
     scores = {}
     for name, (cfg, checkpoint, seconds) in runs.items():
-        metrics = api.evaluate_checkpoint(checkpoint, split="test", progress=progress)
+        metrics = api.evaluate_checkpoint(checkpoint, split="test", progress=progress, overwrite=True)
         if name == config.train.method:
             main_metrics = metrics
             print_report(metrics)
         scores[name] = _scores(metrics, checkpoint, seconds)
     main = scores[config.train.method]
     checkpoint = Path(main["checkpoint"])
-    predictions = api.predict(checkpoint, dataset.scenes, out / "predictions", progress=progress)
+    predictions = api.predict(checkpoint, dataset.scenes, out / "predictions", progress=progress, overwrite=True)
     shown = ({f"supervised (test mIoU {scores['supervised']['mIoU']:.1f})": runs["supervised"][1]}
              if "supervised" in runs and semi else {})
     shown[f"{config.train.method} (test mIoU {main['mIoU']:.1f})"] = checkpoint

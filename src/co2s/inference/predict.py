@@ -3,6 +3,10 @@
 Plain PNG/JPEG/BMP images are read whole and give an index PNG (with the palette) and a colour
 PNG. Every other raster (GeoTIFF, VRT, ...) is predicted as a scene, streamed in windows into
 GeoTIFFs (``co2s.inference.scene``). Both use the same tile grid, blending and options.
+
+Every output path of a call is named by :func:`output_paths` and checked by :func:`plan_outputs`
+before anything is predicted: an output is never one of the call's inputs, two inputs never write
+the same file, and an existing file is replaced only with ``overwrite``.
 """
 
 from __future__ import annotations
@@ -60,7 +64,73 @@ def is_plain_image(path: Path) -> bool:
     return path.suffix.lower() in PLAIN_IMAGE_SUFFIXES
 
 
-def _predict_plain_image(path: Path, segmenter, out_dir: Path, options: PredictOptions) -> list[Path]:
+def output_paths(path: Path, out_dir: Path, options: PredictOptions, palette: bool) -> dict[str, Path]:
+    """The files ``co2s predict`` writes for the input ``path`` into ``out_dir``, by kind: the one
+    place they are named (the writers take them from here).
+
+    Plain images: ``<stem>.png`` (class indices) and, with a palette, ``<stem>_color.png``. Scenes:
+    ``<stem>_classes.tif``, with ``options.confidence`` ``<stem>_confidence.tif`` and with
+    ``options.preview`` ``<stem>_preview.png``.
+    """
+    stem = path.stem
+    if is_plain_image(path):
+        return {"classes": out_dir / f"{stem}.png", **({"color": out_dir / f"{stem}_color.png"} if palette else {})}
+    names = {"classes": out_dir / f"{stem}_classes.tif"}
+    if options.confidence:
+        names["confidence"] = out_dir / f"{stem}_confidence.tif"
+    if options.preview:
+        names["preview"] = out_dir / f"{stem}_preview.png"
+    return names
+
+
+def _file_key(path: Path) -> str:
+    return os.path.normcase(path.resolve())
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """Device and inode of an existing file (what ``os.path.samefile`` compares), else None."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def plan_outputs(paths: list[Path], out_dir: Path, options: PredictOptions, palette: bool,
+                 overwrite: bool = False) -> dict[Path, dict[str, Path]]:
+    """The output paths of every input (:func:`output_paths`), or a :class:`DataError` naming the
+    first conflict: an output that is one of the inputs (resolved paths, or ``os.path.samefile``
+    where both exist; never allowed), two inputs writing the same file, or an output that exists
+    already (allowed with ``overwrite``). Nothing is written."""
+    plan = {path: output_paths(path, out_dir, options, palette) for path in paths}
+    inputs = {_file_key(p): p for p in paths}
+    input_ids = {i: p for p in paths if (i := _file_id(p)) is not None}
+    problems: list[str] = []
+    writer: dict[str, Path] = {}
+    for path, outputs in plan.items():
+        for out in outputs.values():
+            key, out_id = _file_key(out), _file_id(out)
+            source = inputs.get(key) or (input_ids.get(out_id) if out_id is not None else None)
+            if source is not None:
+                same = "" if str(source) == str(out) else f" ({source})"
+                problems.append(f"{out} is one of the inputs{same}: the output of {path} would be written over "
+                                "it; choose another --out folder")
+            elif key in writer:
+                problems.append(f"{out} would be written twice in one call, as an output of {writer[key]} and "
+                                f"of {path}; predict them into separate --out folders")
+            elif out.is_dir():
+                problems.append(f"{out} (an output of {path}) is a folder; choose another --out folder")
+            elif (out_id is not None or out.is_symlink()) and not overwrite:
+                problems.append(f"{out} exists (an output of {path} would replace it); give --overwrite to "
+                                "replace earlier outputs, or choose another --out folder")
+            writer.setdefault(key, path)
+    if problems:
+        more = f" (and {len(problems) - 1} more conflict(s))" if len(problems) > 1 else ""
+        raise DataError(f"nothing predicted: {problems[0]}{more}")
+    return plan
+
+
+def _predict_plain_image(path: Path, segmenter, outputs: dict[str, Path], options: PredictOptions) -> list[Path]:
     image, valid = read_model_input(path, segmenter.bands, segmenter.scale)
     if image.shape[0] != segmenter.in_channels:
         raise DataError(f"{path}: has {image.shape[0]} band(s) but the model was trained on {segmenter.in_channels} "
@@ -69,14 +139,10 @@ def _predict_plain_image(path: Path, segmenter, out_dir: Path, options: PredictO
                                tta=options.tta, precision=options.precision, batch_size=options.batch_size,
                                valid=valid, confidence=False).classes
     palette = segmenter.palette
-    index_path = out_dir / f"{path.stem}.png"
-    save_index_png(index_path, labels, palette)
-    outputs = [index_path]
-    if palette:
-        color_path = out_dir / f"{path.stem}_color.png"
-        atomic_save_image(Image.fromarray(colorize(labels, palette)), color_path)
-        outputs.append(color_path)
-    return outputs
+    save_index_png(outputs["classes"], labels, palette)
+    if "color" in outputs:
+        atomic_save_image(Image.fromarray(colorize(labels, palette)), outputs["color"])
+    return list(outputs.values())
 
 
 def _writable_folder(out_dir: Path) -> None:
@@ -96,11 +162,15 @@ def predict_files(
     progress: bool = True,
     prediction: str | None = None,
     options: PredictOptions | None = None,
+    overwrite: bool = False,
 ) -> list[PredictionResult]:
     """Predict every input with a Segmenter (or the checkpoint / exported model folder ``source``);
     one failing input is reported and the others still run.
 
-    ``prediction``: a student's name or a fusion mode (default: the Segmenter's).
+    ``prediction``: a student's name or a fusion mode (default: the Segmenter's). Before anything is
+    predicted, every output path is checked (:func:`plan_outputs`): a conflict stops the call with a
+    :class:`DataError` and nothing written; ``overwrite`` lets earlier outputs be replaced (never an
+    input).
     """
     from co2s.inference.segmenter import Segmenter
 
@@ -110,21 +180,17 @@ def predict_files(
     options = replace(options, prediction=prediction or options.prediction or segmenter.prediction)
     segmenter.check_options([options.prediction], options.tile, options.overlap, options.precision, options.tta,
                             options.batch_size)  # bad options stop before any file
-    paths = expand_inputs(inputs)
+    paths = list({_file_key(p): p for p in expand_inputs(inputs)}.values())  # each file once
     out_dir = Path(out_dir)
+    plan = plan_outputs(paths, out_dir, options, bool(segmenter.palette), overwrite)
     _writable_folder(out_dir)
-    results, first_of_name = [], {}
+    results = []
     for path in progress_bar(paths, desc="predicting", enabled=progress and len(paths) > 1, leave=True):
         try:
-            name = (path.stem, is_plain_image(path))
-            if name in first_of_name:
-                raise DataError(f"{path}: its outputs would overwrite those of {first_of_name[name]} "
-                                "(same file name); predict it into another --out folder")
-            first_of_name[name] = path
             if is_plain_image(path):
-                outputs, notes = _predict_plain_image(path, segmenter, out_dir, options), []
+                outputs, notes = _predict_plain_image(path, segmenter, plan[path], options), []
             else:
-                outputs, notes = predict_scene(path, segmenter, out_dir, options, progress)
+                outputs, notes = predict_scene(path, segmenter, plan[path], options, progress)
             results.append(PredictionResult(path, outputs, warnings=notes))
         except Co2sError as exc:
             results.append(PredictionResult(path, [], str(exc)))

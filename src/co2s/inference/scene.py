@@ -3,7 +3,8 @@
 A scene of any size is predicted in panels of a few thousand columns, each in strips of tile
 rows (``co2s.inference.streaming``): input windows are read as the tiles need them and finished
 rows are written to the outputs one block row of the panel at a time, so memory does not grow with
-the scene. Outputs, beside each other in the output folder:
+the scene. Outputs, beside each other in the output folder (named by
+``co2s.inference.predict.output_paths``):
 
 - ``<stem>_classes.tif``: uint8 class indices, the input's CRS, transform and size, nodata 255
   where the input is nodata (all selected bands masked: nodata value, alpha band or internal
@@ -58,18 +59,14 @@ class PredictOptions:
 class SceneOutputs:
     """The output files of one scene, filled block row by block row under temporary names."""
 
-    def __init__(self, source: RasterReader, out_dir: Path, palette: list | None, num_classes: int,
+    def __init__(self, source: RasterReader, final: dict[str, Path], palette: list | None, num_classes: int,
                  options: PredictOptions) -> None:
         import rasterio
 
         ds = source.dataset
         self.source, self.height, self.width = source, ds.height, ds.width
-        stem = source.path.stem
-        self.final = {"classes": out_dir / f"{stem}_classes.tif"}
-        if options.confidence:
-            self.final["confidence"] = out_dir / f"{stem}_confidence.tif"
-        if options.preview:
-            self.final["preview"] = out_dir / f"{stem}_preview.png"
+        self.final = dict(final)  # classes, and with the options confidence and preview
+        out_dir = self.final["classes"].parent
         self.temp = {key: path.with_name(f".{path.name}.partial") for key, path in self.final.items()}
         self.overviews = options.overviews
         self.valid_pixels = 0
@@ -174,10 +171,11 @@ class SceneOutputs:
             path.unlink(missing_ok=True)
 
 
-def predict_scene(path: Path, segmenter, out_dir: Path, options: PredictOptions,
+def predict_scene(path: Path, segmenter, outputs: dict[str, Path], options: PredictOptions,
                   progress: bool = True) -> tuple[list[Path], list[str]]:
-    """Predict one raster with ``segmenter`` into the outputs of the module docstring; returns them
-    and any warnings."""
+    """Predict one raster with ``segmenter`` into ``outputs`` (the paths of the module docstring by
+    kind: ``classes``, and with the options ``confidence`` and ``preview``; see
+    ``co2s.inference.predict.output_paths``); returns them and any warnings."""
 
     prediction = options.prediction or segmenter.prediction
     num_classes = segmenter.num_classes
@@ -191,7 +189,7 @@ def predict_scene(path: Path, segmenter, out_dir: Path, options: PredictOptions,
                 notes.append(f"{path} has no CRS; its outputs are written without one")
             height, width = source.height, source.width
             grid = TileGrid.over(height, width, *segmenter.tiling(options.tile, options.overlap))
-            outputs = SceneOutputs(source, out_dir, segmenter.palette, num_classes, options)
+            writer = SceneOutputs(source, outputs, segmenter.palette, num_classes, options)
             bar = progress_bar(total=grid.tiles_to_predict(streaming.PANEL_WIDTH), desc=path.name, unit="tile",
                                enabled=progress)
             start, pixels = time.perf_counter(), 0
@@ -208,14 +206,14 @@ def predict_scene(path: Path, segmenter, out_dir: Path, options: PredictOptions,
                         source.read, height, width, Window(0, 0, width, height), [prediction], tile=options.tile,
                         overlap=options.overlap, tta=options.tta, precision=options.precision,
                         batch_size=options.batch_size, confidence=options.confidence, on_progress=report):
-                    outputs.write_rows(window, pieces[prediction].classes, pieces[prediction].confidence)
-                written = outputs.finish()
+                    writer.write_rows(window, pieces[prediction].classes, pieces[prediction].confidence)
+                written = writer.finish()
             except BaseException:
-                outputs.discard()
+                writer.discard()
                 raise
             finally:
                 bar.close()
-            if outputs.valid_pixels == 0:
+            if writer.valid_pixels == 0:
                 notes.append(f"{path}: every pixel is nodata; its class raster is all nodata ({NODATA})")
         finally:
             source.close()

@@ -5,7 +5,7 @@ two), how images are read (bands, scaling; normalisation travels inside each mod
 are tiled. Validation during training, ``co2s evaluate``, ``co2s predict`` on images and on whole
 scenes all call :meth:`Segmenter.predict_many` / :meth:`Segmenter.predict` (regions of scenes:
 :meth:`Segmenter.predict_box`, the whole scene's tile grid restricted to the region), so a score
-in ``metrics.json`` is a score of exactly what ``co2s predict`` writes.
+in ``metrics_<split>.json`` is a score of exactly what ``co2s predict`` writes.
 
 Tiling rule: windows of ``eval.window`` (default the training crop) at ``eval.stride`` (default
 ``int(window * 5 / 6)``, SPEC 3.3), each tile's logits added with a separable Hann weight and
