@@ -22,3 +22,8 @@ class CheckpointError(Co2sError):
 class TrainingError(Co2sError):
     """Training went wrong in a way the user must look at (e.g. a non-finite loss); the message
     names the step and the files of the batch, and nothing non-finite was written."""
+
+
+class RunLockedError(Co2sError):
+    """Another training run holds the run folder's lock; the message names the folder and the
+    holder's pid and host, and nothing in the folder was written."""

@@ -3,6 +3,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 import torch
@@ -70,6 +72,40 @@ def _launch(config_path, env):
     )
 
 
+STALL_S = 300  # a run whose folder has not changed for this long is stuck: the test fails
+
+
+def _folder_state(run_dir):
+    if not run_dir.is_dir():
+        return None
+    return sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in run_dir.iterdir() if p.is_file())
+
+
+def _wait(proc, run_dir) -> str:
+    """The child's output once it exits, however long a loaded machine makes it take: no budget
+    for the whole run, only a watchdog that fails the test when the run folder stops changing for
+    STALL_S (a hang), since a working run writes its log and checkpoints every few steps."""
+    chunks = []
+    reader = threading.Thread(target=lambda: chunks.append(proc.stdout.read()), daemon=True)
+    reader.start()
+    seen, changed = None, time.monotonic()
+    while proc.poll() is None:
+        try:
+            proc.wait(timeout=2)  # returns the moment it exits
+        except subprocess.TimeoutExpired:
+            state = _folder_state(run_dir)
+            if state != seen:
+                seen, changed = state, time.monotonic()
+            elif time.monotonic() - changed > STALL_S:
+                proc.kill()
+                proc.wait()
+                reader.join()
+                pytest.fail(f"co2s train into {run_dir} wrote nothing for {STALL_S} s; killed it:\n"
+                            + "".join(chunks)[-3000:])
+    reader.join()
+    return chunks[0]
+
+
 CO2S_TINY = {"name": "students", "students": [
     {"name": "clip", "backbone": {"kind": "clip", "arch": "tiny", "tune": "attention"}, "guidance": "text",
      "text": {"prototypes": "random"}},
@@ -80,6 +116,7 @@ KILL_AFTER = 10  # the trainer's test hook kills the run (SIGKILL) right after t
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(0)  # no wall-clock budget under load: _wait's watchdog catches a hang
 @pytest.mark.parametrize("method,iters", [("supervised", 30), ("co2s", 20)])
 def test_sigkilled_run_resumes_to_identical_weights(tiny_dataset, tmp_path, method, iters):
     """Kill -9 mid-run, restart: it resumes from `latest` and ends where an unbroken run ends.
@@ -102,18 +139,18 @@ def test_sigkilled_run_resumes_to_identical_weights(tiny_dataset, tmp_path, meth
         configs[name] = path
 
     proc = _launch(configs["killed"], {**env, "CO2S_TEST_KILL_AFTER_STEP": str(KILL_AFTER)})
-    out, _ = proc.communicate(timeout=300)
+    out = _wait(proc, tmp_path / "killed")
     assert proc.returncode == -signal.SIGKILL, out
     latest = tmp_path / "killed" / "latest.ckpt"
     assert read_checkpoint(latest)["step"] == KILL_AFTER
 
     resumed = _launch(configs["killed"], env)
-    out, _ = resumed.communicate(timeout=300)
+    out = _wait(resumed, tmp_path / "killed")
     assert resumed.returncode == 0, out
     assert int(out.split("from step ")[1].split()[0]) == KILL_AFTER
 
     straight = _launch(configs["straight"], env)
-    out2, _ = straight.communicate(timeout=300)
+    out2 = _wait(straight, tmp_path / "straight")
     assert straight.returncode == 0, out2
 
     a = read_checkpoint(tmp_path / "straight" / "latest.ckpt")

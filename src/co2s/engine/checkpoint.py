@@ -1,22 +1,39 @@
 """Writing training checkpoints: one file holds model(s), optimiser(s), step, RNG states and the config.
 
-Written through a temporary name, fsynced and renamed, so a crash or power loss mid-write never
-corrupts ``latest``; weights that are not finite are never written. Reading them (and rebuilding
-the models) lives beside the models: :mod:`co2s.models.loading`.
+Written through a temporary name inside the run folder, fsynced and renamed, so a crash or power
+loss mid-write never corrupts ``latest``; weights that are not finite are never written. Every byte
+goes to that in-folder temporary: Fabric's default ``TorchCheckpointIO`` saves through an fsspec
+transaction, which stages the file in ``tempfile.gettempdir()`` (``$TMPDIR``) and moves it after,
+so a full ``$TMPDIR`` failed training into a folder with room and a kill leaked the staged file.
+Reading them (and rebuilding the models) lives beside the models: :mod:`co2s.models.loading`.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from co2s.atomic import atomic_path, commit, temp_path
-from co2s.errors import TrainingError
+from co2s.errors import CheckpointError, TrainingError
 from co2s.models.contract import contract_for
-from co2s.models.loading import FORMAT, FORMAT_VERSION
+from co2s.models.loading import FORMAT, FORMAT_VERSION, read_checkpoint
+from co2s.run_folder import RunFolder
+
+
+class InPlaceCheckpointIO(TorchCheckpointIO):
+    """Fabric's checkpoint writer with ``torch.save`` straight to the path it is given (our
+    in-folder temporary) instead of fsspec's transaction, which stages in ``$TMPDIR``. Fabric still
+    turns modules and optimisers into state dicts on every rank and calls this on rank 0 only."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        torch.save(checkpoint, path)
 
 
 def save_checkpoint(fabric, path: str | os.PathLike, state: dict[str, Any]) -> None:
@@ -29,10 +46,39 @@ def save_checkpoint(fabric, path: str | os.PathLike, state: dict[str, Any]) -> N
     check_finite_weights({k: v for k, v in state.items() if isinstance(v, torch.nn.Module)},
                          f"refusing to write {path}")
     tmp = temp_path(path)
+    if not isinstance(fabric.strategy.checkpoint_io, InPlaceCheckpointIO):
+        fabric.strategy.checkpoint_io = InPlaceCheckpointIO()  # a Fabric not made by make_fabric
     fabric.save(tmp, {"format": FORMAT, "format_version": FORMAT_VERSION, **state})
     if fabric.is_global_zero:
         commit(tmp, path)
+        # Test hook (tests/engine/test_run_lock.py): a crash by SIGKILL right after this commit.
+        if os.environ.get("CO2S_TEST_KILL_AFTER_COMMIT") == path.name:
+            os.kill(os.getpid(), signal.SIGKILL)
     fabric.barrier()
+
+
+def clean_checkpoint_temporaries(folder: RunFolder, step: int, burn_in_step: int) -> None:
+    """Before a (re)start, on rank 0 under the run lock: remove the hidden temporaries that a
+    killed attempt left of ``latest``, ``best`` and ``burn_in`` (a kill mid-write or between write
+    and rename). None needs keeping: the restart from ``step`` redoes every step after it, and with
+    them every checkpoint they write, ``burn_in.ckpt`` included since it is committed before
+    ``latest`` of its step. One exception is recovered, left by versions that committed ``latest``
+    first: ``latest`` at or past the burn-in, ``burn_in.ckpt`` missing and its temporary a whole
+    checkpoint of the burn-in's last step; no restart would write it again, so it is committed."""
+    for ckpt in (folder.latest, folder.best, folder.burn_in):
+        for tmp in sorted(ckpt.parent.glob(f".{ckpt.name}.*tmp")):  # .name.tmp and .name.<pid>.tmp
+            if (ckpt == folder.burn_in and 0 < burn_in_step <= step and not ckpt.is_file()
+                    and _holds_step(tmp, burn_in_step)):
+                commit(tmp, ckpt)
+            else:
+                tmp.unlink(missing_ok=True)
+
+
+def _holds_step(path: Path, step: int) -> bool:
+    try:
+        return int(read_checkpoint(path)["step"]) == step
+    except (CheckpointError, KeyError, TypeError, ValueError):  # torn or foreign: not worth keeping
+        return False
 
 
 def check_finite_weights(modules: dict[str, torch.nn.Module], what: str) -> None:

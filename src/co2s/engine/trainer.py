@@ -20,15 +20,16 @@ from tqdm import tqdm
 from co2s.config.loader import config_to_dict, validate
 from co2s.data.module import data_module
 from co2s.data.sampler import ResumableSampler
-from co2s.engine.checkpoint import save_checkpoint
+from co2s.engine.checkpoint import InPlaceCheckpointIO, clean_checkpoint_temporaries, save_checkpoint
 from co2s.models.contract import contract_for
 from co2s.models.loading import read_checkpoint
 from co2s.engine.metrics_log import MetricsLog
 from co2s.engine.optim import poly_factor, set_lr
 from co2s.config.compare import config_differences
 from co2s.engine.run_dir import Run, prepare_run_dir, write_run_info
+from co2s.engine.run_lock import RunLock
 from co2s.run_folder import RunFolder
-from co2s.errors import CheckpointError, TrainingError
+from co2s.errors import CheckpointError, RunLockedError, TrainingError
 from co2s.evaluation.evaluator import score_predictions
 from co2s.inference.segmenter import Segmenter
 from co2s.methods import Schedule, build_method
@@ -40,6 +41,7 @@ def make_fabric(config) -> Fabric:
     return Fabric(
         accelerator=e.accelerator, devices=e.devices, num_nodes=e.num_nodes,
         strategy=e.strategy, precision=e.precision,
+        plugins=[InPlaceCheckpointIO()],  # checkpoints written in the run folder only, not in $TMPDIR
     )
 
 
@@ -148,9 +150,23 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------------------
     def fit(self) -> Run:
-        config, t = self.config, self.config.train
-        fabric = make_fabric(config)
+        fabric = make_fabric(self.config)
+        owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
         fabric.launch()
+        lock = _lock_run_dir(fabric, self.run_dir)
+        finished = False
+        try:
+            run = self._fit(fabric)
+            finished = True
+            return run
+        finally:
+            if lock is not None:
+                lock.release()
+            if owns_group and finished:
+                _close_process_group(fabric)
+
+    def _fit(self, fabric) -> Run:
+        config, t = self.config, self.config.train
         if t.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
@@ -184,6 +200,7 @@ class Trainer:
         # none): those steps run again and log again.
         log.truncate_after(state["step"])
         if fabric.is_global_zero:
+            clean_checkpoint_temporaries(folder, state["step"], schedule.burn_in)
             write_run_info(self.run_dir, {"resumed_from_step": state["step"], "total_steps": total,
                                           "burn_in_steps": schedule.burn_in,
                                           "world_size": fabric.world_size})
@@ -219,13 +236,15 @@ class Trainer:
                 window_start, window_images, sums = time.perf_counter(), 0, {}
             if val_set is not None and (done % t.val_every == 0 or done == total):
                 self._validate(fabric, method, val_set, state, log)
-            if done % t.ckpt_every == 0 or done == total or (val_set is not None and done % t.val_every == 0):
-                save_checkpoint(fabric, latest, self._checkpoint_state(fabric, state))
             if done == schedule.burn_in and done < total:
                 # The end of the supervised burn-in: the students trained on labels only, as a
                 # supervised run of the same length would have them at this step (the demo
-                # continues its supervised baseline from here).
-                save_checkpoint(fabric, RunFolder(self.run_dir).burn_in, self._checkpoint_state(fabric, state))
+                # continues its supervised baseline from here). Committed before this step's
+                # `latest`: a kill between the two leaves it, and the restart (from an earlier
+                # `latest`) redoes this step; the other order lost it for good.
+                save_checkpoint(fabric, folder.burn_in, self._checkpoint_state(fabric, state))
+            if done % t.ckpt_every == 0 or done == total or (val_set is not None and done % t.val_every == 0):
+                save_checkpoint(fabric, latest, self._checkpoint_state(fabric, state))
             # Test hook (tests/engine/test_trainer.py): a crash by SIGKILL once this step's checkpoint is written.
             if os.environ.get("CO2S_TEST_KILL_AFTER_STEP") == str(done):
                 import signal
@@ -313,6 +332,34 @@ def _check_finite_loss(fabric, loss: torch.Tensor, logs: dict, batch: dict, step
         f"batch files: {shown or 'not recorded'}. Nothing was written for this step; "
         "check those images for extreme values (data.scale, data.mean/std) or lower train.lr, then "
         "rerun to resume from latest.ckpt")
+
+
+def _lock_run_dir(fabric, run_dir: Path) -> RunLock | None:
+    """Rank 0 locks the run folder (:mod:`co2s.engine.run_lock`) before anything there is written;
+    a refusal is broadcast so that every rank stops, not only rank 0 (the others would wait for it
+    at the next barrier until the collective timeout)."""
+    lock, refused = None, None
+    if fabric.is_global_zero:
+        try:
+            lock = RunLock(run_dir).acquire()
+        except RunLockedError as exc:
+            refused = str(exc)
+    if fabric.world_size > 1:
+        refused = fabric.broadcast(refused)
+    if refused:
+        raise RunLockedError(refused)
+    return lock
+
+
+def _close_process_group(fabric) -> None:
+    """Destroy the process group Fabric made once every rank is done with it. Left to interpreter
+    exit, gloo's worker threads could still hold work (and tensors) while Python tore down, which
+    aborted about 1 run in 17 after a good run with ``terminate called without an active
+    exception`` (pytorch/pytorch#190489). Only after a finished run: a failing rank must not wait
+    at a barrier that the others never reach."""
+    if fabric.world_size > 1 and torch.distributed.is_initialized():
+        fabric.barrier()
+        torch.distributed.destroy_process_group()
 
 
 def _weights_in_sync(fabric, modules: dict) -> dict:
