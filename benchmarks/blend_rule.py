@@ -59,7 +59,8 @@ def main() -> None:
             differ[n] += int(((h != u) & valid).sum())
             metrics["hann", n].update(h, mask)
             metrics["uniform", n].update(u, mask)
-    result = {"checkpoint": args.checkpoint, "split": args.split, "images": len(dataset),
+    result = {"checkpoint": Path(args.checkpoint).name,  # no machine paths in results
+              "split": args.split, "images": len(dataset),
               "window": segmenter.tile, "stride": segmenter.stride, "labelled_pixels": total,
               "predictions": {n: {"pixels_differ_pct": 100 * differ[n] / max(total, 1),
                                   "mIoU_hann": scores_from_confusion(metrics["hann", n].compute(), data.classes)["mIoU"],

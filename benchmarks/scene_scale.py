@@ -322,7 +322,7 @@ def main() -> None:
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "torch": version("torch"), "rasterio": version("rasterio")},
         "settings": {"sizes": args.sizes, "iters": args.iters, "warmup": args.warmup, "crop": args.crop,
-                     "batch": BATCH, "polygons": args.polygons, "work": str(args.work),
+                     "batch": BATCH, "polygons": args.polygons, "work": args.work.name,  # scratch: its name only
                      "tiles": json.loads((args.work / "data" / tiles_name(args) / "done.json").read_text()),
                      "GDAL_CACHEMAX": os.environ.get("GDAL_CACHEMAX")},  # GDAL's block cache: part of the RSS
         "acceptance": "rss_ratio = peak RSS big scene / small scene <= 1.10; speed_ratio = samples/s big "

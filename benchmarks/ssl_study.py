@@ -58,9 +58,16 @@ import yaml
 from co2s.config.loader import config_to_dict, load_config
 from co2s.data.sources import read_split
 from co2s.data.splits import make_splits, ratio_tag
+from co2s.models.loading import portable_config
 from co2s.engine.metrics_log import read_log
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _recorded(path: Path) -> str:
+    """A path as results record it: relative to the repository (no machine's absolute paths)."""
+    path = Path(path).resolve()
+    return path.relative_to(REPO).as_posix() if path.is_relative_to(REPO) else path.name
 
 #: method name -> train.method, students ({a}: the preset's first student, {b}: its second), semi
 #: overrides. Names are resolved against the students preset (co2s-cpu: clip and cnn).
@@ -215,8 +222,8 @@ def execute(run_dir: Path, cfg: dict, threads: int) -> dict:
         proc = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         times.append(time.time() - start)
         if proc.returncode:
-            return {"run_dir": str(run_dir), "error": f"{command[3]} exited {proc.returncode}; see {log.name}"}
-    record = {"run_dir": str(run_dir), "train_s": round(times[0], 1), "evaluate_s": round(times[1], 1),
+            return {"run_dir": _recorded(run_dir), "error": f"{command[3]} exited {proc.returncode}; see {log.name}"}
+    record = {"run_dir": _recorded(run_dir), "train_s": round(times[0], 1), "evaluate_s": round(times[1], 1),
               "wall_s": round(time.time() - t0, 1)}
     done.write_text(json.dumps(record, indent=2))
     return record
@@ -224,7 +231,7 @@ def execute(run_dir: Path, cfg: dict, threads: int) -> dict:
 
 def collect(run_dir: Path, names: Names, method: str, fraction: str, seed: int) -> dict:
     """Everything the report needs from a finished run folder."""
-    record = {"method": method, "fraction": fraction, "seed": seed, "run_dir": str(run_dir)}
+    record = {"method": method, "fraction": fraction, "seed": seed, "run_dir": _recorded(run_dir)}
     status = run_dir / "study_run.json"
     if not status.is_file():
         return {**record, "status": "missing"}
@@ -235,7 +242,7 @@ def collect(run_dir: Path, names: Names, method: str, fraction: str, seed: int) 
     record.update(
         status="done",
         timing=json.loads(status.read_text()),
-        config=yaml.safe_load((run_dir / "config.yaml").read_text()),
+        config=portable_config(yaml.safe_load((run_dir / "config.yaml").read_text())),  # no machine paths
         test={name: {"mIoU": p["mIoU"], "OA": p["OA"], "IoU": p["IoU"]}
               for name, p in metrics["predictions"].items()},
         test_prediction=metrics["prediction"],
