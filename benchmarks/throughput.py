@@ -185,15 +185,16 @@ def run_cell(args, method_name: str, precision: str) -> dict:
     with fake_tensors() if estimate else contextlib.nullcontext(), tensors:
         if tracking:
             tensors.add(*(v for batch in pool for v in batch.values() if isinstance(v, torch.Tensor)))
-        result = _run_steps(args, config, fabric, method_name, precision, total, count_flops, tensors, pool)
+        result = _run_steps(args, config, fabric, method_name, precision, total, count_flops, tensors, pool,
+                            unlabelled)
     return {**result, "memory": "estimated (fake tensors)" if estimate else "measured" if tracking else None}
 
 
-def _run_steps(args, config, fabric, method_name, precision, total, count_flops, tensors, pool) -> dict:
+def _run_steps(args, config, fabric, method_name, precision, total, count_flops, tensors, pool,
+               unlabelled: int) -> dict:
     method = build_method(config)
     method.setup(fabric)
     t = config.train
-    unlabelled = (t.semi.unlabelled_batch_size or t.batch_size) if method.uses_unlabelled else 0
     batches = itertools.cycle(pool)
     on_gpu = fabric.device.type == "cuda"
     for module in method.modules.values():
