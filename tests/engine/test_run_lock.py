@@ -119,7 +119,7 @@ def test_kill_between_burn_in_and_latest_commits_keeps_burn_in(tiny_dataset, tmp
     staging.mkdir()
     # torch makes its (empty) inductor cache folder in $TMPDIR on import: elsewhere, please
     tmp_env = {"TMPDIR": str(staging), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
-    killed = _launch(config, CO2S_TEST_KILL_AFTER_COMMIT="burn_in.ckpt", **tmp_env)
+    killed = _launch(config, CO2S_TEST_KILL_AT="committed:burn_in.ckpt", **tmp_env)
     out, err = _finish(killed)
     assert killed.returncode == -signal.SIGKILL, out + err
     run_dir = tmp_path / "run"

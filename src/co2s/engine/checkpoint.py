@@ -50,11 +50,33 @@ def save_checkpoint(fabric, path: str | os.PathLike, state: dict[str, Any]) -> N
         fabric.strategy.checkpoint_io = InPlaceCheckpointIO()  # a Fabric not made by make_fabric
     fabric.save(tmp, {"format": FORMAT, "format_version": FORMAT_VERSION, **state})
     if fabric.is_global_zero:
+        step = int(state.get("step", -1))
+        _kill_for_test("torn", path, step, tmp)
+        _kill_for_test("written", path, step, tmp)
         commit(tmp, path)
-        # Test hook (tests/engine/test_run_lock.py): a crash by SIGKILL right after this commit.
-        if os.environ.get("CO2S_TEST_KILL_AFTER_COMMIT") == path.name:
-            os.kill(os.getpid(), signal.SIGKILL)
+        _kill_for_test("committed", path, step, tmp)
     fabric.barrier()
+
+
+KILL_PHASES = ("torn", "written", "committed")
+
+
+def _kill_for_test(phase: str, path: Path, step: int, tmp: Path) -> None:
+    """Test hook: ``CO2S_TEST_KILL_AT=<phase>:<file name>[@<step>]`` SIGKILLs the process at that
+    point of that checkpoint's write (at every write of it when no step is given): ``torn``, the
+    temporary cut to half its bytes as a kill mid-``torch.save`` leaves it; ``written``, the
+    temporary whole but not renamed; ``committed``, just after the rename. Used by
+    tests/engine/test_run_lock.py and benchmarks/kill_harness.py."""
+    wanted = os.environ.get("CO2S_TEST_KILL_AT")
+    if not wanted:
+        return
+    want_phase, _, target = wanted.partition(":")
+    name, _, want_step = target.partition("@")
+    if want_phase != phase or name != path.name or (want_step and int(want_step) != step):
+        return
+    if phase == "torn":
+        os.truncate(tmp, tmp.stat().st_size // 2)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def clean_checkpoint_temporaries(folder: RunFolder, step: int, burn_in_step: int) -> None:
