@@ -205,9 +205,10 @@ def test_two_student_fusion_equals_whole_image_inference(tmp_path):
     cfg["preset"] = "models/co2s-tiny"
     cfg["train"]["method"] = "co2s"
     cfg.pop("model")
-    from co2s.config.loader import _load_raw, deep_merge
+    from co2s.config.loader import _load_raw
+    from co2s.config.merge import merge_configs
 
-    config = validate(deep_merge(_load_raw("models/co2s-tiny")[0], {k: v for k, v in cfg.items() if k != "preset"}))
+    config = validate(merge_configs(_load_raw("models/co2s-tiny")[0], {k: v for k, v in cfg.items() if k != "preset"}))
     torch.manual_seed(0)
     models = {name: m.eval() for name, m in build_models(config).items()}
     ckpt = write_model_checkpoint(tmp_path / "pair.ckpt", config, models)

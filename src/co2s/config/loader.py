@@ -1,20 +1,20 @@
 """Load a run config: preset or YAML file, inheritance, ``--set`` overrides, validation.
 
 A config is a YAML mapping. ``preset: NAME`` (or ``base: path.yaml``, or a list of them, merged in
-order) at the top level starts from packaged presets or other files and deep-merges the file's own
-keys on top, e.g. ``preset: [ai4mars, models/co2s-tiny]``. Strings may refer
+order) at the top level starts from packaged presets or other files and merges the file's own
+keys on top by the rules of :mod:`co2s.config.merge` (students merge by name), e.g. ``preset: [ai4mars, models/co2s-tiny]``. Strings may refer
 to environment variables as ``${VAR}`` or ``${VAR:-default}``. Every error names the file and the
 key path, so a typo is found before any data is read.
 """
 
 from __future__ import annotations
 
-import copy
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
+from co2s.config.merge import merge_configs
 from co2s.config.overrides import apply_overrides
 from co2s.config.schema import Config
 from co2s.errors import ConfigError
@@ -31,11 +31,16 @@ def model_presets() -> list[str]:
     return sorted(f"models/{p.name[:-5]}" for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
+def _is_model_preset(source: str) -> bool:
+    return source.startswith("models/") and not Path(source).is_file()
+
+
 def _preset_text(name: str) -> str:
     path = resources.files("co2s") / "presets" / f"{name}.yaml"
     if not path.is_file():
         known = ", ".join(preset_names() + model_presets())
-        raise ConfigError(f"unknown preset {name!r}; available: {known}")
+        folder = f" ({name} here is a folder, not a config file)" if Path(name).is_dir() else ""
+        raise ConfigError(f"unknown preset {name!r}{folder}; available: {known}")
     return path.read_text()
 
 
@@ -54,23 +59,15 @@ def _parse_yaml(text: str, origin: str) -> dict[str, Any]:
     return data
 
 
-def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Recursively merge ``override`` into a copy of ``base``; mappings merge, anything else replaces."""
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
 def _load_raw(source: str, seen: tuple[str, ...] = ()) -> tuple[dict[str, Any], str]:
     """Return (merged mapping, origin label) of a preset name or a YAML path, following bases."""
     path = Path(source)
-    if path.suffix in {".yaml", ".yml"} or path.exists():
+    # A file only when it names one: a folder called like a preset (``co2s demo --out demo``
+    # makes ``demo/``) never shadows the preset.
+    if path.is_file() or path.suffix in {".yaml", ".yml"}:
         if not path.is_file():
-            raise ConfigError(f"config file not found: {source}")
+            raise ConfigError(f"config file not found: {source}"
+                              + (" (a folder of that name exists)" if path.is_dir() else ""))
         origin = str(path)
         raw = _parse_yaml(path.read_text(), origin)
     else:
@@ -82,7 +79,7 @@ def _load_raw(source: str, seen: tuple[str, ...] = ()) -> tuple[dict[str, Any], 
         raise ConfigError(f"{origin}: give 'preset' or 'base', not both (either takes a list)")
     parents = raw.pop("preset", None) or raw.pop("base", None)
     if parents is None:
-        return raw, origin
+        return merge_configs({}, raw, origin), origin  # patch markers checked and dropped here too
     if isinstance(parents, str):
         parents = [parents]
     if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
@@ -91,8 +88,9 @@ def _load_raw(source: str, seen: tuple[str, ...] = ()) -> tuple[dict[str, Any], 
     for parent in parents:  # later parents override earlier ones, the file overrides all
         if path.is_file() and parent.endswith((".yaml", ".yml")) and not Path(parent).is_absolute():
             parent = str(path.parent / parent)
-        merged = deep_merge(merged, _load_raw(parent, seen + (origin,))[0])
-    return deep_merge(merged, raw), origin
+        merged = merge_configs(merged, _load_raw(parent, seen + (origin,))[0], origin,
+                               whole_model=_is_model_preset(parent))
+    return merge_configs(merged, raw, origin), origin
 
 
 def validate(raw: dict[str, Any], origin: str = "config", stored: bool = False) -> Config:
@@ -110,7 +108,7 @@ def load_config(source: str | list[str], overrides: list[str] | dict[str, Any] |
             raise ConfigError("load_config needs at least one preset or file")
         raw: dict[str, Any] = {}
         for item in source:
-            raw = deep_merge(raw, _load_raw(str(item))[0])
+            raw = merge_configs(raw, _load_raw(str(item))[0], str(item), whole_model=_is_model_preset(str(item)))
         origin = " + ".join(map(str, source))
     else:
         raw, origin = _load_raw(str(source))

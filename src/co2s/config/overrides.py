@@ -16,7 +16,8 @@ _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
-    """Parse ``a.b.c=value`` (value as YAML: numbers, booleans, null, lists)."""
+    """Parse ``a.b.c=value`` (value as YAML: numbers, booleans, null, lists). A key part indexes a
+    list by position or by its items' ``name``: ``model.students.0.backbone.weights=...``."""
     if "=" not in item:
         raise ConfigError(f"--set {item!r}: expected key.path=value")
     key, _, text = item.partition("=")
@@ -43,15 +44,39 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any]) 
         if not keys:
             raise ConfigError(f"override {item!r}: empty key")
         node = out
-        for k in keys[:-1]:
+        for depth, k in enumerate(keys):
+            last = depth == len(keys) - 1
+            if isinstance(node, list):
+                index = _list_index(node, k, item, ".".join(keys[:depth]))
+                if last:
+                    node[index] = value
+                else:
+                    node = node[index]
+                continue
+            if last:
+                node[k] = value
+                break
             child = node.get(k)
             if child is None:
                 child = node[k] = {}
-            elif not isinstance(child, dict):
-                raise ConfigError(f"--set {item!r}: {k!r} is not a section")
+            elif not isinstance(child, (dict, list)):
+                raise ConfigError(f"--set {item!r}: {k!r} is a value, not a section or list")
             node = child
-        node[keys[-1]] = value
     return out
+
+
+def _list_index(items: list, key: str, item: str, where: str) -> int:
+    """A list item by position (``students.0``) or by its ``name`` (``students.clip``)."""
+    if key.lstrip("-").isdigit():
+        index = int(key)
+        if not -len(items) <= index < len(items):
+            raise ConfigError(f"--set {item!r}: {where} has {len(items)} items; no item {index}")
+        return index
+    names = [x.get("name") for x in items if isinstance(x, dict)]
+    if key in names:
+        return names.index(key)
+    raise ConfigError(f"--set {item!r}: {where} is a list: index it by position (0 to {len(items) - 1})"
+                      + (f" or by name ({', '.join(map(str, names))})" if names else ""))
 
 
 def expand_env(value: Any) -> Any:
