@@ -1,7 +1,12 @@
 # Quickstart targets. Each creates the virtual environment on first use and installs the package
-# with its dev extras under constraints.txt (which pins the CPU torch wheel; see that file).
+# with its dev extras under constraints.txt (which pins the torch version; see that file).
+#   make install CONSTRAINTS=mine.txt        your own pins (e.g. the torch build already installed)
+#   make install PIP_ARGS='--index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple'
+#                                            the CPU wheel of torch from PyTorch's index
 PYTHON ?= python3
 VENV ?= .venv
+CONSTRAINTS ?= constraints.txt
+PIP_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.co2s-installed
 
@@ -9,9 +14,9 @@ STAMP := $(VENV)/.co2s-installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(PIP_ARGS) -c $(CONSTRAINTS) -e '.[dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
