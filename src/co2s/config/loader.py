@@ -3,7 +3,8 @@
 A config is a YAML mapping. ``preset: NAME`` (or ``base: path.yaml``, or a list of them, merged in
 order) at the top level starts from packaged presets or other files and merges the file's own
 keys on top by the rules of :mod:`co2s.config.merge` (students merge by name), e.g. ``preset: [ai4mars, models/co2s-tiny]``. Strings may refer
-to environment variables as ``${VAR}`` or ``${VAR:-default}``. Every error names the file and the
+to environment variables as ``${VAR}`` or ``${VAR:-default}``. Relative paths in a file resolve
+against its folder (:mod:`co2s.config.paths`). Every error names the file and the
 key path, so a typo is found before any data is read.
 """
 
@@ -16,6 +17,7 @@ from typing import Any
 import yaml
 from co2s.config.merge import merge_configs
 from co2s.config.overrides import apply_overrides
+from co2s.config.paths import resolve_file_paths
 from co2s.config.schema import Config
 from co2s.errors import ConfigError
 
@@ -69,7 +71,7 @@ def _load_raw(source: str, seen: tuple[str, ...] = ()) -> tuple[dict[str, Any], 
             raise ConfigError(f"config file not found: {source}"
                               + (" (a folder of that name exists)" if path.is_dir() else ""))
         origin = str(path)
-        raw = _parse_yaml(path.read_text(), origin)
+        raw = resolve_file_paths(_parse_yaml(path.read_text(), origin), path)
     else:
         origin = f"preset {source!r}"
         raw = _parse_yaml(_preset_text(source), origin)
