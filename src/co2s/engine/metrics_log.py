@@ -53,6 +53,10 @@ class MetricsLog:
         kept = [r for r in _parse(self.path) if r.get("step", 0) <= step and r.get("kind") != "final"]
         write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept), durable=False)
 
+    def records(self) -> list[dict[str, Any]]:
+        """The complete records written so far (none where this process does not write the log)."""
+        return _parse(self.path) if self.enabled and self.path.is_file() else []
+
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return

@@ -7,6 +7,8 @@ import contextlib
 import math
 import os
 import random
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Iterable, Iterator
@@ -33,7 +35,7 @@ from co2s.errors import CheckpointError, RunLockedError, TrainingError
 from co2s.evaluation.evaluator import score_predictions
 from co2s.inference.segmenter import Segmenter
 from co2s.methods import Schedule, build_method
-from co2s.progress import progress_bar
+from co2s.progress import bars_shown, progress_bar
 
 
 def make_fabric(config) -> Fabric:
@@ -199,6 +201,13 @@ class Trainer:
         # Drop what an earlier attempt logged after its last checkpoint (all of it when there is
         # none): those steps run again and log again.
         log.truncate_after(state["step"])
+        # `latest` of a validation step is written before that validation: the best so far is
+        # what the log's validation records say, and a validation without its record (stopped
+        # or killed during it) runs again before training goes on.
+        validated = _best_from_log(log.records(), state)
+        if fabric.world_size > 1:  # rank 0 read the log: every rank takes its reading
+            validated, state["best"], state["best_per_prediction"] = fabric.broadcast(
+                (validated, state["best"], state["best_per_prediction"]))
         if fabric.is_global_zero:
             clean_checkpoint_temporaries(folder, state["step"], schedule.burn_in)
             write_run_info(self.run_dir, {"resumed_from_step": state["step"], "total_steps": total,
@@ -212,44 +221,57 @@ class Trainer:
             self._loader(pairs, fabric, start * ub, ub, t.seed + 1) if pairs is not None else None)
         val_set = val
 
-        bar = progress_bar(total=total, initial=state["step"], desc="training", leave=True,
-                           enabled=self.progress and fabric.is_global_zero)
+        shown = self.progress and fabric.is_global_zero
+        bar = progress_bar(total=total, initial=state["step"], desc="training", leave=True, enabled=shown)
+        plain_lines = fabric.is_global_zero and not bars_shown(shown)  # a log file, or --no-progress
         window_start, window_images, sums = time.perf_counter(), 0, {}
         for m in method.modules.values():
             m.train()
-        while state["step"] < total:
-            step = state["step"]
-            window_images += train_step(fabric, method, batches, step, schedule, sums)
-            state["step"] = step + 1
-            bar.update(1)
-
-            done = state["step"]
-            if done % t.log_every == 0 or done == total:
-                elapsed = time.perf_counter() - window_start
-                steps_in_window = (done - 1) % t.log_every + 1
-                record = {"step": done, "kind": "train",
-                          **{k: v / steps_in_window for k, v in sums.items()},
-                          **_learning_rates(method.optimizers),
-                          "images_per_sec": window_images / max(elapsed, 1e-9)}
-                log.write(record)
-                bar.set_postfix(loss=f"{record.get('loss', float('nan')):.4f}")
-                window_start, window_images, sums = time.perf_counter(), 0, {}
-            if val_set is not None and (done % t.val_every == 0 or done == total):
+        interrupts = _Interrupts(enabled=fabric.world_size == 1)
+        with interrupts:
+            if val_set is not None and state["step"] > 0 and not validated and (
+                    state["step"] % t.val_every == 0 or state["step"] == total):
+                interrupts.saved = True  # `latest` holds this step: Ctrl-C may stop at once
                 self._validate(fabric, method, val_set, state, log)
-            if done == schedule.burn_in and done < total:
-                # The end of the supervised burn-in: the students trained on labels only, as a
-                # supervised run of the same length would have them at this step (the demo
-                # continues its supervised baseline from here). Committed before this step's
-                # `latest`: a kill between the two leaves it, and the restart (from an earlier
-                # `latest`) redoes this step; the other order lost it for good.
-                save_checkpoint(fabric, folder.burn_in, self._checkpoint_state(fabric, state))
-            if done % t.ckpt_every == 0 or done == total or (val_set is not None and done % t.val_every == 0):
-                save_checkpoint(fabric, latest, self._checkpoint_state(fabric, state))
-            # Test hook (tests/engine/test_trainer.py): a crash by SIGKILL once this step's checkpoint is written.
-            if os.environ.get("CO2S_TEST_KILL_AFTER_STEP") == str(done):
-                import signal
+            while state["step"] < total:
+                step = state["step"]
+                interrupts.saved = False
+                window_images += train_step(fabric, method, batches, step, schedule, sums)
+                state["step"] = step + 1
+                bar.update(1)
 
-                os.kill(os.getpid(), signal.SIGKILL)
+                done = state["step"]
+                if done % t.log_every == 0 or done == total:
+                    elapsed = time.perf_counter() - window_start
+                    steps_in_window = (done - 1) % t.log_every + 1
+                    record = {"step": done, "kind": "train",
+                              **{k: v / steps_in_window for k, v in sums.items()},
+                              **_learning_rates(method.optimizers),
+                              "images_per_sec": window_images / max(elapsed, 1e-9)}
+                    log.write(record)
+                    bar.set_postfix(loss=f"{record.get('loss', float('nan')):.4f}")
+                    if plain_lines:
+                        print(_plain_line(record, total), flush=True)
+                    window_start, window_images, sums = time.perf_counter(), 0, {}
+                if done == schedule.burn_in and done < total:
+                    # The end of the supervised burn-in: the students trained on labels only, as a
+                    # supervised run of the same length would have them at this step (the demo
+                    # continues its supervised baseline from here). Committed before this step's
+                    # `latest`: a kill between the two leaves it, and the restart (from an earlier
+                    # `latest`) redoes this step; the other order lost it for good.
+                    save_checkpoint(fabric, folder.burn_in, self._checkpoint_state(fabric, state))
+                validates = val_set is not None and (done % t.val_every == 0 or done == total)
+                if done % t.ckpt_every == 0 or done == total or validates or interrupts.requested:
+                    # Before this step's validation: stopping or dying during a long validation
+                    # loses none of the training (the restart validates this step again).
+                    save_checkpoint(fabric, latest, self._checkpoint_state(fabric, state))
+                    interrupts.saved = True
+                interrupts.stop_if_requested(done, latest)
+                # Test hook (tests/engine/test_trainer.py): a crash by SIGKILL once this step's checkpoint is written.
+                if os.environ.get("CO2S_TEST_KILL_AFTER_STEP") == str(done):
+                    os.kill(os.getpid(), signal.SIGKILL)
+                if validates:
+                    self._validate(fabric, method, val_set, state, log)
         bar.close()
         if state["step"] == total:
             log.write({"step": total, "kind": "final", **_weights_in_sync(fabric, method.modules)})
@@ -287,23 +309,18 @@ class Trainer:
         # The Segmenter of the models being trained: validation scores what predict would write.
         # Fabric's module wrappers apply the run's precision in their forward.
         segmenter = Segmenter.from_config(method.modules, self.config)
-        results = score_predictions(segmenter, val_set, rank=fabric.global_rank,
-                                    world_size=fabric.world_size, progress=False)
+        results = score_predictions(segmenter, val_set, rank=fabric.global_rank, world_size=fabric.world_size,
+                                    progress=self.progress and fabric.is_global_zero)
         for m in method.modules.values():
             m.train()
         main = segmenter.prediction
         score = results[main]["mIoU"]
         record = {"step": state["step"], "kind": "val", "split": "val", "selected_by": main,
                   **{f"mIoU/{k}": r["mIoU"] for k, r in results.items()}, "mIoU": score}
-        log.write(record)
-        for name, r in results.items():  # every student's and fusion's own best, for the record
-            old = state["best_per_prediction"].get(name)
-            if old is None or r["mIoU"] > old["mIoU"]:
-                state["best_per_prediction"][name] = {"step": state["step"], "mIoU": r["mIoU"]}
-        best = state["best"]
-        if best is None or score > best["mIoU"]:
-            state["best"] = {"step": state["step"], "mIoU": score, "split": "val", "prediction": main}
+        improved = _take_val_record(state, record)
+        if improved:  # committed before the record: a logged validation never lacks its best.ckpt
             save_checkpoint(fabric, RunFolder(self.run_dir).best, self._checkpoint_state(fabric, state))
+        log.write(record)
         if fabric.is_global_zero:
             others = ", ".join(f"{k} {r['mIoU']:.2f}" for k, r in results.items() if k != main)
             tqdm.write(f"step {state['step']}: val mIoU {score:.2f} ({main}"
@@ -332,6 +349,76 @@ def _check_finite_loss(fabric, loss: torch.Tensor, logs: dict, batch: dict, step
         f"batch files: {shown or 'not recorded'}. Nothing was written for this step; "
         "check those images for extreme values (data.scale, data.mean/std) or lower train.lr, then "
         "rerun to resume from latest.ckpt")
+
+
+def _take_val_record(state: dict, record: dict) -> bool:
+    """Fold one validation record into ``state``'s best (the model selected by) and best per
+    prediction; True when it is the new best. The one rule, for validations run now and for
+    those a resume reads back from the log."""
+    for key, value in record.items():  # every student's and fusion's own best, for the record
+        if key.startswith("mIoU/"):
+            name, old = key[len("mIoU/"):], state["best_per_prediction"].get(key[len("mIoU/"):])
+            if old is None or value > old["mIoU"]:
+                state["best_per_prediction"][name] = {"step": record["step"], "mIoU": value}
+    best = state["best"]
+    if best is None or record["mIoU"] > best["mIoU"]:
+        state["best"] = {"step": record["step"], "mIoU": record["mIoU"], "split": record.get("split", "val"),
+                         "prediction": record.get("selected_by")}
+        return True
+    return False
+
+
+def _best_from_log(records: list[dict], state: dict) -> bool:
+    """Rebuild ``state``'s best from the validation records up to its step (the checkpoint may
+    predate the last of them); True when the checkpoint's own step has its record. Logs without
+    validation records (no val split) leave the checkpoint's values."""
+    vals = [r for r in records if r.get("kind") == "val" and r.get("step", 0) <= state["step"]]
+    if not vals:
+        return False
+    state["best"], state["best_per_prediction"] = None, {}
+    for record in vals:
+        _take_val_record(state, record)
+    return vals[-1]["step"] == state["step"]
+
+
+class _Interrupts:
+    """Ctrl-C during training: the first stops at the end of the current step, after saving it to
+    ``latest`` (at once when ``latest`` already holds the step, e.g. during a validation); a second
+    stops at once. Single-process runs only: under DDP every rank gets its own signal, and a rank
+    that stopped alone would leave the others waiting in a collective."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.requested = False
+        self.saved = False  # whether `latest` holds the last completed step
+        self._previous = None
+
+    def __enter__(self) -> _Interrupts:
+        if self.enabled:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested or self.saved:
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write("interrupted: finishing this step and saving it (Ctrl-C again to stop at once)")
+
+    def stop_if_requested(self, step: int, latest: Path) -> None:
+        if self.requested:
+            tqdm.write(f"saved step {step} to {latest}")
+            raise KeyboardInterrupt
+
+
+def _plain_line(record: dict, total: int) -> str:
+    """A train record as one line, for logs where a progress bar cannot redraw."""
+    shown = {k: v for k, v in record.items() if k not in ("step", "kind") and not k.startswith("lr/")}
+    parts = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()]
+    return f"step {record['step']}/{total}: " + ", ".join(parts)
 
 
 def _lock_run_dir(fabric, run_dir: Path) -> RunLock | None:
