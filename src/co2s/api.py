@@ -18,6 +18,7 @@ from pathlib import Path
 
 from co2s.config.loader import load_config
 from co2s.engine.run_dir import Run
+from co2s.errors import Co2sError
 from co2s.inference.predict import PredictionResult, predict_files
 from co2s.inference.scene import PredictOptions
 from co2s.inference.segmenter import Prediction, Segmenter
@@ -72,17 +73,22 @@ def predict(model, inputs: list[str | os.PathLike], out_dir: str | os.PathLike, 
 
 
 def export(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, prediction: str | None = None,
-           onnx: bool = False, tile: int | None = None) -> dict[str, Path]:
+           onnx: bool = False, tile: int | None = None, scale: float | None = None) -> dict[str, Path]:
     """Write a model folder to share (weights-only safetensors + a small JSON config) from a
     training checkpoint; with ``onnx``, also ``model.onnx`` for a fixed ``tile`` (default: the
-    evaluation window). Returns the written paths."""
+    evaluation window) taking raw values divided by ``scale`` in the graph (needed when the model's
+    scale is ``auto``; :func:`co2s.inference.onnx_export.graph_scale`). Returns the written paths."""
+    if scale is not None and not onnx:
+        raise Co2sError("--scale is the ONNX graph's scale: give it with --onnx")
     segmenter = Segmenter.load(checkpoint, prediction=prediction)
+    if onnx:
+        from co2s.inference.onnx_export import export_onnx, graph_scale
+
+        graph_scale(segmenter.scale, scale)  # refuse before anything is written
     folder = segmenter.save_pretrained(out_dir)
     written = {"folder": folder}
     if onnx:
-        from co2s.inference.onnx_export import export_onnx
-
-        written["onnx"] = export_onnx(segmenter, Path(folder) / "model.onnx", tile or segmenter.tile)
+        written["onnx"] = export_onnx(segmenter, Path(folder) / "model.onnx", tile or segmenter.tile, scale=scale)
     return written
 
 

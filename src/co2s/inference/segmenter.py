@@ -61,7 +61,7 @@ class Segmenter(nn.Module):
     """Trained model(s) + their inference contract: prediction mode, how to read and tile images.
 
     ``forward(x)`` maps scaled images ``[B, C, h, w]`` to class probabilities ``[B, K, h, w]`` in
-    one pass (what the ONNX export runs per tile); ``predict(image)`` does tiled, blended inference
+    one pass (one tile, no blending); ``predict(image)`` does tiled, blended inference
     of an image of any size. ``contract`` (:class:`~co2s.models.contract.InferenceContract`) says
     the classes, palette, bands, scaling, tiling and the default ``prediction`` (a model's name or a
     fusion); ``training_config`` is the config the models were trained under, when known.
@@ -129,6 +129,11 @@ class Segmenter(nn.Module):
         return prediction_choices(list(self.models))
 
     @property
+    def prediction_models(self) -> list[str]:
+        """The models the default prediction runs: itself, or both students for a fusion."""
+        return self._needed([self.prediction])
+
+    @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
@@ -176,8 +181,7 @@ class Segmenter(nn.Module):
 
     # -- prediction ------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        needed = self._needed([self.prediction])
-        logits = {name: self.models[name](x) for name in needed}
+        logits = {name: self.models[name](x) for name in self.prediction_models}
         return class_probabilities(logits, self.prediction)
 
     def tiling(self, tile: int | None = None, overlap: float | None = None) -> tuple[int, int]:

@@ -25,7 +25,11 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
     return starts
 
 
-def blend_weight(height: int, width: int, floor: float = 1e-3) -> torch.Tensor:
+#: the smallest blend weight: a pixel covered by a single tile (an edge) keeps a positive one
+BLEND_FLOOR = 1e-3
+
+
+def blend_weight(height: int, width: int, floor: float = BLEND_FLOOR) -> torch.Tensor:
     """A separable Hann window ``[height, width]``: 1 at the centre, falling smoothly towards the
     edges, where a tile sees the least context. Overlapping tiles then hand over gradually (no
     seams). Floored at ``floor`` so a pixel covered by a single tile keeps a positive weight."""
