@@ -52,10 +52,13 @@ class DataModule:
         if self.report:
             print(text, file=sys.stderr if err else sys.stdout, flush=True)
 
-    def _check_labels(self, stats: LabelStats, title: str = "labelled split", unit: str = "masks") -> None:
+    def _check_labels(self, stats: LabelStats, title: str = "labelled split", unit: str = "masks",
+                      **words) -> None:
+        """Print the class table and run the label check (``words``: its ``source`` and ``checks``)."""
         self.class_table = class_table(stats, self.data.classes, title=title, unit=unit)
         self._print(self.class_table)
-        for problem in check_labels(stats, self.data.classes, self.data.label_check, self.data.max_unmatched_colors):
+        for problem in check_labels(stats, self.data.classes, self.data.label_check, self.data.max_unmatched_colors,
+                                    **words):
             self._print(f"warning (data.label_check: warn): {problem}", err=True)
 
     def _tile_split(self, split: str, max_images: int | None = None) -> TileEvaluationSet:
@@ -139,7 +142,15 @@ class SceneData(DataModule):
 
         data = self.data
         scenes = load_scenes(data, self.channels, progress=self.progress and self.report)
-        self._check_labels(scenes.stats(), title="labelled scene pixels", unit="rasters")
+        labels, rasters = data.scenes.labels, f"{len(scenes.scenes)} raster(s)"
+        if labels.vector is not None:  # the words of the source: polygons of a file, or masks
+            words = {"source": f"the polygons of {scenes.label_source} on {rasters}",
+                     "checks": f"data.classes and the attribute {labels.attribute!r} of the polygons (a "
+                               "polygon on nodata labels nothing: a warning names such polygons)"}
+        else:
+            words = {"source": f"the masks {scenes.label_source} on {rasters}",
+                     "checks": "data.classes, data.label_map and data.reduce_zero_label, or the masks"}
+        self._check_labels(scenes.stats(), title="labelled scene pixels", unit="rasters", **words)
         self.labelled, unlabelled = scene_pools(scenes, data, train.crop_size)
         self.unlabelled = unlabelled if uses_unlabelled else None
         if data.scenes.val is not None:

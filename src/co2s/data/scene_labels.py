@@ -4,8 +4,9 @@ A label source answers one question for a scene: the class of every pixel of a w
 output size (the training crops read a window of ``s x s`` scene pixels into ``crop x crop``).
 
 - **Vector** (:class:`VectorLabels`): polygons with a class attribute (GeoPackage, GeoJSON,
-  Shapefile, ... through pyogrio), checked once when loaded, reprojected to each scene's CRS and
-  put in the scene's pixel coordinates; each window is rasterised on its own grid
+  Shapefile, ... through pyogrio), checked once when loaded (coordinates that cannot be in the
+  declared CRS, invalid polygons: refused, or repaired on request), reprojected to each scene's
+  CRS and put in the scene's pixel coordinates; each window is rasterised on its own grid
   (``rasterio.features.rasterize``, pixel centres, later features over earlier ones). Pixels in
   no polygon are ``ignore_index`` (sparse labels), or ``background`` when the labels are complete.
 - **Raster masks** (:class:`MaskLabels`): single-band index masks on the scene's grid, or on any
@@ -19,6 +20,7 @@ Every problem is a :class:`DataError` naming the file (and the feature ids).
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -45,14 +47,26 @@ def window_transform(window: Window, out_shape: tuple[int, int]):
     return Affine(window.width / out_shape[1], 0.0, window.x, 0.0, window.height / out_shape[0], window.y)
 
 
-def parse_crs(value, what: str):
-    """A rasterio CRS from a file's CRS (string or CRS); a missing or unknown one is a DataError."""
+#: how a user assigns a file's CRS (without reprojecting it), by kind of file
+SET_CRS = {"raster": "QGIS: Layer > Set CRS; GDAL: gdal_edit -a_srs EPSG:<code> {file}",
+           "vector": "QGIS: Layer > Set CRS, then Export > Save Features As; GDAL: ogr2ogr -a_srs "
+                     "EPSG:<code> fixed.gpkg {file}"}
+
+
+def set_crs(kind: str, path: Path | None) -> str:
+    """How to assign the CRS of a ``kind`` (raster or vector) file ``path`` without reprojecting it."""
+    return SET_CRS[kind].format(file=path.name if path is not None else "FILE")
+
+
+def parse_crs(value, what: str, kind: str = "raster", path: Path | None = None):
+    """A rasterio CRS from a file's CRS (string or CRS); a missing or unknown one is a DataError
+    (``kind``, raster or vector, and ``path`` make the message say how to set one)."""
     from rasterio.crs import CRS
     from rasterio.errors import CRSError
 
     if value is None or (isinstance(value, str) and not value.strip()):
         raise DataError(f"{what} has no CRS: scene labels are placed by their coordinates, so every "
-                        "raster and vector file needs one (QGIS: Layer > Set CRS; GDAL: gdal_edit -a_srs)")
+                        f"raster and vector file needs one ({set_crs(kind, path)})")
     try:
         crs = value if isinstance(value, CRS) else CRS.from_user_input(value)
     except CRSError as exc:
@@ -60,6 +74,54 @@ def parse_crs(value, what: str):
     if not crs.to_wkt():
         raise DataError(f"{what} has an unknown CRS {str(value)[:80]!r}")
     return crs
+
+
+def crs_name(crs) -> str:
+    """``EPSG:4326``, else the CRS's own name (never a page of WKT)."""
+    text = crs.to_string()
+    if len(text) <= 40:
+        return text
+    name = crs.to_wkt().split('"')  # WKT opens with the CRS's name: PROJCS["WGS 84 / UTM zone 33N", ...
+    return name[1] if len(name) > 2 and name[1] else text[:40]
+
+
+#: plural of a projected CRS's linear unit, for messages
+UNITS = {"metre": "metres", "meter": "metres", "foot": "feet", "US survey foot": "US survey feet"}
+
+
+def check_coordinates(crs, geoms: np.ndarray, described: str, path: Path) -> None:
+    """Refuse coordinates that cannot be in the declared CRS, before anything reprojects them
+    (PROJ stops on them, or puts the polygons somewhere else): values beyond 180 / 90 in a
+    geographic CRS are not degrees (a UTM file declared EPSG:4326, a GeoJSON in metres, which
+    GDAL reads as EPSG:4326); a projected CRS whose values all lie within 180 / 90 holds degrees."""
+    import shapely
+
+    x0, y0, x1, y1 = shapely.total_bounds(geoms)
+    x, y = max(abs(x0), abs(x1)), max(abs(y0), abs(y1))
+    name = crs_name(crs)
+    if crs.is_geographic and (x > 180 + 1e-7 or y > 90 + 1e-7):
+        axis, value = ("x", x) if x > 180 + 1e-7 else ("y", y)
+        found, declared = f"metres ({axis} up to {value:,.0f})", f"degrees as {name} declares"
+    elif crs.is_projected and x <= 180 and y <= 90:
+        units = UNITS.get(crs.linear_units, crs.linear_units or "metres")
+        found, declared = f"degrees (x {x0:.6g} to {x1:.6g}, y {y0:.6g} to {y1:.6g})", f"{units} as {name} declares"
+    else:
+        return
+    raise DataError(f"{described}: coordinates look like {found}, not {declared}: the file declares a "
+                    f"wrong CRS; assign the one its coordinates are in ({set_crs('vector', path)})")
+
+
+def polygonal(geoms: np.ndarray) -> np.ndarray:
+    """The polygonal parts of each geometry (a Polygon, a MultiPolygon, or an empty geometry when
+    it has none): what :func:`shapely.make_valid` returns may hold lines and points too."""
+    import shapely
+
+    out = np.empty(len(geoms), dtype=object)
+    for i, geom in enumerate(geoms):
+        parts = shapely.get_parts(shapely.get_parts(geom))  # collections, then multipolygons
+        parts = [p for p in parts if shapely.get_type_id(p) == 3 and not p.is_empty]
+        out[i] = parts[0] if len(parts) == 1 else shapely.MultiPolygon(parts)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,12 +134,17 @@ class PolygonLayer:
     labels: training, evaluation regions and ``co2s splits`` all use it).
 
     ``key`` names the setting a user changes to pick a layer or filter (``data.scenes.labels`` or a
-    CLI flag such as ``--layer``), so each error names it. Every feature has a non-empty polygonal
-    geometry; ``fields`` are the attribute columns ``columns`` (all when None), of which
-    ``required`` must exist; ``force_2d`` drops Z coordinates."""
+    CLI flag such as ``--layer``), so each error names it. Every feature has a non-empty, valid
+    polygonal geometry whose coordinates fit the layer's CRS (``crs``, None when it has none):
+    GDAL's fill of an invalid polygon labels pixels outside it (a hole crossing its shell fills
+    the hole's outer part), so invalid polygons are refused, or with ``repair`` remade valid
+    (:func:`shapely.make_valid` keeping the shell minus its holes, polygonal parts only) and
+    reported (``repaired``: their feature ids). ``fields`` are the attribute columns ``columns``
+    (all when None), of which ``required`` must exist; ``force_2d`` drops Z coordinates."""
 
     def __init__(self, path: Path, layer: str | None, where: str | None, key: str, *,
-                 columns: list[str] | None = None, required: tuple[str, ...] = (), force_2d: bool = False) -> None:
+                 columns: list[str] | None = None, required: tuple[str, ...] = (), force_2d: bool = False,
+                 repair: bool = False) -> None:
         import pyogrio
         import shapely
 
@@ -103,6 +170,7 @@ class PolygonLayer:
             raise DataError(f"cannot read vector file {described}: {exc}") from None
         self.field_names = [str(f) for f in info["fields"]]
         self.crs_text = info["crs"]
+        self.crs = parse_crs(info["crs"], f"vector file {described}", "vector", path) if info["crs"] else None
         for name in required:
             if name not in self.field_names:
                 raise DataError(f"{described} has no attribute {name!r} ({key_for(key, 'attribute')}); "
@@ -134,7 +202,41 @@ class PolygonLayer:
         if other:
             raise DataError(f"{described}: feature id(s) {shown_items(other)} are not polygons; labels are "
                             "polygons (buffer lines and points into polygons first)")
-        self.geoms = geoms
+        if self.crs is not None:
+            check_coordinates(self.crs, geoms, described, path)
+        self.geoms, repaired = self._valid(geoms, key, repair)
+        self.repaired = self.fids[repaired].tolist()
+        if self.repaired:
+            warnings.warn(f"{described}: repaired {len(self.repaired)} invalid polygon(s) of {len(geoms)} "
+                          f"with shapely.make_valid ({repair_option(key)}): feature id(s) "
+                          f"{shown_items(self.repaired)}", stacklevel=2)
+
+    def _valid(self, geoms: np.ndarray, key: str, repair: bool) -> tuple[np.ndarray, np.ndarray]:
+        """``(geoms, rows)``: the invalid ones refused (a DataError naming them and GEOS's reason)
+        or repaired (``rows``: theirs)."""
+        import shapely
+
+        bad = np.flatnonzero(~shapely.is_valid(geoms))
+        if bad.size == 0:
+            return geoms, bad
+        if not repair:
+            reasons = [f"feature id {int(f)}: {r}" for f, r in
+                       zip(self.fids[bad[:3]], shapely.is_valid_reason(geoms[bad[:3]]))]
+            more = f"; ... ({bad.size} in all)" if bad.size > 3 else ""
+            raise DataError(f"{self.described}: {bad.size} invalid polygon(s) of {len(geoms)}, which would "
+                            f"label the wrong pixels: {'; '.join(reasons)}{more}; fix them in the file "
+                            "(QGIS: Vector > Geometry Tools > Fix Geometries; ogr2ogr -makevalid) or set "
+                            f"{repair_option(key)} to repair them on reading")
+        fixed = polygonal(shapely.make_valid(geoms[bad], method="structure", keep_collapsed=False))
+        gone = self.fids[bad[shapely.is_empty(fixed)]].tolist()
+        if gone:
+            raise DataError(f"{self.described}: feature id(s) {shown_items(gone)} have no area once repaired "
+                            "(degenerate polygons): delete them from the file")
+        geoms = geoms.copy()
+        geoms[bad] = fixed
+        self.wkb = self.wkb.copy()
+        self.wkb[bad] = shapely.to_wkb(fixed)  # what `co2s splits` writes: the repaired polygons
+        return geoms, bad
 
     def column(self, name: str) -> np.ndarray:
         return self.fields[self.columns.index(name)]
@@ -145,6 +247,12 @@ def key_for(key: str, option: str) -> str:
     return f"--{option}" if key.startswith("--") else f"{key}.{option}"
 
 
+def repair_option(key: str) -> str:
+    """The setting that repairs invalid polygons: a config key (``co2s splits`` reads it from
+    ``--config``)."""
+    return "data.scenes.labels.repair: true (in --config)" if key.startswith("--") else f"{key}.repair: true"
+
+
 class VectorLabels:
     """The polygons of one vector layer with their class indices, checked up front.
 
@@ -153,11 +261,14 @@ class VectorLabels:
     """
 
     def __init__(self, path: Path, layer: str | None, attribute: str, classes: list[str],
-                 ignore_index: int, where: str | None = None, key: str = "data.scenes.labels") -> None:
-        polygons = PolygonLayer(path, layer, where, key, columns=[attribute], required=(attribute,), force_2d=True)
+                 ignore_index: int, where: str | None = None, key: str = "data.scenes.labels",
+                 repair: bool = False) -> None:
+        polygons = PolygonLayer(path, layer, where, key, columns=[attribute], required=(attribute,), force_2d=True,
+                                repair=repair)
         self.path, self.attribute, self.ignore_index = path, attribute, ignore_index
-        self.layer, self.where = polygons.layer, where
-        self.crs = parse_crs(polygons.crs_text, f"vector file {polygons.described}")
+        self.layer, self.where, self.described = polygons.layer, where, polygons.described
+        self.crs = polygons.crs or parse_crs(None, f"vector file {polygons.described}", "vector", path)
+        self.classes = classes
         self.fids, self.geoms = polygons.fids, polygons.geoms
         self.values = class_indices(polygons, attribute, classes, ignore_index)
 
@@ -173,7 +284,11 @@ class VectorLabels:
         def to_pixels(xy: np.ndarray) -> np.ndarray:
             x, y = xy[:, 0], xy[:, 1]
             if not same and len(x):
-                x, y = (np.asarray(v, dtype=np.float64) for v in reproject_points(self.crs, crs, x, y))
+                try:
+                    x, y = (np.asarray(v, dtype=np.float64) for v in reproject_points(self.crs, crs, x, y))
+                except Exception as exc:  # rasterio's CPLE_* errors from PROJ
+                    raise DataError(f"{self.path}: the polygons cannot be reprojected from {crs_name(self.crs)} "
+                                    f"to the CRS of {what} ({crs_name(crs)}): {exc}") from None
             return np.column_stack([inverse.a * x + inverse.b * y + inverse.c,
                                     inverse.d * x + inverse.e * y + inverse.f])
 
@@ -187,6 +302,10 @@ class VectorLabels:
 
     def for_scene(self, pixels: np.ndarray, fill: int) -> VectorSceneLabels:
         return VectorSceneLabels(pixels, self.values, fill, self.ignore_index)
+
+    def class_of(self, row: int) -> str:
+        value = int(self.values[row])
+        return self.classes[value] if value < len(self.classes) else "ignore"
 
 
 def class_indices(polygons: PolygonLayer, attribute: str, classes: list[str], ignore_index: int) -> np.ndarray:
@@ -262,16 +381,21 @@ class VectorSceneLabels:
     def read(self, window: Window, out_shape: tuple[int, int]) -> np.ndarray:
         """Labels ``[h, w]`` int64 of the window (scene pixels) read into ``out_shape``: a pixel
         takes the class of the last polygon holding its centre."""
-        from rasterio.features import rasterize
-
         hits = self._hits(window)
         if hits.size == 0:
             return np.full(out_shape, self.fill, np.int64)
-        dtype = "uint8" if max(self.fill, int(self.values[hits].max())) < 256 else "int32"
-        burnt = rasterize(zip(self.geoms[hits], self.values[hits].tolist()), out_shape=out_shape,
-                          fill=self.fill, transform=window_transform(window, out_shape),
-                          all_touched=False, dtype=dtype)
-        return burnt.astype(np.int64)
+        return burn(self.geoms[hits], self.values[hits], window, out_shape, self.fill)
+
+
+def burn(geoms: np.ndarray, values: np.ndarray, window: Window, out_shape: tuple[int, int], fill: int) -> np.ndarray:
+    """The one rasterisation rule of polygon labels: ``[h, w]`` int64, a pixel of the window read
+    into ``out_shape`` takes the value of the last polygon holding its centre, else ``fill``."""
+    from rasterio.features import rasterize
+
+    dtype = "uint8" if max(fill, int(values.max())) < 256 else "int32"
+    burnt = rasterize(zip(geoms, values.tolist()), out_shape=out_shape, fill=fill,
+                      transform=window_transform(window, out_shape), all_touched=False, dtype=dtype)
+    return burnt.astype(np.int64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,7 +482,7 @@ def mask_extent(path: Path, grid: dict, what: str) -> tuple[bool, tuple[float, f
                                 f"({grid['width']}x{grid['height']}) have no CRS and differ in size: "
                                 "cannot place the mask on the scene")
             return True, (0.0, 0.0, float(grid["width"]), float(grid["height"]))
-        mask_crs = parse_crs(src.crs, f"mask {path}")
+        mask_crs = parse_crs(src.crs, f"mask {path}", path=path)
         scene_crs = parse_crs(grid["crs"], what)
         if mask_crs == scene_crs and size and src.transform.almost_equals(grid["transform"]):
             return True, (0.0, 0.0, float(grid["width"]), float(grid["height"]))

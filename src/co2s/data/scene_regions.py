@@ -90,7 +90,7 @@ def attach_held_out(scenes: list[Scene], data, root: Path, train_vector: VectorL
         if regions.vector is not None:
             vector = VectorLabels(vector_file(root, regions.vector), regions.layer,
                                   regions.attribute or data.scenes.labels.attribute, list(data.classes),
-                                  data.ignore_index, regions.where, key)
+                                  data.ignore_index, regions.where, key, regions.repair)
             fill = data.classes.index(regions.background) if regions.complete else data.ignore_index
             for scene in scenes:
                 try:

@@ -4,13 +4,16 @@ validation/test regions (:mod:`co2s.data.scene_regions`) both build on.
 - :class:`Scene`: one raster, read through :class:`~co2s.data.raster.RasterReader` (the package's
   one invalid-pixel rule), and its label source (:mod:`co2s.data.scene_labels`);
 - :func:`open_scene` checks a raster up front (bands, window-wise reading); :func:`attach_labels`
-  places a vector file or raster masks on the scenes; :func:`index_labels` counts the valid
+  places a vector file or raster masks on the scenes (and names the polygons that label no pixel
+  with data, :func:`pixels_with_data`); :func:`index_labels` counts the valid
   labelled pixels per class of every ``BLOCK`` x ``BLOCK`` block: a :class:`SceneSet`.
 """
 
 from __future__ import annotations
 
 import glob
+import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +21,7 @@ import numpy as np
 
 from co2s.data.labels import LabelEncoder
 from co2s.data.raster import RasterReader, Window
-from co2s.data.scene_labels import MaskLabels, VectorLabels, mask_extent, parse_crs
+from co2s.data.scene_labels import MaskLabels, VectorLabels, burn, mask_extent, parse_crs, shown_items
 from co2s.data.sources import LabelStats, resolve
 from co2s.errors import DataError
 from co2s.progress import progress_bar
@@ -165,16 +168,17 @@ def attach_labels(scenes: list[Scene], labels, data, root: Path, key: str, raste
                   attribute: str | None = None) -> tuple[str, VectorLabels | None]:
     """Set each scene's ``labels`` from the vector or raster source of ``labels`` (a labels or
     regions config at ``key``; ``attribute`` overrides its own); features or masks outside every
-    scene are errors. Returns the source's name for messages, and the vector labels if any."""
+    scene are errors, polygons that label no pixel with data are named in a warning. Returns the
+    source's name for messages, and the vector labels if any."""
     if labels.vector is not None:
         import shapely
 
         vector = VectorLabels(vector_file(root, labels.vector), labels.layer, attribute or labels.attribute,
-                              list(data.classes), data.ignore_index, labels.where, key)
+                              list(data.classes), data.ignore_index, labels.where, key, labels.repair)
         fill = data.classes.index(labels.background) if labels.complete else data.ignore_index
         inside = np.zeros(len(vector.values), bool)
         for scene in scenes:
-            crs = parse_crs(scene.crs, f"raster {scene.path}")
+            crs = parse_crs(scene.crs, f"raster {scene.path}", path=scene.path)
             pixels = vector.in_pixels(crs, scene.transform, f"raster {scene.path}")
             inside |= shapely.intersects(pixels, shapely.box(0, 0, scene.width, scene.height))
             scene.labels = vector.for_scene(pixels, fill)
@@ -184,6 +188,7 @@ def attach_labels(scenes: list[Scene], labels, data, root: Path, key: str, raste
             raise DataError(f"{vector.path}: feature id(s) {', '.join(map(str, outside[:8]))}"
                             f"{' ...' if len(outside) > 8 else ''} lie outside every raster ({names}): "
                             f"a wrong CRS on the vector file, or a raster missing from {rasters_key}?")
+        _report_silent(vector, scenes, rasters_key)
         return str(vector.path), vector
     encoder = LabelEncoder.from_config(data)
     masks = expand_paths(labels.raster, root, f"{key}.raster")
@@ -199,6 +204,66 @@ def attach_labels(scenes: list[Scene], labels, data, root: Path, key: str, raste
         raise DataError(f"mask(s) {', '.join(lost)} lie outside every raster of {rasters_key} "
                         "(a wrong CRS or transform?)")
     return ", ".join(str(m) for m in masks), None
+
+
+def pixels_with_data(scene: Scene, geom, cache: dict) -> tuple[bool, bool]:
+    """``(centred, with_data)``: whether a polygon (scene pixels) holds a pixel centre of the scene,
+    and one with data, by the labels' own rule (:func:`burn`) and the package's invalid-pixel
+    rule, in ``BLOCK`` x ``BLOCK`` windows (memory bounded whatever the polygon's size) that stop
+    at the first valid pixel found; ``cache``: the blocks' validity read so far."""
+    x0, y0, x1, y1 = geom.bounds
+    x0, y0 = max(0, math.floor(x0)), max(0, math.floor(y0))
+    x1, y1 = min(scene.width, math.ceil(x1)), min(scene.height, math.ceil(y1))
+    centred = False
+    one = np.ones(1, np.int64)
+    for by in range(y0 // BLOCK * BLOCK, y1, BLOCK):
+        for bx in range(x0 // BLOCK * BLOCK, x1, BLOCK):
+            wx, wy = max(bx, x0), max(by, y0)
+            window = Window(wx, wy, min(bx + BLOCK, x1) - wx, min(by + BLOCK, y1) - wy)
+            inside = burn(np.array([geom], dtype=object), one, window, window.shape, 0) > 0
+            if not inside.any():
+                continue
+            centred = True
+            if (bx, by) not in cache:
+                if len(cache) >= 256:  # 256 blocks of 256 x 256: 16 MB at most
+                    cache.clear()
+                block = Window(bx, by, min(BLOCK, scene.width - bx), min(BLOCK, scene.height - by))
+                cache[bx, by] = scene.valid(block)
+            valid = cache[bx, by]
+            if valid is None:
+                return True, True
+            if (inside & valid[wy - by: wy - by + window.height, wx - bx: wx - bx + window.width]).any():
+                return True, True
+    return centred, False
+
+
+def _report_silent(vector: VectorLabels, scenes: list[Scene], rasters_key: str) -> None:
+    """Warn about labelled polygons that label no pixel: all their pixels are nodata, or they hold
+    no pixel centre of any raster (smaller than a pixel, or only their edge on a raster)."""
+    import shapely
+
+    centred = np.zeros(len(vector.values), bool)
+    with_data = vector.values == vector.ignore_index  # ignore polygons label nothing by design
+    for scene in scenes:
+        pixels, cache = scene.labels.geoms, {}
+        here = shapely.intersects(pixels, shapely.box(0, 0, scene.width, scene.height))
+        for row in np.flatnonzero(here & ~with_data):
+            c, d = pixels_with_data(scene, pixels[row], cache)
+            centred[row] |= c
+            with_data[row] |= d
+    if with_data.all():
+        return
+    named = [f"{int(vector.fids[r])} ({vector.class_of(r)})" for r in range(len(centred))]
+    parts = []
+    nodata = np.flatnonzero(centred & ~with_data)
+    if nodata.size:
+        parts.append(f"feature id(s) {shown_items([named[r] for r in nodata])} lie on nodata pixels only")
+    tiny = np.flatnonzero(~centred & ~with_data)
+    if tiny.size:
+        parts.append(f"feature id(s) {shown_items([named[r] for r in tiny])} hold no pixel centre of the "
+                     "rasters (smaller than a pixel?)")
+    warnings.warn(f"{vector.described}: {nodata.size + tiny.size} polygon(s) label no pixel of {rasters_key}: "
+                  f"{'; '.join(parts)}", stacklevel=3)
 
 
 def vector_file(root: Path, spec: str) -> Path:

@@ -225,19 +225,25 @@ def _colour_list(colours: list) -> str:
     return ", ".join(f"{tuple(c)} ({n} px)" for c, n in colours)
 
 
+#: what a class without pixels makes a user check, for tile masks
+TILE_CHECKS = ("data.classes, data.palette / color_masks, data.label_map and data.reduce_zero_label, or the "
+               "labelled list")
+
+
 def check_labels(stats: LabelStats, classes: list[str], mode: str = "error",
-                 max_unmatched: float = 0.01) -> list[str]:
+                 max_unmatched: float = 0.01, source: str | None = None, checks: str = TILE_CHECKS) -> list[str]:
     """Problems of a labelled split that would silently train the wrong thing: a configured class
     with no pixel, and colour masks with more than ``max_unmatched`` of their pixels in colours
-    outside the palette (they become ignore). ``mode`` error raises one :class:`DataError` with
-    them all; warn returns them as messages."""
+    outside the palette (they become ignore). ``source`` names where the labels come from in
+    their own words (default: the tile masks of the labelled split), ``checks`` what to check.
+    ``mode`` error raises one :class:`DataError` with them all (one line for one problem); warn
+    returns them as messages."""
     problems = []
     absent = [name for name, n in zip(classes, stats.counts) if n == 0]
     if absent:
         problems.append(
-            f"class(es) {', '.join(absent)} have no pixel in the labelled split ({stats.masks} masks): "
-            "the model would never learn them. Check data.classes, data.palette / color_masks, "
-            "data.label_map and data.reduce_zero_label, or the labelled list"
+            f"class(es) {', '.join(absent)} have no pixel in {source or f'the labelled split ({stats.masks} masks)'}: "
+            f"the model would never learn them. Check {checks}"
         )
     over = sorted((u for u in stats.unmatched if u[1] > max_unmatched), key=lambda u: -u[1])
     if over:
@@ -251,6 +257,8 @@ def check_labels(stats: LabelStats, classes: list[str], mode: str = "error",
             "data.max_unmatched_colors\n" + "\n".join(lines) + more
         )
     if problems and mode == "error":
+        if len(problems) == 1 and "\n" not in problems[0]:
+            raise DataError(f"label check failed: {problems[0]} (set data.label_check: warn to train anyway)")
         raise DataError("label check of the labelled split failed:\n- " + "\n- ".join(problems)
                         + "\n(set data.label_check: warn to train anyway)")
     return problems

@@ -35,7 +35,8 @@ def write_splits(source: str | None, ratio: str, seed: int, out_dir: str | os.Pa
         return {**make_vector_splits(vector, ratio, seed, out_dir, layer=layer, attribute=attribute, where=where,
                                      by=by or "area", stratify=stratify, block=block, buffer=buffer,
                                      classes=list(data.classes) if data is not None and attribute else None,
-                                     ignore_index=data.ignore_index if data is not None else 255),
+                                     ignore_index=data.ignore_index if data is not None else 255,
+                                     repair=labels is not None and labels.repair),
                 "kind": "vector"}
     given = [flag for flag, v in zip(VECTOR_ONLY, (by, block, buffer, attribute, layer, where)) if v is not None]
     if given:

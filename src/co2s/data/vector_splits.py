@@ -84,9 +84,12 @@ def make_vector_splits(
     buffer: float | None = None,
     classes: list[str] | None = None,
     ignore_index: int = 255,
+    repair: bool = False,
 ) -> dict:
     """Write ``labelled.gpkg``, ``held_out.gpkg`` and ``split.json`` into ``out_dir`` (see the
-    module docstring); ``classes`` (a config's) checks the attribute's values as training would."""
+    module docstring); ``classes`` (a config's) checks the attribute's values as training would;
+    ``repair`` (a config's ``data.scenes.labels.repair``) remakes invalid polygons valid, and the
+    files hold the repaired ones."""
     import pyogrio
     import shapely
 
@@ -101,7 +104,7 @@ def make_vector_splits(
     if stratify and not attribute:
         raise DataError("stratified splits need --attribute: the field holding each polygon's class")
     path = Path(path)
-    polygons = PolygonLayer(path, layer, where, "--", required=(attribute,) if attribute else ())
+    polygons = PolygonLayer(path, layer, where, "--", required=(attribute,) if attribute else (), repair=repair)
     layer, described, fids, geoms = polygons.layer, polygons.described, polygons.fids, polygons.geoms
     labels = None
     if attribute:
@@ -116,10 +119,8 @@ def make_vector_splits(
                                 f"{attribute!r} is empty)")
             labels = [str(v) for v in raw]
     crs = polygons.crs_text
-    if crs and (block is not None or buffer is not None):
-        from rasterio.crs import CRS
-
-        if CRS.from_user_input(crs).is_geographic:
+    if polygons.crs is not None and (block is not None or buffer is not None):
+        if polygons.crs.is_geographic:
             raise DataError(f"{described} is in a geographic CRS ({crs}): --block and --buffer are distances "
                             "in the CRS's units (degrees here); reproject the file to a projected CRS "
                             "first (QGIS: Export > Save Features As; ogr2ogr -t_srs EPSG:...)")
@@ -193,7 +194,7 @@ def make_vector_splits(
     info = {
         "source": str(path), "layer": layer, "where": where, "attribute": attribute, "ratio": str(ratio),
         "by": by, "seed": seed, "stratified": stratify, "block": block, "buffer": buffer, "crs": crs,
-        "units": units,
+        "units": units, "repaired": polygons.repaired,
         "total": _summary(np.arange(len(geoms)), measure, area, labels, total),
         "labelled": _summary(labelled, measure, area, labels, total),
         "held_out": _summary(held, measure, area, labels, total),
