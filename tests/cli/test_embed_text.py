@@ -27,7 +27,8 @@ def test_embed_text_from_openai_files(official, tmp_path, capsys):
     classes = load_config("demo").data.classes
     config = tmp_path / "c.yaml"
     config.write_text(json.dumps({"preset": "demo", "train": {"method": "supervised"}, "model": {
-        "name": "students", "students": [{"name": "clip", "backbone": {"kind": "clip", "weights": str(pt), **OPENAI_TINY_KEYS},
+        "name": "students", "students": [{"$patch": "replace"},  # one student, not merged with the demo's two
+                                         {"name": "clip", "backbone": {"kind": "clip", "weights": str(pt), **OPENAI_TINY_KEYS},
                                           "guidance": "text", "text": {"tokenizer": str(bpe)}}]}}))
     out = tmp_path / "protos.safetensors"
     assert main(["embed-text", str(config), "--out", str(out)]) == 0
@@ -38,7 +39,7 @@ def test_embed_text_from_openai_files(official, tmp_path, capsys):
     # file); the student's keys describe the tiny file, which no weight family has
     described = tmp_path / "described.yaml"
     described.write_text(json.dumps({"preset": "demo", "train": {"method": "supervised"}, "model": {
-        "name": "students", "students": [{"name": "clip", "backbone": {"kind": "clip", "arch": "tiny",
+        "name": "students", "students": [{"$patch": "replace"}, {"name": "clip", "backbone": {"kind": "clip", "arch": "tiny",
                                                                        **OPENAI_TINY_KEYS}, "guidance": "text"}]}}))
     out2 = tmp_path / "protos2.safetensors"
     assert main(["embed-text", str(described), "--clip", str(pt), "--tokenizer", str(root), "--out", str(out2)]) == 0

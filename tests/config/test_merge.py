@@ -160,3 +160,33 @@ def test_a_folder_named_like_a_preset_never_shadows_it(tmp_path, monkeypatch):
         load_config("mine")
     with pytest.raises(ConfigError, match=r"config file not found: mine.yaml$"):
         load_config("mine.yaml")
+
+
+def test_what_a_config_changes_in_its_preset_model_is_listed(tmp_path):
+    from co2s.config.loader import changes_against_preset
+
+    path = _write(tmp_path, """
+base: loveda
+model:
+  students:
+    - name: clip
+      backbone: {weights: /weights/ViT-B-16.pt, skips: hidden}
+""")
+    preset, changes = changes_against_preset(path, load_config(path))
+    assert preset == "loveda"
+    assert changes == ["model.students.0.backbone.skips: 'value' -> 'hidden'",
+                       "model.students.0.backbone.weights: 'openai/clip-vit-base-patch16' -> '/weights/ViT-B-16.pt'"]
+    assert changes_against_preset("loveda", load_config("loveda")) == ("loveda", [])
+    own = _write(tmp_path, "name: x\ndata: {classes: [a, b]}\ntrain: {iters: 3}\n", "own.yaml")
+    assert changes_against_preset(own, load_config(own)) == (None, [])
+
+
+def test_presets_diff_and_train_show_the_model_changes(tmp_path, capsys):
+    path = _write(tmp_path, "base: loveda\nmodel:\n  students:\n    - {name: clip, guidance: queries}\n")
+    assert main(["presets", path, "--diff", "--set", "model.students.dino.head=deeplabv3plus"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines() == ["the model differs from preset loveda's:",
+                                "  model.students.0.guidance: 'text' -> 'queries'",
+                                "  model.students.1.head: 'vlg' -> 'deeplabv3plus'"]
+    assert main(["presets", "loveda", "--diff"]) == 0
+    assert "as it is" in capsys.readouterr().out

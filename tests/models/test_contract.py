@@ -42,8 +42,8 @@ def _edit(folder, change):
     (lambda r: r.update(format_version=3), "written by a newer co2s"),
     (lambda r: r["contract"].update(prediction="median"), "field prediction|is not one of"),
     (lambda r: r["contract"].update(palette=[[0, 0, 0]]), "palette: 1 colours for 3 classes"),
-    (lambda r: r["contract"]["architectures"]["cnn"].update(kind="transformer"), "unknown model kind"),
-    (lambda r: r["contract"]["architectures"]["clip"].update(guidance="words"), "unknown guidance"),
+    (lambda r: r["contract"]["architectures"]["cnn"].update(kind="transformer"), "architectures.cnn.kind: must be one of lite_unet, student"),
+    (lambda r: r["contract"]["architectures"]["clip"].update(guidance="words"), "architectures.clip.guidance: must be one of text, queries, none"),
     (lambda r: r["contract"].pop("tiling"), "field tiling"),
 ])
 def test_a_contract_that_is_wrong_or_newer_is_refused_in_one_line(folder, change, message):
@@ -120,3 +120,39 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in ("lightning_fabric", "
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def _tiny_checkpoint(tmp_path):
+    from co2s.engine.checkpoint import write_model_checkpoint
+
+    config = validate({"data": {"root": str(tmp_path), "classes": ["a", "b"]}, "model": {"width": 8, "depth": 2},
+                       "train": {"crop_size": 32, "iters": 1}})
+    return write_model_checkpoint(tmp_path / "m.ckpt", config, build_models(config))
+
+
+def _nan(t):
+    t = t.clone()
+    t.view(-1)[0] = float("nan")
+    return t
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c["contract"]["tiling"].update(window=10**6), "field tiling: window 1000000 must be"),
+    (lambda c: c["contract"]["architectures"]["model"].update(width=10**5), "architectures.model.width: must be"),
+    (lambda c: c["contract"]["architectures"]["model"].update(width=16), "'model.stem.0.weight' has shape"),
+    (lambda c: c["model"].update({"classifier.weight": _nan(c["model"]["classifier.weight"])}),
+     "'model.classifier.weight' holds NaN"),
+    (lambda c: c["model"].update({"stem.0.weight": c["model"]["stem.0.weight"].int()}), "must be floating point"),
+    (lambda c: c.pop("model"), "the model 'model' is missing"),
+    (lambda c: c.update(step="many"), "step must be"),
+])
+def test_a_checkpoint_out_of_bounds_or_disagreeing_with_its_weights_is_refused(tmp_path, change, message):
+    """A checkpoint's contract and weights are read as a folder's are: bounded, then checked against
+    each other before anything is loaded."""
+    ckpt = _tiny_checkpoint(tmp_path)
+    record = torch.load(ckpt, weights_only=True)
+    change(record)
+    torch.save(record, ckpt)
+    with pytest.raises(CheckpointError, match=message) as info:
+        co2s.Segmenter.load(ckpt)
+    assert str(ckpt) in str(info.value) and "\n" not in str(info.value)

@@ -1,12 +1,95 @@
-"""The ``co2s`` command line: a thin layer over the Python API, one subcommand per job."""
+"""The ``co2s`` command line: a thin layer over the Python API, one subcommand per job.
+
+Every error a user or the machine causes ends in one line ``error: ...`` on stderr and an exit
+code (:func:`error_message`, the one place that words them); ``--debug`` or ``CO2S_DEBUG=1`` adds
+the traceback. Only a bug in co2s prints a traceback by itself.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
+import traceback
 
 from co2s.version import __version__
 from co2s.errors import Co2sError
+
+#: exit codes (README.md, "Errors and exit codes"); 0: success
+EXIT_ENVIRONMENT = 1  # the machine: disk full, read-only, permissions, memory (also: predict inputs failed)
+EXIT_USER = 2  # the command or its inputs: arguments, config, data, checkpoint
+EXIT_BUG = 3  # an unexpected exception: a bug in co2s (traceback printed)
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as shells report it)
+
+#: OSError by errno: what could not be done to the file, and why, in plain words
+_OS_PROBLEMS = {
+    errno.ENOSPC: ("cannot write", "no space left on device"),
+    errno.EDQUOT: ("cannot write", "disk quota exceeded"),
+    errno.EFBIG: ("cannot write", "file too large for its file system"),
+    errno.EROFS: ("cannot write", "read-only file system"),
+    errno.EACCES: ("cannot access", "permission denied"),
+    errno.EPERM: ("cannot access", "operation not permitted"),
+    errno.ENOENT: ("cannot find", "no such file or folder"),
+    errno.EISDIR: ("cannot use", "it is a folder, not a file"),
+    errno.ENOTDIR: ("cannot use", "a part of its path is a file, not a folder"),
+    errno.EEXIST: ("cannot create", "it exists already, and is not a folder"),  # mkdir(exist_ok=True)
+    errno.ENOTEMPTY: ("cannot replace", "the folder is not empty"),
+    errno.ENAMETOOLONG: ("cannot use", "file name too long"),
+    errno.EMFILE: ("cannot open", "too many open files (raise the limit, e.g. ulimit -n 4096)"),
+    errno.ENFILE: ("cannot open", "too many open files on this system"),
+    errno.EIO: ("cannot read or write", "input/output error (a failing disk or a lost network file system?)"),
+    errno.ENOMEM: ("cannot continue", "out of memory"),
+    errno.EPIPE: ("cannot write", "the output pipe was closed by its reader"),
+}
+
+
+def _one_line(text: str) -> str:
+    """A message on one line: the lines of a multi-line one (a config's list of problems) joined."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    out = lines[0] if lines else ""
+    for line in lines[1:]:
+        out += (" " if out.endswith(":") else "; ") + line
+    return out
+
+
+def error_message(exc: BaseException) -> tuple[str, int, bool]:
+    """The one line (without ``error: ``), the exit code, and whether it is a bug (whose traceback
+    must be seen) for an exception that ends a command: the one place that decides them."""
+    if isinstance(exc, Co2sError):
+        return _one_line(str(exc)), EXIT_USER, False
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted", EXIT_INTERRUPTED, False
+    if _out_of_memory(exc):
+        first = _one_line(str(exc)).split(". ")[0]
+        said = first if "memory" in first.lower() else "out of memory" + (f": {first}" if first else "")
+        return (f"{said}; try a smaller batch size or tile (train.batch_size, eval.batch_size, "
+                "--batch-size, --tile)", EXIT_ENVIRONMENT, False)
+    if isinstance(exc, OSError):
+        name = exc.filename
+        verb, problem = _OS_PROBLEMS.get(exc.errno, ("cannot use", (exc.strerror or "").lower()))
+        if exc.errno is None:  # a library's OSError (rasterio, requests) with its own message
+            problem = _one_line(str(exc)) or type(exc).__name__
+        if name is None:
+            return problem, EXIT_ENVIRONMENT, False
+        target = os.fsdecode(name) + (f" -> {os.fsdecode(exc.filename2)}" if exc.filename2 else "")
+        return f"{verb} {target}: {problem}", EXIT_ENVIRONMENT, False
+    what = f"{type(exc).__name__}: {_one_line(str(exc))}".rstrip(": ")
+    return (f"internal error ({what}): a bug in co2s {__version__}; please report it with the traceback "
+            "above", EXIT_BUG, True)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Python's MemoryError, torch's OutOfMemoryError (a GPU) and its CPU allocator's failure."""
+    return (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+            or (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)))
+
+
+def debug_requested(args: argparse.Namespace | None = None) -> bool:
+    """``--debug``, or the environment variable ``CO2S_DEBUG`` set to anything but 0/false/no."""
+    if args is not None and getattr(args, "debug", False):
+        return True
+    return os.environ.get("CO2S_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -50,6 +133,9 @@ def cmd_train(args) -> int:
 
     overrides = list(args.overrides) + ([f"out_dir={args.out}"] if args.out else [])
     config = api.load_config(args.config, overrides)
+    changes = _model_changes(args.config, config)
+    if changes:
+        print(changes)
     try:
         run = api.train(config, progress=not args.no_progress)
     except KeyboardInterrupt:
@@ -95,7 +181,7 @@ def cmd_predict(args) -> int:
     for r in results:
         for note in r.warnings:
             print(f"warning: {note}", file=sys.stderr)
-        print(f"error: {r.error}" if r.error else f"{r.source} -> {', '.join(map(str, r.outputs))}",
+        print(f"error: {_one_line(r.error)}" if r.error else f"{r.source} -> {', '.join(map(str, r.outputs))}",
               file=sys.stderr if r.error else sys.stdout)
     print(f"{len(results) - len(failed)} of {len(results)} image(s) predicted into {args.out}")
     return 1 if failed else 0
@@ -124,7 +210,8 @@ def cmd_splits(args) -> int:
 def cmd_export(args) -> int:
     from co2s import api
 
-    written = api.export(_checkpoint(args), args.out, prediction=_prediction(args), onnx=args.onnx, tile=args.tile)
+    written = api.export(_checkpoint(args), args.out, prediction=_prediction(args), onnx=args.onnx, tile=args.tile,
+                         scale=args.scale)
     for what, path in written.items():
         print(f"{what}: {path}")
     return 0
@@ -161,26 +248,55 @@ def cmd_embed_text(args) -> int:
 def cmd_presets(args) -> int:
     from co2s import api
 
+    if args.diff:
+        if not args.name:
+            raise Co2sError("--diff needs a preset name or config file")
+        print(_model_changes(args.name, api.load_config(args.name, args.overrides)) or
+              "the model is its base preset's as it is (or the config has no base preset)")
+        return 0
     print(api.preset(args.name, args.overrides) if args.name else "\n".join(api.presets()),
           end="" if args.name else "\n")
     return 0
+
+
+def _model_changes(source, config) -> str:
+    """What ``config`` changes in the model of its base preset, one line per key ('' for none):
+    shown before training, so a change to the paper's pair is seen, never found out after."""
+    from co2s.config.loader import changes_against_preset
+
+    preset, changes = changes_against_preset(source, config)
+    if not changes:
+        return ""
+    return f"the model differs from preset {preset}'s:\n" + "\n".join(f"  {c}" for c in changes)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="co2s",
         description="Semi-supervised semantic segmentation of remote-sensing imagery.",
+        epilog="Errors end in one line 'error: ...' and exit code 1 (disk full, read-only folder, "
+        "permissions, out of memory), 2 (arguments, config, data, checkpoint) or 130 (interrupted); "
+        "3 and a traceback mean a bug in co2s. --debug (or CO2S_DEBUG=1) shows the traceback of "
+        "every error. See README.md, 'Errors and exit codes'.",
     )
     parser.add_argument("--version", action="version", version=f"co2s {__version__}")
+    debug_help = "on an error, also print the full traceback (as CO2S_DEBUG=1 does)"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
+    # --debug also after the command (co2s train CONFIG --debug); SUPPRESS keeps the global one
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train a model from a config; resumes an existing run directory")
+    def command(name: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    p = command("train", help="train a model from a config; resumes an existing run directory")
     _add_config_args(p)
     p.add_argument("--out", help="run directory (default: runs/<name>, or out_dir in the config)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser(
+    p = command(
         "evaluate", help="sliding-window evaluation of a checkpoint: mIoU, IoU, OA, F1",
         description="Score a checkpoint or an exported model folder on a split and write "
         "metrics_<split>.json (metrics_test.json, metrics_val.json, ...): beside a training "
@@ -201,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser(
+    p = command(
         "predict", help="predict images and whole scenes of any size (GeoTIFF in, GeoTIFF out)",
         description="Plain PNG/JPEG/BMP images give an index PNG and a colour PNG. Other rasters "
         "(GeoTIFF, VRT, ...) are streamed in windows into <stem>_classes.tif: uint8 classes with "
@@ -236,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser(
+    p = command(
         "splits", help="seeded labelled/unlabelled split lists, or labelled/held-out vector label files",
         description="Tiles: labelled.txt and unlabelled.txt for a labelled ratio. A vector label file "
         "(.gpkg, .geojson, .shp, ...): labelled.gpkg (for data.scenes.labels) and held_out.gpkg (for "
@@ -266,13 +382,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_splits)
 
-    p = sub.add_parser(
+    p = command(
         "export", help="a model folder to share (weights-only safetensors + small config); --onnx adds ONNX",
         description="Write DIR/model.safetensors (weights only: no optimiser state) and "
         "DIR/co2s_model.json (classes, palette, bands, scaling, tiling, architectures, prediction "
         "mode, training config). `co2s predict` and `co2s evaluate` accept DIR in place of a "
-        "checkpoint; co2s.Segmenter.load(DIR) in Python. With --onnx, also DIR/model.onnx: scaled "
-        "image tiles [N, C, tile, tile] in, class probabilities out (see docs/prediction.md).")
+        "checkpoint; co2s.Segmenter.load(DIR) in Python. With --onnx, also DIR/model.onnx: raw "
+        "band values [N, C, tile, tile] in, class probabilities and each student's logits out "
+        "(see docs/prediction.md).")
     p.add_argument("--checkpoint", help="a .ckpt written by co2s train (or a model folder)")
     p.add_argument("checkpoint_positional", nargs="?", metavar="CHECKPOINT",
                    help="the same, as a positional argument (older form)")
@@ -281,12 +398,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the checkpoint's)")
     p.add_argument("--onnx", action="store_true", help="also export model.onnx (needs the onnx extra)")
     p.add_argument("--tile", type=int, help="ONNX tile size (default: the evaluation window)")
+    p.add_argument("--scale", type=float, help="ONNX: what the graph divides raw values by; needed when the "
+                   "model's scale is auto (255 for uint8 images, 65535 for uint16, 1 for float)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("demo", help="generate synthetic aerial data, train, evaluate and predict",
-                       description="Generate synthetic aerial data, train, evaluate and predict, all in one "
-                       "output folder. Rerun into the same folder, the demo replaces its own earlier "
-                       "outputs there (metrics, predictions, comparison.png, summary.json) and says so.")
+    p = command("demo", help="generate synthetic aerial data, train, evaluate and predict",
+                description="Generate synthetic aerial data, train, evaluate and predict, all in one "
+                "output folder. Rerun into the same folder, the demo replaces its own earlier "
+                "outputs there (metrics, predictions, comparison.png, summary.json) and says so.")
     p.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -294,8 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("model-summary", help="weight family, architecture, normalisation, parameters and "
-                       "shapes of each student")
+    p = command("model-summary", help="weight family, architecture, normalisation, parameters and "
+                "shapes of each student")
     _add_config_args(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--random-weights", action="store_true",
@@ -303,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, help="square input size (default: train.crop_size)")
     p.set_defaults(func=cmd_model_summary)
 
-    p = sub.add_parser("embed-text", help="class prototypes from a CLIP text encoder, saved for reuse")
+    p = command("embed-text", help="class prototypes from a CLIP text encoder, saved for reuse")
     _add_config_args(p)
     p.add_argument("--out", required=True, help="output .safetensors file")
     p.add_argument("--clip", help="CLIP weights (default: the config's first CLIP student: text.model, "
@@ -313,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--template", help="prompt template (default: the student's text.template, 'a photo of a {}')")
     p.set_defaults(func=cmd_embed_text)
 
-    p = sub.add_parser(
+    p = command(
         "presets", help="list the packaged presets, or print one (or a YAML file) fully resolved",
         description="Without NAME: list the packaged presets. With a preset name or a YAML file: "
         "print the config fully resolved (bases merged, every default filled in), which validates "
@@ -321,6 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", help="preset name or YAML config file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value before printing (repeatable)")
+    p.add_argument("--diff", action="store_true",
+                   help="print only what the config (and --set) changes in the model of its base preset")
     p.set_defaults(func=cmd_presets)
     return parser
 
@@ -339,13 +460,35 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning
-            return args.func(args)
-    except Co2sError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+            code = args.func(args)
+        _flush_stdout()  # what was printed is written now, as part of the command
+        return code
+    except (Exception, KeyboardInterrupt) as exc:
+        message, code, bug = error_message(exc)
+        if bug or debug_requested(args):
+            traceback.print_exc()
+        print(f"error: {message}", file=sys.stderr)
+        try:
+            _flush_stdout()
+        except OSError:  # said already, in the one line above
+            pass
+        return code
+
+
+def _flush_stdout() -> None:
+    """Flush standard output; when that fails (``co2s presets demo > /dev/full``: a full disk),
+    name it in the error and send the rest nowhere, so Python does not fail again at exit with
+    "Exception ignored" and exit code 120."""
+    try:
+        sys.stdout.flush()
+    except OSError as exc:
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):  # no file descriptor (captured output)
+            pass
+        if exc.filename is None:
+            exc.filename = "standard output"
+        raise
 
 
 if __name__ == "__main__":

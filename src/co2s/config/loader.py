@@ -46,6 +46,16 @@ def _preset_text(name: str) -> str:
     return path.read_text()
 
 
+def read_yaml_file(path: str | Path) -> dict[str, Any]:
+    """The YAML mapping of a file (a config, a run folder's ``config.yaml``); every problem with
+    its content is a :class:`ConfigError` naming the file (and the line)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a YAML config (not UTF-8 text)") from None
+    return _parse_yaml(text, str(path))
+
+
 def _parse_yaml(text: str, origin: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
@@ -53,6 +63,9 @@ def _parse_yaml(text: str, origin: str) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
+        if isinstance(exc, yaml.constructor.ConstructorError) and "python/" in problem:
+            # safe_load refuses them: a config holds plain values, never Python objects to build
+            problem = f"a Python object tag, which co2s never builds ({problem})"
         raise ConfigError(f"{origin}:{where}: invalid YAML: {problem}") from None
     if data is None:
         return {}
@@ -61,8 +74,9 @@ def _parse_yaml(text: str, origin: str) -> dict[str, Any]:
     return data
 
 
-def _load_raw(source: str, seen: tuple[str, ...] = ()) -> tuple[dict[str, Any], str]:
-    """Return (merged mapping, origin label) of a preset name or a YAML path, following bases."""
+def _load_raw(source: str, seen: tuple[str, ...] = (), presets: list[str] | None = None) -> tuple[dict[str, Any], str]:
+    """Return (merged mapping, origin label) of a preset name or a YAML path, following bases;
+    ``presets`` collects the packaged presets of the chain, in merge order."""
     path = Path(source)
     # A file only when it names one: a folder called like a preset (``co2s demo --out demo``
     # makes ``demo/``) never shadows the preset.
@@ -71,7 +85,7 @@ def _load_raw(source: str, seen: tuple[str, ...] = ()) -> tuple[dict[str, Any], 
             raise ConfigError(f"config file not found: {source}"
                               + (" (a folder of that name exists)" if path.is_dir() else ""))
         origin = str(path)
-        raw = resolve_file_paths(_parse_yaml(path.read_text(), origin), path)
+        raw = resolve_file_paths(read_yaml_file(path), path)
     else:
         origin = f"preset {source!r}"
         raw = _parse_yaml(_preset_text(source), origin)
@@ -81,6 +95,8 @@ def _load_raw(source: str, seen: tuple[str, ...] = ()) -> tuple[dict[str, Any], 
         raise ConfigError(f"{origin}: give 'preset' or 'base', not both (either takes a list)")
     parents = raw.pop("preset", None) or raw.pop("base", None)
     if parents is None:
+        if presets is not None and origin.startswith("preset "):
+            presets.append(source)
         return merge_configs({}, raw, origin), origin  # patch markers checked and dropped here too
     if isinstance(parents, str):
         parents = [parents]
@@ -90,8 +106,10 @@ def _load_raw(source: str, seen: tuple[str, ...] = ()) -> tuple[dict[str, Any], 
     for parent in parents:  # later parents override earlier ones, the file overrides all
         if path.is_file() and parent.endswith((".yaml", ".yml")) and not Path(parent).is_absolute():
             parent = str(path.parent / parent)
-        merged = merge_configs(merged, _load_raw(parent, seen + (origin,))[0], origin,
+        merged = merge_configs(merged, _load_raw(parent, seen + (origin,), presets)[0], origin,
                                whole_model=_is_model_preset(parent))
+    if presets is not None and origin.startswith("preset "):
+        presets.append(source)
     return merge_configs(merged, raw, origin), origin
 
 
@@ -129,3 +147,26 @@ def config_to_dict(config: Config) -> dict[str, Any]:
 
 def dump_yaml(config: Config) -> str:
     return yaml.safe_dump(config_to_dict(config), sort_keys=False)
+
+
+def changes_against_preset(source: str | list[str], config: Config) -> tuple[str | None, list[str]]:
+    """The packaged preset that ``config``'s model comes from (the last one in ``source``'s chain
+    that sets ``model``) and every ``model.`` key ``config`` changes against it (``key: preset ->
+    config``); (None, []) for a preset itself or a chain without one. What a user's file or
+    ``--set`` changed in the paper's pair is shown before training, never found out after."""
+    from pydantic import TypeAdapter
+
+    from co2s.config.compare import config_differences
+    from co2s.config.schema import ModelConfig
+
+    sources = [str(s) for s in source] if isinstance(source, (list, tuple)) else [str(source)]
+    presets: list[str] = []
+    for item in sources:
+        _load_raw(item, (), presets)
+    with_model = [p for p in presets if "model" in _load_raw(p)[0]]
+    if not with_model:
+        return None, []
+    preset = with_model[-1]
+    model = TypeAdapter(ModelConfig).validate_python(_load_raw(preset)[0]["model"])
+    return preset, config_differences(model.model_dump(mode="json"), config_to_dict(config)["model"], "model.")
+

@@ -5,10 +5,13 @@ Unknown keys are errors (``extra="forbid"``) so a typo never silently falls back
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, ClassVar, Literal, NamedTuple, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
+from co2s.config import limits
+from co2s.config.architectures import check_layers, vit_arch, vit_depth
 from co2s.config.migrate import migrate
 from co2s.config.overrides import apply_overrides, expand_env
 from co2s.errors import ConfigError
@@ -138,6 +141,11 @@ class SceneLabelsConfig(_Strict):
         default=None, description="with complete: true, the class (a name of data.classes) of pixels "
         "outside every polygon",
     )
+    repair: bool = Field(
+        default=False,
+        description="vector: remake invalid polygons (self-intersections, holes crossing their shell) "
+        "valid with shapely.make_valid, and say how many; false (default): they are an error",
+    )
 
     @field_validator("raster", mode="before")
     @classmethod
@@ -152,6 +160,7 @@ class SceneLabelsConfig(_Strict):
             raise ValueError("vector labels need attribute: the field holding each polygon's class")
         if self.raster is not None:
             given = [k for k in ("layer", "attribute", "where", "background") if getattr(self, k) is not None]
+            given += ["repair"] if self.repair else []
             if given or self.complete:
                 raise ValueError(f"{', '.join(given or ['complete'])}: for vector labels only (a raster "
                                  "mask says itself which pixels are unlabelled)")
@@ -237,7 +246,7 @@ class ScenesConfig(_Strict):
 
 class DataConfig(_Strict):
     root: str = Field(default=".", description="data root; list-file paths are relative to it")
-    classes: list[str] = Field(min_length=1, description="class names, in index order")
+    classes: list[str] = Field(min_length=1, max_length=limits.MAX_CLASSES, description="class names, in index order")
     concepts: dict[str, list[str]] = Field(
         default_factory=dict, description="optional synonyms per class (for text guidance)"
     )
@@ -260,14 +269,16 @@ class DataConfig(_Strict):
     id_format: IdFormat | None = Field(default=None, description="templates for list files of bare IDs: {image: images/{id}.jpg, mask: masks/{id}.png}")
     splits: SplitsConfig = Field(default_factory=SplitsConfig)
     bands: list[int] | None = Field(
-        default=None, description="1-based band indices to read, in order; null reads all"
+        default=None, max_length=limits.MAX_IN_CHANNELS, description="1-based band indices to read, in order; null reads all"
     )
     scale: float | Literal["auto"] = Field(
         default="auto",
         description="divide raw values by this; auto: 255 for uint8, 65535 for uint16, 1 for float",
     )
-    mean: list[float] | None = Field(default=None, description="per-band mean after scaling")
-    std: list[float] | None = Field(default=None, description="per-band std after scaling")
+    mean: list[float] | None = Field(default=None, max_length=limits.MAX_IN_CHANNELS,
+                                     description="per-band mean after scaling")
+    std: list[float] | None = Field(default=None, max_length=limits.MAX_IN_CHANNELS,
+                                    description="per-band std after scaling")
     validate_files: Literal["full", "exists", "none"] = Field(
         default="full",
         description="up-front check: full reads every mask and image header (sizes, band counts, "
@@ -290,10 +301,29 @@ class DataConfig(_Strict):
         "splits.labelled / splits.unlabelled (docs/data.md#scenes)",
     )
 
+    @field_validator("palette", "ignore_colors")
+    @classmethod
+    def _colours(cls, value: list[RGB] | None) -> list[RGB] | None:
+        # palettes become PNG palettes and GeoTIFF colour tables: one byte per channel
+        bad = next((c for c in value or [] if not all(0 <= v <= 255 for v in c)), None)
+        if bad is not None:
+            raise ValueError(f"colour {list(bad)}: each channel must be from 0 to 255")
+        return value
+
+    @field_validator("scale")
+    @classmethod
+    def _positive_scale(cls, value: float | str) -> float | str:
+        # raw values are divided by it: 0 or NaN would make every image one constant
+        if value != "auto" and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"must be a finite number above 0, or 'auto'; got {value}")
+        return value
+
     @field_validator("classes")
     @classmethod
     def _unique_classes(cls, value: list[str]) -> list[str]:
-        dupes = sorted({c for c in value if value.count(c) > 1})
+        from collections import Counter  # linear: list.count per name was quadratic
+
+        dupes = sorted(c for c, n in Counter(value).items() if n > 1)
         if dupes:
             raise ValueError(f"duplicate class names: {dupes}")
         return value
@@ -318,6 +348,10 @@ class DataConfig(_Strict):
                 raise ValueError("mean and std must have the same length")
             if any(s <= 0 for s in self.std):
                 raise ValueError("std values must be positive")
+            from math import isfinite
+
+            if not all(isfinite(v) for v in self.mean + self.std):
+                raise ValueError("mean and std values must be finite")
             if self.bands is not None and len(self.bands) != len(self.mean):
                 raise ValueError(f"{len(self.bands)} bands selected but {len(self.mean)} mean values")
         if self.bands is not None and any(b < 1 for b in self.bands):
@@ -494,7 +528,7 @@ class StudentConfig(_Strict):
     )
     text: TextConfig = Field(default_factory=TextConfig)
     head_width: int = Field(
-        default=128, ge=16,
+        default=128, ge=16, le=limits.MAX_HEAD_WIDTH,
         description="decoder width: vlg hidden channels (upsampling stages width/2, width/4, skip "
         "projections width/4, width/8); deeplabv3plus uses 2 x width. 128 is the paper's; narrower "
         "is cheaper on CPU",
@@ -508,6 +542,13 @@ class StudentConfig(_Strict):
             raise ValueError("text guidance needs a CLIP backbone (its joint image-text space)")
         if self.head == "vlg" and self.guidance == "none":
             raise ValueError("the vlg head needs guidance (text or queries); use head: deeplabv3plus")
+        backbone = self.backbone
+        if backbone.kind != "cnn":  # the layers must exist and feed the head (depth known unless weights say it)
+            depth = None if backbone.weights else vit_depth(backbone.kind, vit_arch(backbone.kind, backbone.arch))
+            try:
+                check_layers(backbone.kind, backbone.layers, depth, self.head)
+            except ValueError as exc:
+                raise ValueError(f"backbone.{exc}") from None
         return self
 
 
@@ -519,8 +560,15 @@ class LiteUNetConfig(_Strict):
     depth: int = Field(default=4, ge=2, le=6, description="encoder stages")
     dropout: float = Field(default=0.1, ge=0.0, lt=1.0, description="dropout before the classifier")
     in_channels: int | None = Field(
-        default=None, description="input bands; null infers from data.bands / data.mean / 3"
+        default=None, ge=1, le=limits.MAX_IN_CHANNELS, description="input bands; null infers from data.bands / data.mean / 3"
     )
+
+    @model_validator(mode="after")
+    def _bounded(self) -> LiteUNetConfig:
+        if self.width * 2 ** (self.depth - 1) > limits.MAX_CONV_CHANNELS:  # each stage doubles the width
+            raise ValueError(f"width {self.width} at depth {self.depth}: the widest stage, width x 2^(depth - 1), "
+                             f"must be at most {limits.MAX_CONV_CHANNELS} channels")
+        return self
 
 
 class StudentsConfig(_Strict):
@@ -532,7 +580,7 @@ class StudentsConfig(_Strict):
         "supervised / fixmatch / unimatch exactly one"
     )
     in_channels: int | None = Field(
-        default=None, description="input bands; null infers from data.bands / data.mean / 3"
+        default=None, ge=1, le=limits.MAX_IN_CHANNELS, description="input bands; null infers from data.bands / data.mean / 3"
     )
 
     @model_validator(mode="after")
@@ -659,7 +707,8 @@ class TrainConfig(_Strict):
     method: MethodName = Field(
         default="supervised", description="training method (docs/methods.md)"
     )
-    crop_size: int = Field(default=256, ge=16, description="square training crop; the default evaluation window")
+    crop_size: int = Field(default=256, ge=limits.MIN_TILE, le=limits.MAX_TILE,
+                           description="square training crop; the default evaluation window")
     batch_size: int = Field(default=2, ge=1, description="labelled images per device per step")
     semi: SemiConfig = Field(default_factory=SemiConfig)
     lr_reference_batch: int | None = Field(
@@ -697,9 +746,10 @@ class TrainConfig(_Strict):
 
 
 class EvalConfig(_Strict):
-    window: int | None = Field(default=None, ge=16, description="sliding window; null = crop_size")
+    window: int | None = Field(default=None, ge=limits.MIN_TILE, le=limits.MAX_TILE,
+                               description="sliding window; null = crop_size")
     stride: int | None = Field(default=None, ge=1, description="null = int(window * 5 / 6)")
-    batch_size: int = Field(default=4, ge=1, description="windows per forward pass")
+    batch_size: int = Field(default=4, ge=1, le=limits.MAX_BATCH_SIZE, description="windows per forward pass")
     prediction: str | None = Field(
         default=None,
         description="what validation selects by and the model predicts by default: a model's name, or "
@@ -736,6 +786,9 @@ class Config(_Strict):
         choices = prediction_choices(self.model_names)
         if self.eval.prediction is not None and self.eval.prediction not in choices:
             raise ValueError(f"eval.prediction must be one of {choices}, got {self.eval.prediction!r}")
+        problem = limits.tiling_problem(*self.tiling, self.eval.batch_size)
+        if problem:
+            raise ValueError(f"eval: {problem}")
         return self
 
     @property

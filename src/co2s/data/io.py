@@ -28,10 +28,14 @@ def _is_tiff(path: Path) -> bool:
 
 
 def _check_exists(path: Path, what: str) -> None:
+    """A file to read is there and not empty (Pillow and GDAL would say "cannot identify image
+    file" of an empty one, which hides that its write never finished)."""
     if not path.is_file():
         if path.is_dir():
             raise DataError(f"{what} {path} is a directory, not a file")
         raise DataError(f"{what} not found: {path}")
+    if path.stat().st_size == 0:
+        raise DataError(f"{what} {path} is an empty file (0 bytes: an interrupted copy or download?)")
 
 
 def _read_raster(path: Path, bands: list[int] | None, colormap: bool = False) -> np.ndarray:

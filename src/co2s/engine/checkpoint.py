@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from co2s.atomic import atomic_path, commit, temp_path
+from co2s.atomic import atomic_path, commit, failed_write, temp_path, write_stream
 from co2s.errors import CheckpointError, TrainingError
 from co2s.models.contract import contract_for
 from co2s.models.loading import FORMAT, FORMAT_VERSION, read_checkpoint
@@ -33,14 +33,15 @@ class InPlaceCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
-        torch.save(checkpoint, path)
+        write_stream(path, lambda f: torch.save(checkpoint, f))  # a full disk stays an OSError
 
 
 def save_checkpoint(fabric, path: str | os.PathLike, state: dict[str, Any]) -> None:
     """Atomically write ``state`` (modules and optimisers are turned into state dicts by Fabric).
 
     Refuses (:class:`TrainingError`) to write modules whose weights are not all finite, so neither
-    ``latest`` nor ``best`` can ever hold a diverged model.
+    ``latest`` nor ``best`` can ever hold a diverged model. A failed write (a full disk) removes
+    its temporary and raises an OSError naming ``path``; the previous ``path`` stays as it was.
     """
     path = Path(path)
     check_finite_weights({k: v for k, v in state.items() if isinstance(v, torch.nn.Module)},
@@ -48,13 +49,18 @@ def save_checkpoint(fabric, path: str | os.PathLike, state: dict[str, Any]) -> N
     tmp = temp_path(path)
     if not isinstance(fabric.strategy.checkpoint_io, InPlaceCheckpointIO):
         fabric.strategy.checkpoint_io = InPlaceCheckpointIO()  # a Fabric not made by make_fabric
-    fabric.save(tmp, {"format": FORMAT, "format_version": FORMAT_VERSION, **state})
-    if fabric.is_global_zero:
-        step = int(state.get("step", -1))
-        _kill_for_test("torn", path, step, tmp)
-        _kill_for_test("written", path, step, tmp)
-        commit(tmp, path)
-        _kill_for_test("committed", path, step, tmp)
+    try:
+        fabric.save(tmp, {"format": FORMAT, "format_version": FORMAT_VERSION, **state})
+        if fabric.is_global_zero:
+            step = int(state.get("step", -1))
+            _kill_for_test("torn", path, step, tmp)
+            _kill_for_test("written", path, step, tmp)
+            commit(tmp, path)
+            _kill_for_test("committed", path, step, tmp)
+    except BaseException as exc:  # an interrupt too: no temporary is left behind
+        if not fabric.is_global_zero:
+            raise
+        failed_write(exc, path, tmp)
     fabric.barrier()
 
 
@@ -123,8 +129,8 @@ def write_model_checkpoint(path: str | os.PathLike, config, models: dict, step: 
     path = Path(path)
     check_finite_weights(models, f"refusing to write {path}")
     contract = contract_for(models, config)
+    record = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": config_to_dict(config),
+              "step": step, "contract": contract.to_record(), **{name: m.state_dict() for name, m in models.items()}}
     with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "config": config_to_dict(config),
-                    "step": step, "contract": contract.to_record(),
-                    **{name: m.state_dict() for name, m in models.items()}}, tmp)
+        write_stream(tmp, lambda f: torch.save(record, f))
     return path

@@ -13,12 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from co2s.version import __version__
 from co2s.atomic import write_text
 from co2s.config.compare import config_differences
-from co2s.config.loader import config_to_dict, dump_yaml
+from co2s.config.loader import config_to_dict, dump_yaml, read_yaml_file
 from co2s.errors import ConfigError
 from co2s.run_folder import RunFolder
 
@@ -83,7 +81,7 @@ def prepare_run_dir(config, run_dir: str | os.PathLike) -> Path:
     run_dir = Path(run_dir)
     saved = RunFolder(run_dir).config
     if saved.is_file():
-        old = yaml.safe_load(saved.read_text())
+        old = read_yaml_file(saved)
         changes = config_differences(old, config_to_dict(config))
         if not changes:
             return run_dir

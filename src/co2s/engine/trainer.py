@@ -25,6 +25,7 @@ from co2s.data.sampler import ResumableSampler
 from co2s.engine.checkpoint import InPlaceCheckpointIO, clean_checkpoint_temporaries, save_checkpoint
 from co2s.models.contract import contract_for
 from co2s.models.loading import read_checkpoint
+from co2s.models.weight_checks import check_fit, expected_tensors, tensor_infos
 from co2s.engine.metrics_log import MetricsLog
 from co2s.engine.optim import poly_factor, set_lr
 from co2s.config.compare import config_differences
@@ -295,10 +296,22 @@ class Trainer:
         if changes or saved.data.classes != self.config.data.classes:
             shown = "; ".join(changes[:5]) or f"classes {saved.data.classes} -> {self.config.data.classes}"
             raise CheckpointError(f"{path} holds a different model or class list ({shown}); cannot resume")
+        where = f"cannot resume from {path}"
+        stored = {name: tensor_infos(ckpt[name], where, name) for name in method.modules
+                  if isinstance(ckpt.get(name), dict)}
+        check_fit(expected_tensors({n: getattr(m, "module", m) for n, m in method.modules.items()}), stored,
+                  where, {}, "the run's config")
         for name, module in method.modules.items():
             module.load_state_dict(ckpt[name])
         for name, opt in method.optimizers.items():
-            opt.load_state_dict(ckpt[f"opt_{name}"])
+            if not isinstance(ckpt.get(f"opt_{name}"), dict):
+                raise CheckpointError(f"cannot resume from {path}: it holds no optimiser state of {name!r} "
+                                      "(weights only: not written by co2s train)")
+            try:
+                opt.load_state_dict(ckpt[f"opt_{name}"])
+            except (KeyError, ValueError) as exc:
+                raise CheckpointError(f"cannot resume from {path}: the optimiser state of {name!r} does not "
+                                      f"fit: {exc}") from None
         state["step"], state["best"] = int(ckpt["step"]), ckpt.get("best")
         state["best_per_prediction"] = ckpt.get("best_per_prediction", {})
         _set_rng_state(fabric, ckpt["rng"])

@@ -11,6 +11,7 @@ the same file, and an existing file is replaced only with ``overwrite``.
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 from dataclasses import dataclass, field, replace
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from co2s.atomic import file_system_fault
 from co2s.data.io import (
     PLAIN_IMAGE_SUFFIXES,
     SCENE_SUFFIXES,
@@ -151,7 +153,8 @@ def _writable_folder(out_dir: Path) -> None:
     except OSError as exc:
         raise Co2sError(f"cannot create output folder {out_dir}: {exc}") from None
     if not os.access(out_dir, os.W_OK | os.X_OK):
-        raise Co2sError(f"cannot write to output folder {out_dir}: permission denied")
+        why = "read-only file system" if file_system_fault(out_dir) == errno.EROFS else "permission denied"
+        raise Co2sError(f"cannot write to output folder {out_dir}: {why}")
 
 
 def predict_files(

@@ -19,15 +19,17 @@ interrupted or failed run never leaves a valid-looking partial output.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from co2s.atomic import commit
+from co2s.atomic import commit, write_error
 from co2s.data.io import colorize
 from co2s.data.raster import RasterReader, Window, bounded_gdal_cache
 from co2s.errors import Co2sError
@@ -66,7 +68,6 @@ class SceneOutputs:
         ds = source.dataset
         self.source, self.height, self.width = source, ds.height, ds.width
         self.final = dict(final)  # classes, and with the options confidence and preview
-        out_dir = self.final["classes"].parent
         self.temp = {key: path.with_name(f".{path.name}.partial") for key, path in self.final.items()}
         self.overviews = options.overviews
         self.valid_pixels = 0
@@ -76,17 +77,19 @@ class SceneOutputs:
         if source.georeferenced:
             profile.update(crs=ds.crs, transform=ds.transform)
         try:
-            self.files["classes"] = rasterio.open(self.temp["classes"], "w", dtype="uint8", nodata=NODATA,
-                                                  **profile)
-            if palette:
-                colours = {i: (*rgb, 255) for i, rgb in enumerate(palette)}
-                self.files["classes"].write_colormap(1, {**colours, NODATA: (0, 0, 0, 0)})
+            with self._writing("classes"):
+                self.files["classes"] = rasterio.open(self.temp["classes"], "w", dtype="uint8", nodata=NODATA,
+                                                      **profile)
+                if palette:
+                    colours = {i: (*rgb, 255) for i, rgb in enumerate(palette)}
+                    self.files["classes"].write_colormap(1, {**colours, NODATA: (0, 0, 0, 0)})
             if options.confidence:
-                self.files["confidence"] = rasterio.open(self.temp["confidence"], "w", dtype="float32",
-                                                         nodata=float("nan"), predictor=3, **profile)
-        except Exception as exc:
+                with self._writing("confidence"):
+                    self.files["confidence"] = rasterio.open(self.temp["confidence"], "w", dtype="float32",
+                                                             nodata=float("nan"), predictor=3, **profile)
+        except BaseException:
             self.discard()
-            raise Co2sError(f"cannot write to {out_dir}: {exc}") from None
+            raise
         self.preview = None
         if options.preview:
             self.step = max(1, math.ceil(max(ds.height, ds.width) / PREVIEW_SIZE))
@@ -124,12 +127,11 @@ class SceneOutputs:
                 confidence[~valid] = np.nan
         self.valid_pixels += classes.size if valid is None else int(valid.sum())
         rio = window.to_rasterio()
-        try:
+        with self._writing("classes"):
             self.files["classes"].write(classes, 1, window=rio)
-            if confidence is not None:
+        if confidence is not None:
+            with self._writing("confidence"):
                 self.files["confidence"].write(confidence, 1, window=rio)
-        except Exception as exc:
-            raise Co2sError(f"cannot write {self.final['classes'].parent}: {exc}") from None
         if self.preview is not None:
             y, x = window.y, window.x
             top, left = -y % self.step, -x % self.step
@@ -143,22 +145,41 @@ class SceneOutputs:
         """Close and complete the temporary files (overviews, preview), then rename them all."""
         from rasterio.enums import Resampling
 
-        for f in self.files.values():
-            f.close()
+        for key, f in self.files.items():
+            with self._writing(key):
+                f.close()  # GDAL writes its last blocks here
         if self.overviews:
             import rasterio
 
             factors = [2**i for i in range(1, 32) if max(self.height, self.width) >> i >= BLOCK]
             for key, resampling in (("classes", Resampling.mode), ("confidence", Resampling.average)):
                 if key in self.temp and factors:
-                    with rasterio.open(self.temp[key], "r+") as dst:
+                    with self._writing(key), rasterio.open(self.temp[key], "r+") as dst:
                         dst.build_overviews(factors, resampling)
                         dst.update_tags(ns="rio_overview", resampling=resampling.name)
         if self.preview is not None:
-            Image.fromarray(self.preview, "RGBA").save(self.temp["preview"], format="PNG")
+            with self._writing("preview"):
+                Image.fromarray(self.preview, "RGBA").save(self.temp["preview"], format="PNG")
         for key, path in self.final.items():
             commit(self.temp[key], path)
         return list(self.final.values())
+
+    @contextlib.contextmanager
+    def _writing(self, key: str) -> Iterator[None]:
+        """Word a failed write of output ``key`` for the user: an OSError naming the output, with
+        the fault where it is known (:func:`co2s.atomic.write_error`: a full or read-only disk),
+        else GDAL's own words in a :class:`Co2sError` (its "Write failed" names no cause)."""
+        try:
+            yield
+        except Exception as exc:
+            error = write_error(exc, self.final[key], self.temp[key])
+            if error is not exc:
+                raise error from exc
+            if isinstance(exc, OSError) and exc.errno is None:  # rasterio's errors
+                cause = exc.__cause__ or exc.__context__
+                detail = f"{exc}" if cause is None or str(cause) in str(exc) else f"{exc} ({cause})"
+                raise Co2sError(f"cannot write {self.final[key]}: {detail}") from exc
+            raise
 
     def discard(self) -> None:
         """Close and delete the temporary files (after an error or an interruption)."""

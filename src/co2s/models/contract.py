@@ -20,14 +20,23 @@ reads older ones (an absent field means the old behaviour).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
 
-from co2s.config.schema import RGB, prediction_choices, resolve_prediction
+from co2s.config import limits
+from co2s.config.schema import FUSIONS, prediction_choices, resolve_prediction
 from co2s.errors import CheckpointError
+from co2s.models.architecture_limits import check_architecture
 
 CONTRACT_VERSION = 1
+
+# A contract is read from files anyone may write: numbers must have the JSON type a writer gives
+# them (``"32"``, ``32.5`` or ``true`` for an integer are refused, not converted) and be finite,
+# and every size is bounded (co2s.config.limits) before anything is built from it.
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+Channel = Annotated[int, Strict(), Field(ge=0, le=255)]
 
 
 class _Record(BaseModel):
@@ -35,38 +44,47 @@ class _Record(BaseModel):
 
 
 class Tiling(_Record):
-    window: int = Field(ge=1)
-    stride: int = Field(ge=1)
-    batch_size: int = Field(ge=1)
+    window: Int
+    stride: Int
+    batch_size: Int
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Tiling:
+        problem = limits.tiling_problem(self.window, self.stride, self.batch_size)
+        if problem:
+            raise ValueError(problem)
+        return self
 
 
 class Normalisation(_Record):
-    mean: list[float]
-    std: list[float]
+    mean: list[Float] = Field(max_length=limits.MAX_IN_CHANNELS)
+    std: list[Annotated[Float, Field(gt=0)]] = Field(max_length=limits.MAX_IN_CHANNELS)
 
 
 class InferenceContract(_Record):
-    version: int = CONTRACT_VERSION
-    classes: list[str] = Field(min_length=1)
-    palette: list[RGB] | None = None
-    bands: list[int] | None = None
-    scale: float | Literal["auto"] = "auto"
-    in_channels: int = Field(ge=1)
-    normalisation: dict[str, Normalisation]
+    version: Annotated[Int, Field(ge=1)] = CONTRACT_VERSION
+    classes: list[Annotated[str, Strict()]] = Field(min_length=1, max_length=limits.MAX_CLASSES)
+    palette: list[tuple[Channel, Channel, Channel]] | None = Field(default=None, max_length=limits.MAX_CLASSES)
+    bands: list[Annotated[Int, Field(ge=1)]] | None = Field(default=None, max_length=limits.MAX_IN_CHANNELS)
+    scale: Annotated[Float, Field(gt=0)] | Literal["auto"] = "auto"
+    in_channels: Annotated[Int, Field(ge=1, le=limits.MAX_IN_CHANNELS)]
+    normalisation: dict[str, Normalisation] = Field(max_length=limits.MAX_MODELS)
     tiling: Tiling
-    prediction: str
-    architectures: dict[str, dict[str, Any]] = Field(min_length=1)
+    prediction: Annotated[str, Strict()]
+    architectures: dict[str, dict[str, Any]] = Field(min_length=1, max_length=limits.MAX_MODELS)
 
     @model_validator(mode="after")
     def _consistent(self) -> InferenceContract:
-        if len(set(self.classes)) != len(self.classes):
+        if len(set(self.classes)) != len(self.classes):  # a set: linear in the number of classes
             raise ValueError("classes: a class name appears twice")
+        bad = [n for n in self.architectures if not n.isidentifier() or n in FUSIONS]
+        if bad:  # a name prefixes its tensors' keys and is a prediction choice
+            raise ValueError(f"architectures: model names must be identifiers other than {list(FUSIONS)}, "
+                             f"got {bad}")
         if self.palette is not None and len(self.palette) != len(self.classes):
             raise ValueError(f"palette: {len(self.palette)} colours for {len(self.classes)} classes")
-        if self.bands is not None and (len(self.bands) != self.in_channels or min(self.bands) < 1):
+        if self.bands is not None and len(self.bands) != self.in_channels:
             raise ValueError(f"bands {self.bands} do not give in_channels {self.in_channels} bands (1-based)")
-        if not isinstance(self.scale, str) and not self.scale > 0:
-            raise ValueError(f"scale must be 'auto' or a positive number, got {self.scale}")
         if set(self.normalisation) != set(self.architectures):
             raise ValueError(f"normalisation is given for {sorted(self.normalisation)}, architectures for "
                              f"{sorted(self.architectures)}")
@@ -75,7 +93,7 @@ class InferenceContract(_Record):
                 raise ValueError(f"normalisation.{name}: mean/std need {self.in_channels} values")
         choices = prediction_choices(self.model_names)
         if self.prediction not in choices:
-            raise ValueError(f"prediction {self.prediction!r} is not one of {choices}")
+            raise ValueError(f"prediction {self.prediction!r:.40} is not one of {choices}")
         return self
 
     @property
@@ -90,19 +108,30 @@ class InferenceContract(_Record):
     @classmethod
     def from_record(cls, record: Any, where: str) -> InferenceContract:
         """The contract of a folder or checkpoint; every problem is a :class:`CheckpointError`
-        naming ``where`` and the field."""
+        naming ``where`` and the field. Its sizes are bounded (:mod:`co2s.config.limits`), its
+        architecture records included (:mod:`co2s.models.architecture_limits`; a contract made
+        in memory may describe models of its own), before anything is built from it."""
         if not isinstance(record, dict):
             raise CheckpointError(f"{where}: the inference contract is not a mapping")
         version = record.get("version", CONTRACT_VERSION)
-        if not isinstance(version, int) or version > CONTRACT_VERSION:
+        if type(version) is int and version > CONTRACT_VERSION:
             raise CheckpointError(f"{where}: inference contract version {version!r} is newer than this co2s "
                                   f"reads ({CONTRACT_VERSION}); upgrade co2s")
         try:
-            return cls.model_validate(record)
+            contract = cls.model_validate(record)
         except ValidationError as exc:
             err = exc.errors()[0]
-            field = ".".join(str(p) for p in err["loc"]) or "contract"
-            raise CheckpointError(f"{where}: inference contract field {field}: {err['msg']}") from None
+            message = err["msg"].removeprefix("Value error, ")
+            # without pydantic's union tags (``scale.constrained-float``): the keys a writer wrote
+            field = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and ("-" in p or "[" in p)))
+            raise CheckpointError(f"{where}: inference contract " + (f"field {field}: {message}" if field else message)
+                                  ) from None
+        for name, architecture in contract.architectures.items():  # read from a file: bounded before any build
+            try:
+                check_architecture(architecture, contract.in_channels)
+            except ValueError as exc:
+                raise CheckpointError(f"{where}: inference contract architectures.{name}.{exc}") from None
+        return contract
 
     def to_record(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

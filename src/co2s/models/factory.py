@@ -34,24 +34,33 @@ def build_models(config, architectures: dict | None = None) -> dict[str, Segment
     return {s.name: build_student(s, data, architectures.get(s.name), config.in_channels) for s in m.students}
 
 
+def _record_errors() -> tuple[type[Exception], ...]:
+    """What building a record that passed its checks may still raise (an unusual combination)."""
+    from huggingface_hub.errors import StrictDataclassError  # transformers' config validation
+
+    return KeyError, TypeError, ValueError, AttributeError, IndexError, StrictDataclassError
+
+
 def models_from_contract(contract, where: str = "model") -> dict[str, SegmentationModel]:
     """The models of an :class:`~co2s.models.contract.InferenceContract`, with placeholder
-    weights (load them next); a record co2s cannot build is a :class:`CheckpointError`."""
+    weights (load them next; under ``torch.device("meta")`` nothing is allocated); a record co2s
+    cannot build is a :class:`CheckpointError`. The contract's records are within the limits
+    (:mod:`co2s.models.architecture_limits`), so building them is bounded in time and memory."""
     models = {}
     for name, record in contract.architectures.items():
         try:
-            kind = record.get("kind")
-            if kind == "lite_unet":
-                model = _lite_unet(contract.num_classes, contract.in_channels, int(record["width"]),
-                                   int(record["depth"]), float(record["dropout"]))
-            elif kind == "student":
+            if record["kind"] == "lite_unet":
+                model = _lite_unet(contract.num_classes, contract.in_channels, record["width"],
+                                   record["depth"], float(record["dropout"]))
+            else:
                 from co2s.models.student_factory import student_from_architecture
 
                 model = student_from_architecture(record, contract.num_classes, contract.in_channels)
-            else:
-                raise ValueError(f"unknown model kind {kind!r}")
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise CheckpointError(f"{where}: cannot build model {name!r} from its architecture record: "
-                                  f"{type(exc).__name__}: {exc}") from None
+        except Exception as exc:
+            if not isinstance(exc, _record_errors()):  # e.g. a failed allocation (torch: RuntimeError),
+                raise  # which must never pass for a bad record
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise CheckpointError(f"{where}: cannot build model {name!r} from its architecture record: {first}"
+                                  ) from None
         models[name] = model.eval()
     return models

@@ -15,11 +15,20 @@ from typing import Any
 
 import torch
 
+from co2s.config.limits import MAX_MODEL_RECORD_BYTES, MAX_MODELS
 from co2s.config.loader import config_to_dict
 from co2s.errors import CheckpointError
 from co2s.run_folder import RunFolder
 from co2s.models.contract import InferenceContract, contract_for
 from co2s.models.factory import build_models, models_from_contract
+from co2s.models.weight_checks import (
+    check_finite,
+    check_fit,
+    expected_tensors,
+    group_by_model,
+    safetensors_header,
+    tensor_infos,
+)
 
 FORMAT = "co2s-checkpoint"
 #: 2: the inference contract beside the training config (1: the config and ``architectures`` only)
@@ -79,7 +88,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path} is a PyTorch file but not a co2s checkpoint ({what}); "
                               "co2s reads the latest.ckpt / best.ckpt of a `co2s train` run")
     version = ckpt.get("format_version", 1)
-    if not isinstance(version, int):
+    if type(version) is not int or version < 1:
         raise CheckpointError(f"{path}: format_version must be an integer, got {version!r}")
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{path} was written by a newer co2s (format {version}); upgrade co2s")
@@ -104,49 +113,116 @@ def load_trained_models(source: str | os.PathLike) -> TrainedModels:
     """Rebuild the trained model(s) of a training checkpoint or an exported model folder
     (:func:`write_model_folder`) from its inference contract alone: the training config is not
     read, and the pretrained files the models started from are not needed. Checkpoints and
-    folders of format 1 (before the contract) are read through their stored config, migrated."""
+    folders of format 1 (before the contract) are read through their stored config, migrated.
+
+    Both are untrusted files: every size they state is bounded (:mod:`co2s.config.limits`) and the
+    weights must fit the models their contract describes, by name, shape and dtype, and be finite
+    (:mod:`co2s.models.weight_checks`), before anything is allocated or loaded."""
     path = Path(source)
-    if path.is_dir() and (path / MODEL_CONFIG).is_file():
-        record, states = _read_model_folder(path)
-        where = str(path / MODEL_CONFIG)
-        step, best, training = record.get("step"), None, record.get("training_config")
-        if record.get("format_version", 1) >= 2:
-            contract = InferenceContract.from_record(record.get("contract"), where)
-            return TrainedModels(_load_states(models_from_contract(contract, where), states, where, contract),
-                                 contract, step, best, training, is_folder=True)
-        config_record, architectures, prediction = record.get("config"), record.get("architectures"), record.get("prediction")
-    else:
-        ckpt = read_checkpoint(path)
-        where = str(path)
-        states = {k: v for k, v in ckpt.items() if isinstance(v, dict) and k not in _CHECKPOINT_RECORDS}
-        step, best, training = int(ckpt.get("step", 0)), ckpt.get("best"), ckpt.get("config")
-        if ckpt.get("format_version", 1) >= 2:
-            contract = InferenceContract.from_record(ckpt.get("contract"), where)
-            return TrainedModels(_load_states(models_from_contract(contract, where), states, where, contract),
-                                 contract, step, best, training)
-        config_record, architectures, prediction = ckpt.get("config"), ckpt.get("architectures"), None
+    if path.is_dir() and (path / MODEL_CONFIG).exists():
+        return _load_model_folder(path)
+    ckpt = read_checkpoint(path)
+    where = str(path)
+    states = {k: v for k, v in ckpt.items() if isinstance(v, dict) and k not in _CHECKPOINT_RECORDS}
+    step, best, training = _step(ckpt.get("step", 0), where), ckpt.get("best"), ckpt.get("config")
+
+    def stored(names: list[str]) -> dict[str, dict]:
+        return {name: tensor_infos(states[name], where, name) for name in names if name in states}
+
+    if ckpt.get("format_version", 1) >= 2:
+        contract = InferenceContract.from_record(ckpt.get("contract"), where)
+        check_fit(_expected_by_contract(contract, where), stored(contract.model_names), where,
+                  _kinds(contract), "the checkpoint's contract")
+        check_finite({name: states[name] for name in contract.model_names}, where)
+        return TrainedModels(_load_states(models_from_contract(contract, where), states, where, contract),
+                             contract, step, best, training)
     # format 1: the models are described by the training config stored with them
+    config = _stored_config(ckpt.get("config"), where)
+    models = _build_format_1(config, ckpt.get("architectures"), where)
+    check_fit(expected_tensors(models), stored(list(models)), where, _kinds_of_config(config),
+              "the checkpoint's config")
+    check_finite({name: states[name] for name in models}, where)
+    models = _load_states(models, states, where)
+    return TrainedModels(models, contract_for(models, config), step, best, training)
+
+
+def _load_model_folder(path: Path) -> TrainedModels:
+    """A folder of :func:`write_model_folder`: its record checked, then the weights' header
+    against the models its record describes, then the weights' values, then the models built."""
+    config_file, weights = path / MODEL_CONFIG, path / MODEL_WEIGHTS
+    where = str(config_file)
+    record = _read_model_record(config_file)
+    if not weights.exists():
+        raise CheckpointError(f"{weights} is missing")
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: is not a file (a {'directory' if weights.is_dir() else 'special file'})")
+    header = safetensors_header(weights)
+    step, training = record.get("step"), record.get("training_config")
+    if record["format_version"] >= 2:
+        contract = InferenceContract.from_record(record.get("contract"), where)
+        stored = group_by_model(header, contract.model_names, str(weights), MODEL_CONFIG)
+        check_fit(_expected_by_contract(contract, where), stored, str(weights), _kinds(contract), MODEL_CONFIG)
+        states = _read_weights(weights, contract.model_names)
+        models = _load_states(models_from_contract(contract, where), states, where, contract)
+        return TrainedModels(models, contract, step, None, training, is_folder=True)
+    config = _stored_config(record.get("config"), where)
+    models = _build_format_1(config, record.get("architectures"), where)
+    stored = group_by_model(header, record["models"], str(weights), MODEL_CONFIG)
+    check_fit(expected_tensors(models), stored, str(weights), _kinds_of_config(config), MODEL_CONFIG)
+    models = _load_states(models, _read_weights(weights, record["models"]), where)
+    contract = contract_for(models, config, record.get("prediction"))
+    return TrainedModels(models, contract, step, None, portable_config(config_to_dict(config)), is_folder=True)
+
+
+def _expected_by_contract(contract: InferenceContract, where: str) -> dict:
+    """The tensors the contract's models hold, from models built on the meta device: no memory,
+    so a record that disagrees with its weights is refused before anything is allocated."""
+    with torch.device("meta"):
+        return expected_tensors(models_from_contract(contract, where))
+
+
+def _kinds(contract: InferenceContract) -> dict[str, str]:
+    return {name: "student" if record.get("kind") == "student" else "model"
+            for name, record in contract.architectures.items()}
+
+
+def _kinds_of_config(config) -> dict[str, str]:
+    return {name: "student" if config.model.name == "students" else "model" for name in config.model_names}
+
+
+def _stored_config(record: Any, where: str):
     from co2s.config.loader import validate
 
-    config = validate(config_record, f"config stored in {where}", stored=True)
-    models = _load_states(build_models(config, architectures), states, where)
-    contract = contract_for(models, config, prediction)
-    if path.is_dir():
-        training = portable_config(config_to_dict(config))
-    return TrainedModels(models, contract, step, best, training, is_folder=path.is_dir())
+    return validate(record, f"config stored in {where}", stored=True)
+
+
+def _build_format_1(config, architectures: Any, where: str) -> dict:
+    """The models of a format-1 checkpoint or folder: its config and ``architectures`` records."""
+    if architectures is not None and not isinstance(architectures, dict):
+        raise CheckpointError(f"{where}: architectures must be a mapping of model names to records")
+    try:
+        return build_models(config, architectures)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{where}: cannot build the models from the stored architectures: {first}") from None
+
+
+def _step(value: Any, where: str) -> int:
+    if type(value) is not int or value < 0:
+        raise CheckpointError(f"{where}: step must be a whole number of iterations, got {value!r:.40}")
+    return value
 
 
 def _load_states(models: dict, states: dict[str, dict], where: str,
                  contract: InferenceContract | None = None) -> dict:
-    """Load each model's weights (eval mode); with a ``contract``, its normalisation must be the
-    one the weights hold."""
+    """Load each model's weights (checked by :func:`check_fit` and :func:`check_finite` first;
+    eval mode); with a ``contract``, its normalisation must be the one the weights hold."""
     for name, model in models.items():
-        if name not in states:
-            raise CheckpointError(f"{where}: holds no weights for model {name!r} (it has {sorted(states)})")
         try:
             model.load_state_dict(states[name])
-        except RuntimeError as exc:
-            raise CheckpointError(f"{where}: weights of {name!r} do not fit the model: {exc}") from None
+        except RuntimeError as exc:  # check_fit refuses what would fail here; kept to one line anyway
+            first = (str(exc).splitlines() or ["?"])[0]
+            raise CheckpointError(f"{where}: weights of {name!r} do not fit the model: {first}") from None
         model.eval()
         if contract is not None:
             norm = contract.normalisation[name]
@@ -235,42 +311,62 @@ def weights_notice(contract: InferenceContract) -> str:
     return "# Pretrained weights in this model\n\nThe weights were fine-tuned from:\n\n" + "\n".join(lines)
 
 
-def _read_model_folder(path: Path) -> tuple[dict, dict[str, dict]]:
-    """The folder's JSON record and its weights by model name."""
+#: the fields of co2s_model.json of format 2 (:func:`write_model_folder`)
+_RECORD_KEYS = {"format", "format_version", "co2s_version", "contract", "step", "training_config"}
+
+
+def _read_model_record(path: Path) -> dict:
+    """A folder's ``co2s_model.json``, its size bounded and the fields read here checked for type."""
     import json
 
+    if not path.is_file():
+        raise CheckpointError(f"{path}: is not a file")
+    size = path.stat().st_size
+    if size > MAX_MODEL_RECORD_BYTES:
+        raise CheckpointError(f"{path}: {size} bytes, more than a model config holds (at most "
+                              f"{MAX_MODEL_RECORD_BYTES}; docs/models.md#limits-on-what-co2s-reads)")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{path}: unreadable model config: {first}") from None
+    if not isinstance(record, dict) or record.get("format") != MODEL_FORMAT:
+        raise CheckpointError(f"{path} is not a co2s model config")
+    version = record.get("format_version", 1)
+    if type(version) is not int or version < 1:
+        raise CheckpointError(f"{path}: format_version must be an integer, got {version!r:.40}")
+    if version > MODEL_FORMAT_VERSION:
+        raise CheckpointError(f"{path.parent} was written by a newer co2s (format {version}); upgrade co2s")
+    unknown = sorted(set(record) - _RECORD_KEYS) if version >= 2 else []
+    if unknown:  # format 1 folders hold more (classes, palette, ... beside the config), read from the config
+        raise CheckpointError(f"{path}: unknown field(s) {unknown!r:.80} for format {version}")
+    if record.get("step") is not None:
+        _step(record["step"], str(path))
+    if not isinstance(record.get("training_config"), (dict, type(None))):
+        raise CheckpointError(f"{path}: training_config must be a mapping")
+    if version == 1:
+        names = record.get("models", [])
+        if (not isinstance(names, list) or not 1 <= len(names) <= MAX_MODELS
+                or not all(isinstance(n, str) and n.isidentifier() for n in names)):
+            raise CheckpointError(f"{path}: models must list 1 to {MAX_MODELS} model names, got {names!r:.40}")
+        if not isinstance(record.get("prediction"), (str, type(None))):
+            raise CheckpointError(f"{path}: prediction must be a model's name or a fusion")
+    return {**record, "format_version": version, **({"models": names} if version == 1 else {})}
+
+
+def _read_weights(path: Path, names: list[str]) -> dict[str, dict[str, torch.Tensor]]:
+    """The tensors of a folder's weights (their header already checked) by model, all finite."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:
-        record = json.loads((path / MODEL_CONFIG).read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path / MODEL_CONFIG}: unreadable model config: {exc}") from None
-    if not isinstance(record, dict) or record.get("format") != MODEL_FORMAT:
-        raise CheckpointError(f"{path / MODEL_CONFIG} is not a co2s model config")
-    version = record.get("format_version", 1)
-    if not isinstance(version, int):
-        raise CheckpointError(f"{path / MODEL_CONFIG}: format_version must be an integer, got {version!r}")
-    if version > MODEL_FORMAT_VERSION:
-        raise CheckpointError(f"{path} was written by a newer co2s (format {version}); upgrade co2s")
-    weights = path / MODEL_WEIGHTS
-    if not weights.is_file():
-        raise CheckpointError(f"{path}: {MODEL_WEIGHTS} is missing")
-    try:
-        tensors = load_file(str(weights))
+        tensors = load_file(str(path))
     except (SafetensorError, OSError) as exc:
-        raise CheckpointError(f"{weights}: unreadable (truncated or corrupt?): {exc}") from None
-    if version >= 2:
-        contract = record.get("contract")
-        names = list(contract.get("architectures", {})) if isinstance(contract, dict) else []
-    else:
-        names = record.get("models", [])
-    if not isinstance(names, list):
-        raise CheckpointError(f"{path / MODEL_CONFIG}: the model names are not a list")
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{path}: unreadable (truncated or corrupt?): {first}") from None
     states: dict[str, dict] = {name: {} for name in names}
     for key, value in tensors.items():
         name, _, rest = key.partition(".")
-        if name not in states:
-            raise CheckpointError(f"{weights}: tensor {key!r} belongs to no model of {MODEL_CONFIG}")
         states[name][rest] = value
-    return record, states
+    check_finite(states, str(path))
+    return states

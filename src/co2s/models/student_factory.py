@@ -4,7 +4,6 @@ decoder."""
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -17,10 +16,12 @@ from transformers import (
     DINOv3ViTModel,
 )
 
+from co2s.config.architectures import default_layers, vit_arch
 from co2s.errors import ConfigError
 from co2s.models.backbones.base import Backbone
 from co2s.models.backbones.clip import ClipBackbone
-from co2s.models.backbones.cnn import CnnBackbone
+from co2s.models.architecture_limits import check_cnn_arch, check_hf_config
+from co2s.models.backbones.cnn import CnnBackbone, cnn_arch
 from co2s.models.backbones.dino import DinoV2Backbone, DinoV3Backbone
 from co2s.models.families import Overrides, Resolved, for_random_weights
 from co2s.models.guidance import LearnableQueries, TextGuidance, clip_text_prototypes, load_prototypes
@@ -28,59 +29,13 @@ from co2s.models.heads import DeepLabV3PlusHead, LanguageGuidedHead
 from co2s.models.multispectral import band_normalisation, widen_patch_embedding
 from co2s.models.student import Student
 
-# Architectures buildable without weights: the paper's ViT-B/16s and the SAT-493M ViT-L/16 (for
-# summaries and scale tests), and tiny variants of the same code (a few layers, small width) for tests,
-# the demo and CPU studies.
-_CLIP_TEXT_B = dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8,
-                    max_position_embeddings=77, vocab_size=49408, hidden_act="quick_gelu")
-ARCHS: dict[str, dict[str, dict[str, Any]]] = {
-    "clip": {
-        "vit-b16": dict(
-            vision_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                               num_attention_heads=12, patch_size=16, image_size=224, hidden_act="quick_gelu"),
-            text_config=_CLIP_TEXT_B, projection_dim=512,
-        ),
-        "tiny": dict(
-            vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                               num_attention_heads=4, patch_size=16, image_size=224, hidden_act="quick_gelu"),
-            text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                             max_position_embeddings=77, vocab_size=49408, hidden_act="quick_gelu"),
-            projection_dim=32,
-        ),
-    },
-    "dinov3": {
-        "vit-b16": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                        patch_size=16, num_register_tokens=4, layerscale_value=1.0, key_bias=False),
-        "vit-l16": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                        patch_size=16, num_register_tokens=4, layerscale_value=1.0, key_bias=False),
-        "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-                     patch_size=16, num_register_tokens=4, layerscale_value=1.0, key_bias=False),
-    },
-    "dinov2": {
-        "vit-b14": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                        patch_size=14, image_size=518),
-        "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-                     patch_size=16, image_size=224),
-    },
-}
-ARCHS["dinov2"]["vit-b16"] = {**ARCHS["dinov2"]["vit-b14"], "patch_size": 16, "image_size": 224}
-
-
 def _arch_config(kind: str, arch) -> dict[str, Any]:
-    if isinstance(arch, dict):
-        base = arch.get("base")
-        merged = copy.deepcopy(ARCHS[kind][base]) if base else {}
-        for key, value in arch.items():
-            if key == "base":
-                continue
-            if isinstance(value, dict) and isinstance(merged.get(key), dict):
-                merged[key] = {**merged[key], **value}
-            else:
-                merged[key] = value
-        return merged
-    if arch not in ARCHS[kind]:
-        raise ConfigError(f"unknown {kind} architecture {arch!r}; known: {sorted(ARCHS[kind])}")
-    return copy.deepcopy(ARCHS[kind][arch])
+    """The config values of a named or overridden architecture (the table and its merge rule are
+    co2s.config.architectures', which the schema checks configs with)."""
+    try:
+        return vit_arch(kind, arch)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 _CLASSES = {"clip": (CLIPConfig, CLIPModel), "dinov3": (DINOv3ViTConfig, DINOv3ViTModel),
@@ -94,27 +49,27 @@ def _random_model(kind: str, arch, act: str | None = None):
     if act is not None:
         for tower in ("vision_config", "text_config"):
             values[tower] = {**values.get(tower, {}), "hidden_act": act}
+    try:
+        check_hf_config(kind, values, "backbone.arch.")
+    except ValueError as exc:
+        raise ConfigError(f"{kind} student: {exc}") from None
     return model_class(config_class(**values))
 
 
 def _model_from_saved_config(kind: str, saved: dict[str, Any]):
-    """The architecture recorded in a co2s checkpoint, with placeholder weights to be loaded."""
+    """The architecture recorded in a co2s checkpoint, with placeholder weights to be loaded
+    (its sizes checked first: the record comes from a file)."""
     config_class, model_class = _CLASSES[kind]
+    check_hf_config(kind, saved, "arch.")
     return model_class(config_class.from_dict(saved))
-
-
-def default_layers(kind: str, depth: int) -> list[int]:
-    """The paper's choice scaled to the depth: CLIP skips 0 and depth/3; DINO depth/4, 2depth/3, depth."""
-    if kind == "clip":
-        return [0, max(1, depth // 3)]
-    return sorted({max(1, depth // 4), max(2, (2 * depth) // 3), depth})
 
 
 def build_cnn_backbone(cfg, saved_arch: dict[str, Any] | None = None, in_channels: int = 3) -> CnnBackbone:
     """The random-init CNN of ``cfg.arch`` (or of a checkpoint's record), with ``in_channels`` bands."""
     try:
-        backbone = (CnnBackbone(**saved_arch) if saved_arch is not None
-                    else CnnBackbone.from_arch(cfg.arch, in_channels))
+        record = dict(saved_arch) if saved_arch is not None else {"in_channels": in_channels, **cnn_arch(cfg.arch)}
+        check_cnn_arch(record, "arch.")  # before any layer is allocated
+        backbone = CnnBackbone(**record)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"backbone kind cnn: {exc}") from None
     backbone.set_tuning(cfg.tune, cfg.tune_last)

@@ -23,6 +23,7 @@ from torch import Tensor
 from transformers import CLIPModel, Dinov2Model, DINOv3ViTModel, PreTrainedModel
 
 from co2s.errors import CheckpointError
+from co2s.models.architecture_limits import check_hf_config
 from co2s.models.backbones.weights.readers import read_state_dict
 from co2s.models.backbones.weights.verify import difference, list_names, verify_weights
 
@@ -50,6 +51,10 @@ def hf_config(kind: str, directory: Path, label: str) -> dict:
             f"{label}: config.json has model_type {model_type!r}, but a {kind} backbone needs "
             f"{' or '.join(repr(t) for t in model_types)} ({model_cls.__name__})"
         )
+    try:  # the sizes transformers will allocate, checked before it does
+        check_hf_config(kind, config)
+    except ValueError as exc:
+        raise CheckpointError(f"{label}: config.json field {exc}") from None
     return config
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import collections
 import io
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,13 @@ from torch import Tensor
 
 from co2s.errors import CheckpointError
 from co2s.models.backbones.weights.verify import list_names
+
+
+#: what a weight file may be (every message that refuses one says it)
+ACCEPTED_FORMATS = (".safetensors, a PyTorch state dict of tensors (torch.save(model.state_dict())), "
+                    "an OpenAI CLIP .pt, a save_pretrained folder or a Hub id (docs/weights.md)")
+#: the class torch's safe unpickler refused, in its message: "Unsupported global: GLOBAL a.b.C"
+_PICKLED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
@@ -70,9 +78,12 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     except pickle.UnpicklingError as exc:
         text = str(exc)
         if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
+            # Never relay torch's text: it advises weights_only=False, i.e. running the file's code.
+            found = _PICKLED_GLOBAL.search(text)
             raise CheckpointError(
-                f"{path}: holds Python objects besides tensors; refused, since unpickling them could "
-                f"execute code ({text.splitlines()[0] if text else 'unpickling error'})"
+                f"{path}: holds pickled Python code or objects besides tensors"
+                f"{f' ({found.group(1)})' if found else ''}, which co2s does not load (unpickling them "
+                f"can run code); give the weights as {ACCEPTED_FORMATS}"
             ) from None
         raise CheckpointError(f"{path}: cannot be read (truncated or corrupt?): {exc}") from None
     except Exception as exc:  # zip reader errors, EOF, etc.
