@@ -173,3 +173,15 @@ def test_old_flag_names_still_work_with_a_message(tmp_path, capsys):
     assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "d"), "--student", "clip",
                  "--prediction", "cnn"]) == 2
     assert "disagree" in capsys.readouterr().err
+
+
+def test_presets_lists_each_preset_with_its_description(capsys):
+    from co2s.config.loader import model_presets, preset_names
+
+    assert main(["presets"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    names = preset_names() + model_presets()
+    assert [row.split()[0] for row in rows] == names
+    described = dict(row.split(None, 1) for row in rows)
+    assert described["loveda"].startswith("LoveDA, urban and rural aerial scenes, 7 classes")
+    assert all(len(text) <= 90 for text in described.values())

@@ -254,8 +254,14 @@ def cmd_presets(args) -> int:
         print(_model_changes(args.name, api.load_config(args.name, args.overrides)) or
               "the model is its base preset's as it is (or the config has no base preset)")
         return 0
-    print(api.preset(args.name, args.overrides) if args.name else "\n".join(api.presets()),
-          end="" if args.name else "\n")
+    if args.name:
+        print(api.preset(args.name, args.overrides), end="")
+        return 0
+    from co2s.config.loader import preset_description
+
+    names = api.presets()
+    width = max(map(len, names))
+    print("\n".join(f"{name:<{width}}  {preset_description(name)}" for name in names))
     return 0
 
 
@@ -290,10 +296,17 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, **kwargs) -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], **kwargs)
 
-    p = command("train", help="train a model from a config; resumes an existing run directory")
+    p = command("train", help="train a model from a config; resumes an existing run directory",
+                description="Train a model from a preset or YAML config into a run folder: config.yaml, "
+                "run_info.jsonl, metrics.jsonl, latest.ckpt (every train.ckpt_every steps and before each "
+                "validation), best.ckpt (best validation mIoU), burn_in.ckpt, and the run lock .co2s.lock. "
+                "Running the same command again resumes from latest.ckpt (a different config in that folder is "
+                "refused: give --out a new folder); Ctrl-C saves the current step first. Prints what the "
+                "config changes in its base preset's model. See docs/training.md.")
     _add_config_args(p)
     p.add_argument("--out", help="run directory (default: runs/<name>, or out_dir in the config)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars: one plain line per train.log_every steps (also when output is not a terminal)")
     p.set_defaults(func=cmd_train)
 
     p = command(
@@ -407,10 +420,11 @@ def build_parser() -> argparse.ArgumentParser:
                 "output folder. Rerun into the same folder, the demo replaces its own earlier "
                 "outputs there (metrics, predictions, comparison.png, summary.json) and says so.")
     p.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the synthetic data and of training (default: 0)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override the demo config, e.g. --set train.iters=100")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars: plain lines")
     p.set_defaults(func=cmd_demo)
 
     p = command("model-summary", help="weight family, architecture, normalisation, parameters and "

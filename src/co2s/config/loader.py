@@ -33,6 +33,19 @@ def model_presets() -> list[str]:
     return sorted(f"models/{p.name[:-5]}" for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
+def preset_description(name: str) -> str:
+    """A packaged preset's one-line description: the first sentence of its opening comment."""
+    lines = []
+    for line in _preset_text(name).splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("# ").strip())
+    text = " ".join(lines)
+    text = text.split(": ", 1)[-1] if text.startswith(f"{name}: ") else text
+    first = text.split(". ")[0].rstrip(".")
+    return first if len(first) <= 90 else first[:first.rfind(" ", 0, 88)].rstrip(",;:") + " ..."
+
+
 def _is_model_preset(source: str) -> bool:
     return source.startswith("models/") and not Path(source).is_file()
 
