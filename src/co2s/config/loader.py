@@ -10,6 +10,7 @@ key path, so a typo is found before any data is read.
 
 from __future__ import annotations
 
+import warnings
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -174,12 +175,14 @@ def changes_against_preset(source: str | list[str], config: Config) -> tuple[str
 
     sources = [str(s) for s in source] if isinstance(source, (list, tuple)) else [str(source)]
     presets: list[str] = []
-    for item in sources:
-        _load_raw(item, (), presets)
-    with_model = [p for p in presets if "model" in _load_raw(p)[0]]
-    if not with_model:
-        return None, []
-    preset = with_model[-1]
-    model = TypeAdapter(ModelConfig).validate_python(_load_raw(preset)[0]["model"])
+    with warnings.catch_warnings():  # loading said them once already
+        warnings.simplefilter("ignore")
+        for item in sources:
+            _load_raw(item, (), presets)
+        with_model = [p for p in presets if "model" in _load_raw(p)[0]]
+        if not with_model:
+            return None, []
+        preset = with_model[-1]
+        model = TypeAdapter(ModelConfig).validate_python(_load_raw(preset)[0]["model"])
     return preset, config_differences(model.model_dump(mode="json"), config_to_dict(config)["model"], "model.")
 
