@@ -189,4 +189,7 @@ def test_presets_diff_and_train_show_the_model_changes(tmp_path, capsys):
                                 "  model.students.0.guidance: 'text' -> 'queries'",
                                 "  model.students.1.head: 'vlg' -> 'deeplabv3plus'"]
     assert main(["presets", "loveda", "--diff"]) == 0
-    assert "as it is" in capsys.readouterr().out
+    assert capsys.readouterr().out == "the model is preset loveda's as it is\n"
+    plain = _write(tmp_path, "base: [demo, models/co2s-tiny]\nname: mine\n", "plain.yaml")
+    assert main(["presets", plain, "--diff"]) == 0
+    assert capsys.readouterr().out == "the model is preset models/co2s-tiny's as it is\n"

@@ -75,3 +75,26 @@ def test_cli_stratified_splits_with_config(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert len((tmp_path / "s/labelled.txt").read_text().split()) == 20
+
+
+def test_splits_of_a_folder_read_back_under_the_same_root(tmp_path):
+    """A folder split (``train/images`` + ``train/masks`` under ``data.root``) gives lines relative
+    to the data root, so the written list trains under the same config (they were relative to the
+    folder, ``images/x.png``, and not found under the root)."""
+    from co2s.config.loader import load_config
+    from co2s.data.sources import read_split
+    from co2s.data.splits import split_source
+    from tests.conftest import tiny_config_dict, write_tiny_dataset
+
+    root = tmp_path / "data"
+    write_tiny_dataset(root / "train", n=8)
+    raw = tiny_config_dict(root, tmp_path / "run")
+    raw["data"]["splits"] = {"train": "train", "labelled": "train"}
+    (tmp_path / "c.yaml").write_text(__import__("yaml").safe_dump(raw))
+    data = load_config(str(tmp_path / "c.yaml")).data
+    samples, encoder, _ = split_source(None, data)
+    make_splits(samples, "1/4", 0, tmp_path / "s", encoder=encoder)
+    lines = (tmp_path / "s" / "labelled.txt").read_text().split("\n")[0].split()
+    assert lines[0].startswith("train/images/") and lines[1].startswith("train/masks/")
+    back = read_split(str(tmp_path / "s" / "labelled.txt"), data, labelled=True)
+    assert {s.image for s in back} <= {s.image for s in samples} and len(back) == 2

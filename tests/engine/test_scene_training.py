@@ -39,7 +39,7 @@ def test_training_on_a_scene_with_polygons_in_another_crs(tmp_path, method, caps
     config = validate(cfg)
     data = data_module(config.data, config.in_channels, progress=False)
     data.setup_training(config.train, config.uses_unlabelled)
-    assert "labelled scene pixels: 1 rasters" in capsys.readouterr().out
+    assert "labelled scene pixels: 1 raster" in capsys.readouterr().out
     assert len(data.labelled) == 8 and len(data.val) == 2
     crops, pairs = data.train_datasets(config.train)
     assert isinstance(crops, LabelledSceneCrops)

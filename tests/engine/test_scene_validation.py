@@ -30,7 +30,7 @@ def test_training_validates_on_scene_regions_and_evaluate_scores_them(tmp_path, 
            "eval": {"batch_size": 4}, "engine": {"accelerator": "cpu"}}
     cfg["data"]["label_check"] = "warn"  # c2 is in the validation polygon only
     run = train(validate(cfg), progress=False)
-    assert "validation scene pixels: 1 rasters" in capsys.readouterr().out
+    assert "validation scene pixels: 1 raster" in capsys.readouterr().out
     vals = [r for r in read_log(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "val"]
     assert [r["step"] for r in vals] == [1, 2] and all(r["split"] == "val" for r in vals)
     assert run.best is not None and (tmp_path / "run" / "best.ckpt").is_file()
@@ -45,4 +45,4 @@ def test_training_validates_on_scene_regions_and_evaluate_scores_them(tmp_path, 
         assert {"mIoU", "OA", "mF1", "IoU", "F1", "confusion_matrix", "predictions"} <= set(metrics)
         assert metrics["pixels"] == sum(map(sum, metrics["confusion_matrix"])) > 1000
         assert metrics["rasters"] == [str(data / "scene.tif")]
-    assert "val (1 rasters)" in capsys.readouterr().out
+    assert "val (1 raster)" in capsys.readouterr().out

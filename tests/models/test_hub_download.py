@@ -330,3 +330,29 @@ def test_tokenizer_files_by_hub_id(hub, cache, tmp_path, monkeypatch):
     # the weights were never fetched: as a model the repository is not in the cache
     with pytest.raises(CheckpointError, match=rf"{repo}: it is not in the Hugging Face cache"):
         hub_snapshot(repo, cache, "model")
+
+
+def test_a_missing_hub_id_stops_training_before_the_data_check(hub, cache, tmp_path, monkeypatch):
+    """The Hub ids of the students are fetched first: a mistyped id is reported in seconds, not
+    after the data check (which here would fail too, on a missing image)."""
+    from co2s import api
+    from tests.conftest import tiny_config_dict, write_tiny_dataset
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    root = write_tiny_dataset(tmp_path / "data")
+    (root / "images" / "t0.png").unlink()  # the data check would stop on this
+    raw = tiny_config_dict(root, tmp_path / "run")
+    raw["model"] = {"name": "students", "students": [
+        {"name": "dino", "backbone": {"kind": "dinov2", "weights": "co2s-test/absent"}, "guidance": "queries"}]}
+    config = api.load_config([str(_yaml(tmp_path / "c.yaml", raw))])
+    with pytest.raises(CheckpointError, match=r"^co2s-test/absent: no such repository on the Hub"):
+        api.train(config, progress=False)
+    assert [p.name for p in (tmp_path / "run").iterdir()] == [".co2s.lock"]  # nothing of a run
+
+
+def _yaml(path: Path, raw: dict) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(raw))
+    return path

@@ -251,8 +251,7 @@ def cmd_presets(args) -> int:
     if args.diff:
         if not args.name:
             raise Co2sError("--diff needs a preset name or config file")
-        print(_model_changes(args.name, api.load_config(args.name, args.overrides)) or
-              "the model is its base preset's as it is (or the config has no base preset)")
+        print(_model_changes(args.name, api.load_config(args.name, args.overrides), unchanged_too=True))
         return 0
     if args.name:
         print(api.preset(args.name, args.overrides), end="")
@@ -265,14 +264,17 @@ def cmd_presets(args) -> int:
     return 0
 
 
-def _model_changes(source, config) -> str:
-    """What ``config`` changes in the model of its base preset, one line per key ('' for none):
-    shown before training, so a change to the paper's pair is seen, never found out after."""
+def _model_changes(source, config, unchanged_too: bool = False) -> str:
+    """What ``config`` changes in the model of its base preset, one line per key ('' for none,
+    unless ``unchanged_too``): shown before training, so a change to the paper's pair is seen,
+    never found out after."""
     from co2s.config.loader import changes_against_preset
 
     preset, changes = changes_against_preset(source, config)
     if not changes:
-        return ""
+        if not unchanged_too:
+            return ""
+        return f"the model is preset {preset}'s as it is" if preset else ("nothing to compare: the config is a preset itself or its model comes from no preset")
     return f"the model differs from preset {preset}'s:\n" + "\n".join(f"  {c}" for c in changes)
 
 
@@ -375,9 +377,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", nargs="?", help="training list file or folder (default: data.splits.train), "
                    "or a vector label file (default with --config: data.scenes.labels.vector)")
     p.add_argument("--config", help="preset or YAML: data root, ID format and label handling")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of --config (repeatable), e.g. data.root=/data/ai4mars")
     p.add_argument("--ratio", required=True, help="labelled fraction, e.g. 1/8 or 0.125")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the draw (default 0): the same seed, source "
+                   "and ratio give byte-identical files; another seed, another labelled subset")
     p.add_argument("--stratify", action="store_true", help="keep the share of each (dominant) class")
     p.add_argument("--root", help="data root for mask paths in SOURCE (without --config)")
     p.add_argument("--out", required=True, help="folder for labelled.txt, unlabelled.txt (vector: "

@@ -36,4 +36,18 @@ def config_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
         return [d for i, (a, b) in enumerate(zip(old, new))
                 for d in config_differences(a, b, f"{prefix}{i}.")]
-    return [] if _same_value(old, new) else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+    return [] if _same_value(old, new) else [f"{prefix.rstrip('.')}: {_shown(old)} -> {_shown(new)}"]
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """``value`` as a config difference shows it: whole when short, else summarised (a student
+    list restated in full would bury the line that matters)."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    if isinstance(value, list):
+        return f"[{len(value)} items]"
+    if isinstance(value, dict):
+        keys = list(value)
+        return "{" + ", ".join(map(str, keys[:4])) + (", ..." if len(keys) > 4 else "") + "}"
+    return text[: limit - 3] + "..."

@@ -12,6 +12,7 @@ with too many unknown colours; :func:`class_table` formats the counts for the te
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ class Sample:
     image: Path
     mask: Path | None
     origin: str  # where it was listed: "list.txt:12" or the folder, for error messages
-    entry: str  # the line as written (or folder-relative paths): what `co2s splits` writes back
+    entry: str  # the line as written (a folder's samples: paths relative to the data root): what `co2s splits` writes back
 
 
 def resolve(root: str | Path, path: str | Path) -> Path:
@@ -76,13 +77,23 @@ def read_list_file(path: Path, root: Path, id_format=None, labelled: bool = True
     return samples
 
 
-def read_folder(folder: Path, labelled: bool = True, keep_masks: bool = False) -> list[Sample]:
+def read_folder(folder: Path, labelled: bool = True, keep_masks: bool = False,
+                root: Path | None = None) -> list[Sample]:
+    """The samples of a folder (``images/`` and ``masks/`` or ``labels/`` matched by stem). Each
+    sample's ``entry`` (the line ``co2s splits`` writes) is relative to ``root`` (the data root,
+    default the folder itself), so a written list reads back under the same ``data.root``."""
     images_dir = folder / "images" if (folder / "images").is_dir() else folder
     masks_dir = next((folder / d for d in ("masks", "labels") if (folder / d).is_dir()), None)
     images = _list_images(images_dir)
+    base = Path(root if root is not None else folder).absolute()
+
+    def entry(*paths: Path) -> str:
+        return " ".join(os.path.relpath(p.absolute(), base) for p in paths)
+
     if not labelled:
         masks = {p.stem: p for p in _list_images(masks_dir)} if keep_masks and masks_dir else {}
-        return [Sample(p, masks.get(p.stem), str(folder), str(p.relative_to(folder))) for p in images]
+        return [Sample(p, masks.get(p.stem), str(folder), entry(p, *([masks[p.stem]] if p.stem in masks else [])))
+                for p in images]
     if masks_dir is None:
         raise DataError(f"{folder}: a labelled folder needs images/ and masks/ (or labels/) inside")
     masks = {p.stem: p for p in _list_images(masks_dir)}
@@ -90,13 +101,7 @@ def read_folder(folder: Path, labelled: bool = True, keep_masks: bool = False) -
     if missing:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise DataError(f"{masks_dir}: no mask for {len(missing)} image(s): {shown}")
-    return [
-        Sample(
-            p, masks[p.stem], str(folder),
-            f"{p.relative_to(folder)} {masks[p.stem].relative_to(folder)}",
-        )
-        for p in images
-    ]
+    return [Sample(p, masks[p.stem], str(folder), entry(p, masks[p.stem])) for p in images]
 
 
 def read_split(spec: str, data, labelled: bool, name: str = "split", keep_masks: bool = False) -> list[Sample]:
@@ -113,7 +118,7 @@ def read_split(spec: str, data, labelled: bool, name: str = "split", keep_masks:
     if not path.exists() and Path(spec).expanduser().exists():
         path = Path(spec).expanduser()
     if path.is_dir():
-        samples = read_folder(path, labelled, keep_masks)
+        samples = read_folder(path, labelled, keep_masks, root=root)
     elif path.is_file():
         samples = read_list_file(path, root, data.id_format, labelled, keep_masks)
     else:
@@ -269,6 +274,7 @@ def class_table(stats: LabelStats, classes: list[str], title: str = "labelled sp
     """Pixels per class (count and share of the labelled pixels), ignored and unmatched pixels."""
     total = int(stats.counts.sum())
     width = max(12, *(len(c) for c in classes))
+    unit = unit[:-1] if stats.masks == 1 and unit.endswith("s") else unit
     lines = [f"{title}: {stats.masks} {unit}, pixels per class",
              f"{'class':<{width}}  {'pixels':>12}  {'share':>7}"]
     for name, n in zip(classes, stats.counts.tolist()):

@@ -129,13 +129,14 @@ def split_source(source: str | None, data=None, root: str | None = None, labelle
         source = source or data.splits.train
         if not source:
             raise DataError("give a SOURCE list/folder or set data.splits.train in the config")
-        samples = read_split(source, data, labelled=labelled, name="train")
+        # masks kept where they exist: the labelled list written from a folder must name them
+        samples = read_split(source, data, labelled=labelled, name="train", keep_masks=True)
         return samples, LabelEncoder.from_config(data), str(resolve(data.root, source))
     if not source:
         raise DataError("give a SOURCE list file or folder, or --config")
     path = Path(source)
     if path.is_dir():
-        samples = read_folder(path, labelled=labelled)
+        samples = read_folder(path, labelled=labelled, keep_masks=True, root=Path(root) if root else None)
     elif path.is_file():
         samples = read_list_file(path, Path(root or "."), None, labelled=labelled)
     else:

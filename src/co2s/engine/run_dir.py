@@ -72,29 +72,35 @@ class Run:
         return Segmenter.load(path, prediction=prediction)
 
 
-def prepare_run_dir(config, run_dir: str | os.PathLike) -> Path:
-    """Create the run directory, or check that an existing one belongs to this same config.
+def check_run_dir(config, run_dir: str | os.PathLike) -> bool:
+    """Whether ``run_dir`` holds a run of another config (which will be replaced: it has no
+    checkpoint yet); raises :class:`ConfigError` when such a run has a checkpoint. Reads only, so
+    a run into the wrong folder is refused before its data are checked."""
+    saved = RunFolder(Path(run_dir)).config
+    if not saved.is_file():
+        return False
+    changes = config_differences(read_yaml_file(saved), config_to_dict(config))
+    if not changes:
+        return False
+    if RunFolder(Path(run_dir)).has_checkpoint():
+        shown = "\n  ".join(changes[:10]) + (f"\n  ... and {len(changes) - 10} more" if len(changes) > 10 else "")
+        raise ConfigError(
+            f"run directory {run_dir} already holds a run with a different config:\n  {shown}\n"
+            "give this run its own folder (--out, or another name in the config), or restore the old "
+            "settings to resume that run"
+        )
+    return True
 
-    A run directory without a checkpoint (killed before its first save) holds nothing to protect:
-    its config is replaced by the new one.
-    """
+
+def prepare_run_dir(config, run_dir: str | os.PathLike) -> Path:
+    """Create the run directory, or check that an existing one belongs to this same config
+    (:func:`check_run_dir`). A run directory without a checkpoint (killed before its first save)
+    holds nothing to protect: its config is replaced by the new one."""
     run_dir = Path(run_dir)
-    saved = RunFolder(run_dir).config
-    if saved.is_file():
-        old = read_yaml_file(saved)
-        changes = config_differences(old, config_to_dict(config))
-        if not changes:
-            return run_dir
-        if RunFolder(run_dir).has_checkpoint():
-            shown = "\n  ".join(changes[:10])
-            raise ConfigError(
-                f"run directory {run_dir} already holds a run with a different config:\n  {shown}\n"
-                "choose another output directory (--out or name), or restore the old settings "
-                "to resume that run"
-            )
+    if check_run_dir(config, run_dir):
         print(f"{run_dir} holds no checkpoint yet; starting it again with the new config")
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(saved, dump_yaml(config))
+    write_text(RunFolder(run_dir).config, dump_yaml(config))
     return run_dir
 
 

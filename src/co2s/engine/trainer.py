@@ -25,11 +25,12 @@ from co2s.data.sampler import ResumableSampler
 from co2s.engine.checkpoint import InPlaceCheckpointIO, clean_checkpoint_temporaries, save_checkpoint
 from co2s.models.contract import contract_for
 from co2s.models.loading import read_checkpoint
+from co2s.models.student_factory import fetch_pretrained
 from co2s.models.weight_checks import check_fit, expected_tensors, tensor_infos
 from co2s.engine.metrics_log import MetricsLog
 from co2s.engine.optim import poly_factor, set_lr
 from co2s.config.compare import config_differences
-from co2s.engine.run_dir import Run, prepare_run_dir, write_run_info
+from co2s.engine.run_dir import Run, check_run_dir, prepare_run_dir, write_run_info
 from co2s.engine.run_lock import RunLock
 from co2s.run_folder import RunFolder
 from co2s.errors import CheckpointError, RunLockedError, TrainingError
@@ -173,6 +174,8 @@ class Trainer:
         if t.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
+        check_run_dir(config, self.run_dir)  # the checks that take seconds come before the data's
+        fetch_pretrained(config.model)
         data = self.data(report=fabric.is_global_zero)
         labelled, unlabelled, val = data.labelled, data.unlabelled, data.val
 

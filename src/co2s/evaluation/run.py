@@ -163,7 +163,7 @@ def evaluate_checkpoint(
 
 
 def print_report(result: dict) -> None:
-    unit = "rasters" if "rasters" in result else "images"
+    unit = ("raster" if "rasters" in result else "image") + ("" if result["images"] == 1 else "s")
     print(format_table({**result}, f"{result['split']} ({result['images']} {unit}), "
                        f"checkpoint {result['checkpoint']} step {result['checkpoint_step']}, "
                        f"prediction {result['prediction']}"))

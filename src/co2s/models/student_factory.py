@@ -29,6 +29,20 @@ from co2s.models.heads import DeepLabV3PlusHead, LanguageGuidedHead
 from co2s.models.multispectral import band_normalisation, widen_patch_embedding
 from co2s.models.student import Student
 
+def fetch_pretrained(model_cfg) -> None:
+    """Fetch the Hub weights the students name (``backbone.weights``, ``text.model``) into the
+    cache before anything slow, so a mistyped or unreachable id stops a run in seconds, not after
+    its data are checked."""
+    from co2s.models.backbones.weights.dispatch import fetch_hub_weights
+
+    sources = []
+    for student in getattr(model_cfg, "students", None) or []:
+        sources.append(student.backbone.weights)
+        if student.text is not None:
+            sources.append(student.text.model)
+    fetch_hub_weights([s for s in sources if s])
+
+
 def _arch_config(kind: str, arch) -> dict[str, Any]:
     """The config values of a named or overridden architecture (the table and its merge rule are
     co2s.config.architectures', which the schema checks configs with)."""

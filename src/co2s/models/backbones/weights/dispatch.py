@@ -76,14 +76,30 @@ def load_backbone_weights(
     if path.is_file():
         return _load_single_file(kind, path, overrides, needs)
     text = str(source)
-    hub = parse_hub_source(text)
-    if (not path.exists() and hub is not None and not text.startswith((".", "/", "~"))
-            and Path(hub[0]).suffix not in _FILE_SUFFIXES):
+    if is_hub_source(text):
         snapshot = hub_snapshot(text, cache_dir, "model")
         loaded = _load_directory(kind, snapshot.path, text, overrides, needs)
         origin = {"hub": snapshot.repo_id, "revision": snapshot.revision}
         return loaded._replace(family=replace(loaded.family, origin=origin))
     raise CheckpointError(f"{source}: no such file or directory")
+
+
+def is_hub_source(source: str | Path) -> bool:
+    """Whether a weights ``source`` is read as a Hub id: ``owner/name[@revision]`` that is not a
+    path on disk, does not start like one and does not end like a weight file."""
+    text = str(source)
+    hub = parse_hub_source(text)
+    return (hub is not None and not Path(text).expanduser().exists() and not text.startswith((".", "/", "~"))
+            and Path(hub[0]).suffix not in _FILE_SUFFIXES)
+
+
+def fetch_hub_weights(sources: list[str], cache_dir: str | Path | None = None) -> None:
+    """Download (or find in the cache) the files of every Hub id among ``sources``, so a missing or
+    unreachable id stops a run at once, before its data are checked; the loads that follow find
+    the files in the cache. Other sources are left to :func:`load_backbone_weights`."""
+    for source in dict.fromkeys(str(s) for s in sources):
+        if is_hub_source(source):
+            hub_snapshot(source, cache_dir, "model")
 
 
 def _load_directory(kind: str, directory: Path, label: str, overrides: Overrides,
