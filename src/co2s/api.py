@@ -28,11 +28,13 @@ __all__ = ["Prediction", "PredictOptions", "PredictionResult", "Run", "Segmenter
            "presets", "train"]
 
 
-def train(config, out: str | os.PathLike | None = None, progress: bool = True) -> Run:
-    """Train (or resume) the run ``config`` describes, in ``out`` (default ``config.run_dir``)."""
+def train(config, out: str | os.PathLike | None = None, progress: bool = True, *,
+          extend: int | None = None) -> Run:
+    """Train (or resume) the run ``config`` describes, in ``out`` (default ``config.run_dir``);
+    ``extend``: continue that run to a new total of ``extend`` steps (docs/training.md)."""
     from co2s.engine.trainer import Trainer  # the engine (Lightning Fabric) is imported only to train
 
-    return Trainer(config, out, progress).fit()
+    return Trainer(config, out, progress, extend).fit()
 
 
 def evaluate(segmenter, data=None, split: str = "test", out: str | os.PathLike | None = None,

@@ -137,7 +137,7 @@ def cmd_train(args) -> int:
     if changes:
         print(changes)
     try:
-        run = api.train(config, progress=not args.no_progress)
+        run = api.train(config, progress=not args.no_progress, extend=args.extend)
     except KeyboardInterrupt:
         from co2s.run_folder import RunFolder
 
@@ -309,6 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory (default: runs/<name>, or out_dir in the config)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bars: one plain line per train.log_every steps (also when output is not a terminal)")
+    p.add_argument("--extend", type=int, metavar="ITERS",
+                   help="continue the run (finished or not) to a new total of ITERS steps: the burn-in keeps its "
+                   "step, learning-rate decay and ramps continue towards ITERS from the current step "
+                   "(docs/training.md, 'Extending a run'); rerun with the same --extend to resume it")
     p.set_defaults(func=cmd_train)
 
     p = command(

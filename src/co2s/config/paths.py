@@ -6,7 +6,7 @@ entries always did, so a config works from any working directory and a run's sto
 keep their environment-variable rules (their paths resolve against the working directory), and
 ``--set`` values resolve against the working directory, where the user typed them.
 
-The keys: ``data.root`` and ``out_dir`` (always paths); a student's ``backbone.weights``,
+The keys: ``data.root``, ``out_dir`` and ``train.init_from`` (always paths); a student's ``backbone.weights``,
 ``text.prototypes`` and ``text.tokenizer`` only when the path exists beside the file (otherwise
 they may be a Hub id or ``random``, left as written). Configs written before this rule resolved
 against the working directory: where only that reading finds an existing path, it is kept, with a
@@ -36,6 +36,9 @@ def resolve_file_paths(raw: dict[str, Any], config_file: Path) -> dict[str, Any]
         data["root"] = _resolve(data["root"], folder, origin, "data.root", always=True)
     if isinstance(raw.get("out_dir"), str):
         raw["out_dir"] = _resolve(raw["out_dir"], folder, origin, "out_dir", always=True)
+    train = raw.get("train")
+    if isinstance(train, dict) and isinstance(train.get("init_from"), str):
+        train["init_from"] = _resolve(train["init_from"], folder, origin, "train.init_from", always=True)
     model = raw.get("model")
     students = model.get("students") if isinstance(model, dict) else None
     for i, student in enumerate(students if isinstance(students, list) else []):

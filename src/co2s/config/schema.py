@@ -699,6 +699,11 @@ class SemiConfig(_Strict):
         "(no unlabelled CE terms s1/s2/fp, no stability loss; lambda ramps from its end); 1.0 = the "
         "whole run (a supervised baseline of the same students); 0 = the paper",
     )
+    burn_in_steps: int | None = Field(
+        default=None, ge=0,
+        description="the burn-in as a step count, in place of the fraction; `co2s train --extend` "
+        "sets it so an extended run keeps the burn-in it had",
+    )
     fp_dropout: float = Field(default=0.5, ge=0, lt=1, description="feature-perturbation dropout2d")
     loss_weights: LossWeightsConfig = Field(default_factory=LossWeightsConfig)
 
@@ -717,6 +722,11 @@ class TrainConfig(_Strict):
         "null uses lr as given",
     )
     iters: int | None = Field(default=None, ge=1, description="total iterations (wins over epochs)")
+    init_from: str | None = Field(
+        default=None,
+        description="a co2s checkpoint or model folder whose trained weights start this run (at step 0; "
+        "same models, any class list: rows of shared classes kept, new classes fresh; docs/training.md)",
+    )
     epochs: int | None = Field(default=None, ge=1, description="passes over the training set")
     lr: float = Field(default=1e-3, gt=0, description="base learning rate (AdamW)")
     weight_decay: float = Field(default=0.01, ge=0, description="AdamW weight decay; none on norms and biases")

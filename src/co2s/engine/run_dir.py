@@ -72,36 +72,79 @@ class Run:
         return Segmenter.load(path, prediction=prediction)
 
 
-def check_run_dir(config, run_dir: str | os.PathLike) -> bool:
+#: the settings `co2s train --extend` changes in a run's stored config (and nothing else may differ)
+EXTENSION_KEYS = ("train.iters", "train.semi.burn_in_steps")
+
+
+def check_run_dir(config, run_dir: str | os.PathLike, extending: bool = False) -> bool:
     """Whether ``run_dir`` holds a run of another config (which will be replaced: it has no
-    checkpoint yet); raises :class:`ConfigError` when such a run has a checkpoint. Reads only, so
-    a run into the wrong folder is refused before its data are checked."""
+    checkpoint yet); raises :class:`ConfigError` when such a run has a checkpoint. ``extending``
+    accepts differences in :data:`EXTENSION_KEYS` only. Reads only, so a run into the wrong folder
+    is refused before its data are checked."""
     saved = RunFolder(Path(run_dir)).config
     if not saved.is_file():
         return False
-    changes = config_differences(read_yaml_file(saved), config_to_dict(config))
+    old = read_yaml_file(saved)
+    changes = config_differences(old, config_to_dict(config))
+    if extending:
+        changes = [c for c in changes if c.split(":")[0] not in EXTENSION_KEYS]
     if not changes:
         return False
     if RunFolder(Path(run_dir)).has_checkpoint():
         shown = "\n  ".join(changes[:10]) + (f"\n  ... and {len(changes) - 10} more" if len(changes) > 10 else "")
+        extended = ((old.get("train") or {}).get("semi") or {}).get("burn_in_steps") is not None
+        hint = (f"this run was extended to {old['train'].get('iters')} steps: add --extend "
+                f"{old['train'].get('iters')} to resume it, or " if extended and not extending else "")
         raise ConfigError(
             f"run directory {run_dir} already holds a run with a different config:\n  {shown}\n"
-            "give this run its own folder (--out, or another name in the config), or restore the old "
+            f"{hint}give this run its own folder (--out, or another name in the config), or restore the old "
             "settings to resume that run"
         )
     return True
 
 
-def prepare_run_dir(config, run_dir: str | os.PathLike) -> Path:
+def prepare_run_dir(config, run_dir: str | os.PathLike, extending: bool = False) -> Path:
     """Create the run directory, or check that an existing one belongs to this same config
-    (:func:`check_run_dir`). A run directory without a checkpoint (killed before its first save)
-    holds nothing to protect: its config is replaced by the new one."""
+    (:func:`check_run_dir`); the config is written (again: an extension changes it). A run
+    directory without a checkpoint (killed before its first save) holds nothing to protect: its
+    config is replaced by the new one."""
     run_dir = Path(run_dir)
-    if check_run_dir(config, run_dir):
+    if check_run_dir(config, run_dir, extending):
         print(f"{run_dir} holds no checkpoint yet; starting it again with the new config")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(RunFolder(run_dir).config, dump_yaml(config))
     return run_dir
+
+
+def extended_config(config, run_dir: str | os.PathLike, iters: int):
+    """``config`` for continuing the run in ``run_dir`` to a total of ``iters`` steps
+    (``co2s train --extend``): ``train.iters`` is the new total and ``train.semi.burn_in_steps``
+    the burn-in the run had, so a run past its burn-in never returns to it; learning-rate decay and
+    ramps, which follow the total, continue towards the new one. Rerunning the same extension
+    (to resume it) gives the same config."""
+    from co2s.config.loader import validate
+
+    folder = RunFolder(Path(run_dir))
+    if not folder.latest.is_file():
+        raise ConfigError(f"--extend: {run_dir} holds no checkpoint to continue (train it first, or check "
+                          "--out and the config's name)")
+    stored = read_yaml_file(folder.config) if folder.config.is_file() else {}
+    stored_semi = (stored.get("train") or {}).get("semi") or {}
+    starts = [json.loads(line) for line in folder.run_info.read_text().splitlines() if line.strip()] \
+        if folder.run_info.is_file() else []
+    last = next((s for s in reversed(starts) if "total_steps" in s), None)
+    if last is None:
+        raise ConfigError(f"--extend: {folder.run_info} records no run length; cannot tell where {run_dir} ends")
+    burn_in = stored_semi.get("burn_in_steps")
+    if burn_in is None:
+        burn_in = int(last["burn_in_steps"])
+    if iters < int(last["total_steps"]) or (iters == int(last["total_steps"]) and stored_semi.get("burn_in_steps") is None):
+        raise ConfigError(f"--extend {iters}: the run in {run_dir} is {last['total_steps']} steps long; give a "
+                          "larger total")
+    raw = config_to_dict(config)
+    raw["train"]["iters"] = iters
+    raw["train"]["semi"]["burn_in_steps"] = burn_in
+    return validate(raw, f"{run_dir} extended to {iters} steps", stored=True)
 
 
 def write_run_info(run_dir: Path, extra: dict[str, Any] | None = None) -> None:

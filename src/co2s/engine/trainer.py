@@ -24,13 +24,14 @@ from co2s.data.module import data_module
 from co2s.data.sampler import ResumableSampler
 from co2s.engine.checkpoint import InPlaceCheckpointIO, clean_checkpoint_temporaries, save_checkpoint
 from co2s.models.contract import contract_for
-from co2s.models.loading import read_checkpoint
+from co2s.models.loading import load_trained_models, read_checkpoint
+from co2s.models.transfer import transfer_weights
 from co2s.models.student_factory import fetch_pretrained
 from co2s.models.weight_checks import check_fit, expected_tensors, tensor_infos
 from co2s.engine.metrics_log import MetricsLog
 from co2s.engine.optim import poly_factor, set_lr
 from co2s.config.compare import config_differences
-from co2s.engine.run_dir import Run, check_run_dir, prepare_run_dir, write_run_info
+from co2s.engine.run_dir import Run, check_run_dir, extended_config, prepare_run_dir, write_run_info
 from co2s.engine.run_lock import RunLock
 from co2s.run_folder import RunFolder
 from co2s.errors import CheckpointError, RunLockedError, TrainingError
@@ -128,9 +129,13 @@ def train_step(fabric, method, batches: Iterator[dict], step: int, schedule: Sch
 
 
 class Trainer:
-    def __init__(self, config, run_dir: str | os.PathLike | None = None, progress: bool = True):
-        self.config = config
+    def __init__(self, config, run_dir: str | os.PathLike | None = None, progress: bool = True,
+                 extend: int | None = None):
+        """``extend``: continue the run in ``run_dir`` to a total of that many steps
+        (:func:`~co2s.engine.run_dir.extended_config`)."""
         self.run_dir = Path(run_dir or config.run_dir)
+        self.extending = extend is not None
+        self.config = extended_config(config, self.run_dir, extend) if self.extending else config
         self.progress = progress
 
     # -- data -----------------------------------------------------------------------------
@@ -174,13 +179,15 @@ class Trainer:
         if t.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
-        check_run_dir(config, self.run_dir)  # the checks that take seconds come before the data's
+        check_run_dir(config, self.run_dir, self.extending)  # the checks that take seconds come before the data's
+        if t.init_from and not Path(t.init_from).exists():
+            raise CheckpointError(f"train.init_from: {t.init_from} does not exist")
         fetch_pretrained(config.model)
         data = self.data(report=fabric.is_global_zero)
         labelled, unlabelled, val = data.labelled, data.unlabelled, data.val
 
         if fabric.is_global_zero:
-            prepare_run_dir(config, self.run_dir)
+            prepare_run_dir(config, self.run_dir, self.extending)
         fabric.barrier()
         fabric.seed_everything(t.seed, verbose=False)  # same initial weights on every rank
         method = build_method(config, lr_scale=lr_scale(config, fabric.world_size))
@@ -201,7 +208,13 @@ class Trainer:
         if latest.is_file():
             self._resume(fabric, latest, method, state)
             if fabric.is_global_zero:
-                print(f"resuming {self.run_dir} from step {state['step']}")
+                print(f"resuming {self.run_dir} from step {state['step']}" + (
+                    f" towards the new total of {total} steps (burn-in stays at step {schedule.burn_in})"
+                    if self.extending else ""))
+        elif t.init_from:
+            said = _init_from(t.init_from, method.modules, config.data.classes)
+            if fabric.is_global_zero:
+                print(said)
         # Drop what an earlier attempt logged after its last checkpoint (all of it when there is
         # none): those steps run again and log again.
         log.truncate_after(state["step"])
@@ -342,6 +355,30 @@ class Trainer:
             tqdm.write(f"step {state['step']}: val mIoU {score:.2f} ({main}"
                        f"{'; ' + others if others else ''}; best {state['best']['mIoU']:.2f}"
                        f" at step {state['best']['step']})")
+
+
+def _init_from(source: str, modules: dict, classes: list[str]) -> str:
+    """Start the run's models from the trained weights of ``source`` (``train.init_from``: a
+    checkpoint or model folder, read with every check of a model load); the line that says what
+    was kept, matched by class or rebuilt (co2s.models.transfer)."""
+    trained = load_trained_models(source)
+    names, theirs = list(modules), list(trained.models)
+    if names != theirs:
+        raise CheckpointError(f"train.init_from {source}: it holds the models {theirs}, this run trains {names}")
+    old = trained.contract.classes
+    parts = []
+    for name, module in modules.items():
+        done = transfer_weights(getattr(module, "module", module), trained.models[name].state_dict(), classes,
+                                old, f"train.init_from {source} ({name})")
+        extra = [f"{len(done.class_rows)} class-row tensors"] if done.class_rows else []
+        extra += [f"{', '.join(done.rebuilt)} as built for this class list"] if done.rebuilt else []
+        parts.append(f"{name}: {done.kept} tensors kept" + "".join(f", {e}" for e in extra))
+    shared = [c for c in classes if c in old]
+    new = [c for c in classes if c not in old]
+    dropped = [c for c in old if c not in classes]
+    rows = (f"class rows of {len(shared)} shared classes kept" + (f", new {new} initialised fresh" if new else "")
+            + (f", {dropped} dropped" if dropped else ""))
+    return f"init_from {source}: " + "; ".join(parts) + f"; {rows}"
 
 
 def _check_finite_loss(fabric, loss: torch.Tensor, logs: dict, batch: dict, step: int) -> None:

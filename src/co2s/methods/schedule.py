@@ -25,9 +25,11 @@ class Schedule:
     @classmethod
     def for_run(cls, config, total: int) -> Schedule:
         """The schedule of a ``total``-step run of ``config``: ``train.semi.burn_in`` (a fraction
-        of the run, rounded) for methods that use unlabelled images, none for the others."""
-        uses_unlabelled = METHOD_FACTS[config.train.method].uses_unlabelled
-        burn_in = min(total, int(round(config.train.semi.burn_in * total))) if uses_unlabelled else 0
+        of the run, rounded; ``burn_in_steps`` when set, as in an extended run) for methods that
+        use unlabelled images, none for the others."""
+        semi = config.train.semi
+        steps = int(round(semi.burn_in * total)) if semi.burn_in_steps is None else semi.burn_in_steps
+        burn_in = min(total, steps) if METHOD_FACTS[config.train.method].uses_unlabelled else 0
         return cls(total, burn_in)
 
     def in_burn_in(self, step: int) -> bool:

@@ -152,6 +152,8 @@ class TextGuidance(nn.Module):
     """Frozen text prototypes (a buffer: saved with the model, never trained)."""
 
     trainable = False
+    #: computed from the run's own class list and concepts: never taken from other weights
+    built_for_classes = ("prototypes",)
 
     def __init__(self, prototypes: torch.Tensor) -> None:
         super().__init__()
@@ -165,6 +167,7 @@ class LearnableQueries(nn.Module):
     """One learnable embedding per class, initialised N(0, 0.02) (SPEC 2.2)."""
 
     trainable = True
+    class_rows = ("queries",)  # co2s.models.transfer: rows follow class names
 
     def __init__(self, num_classes: int, dim: int) -> None:
         super().__init__()

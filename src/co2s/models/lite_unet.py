@@ -59,6 +59,9 @@ class ContextBlock(nn.Module):
 
 
 class LiteUNet(SegmentationModel):
+    #: tensors with one row per class (co2s.models.transfer: rows follow class names)
+    class_rows = ("classifier.weight", "classifier.bias")
+
     def __init__(self, num_classes: int, in_channels: int = 3, width: int = 32, depth: int = 4,
                  dropout: float = 0.1, mean=None, std=None) -> None:
         super().__init__(num_classes, in_channels, mean, std)

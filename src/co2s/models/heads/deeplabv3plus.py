@@ -31,6 +31,9 @@ class DeepLabV3PlusHead(nn.Module):
     first (shallowest) one.
     """
 
+    #: tensors with one row per class (co2s.models.transfer: rows follow class names)
+    class_rows = ("classifier.weight", "classifier.bias")
+
     uses_guidance = False
 
     def __init__(self, feature_dim: int, skip_dims: Sequence[int], num_classes: int, channels: int = 256,
