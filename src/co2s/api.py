@@ -25,7 +25,7 @@ from co2s.inference.segmenter import Prediction, Segmenter
 
 __all__ = ["Prediction", "PredictOptions", "PredictionResult", "Run", "Segmenter", "embed_text", "evaluate",
            "evaluate_checkpoint", "export", "load_config", "make_splits", "model_summary", "predict", "preset",
-           "presets", "train"]
+           "presets", "report", "train"]
 
 
 def train(config, out: str | os.PathLike | None = None, progress: bool = True, *,
@@ -35,6 +35,14 @@ def train(config, out: str | os.PathLike | None = None, progress: bool = True, *
     from co2s.engine.trainer import Trainer  # the engine (Lightning Fabric) is imported only to train
 
     return Trainer(config, out, progress, extend).fit()
+
+
+def report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    """``co2s report``: the pictures and ``index.html`` of a run folder (default ``RUN/report``);
+    see :func:`co2s.engine.report.write_report`."""
+    from co2s.engine.report import write_report
+
+    return write_report(run_dir, out)
 
 
 def evaluate(segmenter, data=None, split: str = "test", out: str | os.PathLike | None = None,

@@ -245,6 +245,13 @@ def cmd_embed_text(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from co2s import api
+
+    print(f"report written to {api.report(args.run, args.out)}")
+    return 0
+
+
 def cmd_presets(args) -> int:
     from co2s import api
 
@@ -314,6 +321,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "step, learning-rate decay and ramps continue towards ITERS from the current step "
                    "(docs/training.md, 'Extending a run'); rerun with the same --extend to resume it")
     p.set_defaults(func=cmd_train)
+
+    p = command("report", help="plots and an HTML page of a training run: losses, validation mIoU, evaluations",
+                description="Draw the curves of a run folder (every loss term, validation mIoU per prediction, "
+                "confident ratio, teaching shares, learning rate) and, for each metrics_<split>.json in it, "
+                "per-class IoU and the confusion matrix, into PNGs and one self-contained index.html. Writes "
+                "only into a new or empty folder or an earlier report's folder. Needs matplotlib: pip install "
+                "'co2s[report]'. See docs/report.md.")
+    p.add_argument("run", metavar="RUN", help="a run folder written by co2s train (holds metrics.jsonl)")
+    p.add_argument("--out", metavar="DIR", help="folder for index.html and the PNGs (default: RUN/report)")
+    p.set_defaults(func=cmd_report)
 
     p = command(
         "evaluate", help="sliding-window evaluation of a checkpoint: mIoU, IoU, OA, F1",

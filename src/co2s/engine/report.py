@@ -341,7 +341,7 @@ def _training_plots(train: list[dict], val: list[dict], run_info: list[dict], co
             "loss.png", "Loss terms",
             "Every loss term of the train records, one panel per term (mean over each log period of "
             "train.log_every steps); with two students each student's term side by side, and for "
-            "`loss` the total the optimisers minimise." + shaded, panels, colours, burn_in))
+            "`loss` the total that is backpropagated." + shaded, panels, colours, burn_in))
     mious = [k for k in dict.fromkeys(k for r in val for k in r) if k.startswith("mIoU/")]
     if val:
         series = [_series(val, k, k[len("mIoU/"):]) for k in mious] or [_series(val, "mIoU", "mIoU")]
@@ -469,10 +469,9 @@ def _iou_plot(e: _Evaluation, stem: str, colours: _Colours) -> _Plot:
                    edgecolor="black" if name == main else None, linewidth=0.8)
             for x, v in zip(xs, values):
                 if not _is_number(v):
-                    ax.text(x, 1, "n/a", rotation=90, ha="center", va="bottom", fontsize=7)
+                    ax.text(x, 1, "n/a", ha="center", va="bottom", fontsize=6)
         ax.set_xticks(range(n))
-        ax.set_xticklabels(classes, rotation=45 if n > 6 or max(map(len, classes), default=0) > 10 else 0,
-                           ha="right" if n > 6 else "center")
+        _class_labels(ax.set_xticklabels, classes, n > 6 or max(map(len, classes), default=0) > 10)
         ax.set_ylim(0, 100)
         ax.set_ylabel("IoU (%)")
         ax.set_title(f"per-class IoU, split {e.split}")
@@ -483,6 +482,13 @@ def _iou_plot(e: _Evaluation, stem: str, colours: _Colours) -> _Plot:
                  f"IoU per class (percent) on the split {e.split}, from {e.path.name}: the reported "
                  f"prediction {main} (outlined) and every other prediction side by side; n/a: a class with "
                  "neither ground truth nor prediction.", draw, (max(6.5, min(22.0, 0.45 * n * k + 2.5)), 4.6))
+
+
+def _class_labels(setter, classes: list[str], rotate: bool) -> None:
+    if rotate:
+        setter(classes, rotation=40, ha="right", rotation_mode="anchor")
+    else:
+        setter(classes)
 
 
 def _confusion(m: dict, classes: list[str]) -> list[list[float]] | str:
@@ -513,7 +519,7 @@ def _confusion_plot(e: _Evaluation, stem: str, matrix: list[list[float]], classe
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class's pixels")
         ax.set_xticks(range(n))
         ax.set_yticks(range(n))
-        ax.set_xticklabels(classes, rotation=45 if n > 4 else 0, ha="right" if n > 4 else "center")
+        _class_labels(ax.set_xticklabels, classes, n > 4 or max(map(len, classes), default=0) > 10)
         ax.set_yticklabels(classes)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
@@ -560,7 +566,7 @@ def _save(plot: _Plot, out: Path, mpl) -> None:
         FigureCanvasAgg(fig)
         plot.draw(fig)
         with atomic_path(out / plot.name, durable=False) as tmp:
-            fig.savefig(tmp, format="png", dpi=_DPI)
+            fig.savefig(tmp, format="png", dpi=_DPI, bbox_inches="tight", pad_inches=0.1)
 
 
 # -- the page -------------------------------------------------------------------------------------
