@@ -36,13 +36,22 @@ class MetricsLog:
         self.path = Path(path)
         self.enabled = enabled
         self._tb = None
-        if enabled:
+        self._tb_tried = False
+        self._resumed_at: int | None = None  # TensorBoard drops its own events after this step
+
+    def _tensorboard(self):
+        """The TensorBoard writer (the `tensorboard` extra), made on first use so a resumed run
+        purges the events it logs again; None when tensorboard is not installed."""
+        if not self._tb_tried:
+            self._tb_tried = True
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(self.path.parent / "tensorboard"))
+                purge = None if self._resumed_at is None else self._resumed_at + 1
+                self._tb = SummaryWriter(str(self.path.parent / "tensorboard"), purge_step=purge)
             except Exception:  # tensorboard is optional
                 self._tb = None
+        return self._tb
 
     def truncate_after(self, step: int) -> None:
         """Keep only what the checkpoint at ``step`` has seen: newer records are logged again when
@@ -50,6 +59,7 @@ class MetricsLog:
         no checkpoint starts the log afresh)."""
         if not self.enabled or not self.path.is_file():
             return
+        self._resumed_at = step if step > 0 else None
         kept = [r for r in _parse(self.path) if r.get("step", 0) <= step and r.get("kind") != "final"]
         write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept), durable=False)
 
@@ -62,12 +72,17 @@ class MetricsLog:
             return
         with open(self.path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
-        if self._tb is not None:
+        tb = self._tensorboard()
+        if tb is not None:
             step = record.get("step", 0)
             prefix = record.get("kind", "train")
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key != "step":
-                    self._tb.add_scalar(f"{prefix}/{key}", value, step)
+            try:
+                for key, value in record.items():
+                    if isinstance(value, (int, float)) and key != "step":
+                        tb.add_scalar(f"{prefix}/{key}", value, step)
+            except Exception as exc:  # a side channel: metrics.jsonl is the record, training goes on
+                warnings.warn(f"TensorBoard logging stopped: {type(exc).__name__}: {exc}", stacklevel=2)
+                self._tb = None
 
     def close(self) -> None:
         if self._tb is not None:
