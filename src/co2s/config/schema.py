@@ -616,8 +616,9 @@ class EngineConfig(_Strict):
     devices: int | str = Field(default=1, description="devices per node (int, 'auto', or list string)")
     num_nodes: int = Field(default=1, ge=1, description="machines (DDP across nodes)")
     strategy: str = Field(default="auto", description="auto, ddp, fsdp, ...")
-    precision: Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true"] = Field(
-        default="32-true", description="Fabric precision; bf16-mixed on recent GPUs"
+    precision: Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true", "auto"] = Field(
+        default="32-true", description="Fabric precision; bf16-mixed on recent GPUs; auto: bf16-mixed on a "
+        "CUDA device that supports bf16, else 32-true (the paper presets)"
     )
 
 

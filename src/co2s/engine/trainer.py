@@ -41,11 +41,20 @@ from co2s.methods import Schedule, build_method
 from co2s.progress import bars_shown, progress_bar
 
 
+def training_precision(engine) -> str:
+    """``engine.precision``, with ``auto`` decided: bf16-mixed where the run will use a CUDA device
+    that supports bf16 (Ampere or newer), else full precision."""
+    if engine.precision != "auto":
+        return engine.precision
+    cuda = engine.accelerator in ("cuda", "gpu") or (engine.accelerator == "auto" and torch.cuda.is_available())
+    return "bf16-mixed" if cuda and torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
+
+
 def make_fabric(config) -> Fabric:
     e = config.engine
     return Fabric(
         accelerator=e.accelerator, devices=e.devices, num_nodes=e.num_nodes,
-        strategy=e.strategy, precision=e.precision,
+        strategy=e.strategy, precision=training_precision(e),
         plugins=[InPlaceCheckpointIO()],  # checkpoints written in the run folder only, not in $TMPDIR
     )
 
@@ -229,6 +238,7 @@ class Trainer:
             clean_checkpoint_temporaries(folder, state["step"], schedule.burn_in)
             write_run_info(self.run_dir, {"resumed_from_step": state["step"], "total_steps": total,
                                           "burn_in_steps": schedule.burn_in,
+                                          "precision": training_precision(config.engine),
                                           "world_size": fabric.world_size})
 
         dataset, pairs = data.train_datasets(t)
