@@ -25,7 +25,7 @@ from co2s.inference.segmenter import Prediction, Segmenter
 
 __all__ = ["Prediction", "PredictOptions", "PredictionResult", "Run", "Segmenter", "embed_text", "evaluate",
            "evaluate_checkpoint", "export", "load_config", "make_splits", "model_summary", "predict", "preset",
-           "presets", "report", "train"]
+           "prepare", "presets", "report", "train"]
 
 
 def train(config, out: str | os.PathLike | None = None, progress: bool = True, *,
@@ -35,6 +35,16 @@ def train(config, out: str | os.PathLike | None = None, progress: bool = True, *
     from co2s.engine.trainer import Trainer  # the engine (Lightning Fabric) is imported only to train
 
     return Trainer(config, out, progress, extend).fit()
+
+
+def prepare(dataset: str, source: str | os.PathLike, out: str | os.PathLike | None = None, *,
+            splits: str | os.PathLike | None = None, link: bool = True, progress: bool = True) -> dict:
+    """``co2s prepare``: a paper dataset's official release in its preset's layout (default ``out``:
+    the preset's ``data.root``); see :func:`co2s.data.prepare.prepare_dataset`."""
+    from co2s.data.prepare import default_out, prepare_dataset
+
+    return prepare_dataset(dataset, source, out or default_out(dataset), splits=splits, link=link,
+                           progress=progress)
 
 
 def report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:

@@ -245,6 +245,27 @@ def cmd_embed_text(args) -> int:
     return 0
 
 
+def cmd_prepare(args) -> int:
+    from co2s import api
+
+    s = api.prepare(args.dataset, args.source, args.out, splits=args.splits, link=not args.copy,
+                    progress=not args.no_progress)
+    counts = ", ".join(f"{k} {v}" for k, v in s["counts"].items())
+    how = ", ".join(f"{k} {v}" for k, v in s["transfer"].items())
+    print(f"{s['dataset']}: {s['files']['images']} images, {s['files']['labels']} labels ({counts}) "
+          f"-> {s['out']} ({how})")
+    if s["fallback"]:
+        print(f"note: {s['fallback']}")
+    for rel, n in s["lists"].items():
+        print(f"  {rel}: {n} samples")
+    for tile, n in s.get("unknown_colour_pixels", {}).items():
+        print(f"warning: tile {tile}: {n} label pixels in colours outside the palette (ignored)")
+    for m in s["missing"]:
+        print(f"missing for the preset: {m} (give the authors' lists with --splits, or make them with co2s splits)")
+    print(f"next: co2s train {s['dataset']} --set data.root={s['out']}")
+    return 0
+
+
 def cmd_report(args) -> int:
     from co2s import api
 
@@ -321,6 +342,26 @@ def build_parser() -> argparse.ArgumentParser:
                    "step, learning-rate decay and ramps continue towards ITERS from the current step "
                    "(docs/training.md, 'Extending a run'); rerun with the same --extend to resume it")
     p.set_defaults(func=cmd_train)
+
+    p = command(
+        "prepare", help="a paper dataset's official release converted to its preset's layout",
+        description="Build OUT/images, OUT/labels and OUT/splits/ as preset DATASET reads them, from the "
+        "official release in SOURCE: loveda (Zenodo's Train/, Val/, Test/ folders or their zips), potsdam "
+        "(ISPRS 2_Ortho_RGB/ and 5_Labels_all_noBoundary/ or 5_Labels_all/, cut into crops of the preset's "
+        "crop size). Source files are hard-linked (symbolic links across file systems) and never modified; "
+        "mask values are kept as released; a rerun into the same folder is idempotent; a folder holding "
+        "other data is refused. See docs/datasets/.")
+    p.add_argument("dataset", metavar="DATASET", help="loveda or potsdam")
+    p.add_argument("source", metavar="SOURCE", help="folder of the official release (LoveDA: the folder "
+                   "holding Train/ and Val/ or Train.zip and Val.zip; Potsdam: holding 2_Ortho_RGB/)")
+    p.add_argument("--out", metavar="DIR", help="the prepared tree (default: the preset's data.root, "
+                   "${CO2S_DATA_DIR:-data}/DATASET, so that co2s train DATASET finds it)")
+    p.add_argument("--splits", metavar="LISTS", help="folder of the authors' split lists (e.g. the Co2S "
+                   "code's splits/loveda): every line is checked against the prepared tree, then the lists "
+                   "are copied under OUT/splits/")
+    p.add_argument("--copy", action="store_true", help="copy the source files instead of linking them")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_prepare)
 
     p = command("report", help="plots and an HTML page of a training run: losses, validation mIoU, evaluations",
                 description="Draw the curves of a run folder (every loss term, validation mIoU per prediction, "
