@@ -1,6 +1,7 @@
 # Quickstart targets. Each creates the virtual environment on first use and installs the package
 # with its dev extras under constraints.txt (which pins the torch version; see that file).
-#   make install CONSTRAINTS=mine.txt        your own pins (e.g. the torch build already installed)
+#   make install CONSTRAINTS=mine.txt        your own pins (e.g. torch==2.5.1, with PIP_ARGS naming its index)
+#   make install VENV=/path/to/env CONSTRAINTS=mine.txt   into an environment that already has your torch
 #   make install PIP_ARGS='--index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple'
 #                                            the CPU wheel of torch from PyTorch's index
 PYTHON ?= python3
