@@ -111,6 +111,8 @@ def prepare_run_dir(config, run_dir: str | os.PathLike, extending: bool = False)
     run_dir = Path(run_dir)
     if check_run_dir(config, run_dir, extending):
         print(f"{run_dir} holds no checkpoint yet; starting it again with the new config")
+    elif RunFolder(run_dir).config.is_file() and not extending:
+        return run_dir  # this run's own config: kept as first written
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(RunFolder(run_dir).config, dump_yaml(config))
     return run_dir
