@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from pathlib import Path
@@ -87,6 +88,37 @@ class MetricsLog:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def take_validation(best: dict | None, per_prediction: dict[str, dict], record: dict) -> tuple[dict | None, bool]:
+    """Fold one validation record into the best so far (the model selected by: first highest
+    finite mIoU) and ``per_prediction`` (each student's and fusion's own best, updated in place);
+    returns the best and whether this record is the new best. The one rule, for the trainer
+    (best.ckpt, and a resume reading the log back) and for ``co2s report``."""
+    for key, value in record.items():
+        if key.startswith("mIoU/") and _finite(value):
+            name = key[len("mIoU/"):]
+            old = per_prediction.get(name)
+            if old is None or value > old["mIoU"]:
+                per_prediction[name] = {"step": record.get("step"), "mIoU": value}
+    value = record.get("mIoU")
+    if _finite(value) and (best is None or value > best["mIoU"]):
+        return {"step": record.get("step"), "mIoU": value, "split": record.get("split", "val"),
+                "prediction": record.get("selected_by")}, True
+    return best, False
+
+
+def best_validation(records: list[dict]) -> tuple[dict | None, dict[str, dict]]:
+    """The best of the validation records ``records`` and the best per prediction
+    (:func:`take_validation`)."""
+    best, per_prediction = None, {}
+    for record in records:
+        best, _ = take_validation(best, per_prediction, record)
+    return best, per_prediction
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:

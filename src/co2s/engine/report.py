@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from co2s.atomic import atomic_path, write_text
-from co2s.engine.metrics_log import read_log
+from co2s.engine.metrics_log import best_validation, read_log
 from co2s.errors import Co2sError
 from co2s.evaluation import METRICS_FILE
 from co2s.run_folder import RunFolder
@@ -249,26 +249,6 @@ def _burn_in_end(train: list[dict], run_info: list[dict]) -> float | None:
     return float(max(steps)) if steps else None
 
 
-def _best(val: list[dict]) -> dict | None:
-    """The best validation record (the rule the trainer keeps best.ckpt by: the first highest mIoU)."""
-    best = None
-    for r in val:
-        if _is_number(r.get("mIoU")) and not math.isnan(r["mIoU"]) and (best is None or r["mIoU"] > best["mIoU"]):
-            best = r
-    return best
-
-
-def _best_per_prediction(val: list[dict]) -> dict[str, tuple[float, float]]:
-    best: dict[str, tuple[float, float]] = {}
-    for r in val:
-        for key, value in r.items():
-            if key.startswith("mIoU/") and _is_number(value) and not math.isnan(value):
-                name = key[len("mIoU/"):]
-                if name not in best or value > best[name][1]:
-                    best[name] = (r["step"], float(value))
-    return best
-
-
 # -- drawing ------------------------------------------------------------------------------------
 
 class _Colours:
@@ -346,7 +326,7 @@ def _training_plots(train: list[dict], val: list[dict], run_info: list[dict], co
     if val:
         series = [_series(val, k, k[len("mIoU/"):]) for k in mious] or [_series(val, "mIoU", "mIoU")]
         series = [s for s in series if s.steps]
-        best = _best(val)
+        best, _ = best_validation(val)
         if series:
             def draw(fig, series=series, best=best) -> None:
                 ax = fig.subplots()
@@ -619,13 +599,13 @@ def _summary(folder: RunFolder, records: list[dict], train: list[dict], val: lis
     final = next((r for r in reversed(records) if r.get("kind") == "final"), None)
     steps = max((r["step"] for r in records if _is_number(r.get("step"))), default=0)
     total = last.get("total_steps")
-    best = _best(val)
+    best, _ = best_validation(val)
     rows: list[tuple[str, Any]] = [
         ("run folder", folder.path.resolve()),
         ("steps", f"{steps} of {total}" if _is_number(total) else steps),
         ("finished", "yes" if final is not None else "no (no final record yet)"),
         ("best validation", None if best is None else
-         f"mIoU {_number(best['mIoU'])} at step {best.get('step')} ({best.get('selected_by') or 'mIoU'}, "
+         f"mIoU {_number(best['mIoU'])} at step {best.get('step')} ({best.get('prediction') or 'mIoU'}, "
          f"split {best.get('split', 'val')})"),
         ("validations", len(val) or "none (no val split, or none ran yet)"),
         ("train records", f"{len(train)} (one per train.log_every steps)"),
@@ -654,12 +634,12 @@ def _summary(folder: RunFolder, records: list[dict], train: list[dict], val: lis
         command = last.get("command")
         if isinstance(command, list):
             rows.append(("command", " ".join(str(c) for c in command)))
-    per = _best_per_prediction(val)
+    _, per = best_validation(val)
     text = _table(rows)
     if len(per) > 1:
         text += ("<p>Best validation mIoU of each prediction:</p><table><tr><th>prediction</th><th>mIoU</th>"
-                 "<th>step</th></tr>" + "".join(f"<tr><td>{_e(n)}</td><td>{_number(v)}</td><td>{_e(s)}</td></tr>"
-                                                 for n, (s, v) in per.items()) + "</table>")
+                 "<th>step</th></tr>" + "".join(f"<tr><td>{_e(n)}</td><td>{_number(b['mIoU'])}</td><td>{_e(b['step'])}</td></tr>"
+                                                 for n, b in per.items()) + "</table>")
     if len(run_info) > 1:
         text += ("<details><summary>every start</summary><table><tr><th>started</th><th>from step</th>"
                  "<th>co2s</th><th>git revision</th><th>host</th><th>processes</th></tr>"

@@ -125,6 +125,7 @@ def extended_config(config, run_dir: str | os.PathLike, iters: int):
     ramps, which follow the total, continue towards the new one. Rerunning the same extension
     (to resume it) gives the same config."""
     from co2s.config.loader import validate
+    from co2s.engine.metrics_log import read_log
 
     folder = RunFolder(Path(run_dir))
     if not folder.latest.is_file():
@@ -132,8 +133,7 @@ def extended_config(config, run_dir: str | os.PathLike, iters: int):
                           "--out and the config's name)")
     stored = read_yaml_file(folder.config) if folder.config.is_file() else {}
     stored_semi = (stored.get("train") or {}).get("semi") or {}
-    starts = [json.loads(line) for line in folder.run_info.read_text().splitlines() if line.strip()] \
-        if folder.run_info.is_file() else []
+    starts = read_log(folder.run_info) if folder.run_info.is_file() else []  # torn lines dropped
     last = next((s for s in reversed(starts) if "total_steps" in s), None)
     if last is None:
         raise ConfigError(f"--extend: {folder.run_info} records no run length; cannot tell where {run_dir} ends")

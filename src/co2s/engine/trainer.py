@@ -28,7 +28,7 @@ from co2s.models.loading import load_trained_models, read_checkpoint
 from co2s.models.transfer import transfer_weights
 from co2s.models.student_factory import fetch_pretrained
 from co2s.models.weight_checks import check_fit, expected_tensors, tensor_infos
-from co2s.engine.metrics_log import MetricsLog
+from co2s.engine.metrics_log import MetricsLog, take_validation
 from co2s.engine.optim import poly_factor, set_lr
 from co2s.config.compare import config_differences
 from co2s.engine.run_dir import Run, check_run_dir, extended_config, prepare_run_dir, write_run_info
@@ -417,20 +417,10 @@ def _check_finite_loss(fabric, loss: torch.Tensor, logs: dict, batch: dict, step
 
 
 def _take_val_record(state: dict, record: dict) -> bool:
-    """Fold one validation record into ``state``'s best (the model selected by) and best per
-    prediction; True when it is the new best. The one rule, for validations run now and for
-    those a resume reads back from the log."""
-    for key, value in record.items():  # every student's and fusion's own best, for the record
-        if key.startswith("mIoU/"):
-            name, old = key[len("mIoU/"):], state["best_per_prediction"].get(key[len("mIoU/"):])
-            if old is None or value > old["mIoU"]:
-                state["best_per_prediction"][name] = {"step": record["step"], "mIoU": value}
-    best = state["best"]
-    if best is None or record["mIoU"] > best["mIoU"]:
-        state["best"] = {"step": record["step"], "mIoU": record["mIoU"], "split": record.get("split", "val"),
-                         "prediction": record.get("selected_by")}
-        return True
-    return False
+    """Fold one validation record into ``state``'s best and best per prediction
+    (:func:`~co2s.engine.metrics_log.take_validation`); True when it is the new best."""
+    state["best"], improved = take_validation(state["best"], state["best_per_prediction"], record)
+    return improved
 
 
 def _best_from_log(records: list[dict], state: dict) -> bool:
