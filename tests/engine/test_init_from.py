@@ -87,3 +87,14 @@ def test_init_from_a_missing_file_or_other_models(tmp_path):
     with pytest.raises(CheckpointError, match=r"train.init_from: .*nowhere.ckpt does not exist"):
         api.train(_config(tmp_path, "a", ["c0", "c1", "c2"], iters=1, init_from=str(tmp_path / "nowhere.ckpt")),
                   progress=False)
+
+
+def test_the_normalisation_is_the_new_runs():
+    """mean/std come from the new run's config, never silently from the source's weights."""
+    source = LiteUNet(3, width=8, depth=3, mean=[0.1] * 3, std=[0.2] * 3)
+    target = LiteUNet(3, width=8, depth=3, mean=[0.5] * 3, std=[0.25] * 3)
+    done = transfer_weights(target, source.state_dict(), ["a", "b", "c"], ["a", "b", "c"], "x")
+    assert torch.allclose(target.mean, torch.full((1, 3, 1, 1), 0.5))
+    assert torch.allclose(target.std, torch.full((1, 3, 1, 1), 0.25))
+    assert sorted(done.rebuilt) == ["mean", "std"]
+    assert torch.equal(target.classifier.weight, source.classifier.weight)

@@ -383,7 +383,7 @@ def _init_from(source: str, modules: dict, classes: list[str]) -> str:
         done = transfer_weights(getattr(module, "module", module), trained.models[name].state_dict(), classes,
                                 old, f"train.init_from {source} ({name})")
         extra = [f"{len(done.class_rows)} class-row tensors"] if done.class_rows else []
-        extra += [f"{', '.join(done.rebuilt)} as built for this class list"] if done.rebuilt else []
+        extra += [f"{', '.join(done.rebuilt)} as built from this run's config"] if done.rebuilt else []
         parts.append(f"{name}: {done.kept} tensors kept" + "".join(f", {e}" for e in extra))
     shared = [c for c in classes if c in old]
     new = [c for c in classes if c not in old]

@@ -20,6 +20,8 @@ class SegmentationModel(nn.Module):
     """Images ``[B, C, H, W]`` (scaled, not normalised) in, logits ``[B, K, H, W]`` out."""
 
     num_classes: int
+    #: buffers made from the run's config (co2s.models.transfer keeps them when init_from loads weights)
+    built_from_config = ("mean", "std")
 
     def __init__(self, num_classes: int, in_channels: int, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None) -> None:

@@ -153,7 +153,7 @@ class TextGuidance(nn.Module):
 
     trainable = False
     #: computed from the run's own class list and concepts: never taken from other weights
-    built_for_classes = ("prototypes",)
+    built_from_config = ("prototypes",)
 
     def __init__(self, prototypes: torch.Tensor) -> None:
         super().__init__()

@@ -7,8 +7,9 @@ Every tensor is taken from the source except two kinds, which the modules declar
   rows follow class *names*: a class of both lists gets the source's row, a new class keeps its
   fresh initialisation, a class only the source had is dropped. Equal counts of different names
   are therefore never mixed up.
-* ``built_for_classes``: tensors computed from the run's own class list (frozen text prototypes):
-  kept as built.
+* ``built_from_config``: tensors computed from the run's own config (frozen text prototypes from
+  its class list, the input normalisation ``mean``/``std`` from its data and weights): kept as
+  built, so a new run never silently takes another run's normalisation.
 
 Anything else that differs (a missing or extra tensor, another shape) is another architecture or
 band count, and is refused with the first names.
@@ -30,7 +31,7 @@ class Transfer:
 
     kept: int = 0  # tensors taken whole from the source
     class_rows: list[str] = field(default_factory=list)  # tensors whose rows were matched by class
-    rebuilt: list[str] = field(default_factory=list)  # tensors kept as built for the run's classes
+    rebuilt: list[str] = field(default_factory=list)  # tensors kept as built from the run's config
 
 
 def _declared(model: nn.Module, attribute: str) -> set[str]:
@@ -47,7 +48,7 @@ def transfer_weights(model: nn.Module, source: dict[str, torch.Tensor], classes:
     ``classes``) as described in the module docstring; raises :class:`CheckpointError` naming
     ``label`` when the architectures differ."""
     target = model.state_dict()
-    rows, rebuilt = _declared(model, "class_rows"), _declared(model, "built_for_classes")
+    rows, rebuilt = _declared(model, "class_rows"), _declared(model, "built_from_config")
     missing = sorted(set(target) - set(source) - rebuilt)
     extra = sorted(set(source) - set(target) - rebuilt)
     if missing or extra:
