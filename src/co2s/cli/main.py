@@ -176,7 +176,8 @@ def cmd_predict(args) -> int:
                           prediction=_prediction(args), progress=not args.no_progress, tile=args.tile,
                           overlap=args.overlap, batch_size=args.batch_size, precision=args.precision,
                           tta=args.tta, confidence=args.confidence, preview=args.preview,
-                          overviews=args.overviews, overwrite=args.overwrite)
+                          overviews=args.overviews, polygons=args.polygons, min_area=args.min_area,
+                          simplify=args.simplify, overwrite=args.overwrite)
     failed = [r for r in results if r.error]
     for r in results:
         for note in r.warnings:
@@ -407,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "written by co2s export")
     p.add_argument("inputs", nargs="+", help="image or raster files, folders or glob patterns")
     p.add_argument("--out", required=True, help="output folder: <stem>.png and <stem>_color.png for "
-                   "plain images, <stem>_classes.tif (and _confidence.tif, _preview.png) for rasters")
+                   "plain images, <stem>_classes.tif (and _confidence.tif, _preview.png, _polygons.gpkg) for rasters")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files (e.g. of an "
                    "earlier prediction); an input is never replaced")
     _add_prediction_arg(p, "a model's name, or for two students the fusion mean / confidence "
@@ -426,6 +427,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preview", action="store_true", help="also write <stem>_preview.png, a colour "
                    "preview at most 2048 px on its longer side")
     p.add_argument("--overviews", action="store_true", help="add overviews to the GeoTIFF outputs")
+    p.add_argument("--polygons", nargs="?", const="gpkg", choices=["gpkg", "geojson"],
+                   help="also write <stem>_polygons.gpkg (or .geojson with --polygons geojson): one polygon "
+                   "per connected region of a class, with class_id, class, area (CRS units squared), mean "
+                   "confidence and pixels, in the raster's CRS; neighbours share their edges (no gaps or "
+                   "overlaps). Rasters only, any size")
+    p.add_argument("--min-area", type=float, default=0.0, help="with --polygons: regions smaller than this "
+                   "(CRS units squared, e.g. m2) join their largest neighbour, as gdal_sieve does")
+    p.add_argument("--simplify", type=float, default=0.0, help="with --polygons: simplification tolerance "
+                   "(CRS units), applied to all polygons together so shared edges stay shared")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_predict)
 

@@ -29,6 +29,7 @@ from co2s.data.io import (
     save_index_png,
 )
 from co2s.errors import Co2sError, DataError
+from co2s.inference.polygons import FORMATS
 from co2s.inference.scene import PredictOptions, predict_scene
 from co2s.inference.segmenter import resolve_device
 from co2s.progress import progress_bar
@@ -71,8 +72,9 @@ def output_paths(path: Path, out_dir: Path, options: PredictOptions, palette: bo
     place they are named (the writers take them from here).
 
     Plain images: ``<stem>.png`` (class indices) and, with a palette, ``<stem>_color.png``. Scenes:
-    ``<stem>_classes.tif``, with ``options.confidence`` ``<stem>_confidence.tif`` and with
-    ``options.preview`` ``<stem>_preview.png``.
+    ``<stem>_classes.tif``, with ``options.confidence`` ``<stem>_confidence.tif``, with
+    ``options.preview`` ``<stem>_preview.png`` and with ``options.polygons`` ``<stem>_polygons.gpkg``
+    (or ``.geojson``).
     """
     stem = path.stem
     if is_plain_image(path):
@@ -82,6 +84,8 @@ def output_paths(path: Path, out_dir: Path, options: PredictOptions, palette: bo
         names["confidence"] = out_dir / f"{stem}_confidence.tif"
     if options.preview:
         names["preview"] = out_dir / f"{stem}_preview.png"
+    if options.polygons:
+        names["polygons"] = out_dir / f"{stem}_polygons.{FORMATS[options.polygons][0]}"
     return names
 
 
@@ -108,6 +112,9 @@ def plan_outputs(paths: list[Path], out_dir: Path, options: PredictOptions, pale
     inputs = {_file_key(p): p for p in paths}
     input_ids = {i: p for p in paths if (i := _file_id(p)) is not None}
     problems: list[str] = []
+    if options.polygons:
+        problems += [f"{path} is a plain image, without the georeferencing --polygons maps regions in; "
+                     "polygons are written for rasters such as GeoTIFF" for path in paths if is_plain_image(path)]
     writer: dict[str, Path] = {}
     for path, outputs in plan.items():
         for out in outputs.values():

@@ -11,7 +11,9 @@ the scene. Outputs, beside each other in the output folder (named by
   mask), the palette as colour table, 256 x 256 tiles, deflate; optionally overviews (mode);
 - ``<stem>_confidence.tif`` (optional): float32 probability of the predicted class, NaN as nodata;
 - ``<stem>_preview.png`` (optional): an RGBA colour preview at most ``PREVIEW_SIZE`` pixels on its
-  longer side, nodata transparent, built from the rows as they are written.
+  longer side, nodata transparent, built from the rows as they are written;
+- ``<stem>_polygons.gpkg`` or ``.geojson`` (optional): one feature per connected region of a class,
+  in the input's CRS, built from the rows as they are written (``co2s.inference.polygons``).
 
 Every file is written under a hidden temporary name and renamed only once all are complete, so an
 interrupted or failed run never leaves a valid-looking partial output.
@@ -34,6 +36,7 @@ from co2s.data.io import colorize
 from co2s.data.raster import RasterReader, Window, bounded_gdal_cache
 from co2s.errors import Co2sError
 from co2s.inference import streaming
+from co2s.inference.polygons import FORMATS, RegionPolygons, write_polygons
 from co2s.inference.tiling import TileGrid
 from co2s.progress import progress_bar
 
@@ -56,20 +59,36 @@ class PredictOptions:
     confidence: bool = False
     preview: bool = False
     overviews: bool = False
+    polygons: str | None = None  # a vector file of the regions: "gpkg" or "geojson" (co2s.inference.polygons)
+    min_area: float = 0.0  # polygons: regions smaller than this (CRS units squared) join their largest neighbour
+    simplify: float = 0.0  # polygons: coverage simplification tolerance (CRS units)
+
+    def __post_init__(self) -> None:
+        if self.polygons is not None and self.polygons not in FORMATS:
+            raise Co2sError(f"unknown polygon format {self.polygons!r}; choose from {list(FORMATS)}")
+        for name in ("min_area", "simplify"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise Co2sError(f"--{name.replace('_', '-')} must be a number >= 0 (CRS units), got {value}")
+            if value and self.polygons is None:
+                raise Co2sError(f"--{name.replace('_', '-')} shapes the polygons: give it with --polygons")
 
 
 class SceneOutputs:
     """The output files of one scene, filled block row by block row under temporary names."""
 
-    def __init__(self, source: RasterReader, final: dict[str, Path], palette: list | None, num_classes: int,
+    def __init__(self, source: RasterReader, final: dict[str, Path], palette: list | None, classes: list[str],
                  options: PredictOptions) -> None:
         import rasterio
 
         ds = source.dataset
+        num_classes = len(classes)
         self.source, self.height, self.width = source, ds.height, ds.width
-        self.final = dict(final)  # classes, and with the options confidence and preview
+        self.final = dict(final)  # classes, and with the options confidence, preview and polygons
         self.temp = {key: path.with_name(f".{path.name}.partial") for key, path in self.final.items()}
         self.overviews = options.overviews
+        self.options, self.classes = options, list(classes)
+        self.polygons = RegionPolygons(ds.height, ds.width, NODATA) if options.polygons else None
         self.valid_pixels = 0
         self.files = {}
         profile = dict(driver="GTiff", width=ds.width, height=ds.height, count=1, tiled=True,
@@ -129,9 +148,11 @@ class SceneOutputs:
         rio = window.to_rasterio()
         with self._writing("classes"):
             self.files["classes"].write(classes, 1, window=rio)
-        if confidence is not None:
+        if "confidence" in self.files:
             with self._writing("confidence"):
                 self.files["confidence"].write(confidence, 1, window=rio)
+        if self.polygons is not None:
+            self.polygons.add(window, classes, confidence)
         if self.preview is not None:
             y, x = window.y, window.x
             top, left = -y % self.step, -x % self.step
@@ -160,6 +181,13 @@ class SceneOutputs:
         if self.preview is not None:
             with self._writing("preview"):
                 Image.fromarray(self.preview, "RGBA").save(self.temp["preview"], format="PNG")
+        if self.polygons is not None:
+            ds = self.source.dataset
+            features = self.polygons.features(ds.transform, self.classes, self.options.min_area,
+                                              self.options.simplify)
+            with self._writing("polygons"):
+                write_polygons(self.temp["polygons"], features, ds.crs if self.source.georeferenced else None,
+                               FORMATS[self.options.polygons][1], self.final["polygons"].stem)
         for key, path in self.final.items():
             commit(self.temp[key], path)
         return list(self.final.values())
@@ -195,7 +223,7 @@ class SceneOutputs:
 def predict_scene(path: Path, segmenter, outputs: dict[str, Path], options: PredictOptions,
                   progress: bool = True) -> tuple[list[Path], list[str]]:
     """Predict one raster with ``segmenter`` into ``outputs`` (the paths of the module docstring by
-    kind: ``classes``, and with the options ``confidence`` and ``preview``; see
+    kind: ``classes``, and with the options ``confidence``, ``preview`` and ``polygons``; see
     ``co2s.inference.predict.output_paths``); returns them and any warnings."""
 
     prediction = options.prediction or segmenter.prediction
@@ -210,7 +238,7 @@ def predict_scene(path: Path, segmenter, outputs: dict[str, Path], options: Pred
                 notes.append(f"{path} has no CRS; its outputs are written without one")
             height, width = source.height, source.width
             grid = TileGrid.over(height, width, *segmenter.tiling(options.tile, options.overlap))
-            writer = SceneOutputs(source, outputs, segmenter.palette, num_classes, options)
+            writer = SceneOutputs(source, outputs, segmenter.palette, segmenter.classes, options)
             bar = progress_bar(total=grid.tiles_to_predict(streaming.PANEL_WIDTH), desc=path.name, unit="tile",
                                enabled=progress)
             start, pixels = time.perf_counter(), 0
@@ -226,7 +254,8 @@ def predict_scene(path: Path, segmenter, outputs: dict[str, Path], options: Pred
                 for window, pieces in segmenter.predict_box(
                         source.read, height, width, Window(0, 0, width, height), [prediction], tile=options.tile,
                         overlap=options.overlap, tta=options.tta, precision=options.precision,
-                        batch_size=options.batch_size, confidence=options.confidence, on_progress=report):
+                        batch_size=options.batch_size, confidence=options.confidence or bool(options.polygons),
+                        on_progress=report):
                     writer.write_rows(window, pieces[prediction].classes, pieces[prediction].confidence)
                 written = writer.finish()
             except BaseException:
