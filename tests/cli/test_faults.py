@@ -195,6 +195,33 @@ def test_full_disk_at_a_geotiff_prediction_leaves_no_partial_file(model, tmp_pat
     assert tree(tmp_path) == before and leftovers(tmp_path) == []
 
 
+def test_full_disk_at_the_polygons_leaves_no_partial_file(model, tmp_path, monkeypatch, capsys):
+    """GDAL (through pyogrio) fails writing the GeoPackage: one line naming it and the full disk;
+    none of the scene's outputs (the class raster was complete) is left, nor a temporary."""
+    import pyogrio.raw
+    from pyogrio.errors import DataSourceError
+
+    ckpt, _ = model
+    raster = scene(tmp_path / "scenes" / "x.tif")
+    out = tmp_path / "pred"
+    before = tree(tmp_path)
+    real_statvfs, real_write = os.statvfs, pyogrio.raw.write
+
+    def write(path, *args, **kwargs):
+        real_write(path, *args, **kwargs)
+        raise DataSourceError("sqlite3_exec(COMMIT) failed: database or disk is full")
+
+    def statvfs(path):
+        st = real_statvfs(path)
+        return os.statvfs_result((st.f_bsize, st.f_frsize, st.f_blocks, 0, 0, *st[5:]))
+
+    monkeypatch.setattr(pyogrio.raw, "write", write)
+    monkeypatch.setattr(os, "statvfs", statvfs)
+    error_line(capsys, predict(ckpt, raster, "--out", out, "--polygons"), 1,
+               f"error: cannot write {out / 'x_polygons.gpkg'}: no space left on device")
+    assert tree(tmp_path) == before and leftovers(tmp_path) == []
+
+
 def test_read_only_disk_at_the_metrics_file_keeps_the_old_one(model, tmp_path, monkeypatch, capsys):
     """The temporary cannot even be created: the message names metrics_test.json, not it."""
     ckpt, _ = model

@@ -16,10 +16,11 @@ from co2s.cli.main import main
 from co2s.data.raster import Window
 from co2s.errors import Co2sError
 from co2s.inference import streaming
+from co2s.inference import polygons
 from co2s.inference.polygons import RegionPolygons
 from co2s.inference.predict import predict_files
 from co2s.inference.scene import NODATA, PredictOptions
-from tests.inference.test_scene import CRS, TRANSFORM, synthetic_scene, trained, write_raster  # noqa: F401
+from tests.inference.scenes import CRS, TRANSFORM, synthetic_scene, write_raster
 
 NAMES = ["water", "field", "forest", "town"]
 
@@ -38,7 +39,7 @@ def blocky_map(height: int, width: int, seed: int = 0) -> np.ndarray:
 def in_pieces(classes: np.ndarray, confidence: np.ndarray, panel: int, strip: int) -> RegionPolygons:
     """The pieces in the scene writer's order: panels left to right, each in strips top to bottom."""
     height, width = classes.shape
-    regions = RegionPolygons(height, width, NODATA)
+    regions = RegionPolygons(height, width, NODATA, neighbours=True)
     for x in range(0, width, panel):
         for y in range(0, height, strip):
             w = Window(x, y, min(panel, width - x), min(strip, height - y))
@@ -63,10 +64,13 @@ def assert_coverage(geoms: np.ndarray, valid_area: float) -> None:
 TRANSFORM_SMALL = Affine(0.5, 0, 1000, 0, -0.5, 5000)
 
 
-@pytest.mark.parametrize("panel,strip", [(900, 700), (256, 128), (64, 37)])
-def test_pieces_give_the_regions_of_the_whole_raster(panel, strip):
+@pytest.mark.parametrize("panel,strip,batch", [(900, 700, None), (256, 128, None), (64, 37, 1000)])
+def test_pieces_give_the_regions_of_the_whole_raster(panel, strip, batch, monkeypatch):
     """However the raster is cut, every region comes out as one feature: the same count and, per
-    class, the same union as polygonising the whole raster at once; pixels and confidences add up."""
+    class, the same union as polygonising the whole raster at once; pixels and confidences add up
+    (``batch``: vertices per batch of the last steps, small enough to make many batches)."""
+    if batch:
+        monkeypatch.setattr(polygons, "_BATCH", batch)
     classes = blocky_map(300, 400)
     confidence = np.random.default_rng(1).random(classes.shape).astype(np.float32)
     features = in_pieces(classes, confidence, panel, strip).features(TRANSFORM_SMALL, NAMES)
@@ -105,22 +109,24 @@ def test_a_region_across_many_seams_is_one_feature():
 
 def test_simplification_and_sieving_keep_a_coverage():
     classes = blocky_map(300, 400, seed=3)
-    regions = in_pieces(classes, np.full(classes.shape, 0.5, np.float32), 128, 64)
-    plain = regions.features(TRANSFORM_SMALL, NAMES)
-    simplified = regions.features(TRANSFORM_SMALL, NAMES, simplify=1.0)
+    def regions():
+        return in_pieces(classes, np.full(classes.shape, 0.5, np.float32), 128, 64)
+
+    plain = regions().features(TRANSFORM_SMALL, NAMES)
+    simplified = regions().features(TRANSFORM_SMALL, NAMES, simplify=1.0)
     valid_area = (classes != NODATA).sum() * 0.25
     assert simplified.vertices < 0.9 * plain.vertices
     assert_coverage(simplified.geometries, valid_area)
     np.testing.assert_array_equal(simplified.pixels, plain.pixels)  # area/pixels: of the pixels, not the shape
 
-    sieved = regions.features(TRANSFORM_SMALL, NAMES, min_area=10.0)  # 40 pixels
+    sieved = regions().features(TRANSFORM_SMALL, NAMES, min_area=10.0)  # 40 pixels
     assert len(sieved) < len(plain) and sieved.area.min() >= 10.0
     assert sieved.pixels.sum() == (classes != NODATA).sum()  # small regions joined, none dropped
     assert_coverage(sieved.geometries, valid_area)
     # each kept region keeps its class; the big blocks survive with at least their own pixels
     big = plain.pixels >= 40
     assert sorted(sieved.class_id.tolist()) == sorted(plain.class_id[big].tolist())
-    assert_coverage(regions.features(TRANSFORM_SMALL, NAMES, min_area=10.0, simplify=2.0).geometries, valid_area)
+    assert_coverage(regions().features(TRANSFORM_SMALL, NAMES, min_area=10.0, simplify=2.0).geometries, valid_area)
 
 
 def test_a_small_island_in_nodata_is_dropped_by_min_area():

@@ -14,9 +14,10 @@ At the end (:meth:`RegionPolygons.features`), in this order:
 1. with ``min_area``, a region smaller than it joins its largest neighbour (as ``gdal_sieve`` does
    on rasters), so no gap is left; one with no neighbour (an island in nodata) is dropped;
 2. the coordinates go through the raster's affine transform into its CRS;
-3. the polygons are simplified together as a coverage (``shapely.coverage_simplify``): vertices
-   in a straight line go, and with ``simplify`` those within that distance too; neighbours keep
-   sharing their simplified edges, so the result has neither gaps nor overlaps.
+3. with ``simplify``, the polygons are simplified together as a coverage
+   (``shapely.coverage_simplify``): neighbours keep sharing their simplified edges, so the result
+   has neither gaps nor overlaps (without it, the polygons are the pixels' edges, a valid coverage
+   too, and no second copy of the geometry is made).
 
 Each feature: ``class_id``, ``class`` (the name), ``area`` (of its pixels, in the CRS's units
 squared), ``confidence`` (the mean, over its pixels predicted as its class, of that class's
@@ -65,15 +66,18 @@ class RegionPolygons:
     Pieces come as :meth:`add` ``(window, classes, confidence)``: every pixel once, each piece
     after the pieces holding the row above it and the column to its left (the scene writer's
     order, panel by panel and top to bottom; row-major tiles too). Pixels equal to ``nodata``
-    belong to no region."""
+    belong to no region. ``neighbours``: also record which regions share an edge, which
+    ``min_area`` needs (and only it: the record costs a pass over each piece)."""
 
-    def __init__(self, height: int, width: int, nodata: int) -> None:
-        self.height, self.width, self.nodata = height, width, nodata
+    def __init__(self, height: int, width: int, nodata: int, neighbours: bool = False) -> None:
+        self.height, self.width, self.nodata, self.with_neighbours = height, width, nodata, neighbours
         self._geoms: list = []
         self._classes: list[np.ndarray] = []
         self._pixels: list[np.ndarray] = []
         self._confidence: list[np.ndarray] = []
         self._links: list[np.ndarray] = []  # [k, 2] pairs of region ids that are one region
+        self._junctions: list[np.ndarray] = []  # [k, 2] pixel corners (x, y) where 3 or more ids meet
+        self._neighbours: list[np.ndarray] = []  # [k, 2] ids with 4-adjacent pixels (a < b)
         self._count = 0
         # the region id (-1: none) and class of the last row given per column, and which row it was
         self._row_ids = np.full(width, -1, np.int64)
@@ -110,14 +114,45 @@ class RegionPolygons:
             self._count += len(geoms)
         cols, rows = slice(window.x, window.x1), slice(window.y, window.y1)
         classes = classes.astype(np.int64)
+        above_known, left_known = self._row_at[cols] == window.y - 1, self._col_at[rows] == window.x - 1
         if window.y > 0:
-            self._link(self._row_ids[cols], self._row_class[cols], self._row_at[cols] == window.y - 1,
-                       ids[0], classes[0])
+            self._link(self._row_ids[cols], self._row_class[cols], above_known, ids[0], classes[0])
         if window.x > 0:
-            self._link(self._col_ids[rows], self._col_class[rows], self._col_at[rows] == window.x - 1,
-                       ids[:, 0], classes[:, 0])
+            self._link(self._col_ids[rows], self._col_class[rows], left_known, ids[:, 0], classes[:, 0])
+        above = np.where(above_known, self._row_ids[cols], _OUTSIDE)
+        left = np.where(left_known, self._col_ids[rows], _OUTSIDE)
+        self._find_junctions(window, ids, above, left)
+        if self.with_neighbours:
+            self._note_neighbours(ids, above, left)
         self._row_ids[cols], self._row_class[cols], self._row_at[cols] = ids[-1], classes[-1], window.y1 - 1
         self._col_ids[rows], self._col_class[rows], self._col_at[rows] = ids[:, -1], classes[:, -1], window.x1 - 1
+
+    def _find_junctions(self, window: Window, ids: np.ndarray, above: np.ndarray, left: np.ndarray) -> None:
+        """Keep the pixel corners of the piece (its upper and left edges included) where three or
+        more ids meet among the four pixels around it. Only there can one side of an edge have a
+        vertex the other lacks (a T-junction; a seam crossing, where a piece's ids change): they are
+        added to every polygon whose boundary passes through them, which makes the polygons a valid
+        coverage. Ids that later prove one region only add a harmless vertex."""
+        h, w = ids.shape
+        grid = np.empty((h + 1, w + 1), np.int64)
+        grid[1:, 1:], grid[0, 1:], grid[1:, 0], grid[0, 0] = ids, above, left, _UNKNOWN
+        a, b, c, d = grid[:-1, :-1], grid[:-1, 1:], grid[1:, :-1], grid[1:, 1:]
+        distinct = 1 + (b != a) + ((c != a) & (c != b)) + ((d != a) & (d != b) & (d != c))
+        r, q = np.nonzero(distinct >= 3)
+        if r.size:
+            self._junctions.append(np.stack([q + window.x, r + window.y], 1).astype(np.int64))
+
+    def _note_neighbours(self, ids: np.ndarray, above: np.ndarray, left: np.ndarray) -> None:
+        """Keep the pairs of ids whose pixels share an edge (in the piece, and across its upper and
+        left edges): the region adjacency ``min_area`` merges along, found from pixels, never from
+        geometry (a region with thousands of holes would make that quadratic)."""
+        found = []
+        for a, b in ((ids[:, :-1], ids[:, 1:]), (ids[:-1], ids[1:]), (above, ids[0]), (left, ids[:, 0])):
+            differ = (a != b) & (a >= 0) & (b >= 0)
+            if differ.any():
+                found.append(np.stack([np.minimum(a[differ], b[differ]), np.maximum(a[differ], b[differ])], 1))
+        if found:
+            self._neighbours.append(np.unique(np.concatenate(found), axis=0))
 
     def _link(self, before: np.ndarray, before_class: np.ndarray, adjacent: np.ndarray, now: np.ndarray,
               now_class: np.ndarray) -> None:
@@ -129,11 +164,18 @@ class RegionPolygons:
                  simplify: float = 0.0) -> PolygonFeatures:
         """The regions as features in the CRS of ``transform`` (an affine pixel-to-CRS transform):
         pieces of one region joined, then ``min_area`` (CRS units squared) and ``simplify``
-        (CRS units) applied as the module docstring says."""
+        (CRS units) applied as the module docstring says. Called once, when every piece is in: the
+        pieces' polygons are handed over (not copied), so that at most two versions of the
+        geometry are held at any time."""
         import shapely
 
+        if self._geoms is None:
+            raise RuntimeError("RegionPolygons.features() was called already")
+        if min_area > 0 and not self.with_neighbours:
+            raise ValueError("min_area merges along region neighbours: make RegionPolygons(..., neighbours=True)")
         geoms = np.empty(self._count, object)
         geoms[:] = self._geoms
+        self._geoms = None
         region_class = np.concatenate(self._classes) if self._classes else np.zeros(0, np.int64)
         pixels = np.concatenate(self._pixels) if self._pixels else np.zeros(0, np.int64)
         sums = np.concatenate(self._confidence) if self._confidence else np.zeros(0)
@@ -141,31 +183,96 @@ class RegionPolygons:
 
         # pieces of one region -> one polygon
         root = _components(self._count, links)
-        geoms, region_class, pixels, sums = _join(root, geoms, region_class, pixels, sums)
+        geoms, region_class, pixels, sums, index = _join(root, geoms, region_class, pixels, sums)
         own_pixels = pixels.copy()  # the pixels predicted as the region's class
 
         pixel_area = abs(transform.a * transform.e - transform.b * transform.d)
         if min_area > 0 and len(geoms):
-            keep, target = _sieve(geoms, pixels, min_area / pixel_area)
+            pairs = index[np.concatenate(self._neighbours)] if self._neighbours else np.zeros((0, 2), np.int64)
+            keep, target = _sieve(pixels, np.unique(pairs[pairs[:, 0] != pairs[:, 1]], axis=0), min_area / pixel_area)
             geoms, pixels = _absorb(geoms, pixels, keep, target)
             region_class, sums, own_pixels = region_class[keep], sums[keep], own_pixels[keep]
 
-        # A vertex at every pixel corner of every edge (exact integers again after segmentize's
-        # interpolation): neighbours then hold the same vertices along what they share, which is
-        # what makes the polygons a valid coverage (GDAL leaves a vertex on one side only where a
-        # third region meets the edge). Coverage simplification then drops the vertices that are
-        # in a straight line (tolerance 0) or within ``simplify``, on both sides of an edge alike.
-        geoms = shapely.transform(shapely.segmentize(geoms, 1.0), np.round)
+        # GDAL leaves a vertex on one side of an edge only where a third region meets it (and
+        # joining pieces may drop a seam's): the junctions are added to every polygon through
+        # them, so that neighbours hold the same vertices along what they share, which is what
+        # makes the polygons a valid coverage (what coverage simplification needs, and what GIS
+        # topology tools expect).
+        # In batches of about a million vertices, each batch's pixel-space polygons replaced as it
+        # goes: the arrays of a whole scene's vertices are never built.
+        corners = np.unique(np.concatenate(self._junctions), axis=0) if self._junctions else None
         m = np.array([[transform.a, transform.b], [transform.d, transform.e]])
         offset = np.array([transform.c, transform.f])
-        geoms = shapely.transform(geoms, lambda xy: xy @ m.T + offset)
-        if len(geoms):
+        vertices = np.cumsum(shapely.get_num_coordinates(geoms))
+        cuts = np.searchsorted(vertices, np.arange(_BATCH, vertices[-1] if len(vertices) else 0, _BATCH), "right")
+        bounds = np.unique([0, *cuts.tolist(), len(geoms)])
+        for start, end in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+            batch = _add_junctions(geoms[start:end], corners)
+            geoms[start:end] = shapely.transform(batch, lambda xy: xy @ m.T + offset)
+        if simplify > 0 and len(geoms):  # on both sides of a shared edge alike
             geoms = shapely.coverage_simplify(geoms, simplify)
         names = np.array([class_names[c] if c < len(class_names) else str(c) for c in region_class], object)
         with np.errstate(invalid="ignore", divide="ignore"):
             confidence = sums / own_pixels
         return PolygonFeatures(geoms, region_class.astype(np.int32), names, pixels * pixel_area, confidence,
                                pixels)
+
+
+#: ids of what lies beyond a piece's edge when it is outside the raster or not given yet, and of the
+#: pixel diagonally above-left of a piece (never kept): distinct from every region id and nodata
+_OUTSIDE, _UNKNOWN = -2, -3
+
+
+#: vertices handled at once when junctions are added and coordinates transformed
+_BATCH = 1_000_000
+
+
+def _add_junctions(geoms: np.ndarray, corners: np.ndarray | None) -> np.ndarray:
+    """``geoms`` (pixel coordinates, every edge horizontal or vertical) with each junction point
+    that lies inside one of their edges inserted there as a vertex. Linear in the vertices: every
+    edge finds its points by binary search in the sorted junctions of its row (or column), so a
+    huge region with thousands of holes costs what its vertices cost."""
+    import shapely
+
+    if corners is None or not len(geoms):  # corners: the junctions (x, y), integers, unique
+        return geoms
+    rings, ring_polygon = shapely.get_rings(geoms, return_index=True)
+    xy, ring = shapely.get_coordinates(rings, return_index=True)
+    xy = np.rint(xy).astype(np.int64)
+    span = int(max(xy.max(), corners.max())) + 2  # keys y * span + x never collide
+    by_row = np.sort(corners[:, 1] * span + corners[:, 0])  # row-major keys: points of a row in x order
+    by_col = np.sort(corners[:, 0] * span + corners[:, 1])  # column-major keys
+    n = len(xy)
+    x0, y0, x1, y1 = xy[:-1, 0], xy[:-1, 1], xy[1:, 0], xy[1:, 1]
+    edge = ring[:-1] == ring[1:]  # coordinate i and i + 1 bound an edge of one ring
+    flat = edge & (y0 == y1)  # horizontal; the other edges are vertical (x0 == x1)
+    lo_key = np.where(flat, y0 * span + np.minimum(x0, x1), x0 * span + np.minimum(y0, y1))
+    hi_key = np.where(flat, y0 * span + np.maximum(x0, x1), x0 * span + np.maximum(y0, y1))
+    lo = np.where(flat, np.searchsorted(by_row, lo_key, "right"), np.searchsorted(by_col, lo_key, "right"))
+    hi = np.where(flat, np.searchsorted(by_row, hi_key, "left"), np.searchsorted(by_col, hi_key, "left"))
+    count = np.zeros(n, np.int64)
+    count[:-1] = np.where(edge, np.maximum(hi - lo, 0), 0)
+    if not count.any():
+        return geoms
+    # the output: every coordinate, followed by the points inserted into the edge it starts
+    at = np.arange(n) + np.concatenate([[0], np.cumsum(count)[:-1]])
+    out = np.empty((n + int(count.sum()), 2), np.int64)
+    out[at] = xy
+    out_ring = np.empty(len(out), np.int64)
+    out_ring[at] = ring
+    source = np.repeat(np.arange(n), count)  # the edge each inserted point belongs to
+    k = np.arange(len(source)) - np.repeat(np.cumsum(count) - count, count)  # its rank on the edge
+    forward = np.where(flat[source], x1[source] > x0[source], y1[source] > y0[source])
+    index = np.where(forward, lo[source] + k, hi[source] - 1 - k)
+    key = np.where(flat[source], by_row[np.minimum(index, len(by_row) - 1)], by_col[np.minimum(index, len(by_col) - 1)])
+    first, second = key // span, key % span  # row-major: (y, x); column-major: (x, y)
+    inserted = np.where(flat[source][:, None], np.stack([second, first], 1), np.stack([first, second], 1))
+    slots = np.ones(len(out), bool)
+    slots[at] = False
+    out[slots] = inserted
+    out_ring[slots] = ring[source]
+    new_rings = shapely.linearrings(out.astype(np.float64), indices=out_ring)
+    return shapely.polygons(new_rings, indices=ring_polygon)
 
 
 def _components(count: int, links: np.ndarray) -> np.ndarray:
@@ -189,28 +296,38 @@ def _components(count: int, links: np.ndarray) -> np.ndarray:
     return root
 
 
+def _groups(labels: np.ndarray, wanted: np.ndarray):
+    """``(label, members)`` for each label in ``wanted``: the indices holding it (one sort, so a
+    scene of many regions costs n log n, not n per group)."""
+    order = np.argsort(labels, kind="stable")
+    sorted_labels = labels[order]
+    starts = np.searchsorted(sorted_labels, wanted, "left")
+    ends = np.searchsorted(sorted_labels, wanted, "right")
+    for label, a, b in zip(wanted.tolist(), starts.tolist(), ends.tolist()):
+        yield label, order[a:b]
+
+
 def _join(root, geoms, region_class, pixels, sums):
-    """One entry per component (at its smallest id), its polygons unioned and its sums added."""
+    """One entry per component (at its smallest id), its polygons unioned and its sums added;
+    and each id's component."""
     import shapely
 
     heads = np.flatnonzero(root == np.arange(len(root)))
     index = np.searchsorted(heads, root)  # each id's component, numbered in the order of its head
     joined = geoms[heads].copy()
-    members = np.flatnonzero(root != np.arange(len(root)))
-    for head in np.unique(index[members]):
-        joined[head] = shapely.union_all(geoms[index == head])
+    pieced = np.unique(index[root != np.arange(len(root))])  # components of more than one piece
+    for component, members in _groups(index, pieced):
+        joined[component] = shapely.union_all(geoms[members])
     return (joined, region_class[heads], np.bincount(index, pixels, len(heads)).astype(np.int64),
-            np.bincount(index, sums, len(heads)))
+            np.bincount(index, sums, len(heads)), index)
 
 
-def _sieve(geoms: np.ndarray, pixels: np.ndarray, min_pixels: float) -> tuple[np.ndarray, np.ndarray]:
+def _sieve(pixels: np.ndarray, neighbours: np.ndarray, min_pixels: float) -> tuple[np.ndarray, np.ndarray]:
     """Which regions stay (``keep``) and where every region goes (``target``: itself, a kept
     region, or -1 when dropped): regions under ``min_pixels``, smallest first, join the largest
-    region they share an edge with (a group they joined counts as one); with no neighbour
-    left they are dropped."""
-    import shapely
-
-    n = len(geoms)
+    region they share an edge with (``neighbours``: pairs of regions with 4-adjacent pixels; a
+    group they joined counts as one); with no neighbour left they are dropped."""
+    n = len(pixels)
     parent = np.arange(n)
     size = pixels.astype(np.float64).copy()
     dropped = np.zeros(n, bool)
@@ -223,22 +340,20 @@ def _sieve(geoms: np.ndarray, pixels: np.ndarray, min_pixels: float) -> tuple[np
 
     small = np.flatnonzero(pixels < min_pixels)
     if small.size:
-        tree = shapely.STRtree(geoms)
-        boundaries = shapely.boundary(geoms)
-        for i in small[np.argsort(pixels[small], kind="stable")]:
+        both = np.concatenate([neighbours, neighbours[:, ::-1]])
+        adjacent = dict(_groups(both[:, 0], small))
+        for i in small[np.argsort(pixels[small], kind="stable")].tolist():
             here = find(i)
             if size[here] >= min_pixels:  # others joined it: large enough now
                 continue
-            near = tree.query(geoms[i], predicate="touches")
-            near = near[shapely.length(shapely.intersection(boundaries[i], boundaries[near])) > 0]  # edges
-            groups = {find(j) for j in near.tolist()} - {here}
+            groups = {find(j) for j in both[adjacent[i], 1].tolist()} - {here}
             if not groups:
                 dropped[here] = True
                 continue
             best = max(groups, key=lambda g: (size[g], -g))
             parent[here] = best
             size[best] += size[here]
-    target = np.array([find(i) for i in range(n)])
+    target = np.array([find(i) for i in range(n)], np.int64)
     target[dropped[target]] = -1
     keep = np.flatnonzero(target == np.arange(n))
     return keep, target
@@ -250,27 +365,32 @@ def _absorb(geoms, pixels, keep, target):
 
     out = geoms[keep].copy()
     total = pixels[keep].copy()
-    slot = {int(k): j for j, k in enumerate(keep)}
+    slot = np.full(len(target), -1, np.int64)
+    slot[keep] = np.arange(len(keep))
     movers = np.flatnonzero((target >= 0) & (target != np.arange(len(target))))
-    for k in np.unique(target[movers]):
-        members = np.flatnonzero(target == k)
-        out[slot[int(k)]] = shapely.union_all(geoms[members])
-        total[slot[int(k)]] = pixels[members].sum()
+    for k, members in _groups(target, np.unique(target[movers])):
+        out[slot[k]] = shapely.union_all(geoms[members])
+        total[slot[k]] = pixels[members].sum()
     return out, total
 
 
 def write_polygons(path: Path, features: PolygonFeatures, crs, driver: str, layer: str) -> None:
     """Write ``features`` with ``driver`` (GPKG or GeoJSON) at ``path`` in ``crs`` (a
-    rasterio CRS or None)."""
+    rasterio CRS or None). GDAL's failures come as an :class:`OSError` without errno (as
+    rasterio's do), for the scene writer to word with the file's name and the disk's fault."""
     import pyogrio
     import shapely
+    from pyogrio.errors import DataLayerError, DataSourceError
 
     types = set(shapely.get_type_id(features.geometries).tolist())
     geometry_type = "MultiPolygon" if 6 in types else "Polygon"
     fields = ["class_id", "class", "area", "confidence", "pixels"]
     data = [features.class_id, features.class_name, features.area, features.confidence, features.pixels]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # GDAL on the temporary's suffix, which is not .gpkg
-        pyogrio.raw.write(os.fspath(path), shapely.to_wkb(features.geometries), data, fields=fields,
-                          crs=crs.to_wkt() if crs is not None else None, geometry_type=geometry_type,
-                          driver=driver, layer=layer, promote_to_multi=geometry_type == "MultiPolygon")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # GDAL on the temporary's suffix, which is not .gpkg
+            pyogrio.raw.write(os.fspath(path), shapely.to_wkb(features.geometries), data, fields=fields,
+                              crs=crs.to_wkt() if crs is not None else None, geometry_type=geometry_type,
+                              driver=driver, layer=layer, promote_to_multi=geometry_type == "MultiPolygon")
+    except (DataSourceError, DataLayerError) as exc:
+        raise OSError(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__) from exc

@@ -88,7 +88,8 @@ class SceneOutputs:
         self.temp = {key: path.with_name(f".{path.name}.partial") for key, path in self.final.items()}
         self.overviews = options.overviews
         self.options, self.classes = options, list(classes)
-        self.polygons = RegionPolygons(ds.height, ds.width, NODATA) if options.polygons else None
+        self.polygons = (RegionPolygons(ds.height, ds.width, NODATA, neighbours=options.min_area > 0)
+                         if options.polygons else None)
         self.valid_pixels = 0
         self.files = {}
         profile = dict(driver="GTiff", width=ds.width, height=ds.height, count=1, tiled=True,
