@@ -93,22 +93,46 @@ def predict(model, inputs: list[str | os.PathLike], out_dir: str | os.PathLike, 
 
 
 def export(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, prediction: str | None = None,
-           onnx: bool = False, tile: int | None = None, scale: float | None = None) -> dict[str, Path]:
-    """Write a model folder to share (weights-only safetensors + a small JSON config) from a
-    training checkpoint; with ``onnx``, also ``model.onnx`` for a fixed ``tile`` (default: the
-    evaluation window) taking raw values divided by ``scale`` in the graph (needed when the model's
-    scale is ``auto``; :func:`co2s.inference.onnx_export.graph_scale`). Returns the written paths."""
+           onnx: bool = False, tile: int | None = None, scale: float | None = None, logits: bool = False,
+           gsd: float | None = None) -> dict[str, Path]:
+    """Write a model folder to share (weights-only safetensors, a small JSON config around the
+    inference contract, and the model card ``README.md`` with the run's validation and test scores
+    where its folder holds them) from a training checkpoint; with ``onnx``, also ``model.onnx``
+    for a fixed ``tile`` (default: the evaluation window), ready for QGIS Deepness and GeoDeep
+    (:mod:`co2s.inference.onnx_export`; ``scale`` is needed when the model's scale is ``auto``,
+    ``logits`` adds each student's logits). ``gsd`` (metres per pixel) sets the ground sample
+    distance the model records, for imagery whose files do not say it. Returns the written paths."""
+    import math
+    import warnings
+
+    from co2s.engine.metrics_log import checkpoint_evaluations
+
     if scale is not None and not onnx:
         raise Co2sError("--scale is the ONNX graph's scale: give it with --onnx")
+    if logits and not onnx:
+        raise Co2sError("--logits adds outputs to model.onnx: give it with --onnx")
+    if gsd is not None and not (isinstance(gsd, (int, float)) and math.isfinite(gsd) and gsd > 0):
+        raise Co2sError(f"--gsd must be a positive number of metres per pixel, got {gsd}")
     segmenter = Segmenter.load(checkpoint, prediction=prediction)
+    if gsd is not None:
+        segmenter.contract = segmenter.contract.model_copy(update={"gsd": float(gsd)})
+    evaluations = ({} if segmenter.info.get("is_folder")
+                   else checkpoint_evaluations(checkpoint, segmenter.info.get("step"), segmenter.info.get("best")))
+    written: dict[str, Path] = {}
+    described = None
     if onnx:
         from co2s.inference.onnx_export import export_onnx, graph_scale
 
         graph_scale(segmenter.scale, scale)  # refuse before anything is written
-    folder = segmenter.save_pretrained(out_dir)
-    written = {"folder": folder}
-    if onnx:
-        written["onnx"] = export_onnx(segmenter, Path(folder) / "model.onnx", tile or segmenter.tile, scale=scale)
+        tile = tile or segmenter.tile
+        written["onnx"] = export_onnx(segmenter, Path(out_dir) / "model.onnx", tile, scale=scale, logits=logits)
+        described = {"tile": tile, "resolution": segmenter.contract.gsd is not None}
+        if segmenter.contract.gsd is None:
+            warnings.warn("the model's ground sample distance is unknown (its training imagery was not "
+                          "georeferenced and data.gsd was not set): model.onnx has no resolution key, so QGIS "
+                          "Deepness uses what its panel says and GeoDeep assumes 10 cm/px; give --gsd METRES "
+                          "to record it", stacklevel=2)
+    written = {"folder": segmenter.save_pretrained(out_dir, evaluations, described), **written}
     return written
 
 

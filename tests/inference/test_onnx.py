@@ -1,8 +1,9 @@
-"""ONNX export of a Segmenter (co2s.inference.onnx_export): raw band values in; onnxruntime gives
-torch's probabilities and per-student logits for the built-in CNN, a tiny student of each backbone
-(CLIP, DINOv3 with RoPE, DINOv2 with interpolated position embeddings) and a two-student fusion;
-the onnxruntime recipe of docs/prediction.md reproduces ``co2s predict``; the file holds no path
-of the machine that wrote it. Needs the ``onnx`` extra."""
+"""ONNX export of a Segmenter (co2s.inference.onnx_export): band values / 255 in; onnxruntime gives
+torch's probabilities (and with ``logits`` per-student logits) for the built-in CNN, a tiny student
+of each backbone (CLIP, DINOv3 with RoPE, DINOv2 with interpolated position embeddings) and a
+two-student fusion; the onnxruntime recipe of docs/prediction.md reproduces ``co2s predict``; the
+file holds no path of the machine that wrote it. Needs the ``onnx`` extra. The metadata QGIS
+Deepness and GeoDeep read, and GeoDeep running the file: tests/inference/test_gis_plugins.py."""
 
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ def _session(path: Path):
 
 
 def _raw_tiles(n: int, size: int, seed: int = 0) -> torch.Tensor:
-    """Random uint8 band values as float32, the graph's input for a model exported with scale 255."""
+    """Random uint8 band values as float32 (the graph takes them divided by 255)."""
     return torch.randint(0, 256, (n, 3, size, size), generator=torch.Generator().manual_seed(seed)).float()
 
 
@@ -83,7 +84,7 @@ def test_onnxruntime_matches_torch(case, prediction, batch_size, tmp_path):
     onnx = _require("onnx")
     _require("onnxscript")
     segmenter = build_segmenter(case, prediction=prediction)
-    path = export_onnx(segmenter, tmp_path / "model.onnx", tile=TILE, batch_size=batch_size, scale=255)
+    path = export_onnx(segmenter, tmp_path / "model.onnx", tile=TILE, batch_size=batch_size, scale=255, logits=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]  # no temporaries left
     assert not segmenter.training
     session = _session(path)
@@ -94,8 +95,8 @@ def test_onnxruntime_matches_torch(case, prediction, batch_size, tmp_path):
     assert image.shape[0] == (batch_size or "batch")
     n = batch_size or 3  # a dynamic batch: another size than the export's example (2)
     raw = _raw_tiles(n, TILE)
-    got = dict(zip([o.name for o in outputs], session.run(None, {"image": raw.numpy()})))
-    with torch.no_grad():  # the graph divides by the scale; the models normalise
+    got = dict(zip([o.name for o in outputs], session.run(None, {"image": (raw / 255).numpy()})))
+    with torch.no_grad():  # the graph gives back the values and divides by the scale; the models normalise
         scaled = raw / 255
         logits = {name: segmenter.models[name](scaled).numpy() for name in names}
         expected = segmenter(scaled).numpy()
@@ -118,7 +119,9 @@ def test_onnxruntime_matches_torch(case, prediction, batch_size, tmp_path):
     assert json.loads(meta["co2s.outputs"]) == [o.name for o in outputs]
     assert json.loads(meta["co2s.normalisation"]) == {
         name: segmenter.contract.normalisation[name].model_dump() for name in names}
-    assert all(key.startswith("co2s.") for key in meta)  # nothing of the exporter's
+    plugin_keys = {"model_type", "class_names", "tiles_size", "tile_size", "tiles_overlap", "seg_thresh",
+                   "seg_small_segment", "standardization_mean", "standardization_std"}
+    assert {key for key in meta if not key.startswith("co2s.")} == plugin_keys  # nothing of the exporter's
 
     data = path.read_bytes()
     for machine_path in _machine_paths():
@@ -165,12 +168,12 @@ def test_measured_tolerance(tmp_path):
     torch.manual_seed(0)
     config = load_config(["demo", "models/co2s-tiny"])
     segmenter = Segmenter.from_config(build_models(config), config, "confidence").eval()
-    session = _session(export_onnx(segmenter, tmp_path / "model.onnx", tile=tile, scale=255))
+    session = _session(export_onnx(segmenter, tmp_path / "model.onnx", tile=tile, scale=255, logits=True))
     worst = dict.fromkeys(["logits", "softmax", "mean", "confidence", "jumps", "jump", "jump gap", "argmax flips"],
                           0.0)
     for seed in range(4):
         raw = _raw_tiles(4, tile, seed)
-        probabilities, *onnx_logits = session.run(None, {"image": raw.numpy()})
+        probabilities, *onnx_logits = session.run(None, {"image": (raw / 255).numpy()})
         with torch.no_grad():
             logits = [segmenter.models[name](raw / 255) for name in segmenter.prediction_models]
         ours = [torch.from_numpy(z) for z in onnx_logits]
@@ -228,7 +231,7 @@ def test_docs_recipe_reproduces_co2s_predict(tmp_path):
     _require("onnxruntime")
     segmenter = build_segmenter(FUSION_CASE)
     assert segmenter.prediction == "confidence" and segmenter.scale == "auto"
-    model = export_onnx(segmenter, tmp_path / "model.onnx", tile=TILE, scale=65535)
+    model = export_onnx(segmenter, tmp_path / "model.onnx", tile=TILE, scale=65535, logits=True)
     scene = tmp_path / "scene.tif"
     _write_scene(scene, 100, 130)
     (result,) = co2s.predict(segmenter, [scene], tmp_path / "out", tile=TILE, confidence=True, progress=False)

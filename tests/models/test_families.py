@@ -323,6 +323,10 @@ def test_sat493m_file_trains_predicts_and_exports_with_its_family(tiny_dataset, 
     assert '"family": "dinov3-sat493m"' in record and "0.43" in record
     notice = (folder / "NOTICE.md").read_text()
     assert BY_NAME["dinov3-sat493m"].notice in notice and "sat" in notice
+    card = (folder / "README.md").read_text()  # the model card lists the weights, licence and citation
+    family = BY_NAME["dinov3-sat493m"]
+    assert f"fine-tuned from {family.title} (licence: {family.licence})" in card
+    assert family.citation in card and "NOTICE.md" in card
 
     segmenter = Segmenter.load(folder)
     student = segmenter.models["sat"]

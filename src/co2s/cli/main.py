@@ -212,7 +212,7 @@ def cmd_export(args) -> int:
     from co2s import api
 
     written = api.export(_checkpoint(args), args.out, prediction=_prediction(args), onnx=args.onnx, tile=args.tile,
-                         scale=args.scale)
+                         scale=args.scale, logits=args.logits, gsd=args.gsd)
     for what, path in written.items():
         print(f"{what}: {path}")
     return 0
@@ -475,9 +475,11 @@ def build_parser() -> argparse.ArgumentParser:
         "export", help="a model folder to share (weights-only safetensors + small config); --onnx adds ONNX",
         description="Write DIR/model.safetensors (weights only: no optimiser state) and "
         "DIR/co2s_model.json (classes, palette, bands, scaling, tiling, architectures, prediction "
-        "mode, training config). `co2s predict` and `co2s evaluate` accept DIR in place of a "
-        "checkpoint; co2s.Segmenter.load(DIR) in Python. With --onnx, also DIR/model.onnx: raw "
-        "band values [N, C, tile, tile] in, class probabilities and each student's logits out "
+        "mode, training config) and DIR/README.md, the model card (classes, input, weights and their "
+        "licences, training data, validation and test scores). `co2s predict` and `co2s evaluate` "
+        "accept DIR in place of a checkpoint; co2s.Segmenter.load(DIR) in Python. With --onnx, also "
+        "DIR/model.onnx for QGIS Deepness, GeoDeep or any ONNX runtime: band values / 255 "
+        "[N, C, tile, tile] in, class probabilities out, with the metadata those plugins read "
         "(see docs/prediction.md).")
     p.add_argument("--checkpoint", help="a .ckpt written by co2s train (or a model folder)")
     p.add_argument("checkpoint_positional", nargs="?", metavar="CHECKPOINT",
@@ -487,8 +489,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the checkpoint's)")
     p.add_argument("--onnx", action="store_true", help="also export model.onnx (needs the onnx extra)")
     p.add_argument("--tile", type=int, help="ONNX tile size (default: the evaluation window)")
-    p.add_argument("--scale", type=float, help="ONNX: what the graph divides raw values by; needed when the "
-                   "model's scale is auto (255 for uint8 images, 65535 for uint16, 1 for float)")
+    p.add_argument("--scale", type=float, help="ONNX: what the graph divides the stored values by; needed when "
+                   "the model's scale is auto (255 for uint8 images, 65535 for uint16, 1 for float)")
+    p.add_argument("--logits", action="store_true", help="ONNX: also output each student's logits (to "
+                   "reproduce co2s predict's blending exactly; QGIS Deepness shows every output as a layer)")
+    p.add_argument("--gsd", type=float, metavar="METRES", help="the ground sample distance to record (metres "
+                   "per pixel), for imagery whose files do not say it; ONNX writes it as resolution")
     p.set_defaults(func=cmd_export)
 
     p = command("demo", help="generate synthetic aerial data, train, evaluate and predict",

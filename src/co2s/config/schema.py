@@ -275,6 +275,10 @@ class DataConfig(_Strict):
         default="auto",
         description="divide raw values by this; auto: 255 for uint8, 65535 for uint16, 1 for float",
     )
+    gsd: float | None = Field(default=None, gt=0, allow_inf_nan=False,
+                              description="ground sample distance of the imagery, metres per pixel; "
+                              "null: read from the training rasters' georeferencing (recorded in the "
+                              "model for the ONNX resolution that QGIS plugins rescale by)")
     mean: list[float] | None = Field(default=None, max_length=limits.MAX_IN_CHANNELS,
                                      description="per-band mean after scaling")
     std: list[float] | None = Field(default=None, max_length=limits.MAX_IN_CHANNELS,

@@ -20,6 +20,7 @@ from co2s.config.schema import CutMixConfig, StrongViewConfig
 from co2s.data.dataset import LabelledCrops, UnlabelledPairs, WholeImages
 from co2s.data.evaluation_sets import SceneEvaluationSet, TileEvaluationSet
 from co2s.data.labels import LabelEncoder
+from co2s.data.raster import rasters_gsd
 from co2s.data.sources import LabelStats, check_disjoint, check_labels, class_table, read_split, validate_samples
 from co2s.data.transforms import WeakViewParams
 from co2s.errors import DataError
@@ -77,6 +78,20 @@ class DataModule:
         """The split ``split`` to score (``max_images``: its first images only, tiles)."""
         return self._tile_split(split, max_images)
 
+    def ground_sample_distance(self) -> float | None:
+        """Metres per pixel of the training imagery (after :meth:`setup_training`): ``data.gsd``,
+        else from the training rasters' georeferencing (:func:`co2s.data.raster.rasters_gsd`);
+        None when neither says."""
+        if self.data.gsd is not None:
+            return self.data.gsd
+        gsd, note = rasters_gsd(self._training_rasters())
+        if note:
+            self._print(f"warning: {note}", err=True)
+        return gsd
+
+    def _training_rasters(self) -> list:
+        raise NotImplementedError
+
     def setup_training(self, train, uses_unlabelled: bool) -> DataModule:
         raise NotImplementedError
 
@@ -111,6 +126,9 @@ class TileData(DataModule):
                              masks=False, **bands)
         self.val = self._tile_split("val", train.val_max_images) if data.splits.val else None
         return self
+
+    def _training_rasters(self) -> list:
+        return [sample.image for sample in self.labelled]
 
     def train_datasets(self, train):
         weak, strong, cutmix = view_params(train, self.data.ignore_index)
@@ -151,6 +169,7 @@ class SceneData(DataModule):
             words = {"source": f"the masks {scenes.label_source} on {rasters}",
                      "checks": "data.classes, data.label_map and data.reduce_zero_label, or the masks"}
         self._check_labels(scenes.stats(), title="labelled scene pixels", unit="rasters", **words)
+        self._scenes = scenes
         self.labelled, unlabelled = scene_pools(scenes, data, train.crop_size)
         self.unlabelled = unlabelled if uses_unlabelled else None
         if data.scenes.val is not None:
@@ -158,6 +177,9 @@ class SceneData(DataModule):
         else:
             self.val = self._tile_split("val", train.val_max_images) if data.splits.val else None
         return self
+
+    def _training_rasters(self) -> list:
+        return [scene.path for scene in self._scenes.scenes]
 
     def train_datasets(self, train):
         from co2s.data.scenes import LabelledSceneCrops, UnlabelledScenePairs

@@ -268,3 +268,64 @@ class RasterReader:
             return None
         valid = ~masked.all(0)
         return None if valid.all() else valid
+
+
+# ---------------------------------------------------------------------------------------------
+# ground sample distance
+
+#: WGS 84 semi-major axis (m) and first eccentricity squared: metres per degree of a geographic CRS
+_WGS84_A, _WGS84_E2 = 6378137.0, 6.69437999014e-3
+#: georeferenced files whose pixel sizes differ by more than this share are reported as mixed
+GSD_TOLERANCE = 0.05
+
+
+def ground_sample_distance(crs, transform, width: int, height: int) -> float | None:
+    """Metres per pixel of a raster: the geometric mean of its pixel's width and height. A
+    projected CRS converts by its linear unit (metres, US feet, ...); a geographic CRS converts
+    degrees at the raster's centre on the WGS 84 ellipsoid (radii of curvature there). None
+    without a CRS (a pixel grid is not a distance)."""
+    import math
+
+    if crs is None:
+        return None
+    dx, dy = math.hypot(transform.a, transform.d), math.hypot(transform.b, transform.e)
+    if crs.is_geographic:
+        _, lat = transform * (width / 2, height / 2)
+        phi = math.radians(max(-90.0, min(90.0, lat)))
+        w = 1 - _WGS84_E2 * math.sin(phi) ** 2
+        east = _WGS84_A / math.sqrt(w) * math.cos(phi)  # prime vertical radius x cos(latitude)
+        north = _WGS84_A * (1 - _WGS84_E2) / w**1.5  # meridional radius
+        dx, dy = math.radians(dx) * east, math.radians(dy) * north
+    else:
+        try:
+            factor = crs.linear_units_factor[1]
+        except Exception:  # a CRS without a linear unit rasterio can name
+            return None
+        dx, dy = dx * factor, dy * factor
+    gsd = math.sqrt(dx * dy)
+    return gsd if math.isfinite(gsd) and gsd > 0 else None
+
+
+def rasters_gsd(paths: list[Path], limit: int = 32) -> tuple[float | None, str | None]:
+    """The ground sample distance of the training rasters (the median over the first ``limit``
+    georeferenced ones, headers only) and a note when their distances differ by more than
+    ``GSD_TOLERANCE``; None when none is georeferenced."""
+    found = []
+    for path in paths:
+        if len(found) == limit:
+            break
+        try:
+            with open_raster(Path(path)) as ds:
+                gsd = ground_sample_distance(ds.crs, ds.transform, ds.width, ds.height)
+        except DataError:
+            continue  # unreadable files are reported by the data checks
+        if gsd is not None:
+            found.append(gsd)
+    if not found:
+        return None, None
+    median = float(np.median(found))
+    spread = (max(found) - min(found)) / median
+    note = (f"the training rasters' ground sample distances differ ({min(found):.3g} to {max(found):.3g} m "
+            f"per pixel); the model records the median {median:.3g} m (set data.gsd to choose)"
+            if spread > GSD_TOLERANCE else None)
+    return median, note

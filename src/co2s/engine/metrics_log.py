@@ -124,3 +124,40 @@ def _finite(value) -> bool:
 def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Every complete record of a metrics log (torn lines dropped with a warning)."""
     return _parse(Path(path))
+
+
+def checkpoint_evaluations(checkpoint: str | os.PathLike, step: int | None, best: dict | None) -> dict:
+    """What the run folder of a training checkpoint says of its scores, for a model card:
+    ``validation`` (the run log's validation at the checkpoint's step, with per-class IoU; else the
+    checkpoint's ``best`` record when it is of that step) and ``test`` (the run folder's
+    ``metrics_test.json`` when ``co2s evaluate`` scored this very checkpoint at this step).
+    Missing or unreadable files give nothing: a card never stops an export."""
+    from co2s.evaluation import metrics_file
+    from co2s.run_folder import RunFolder
+
+    checkpoint = Path(checkpoint)
+    folder = RunFolder(checkpoint.parent)
+    found: dict = {}
+    logged = []
+    if step is not None and folder.metrics_log.is_file():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torn lines: the report and the trainer say so
+            logged = [r for r in read_log(folder.metrics_log) if r.get("kind") == "val" and r.get("step") == step]
+    source = f"{folder.metrics_log.name}, validation at step {step}"
+    if logged:
+        record = logged[-1]
+        found["validation"] = {"mIoU": record.get("mIoU"), "IoU": record.get("IoU"), "step": step,
+                               "prediction": record.get("selected_by"), "source": source}
+    elif isinstance(best, dict) and step is not None and best.get("step") == step:
+        found["validation"] = {"mIoU": best.get("mIoU"), "step": step, "prediction": best.get("prediction"),
+                               "source": source}
+    test = folder.path / metrics_file("test")
+    try:
+        metrics = json.loads(test.read_text())
+    except (OSError, ValueError):
+        metrics = None
+    if (isinstance(metrics, dict) and step is not None and metrics.get("checkpoint_step") == step
+            and Path(str(metrics.get("checkpoint"))).name == checkpoint.name):
+        found["test"] = {"mIoU": metrics.get("mIoU"), "IoU": metrics.get("IoU"), "prediction": metrics.get("prediction"),
+                         "step": step, "source": f"{test.name} (co2s evaluate)"}
+    return found

@@ -194,6 +194,7 @@ class Trainer:
         fetch_pretrained(config.model)
         data = self.data(report=fabric.is_global_zero)
         labelled, unlabelled, val = data.labelled, data.unlabelled, data.val
+        self._gsd = data.ground_sample_distance()  # recorded in the inference contract
 
         if fabric.is_global_zero:
             prepare_run_dir(config, self.run_dir, self.extending)
@@ -308,7 +309,7 @@ class Trainer:
         return Run(self.run_dir, state["step"], state["best"], fabric.is_global_zero, schedule.burn_in)
 
     def _checkpoint_state(self, fabric, state: dict) -> dict:
-        contract = contract_for({name: state[name] for name in self._model_names}, self.config)
+        contract = contract_for({name: state[name] for name in self._model_names}, self.config, gsd=self._gsd)
         return {**state, "config": config_to_dict(self.config), "rng": _rng_state(fabric),
                 "contract": contract.to_record()}
 
@@ -357,7 +358,8 @@ class Trainer:
         main = segmenter.prediction
         score = results[main]["mIoU"]
         record = {"step": state["step"], "kind": "val", "split": "val", "selected_by": main,
-                  **{f"mIoU/{k}": r["mIoU"] for k, r in results.items()}, "mIoU": score}
+                  **{f"mIoU/{k}": r["mIoU"] for k, r in results.items()}, "mIoU": score,
+                  "IoU": results[main]["IoU"]}  # per class, of the selecting prediction (the model card's)
         improved = _take_val_record(state, record)
         if improved:  # committed before the record: a logged validation never lacks its best.ckpt
             save_checkpoint(fabric, RunFolder(self.run_dir).best, self._checkpoint_state(fabric, state))

@@ -1,13 +1,26 @@
-"""Export a :class:`~co2s.inference.segmenter.Segmenter` to ONNX: raw tiles in, probabilities and
-each student's logits out.
+"""Export a :class:`~co2s.inference.segmenter.Segmenter` to ONNX: a model that runs in the GIS
+plugins that run ONNX segmentation models (QGIS Deepness, GeoDeep) and in any ONNX runtime.
 
-The graph holds everything ``co2s predict`` does to one tile (:class:`TileGraph`): input ``image``
-``[N, C, tile, tile]`` float32, the contract's bands with their values as stored in the file; inside,
-the division by the scale and each student's normalisation; outputs ``probabilities`` (the default
-prediction's class probabilities, fused for a pair: what a tool that blends probabilities reads),
-then ``logits_<name>`` per student the prediction needs. ``co2s predict`` blends *logits* across
-overlapping tiles (Hann-weighted) and fuses after blending, so reproducing it needs the logits; the
-recipe in docs/prediction.md does that with numpy and is tested against ``co2s predict``.
+The graph holds everything ``co2s predict`` does to one tile (:class:`TileGraph`). Input ``image``
+``[N, C, tile, tile]`` float32: the contract's bands with their values **divided by 255**, which
+is what Deepness feeds a model (every data type: ``tile / 255``, then its optional
+standardisation, written here as the identity) and what GeoDeep feeds one for uint8 imagery.
+Inside: back to the stored values (``* 255``), the model's own scale and each student's
+normalisation, and for a pair the fusion: what the plugins' metadata keys cannot express (uint16
+scales, more than three bands, two students) stays in the graph. Output ``probabilities``: the
+default prediction's class probabilities ``[N, K, tile, tile]``, the one output those plugins read
+(Deepness makes a layer of every output; GeoDeep reads the first). With ``logits``, also
+``logits_<name>`` per student the prediction needs: ``co2s predict`` blends *logits* across
+overlapping tiles (Hann-weighted) and fuses after blending, so reproducing it exactly needs them;
+the recipe in docs/prediction.md does that and is tested against ``co2s predict``.
+
+Metadata (:func:`plugin_metadata`): the keys Deepness and GeoDeep read, JSON-encoded as they parse
+them: ``model_type`` "Segmentor", ``class_names`` ``{"0": name, ...}``, ``resolution`` (cm per
+pixel, from the contract's ground sample distance; left out when unknown), ``tiles_size``
+(``tile_size`` too: the key Deepness's code reads), ``tiles_overlap`` (percent), ``seg_thresh`` 0
+(plain argmax: a threshold would turn uncertain pixels into class 0), ``seg_small_segment`` 0 (no
+morphological clean-up), ``standardization_mean``/``std`` 0/1 per channel; and co2s's own
+(``co2s.*``: classes, palette, bands, scale, tiling, blending).
 
 Scale ``auto`` divides by the file's data type's range, which a float32 graph input cannot show,
 so an ``auto`` model needs the scale of the images it will get at export (``scale``); a number
@@ -43,6 +56,10 @@ from co2s.inference.fusion import class_probabilities
 from co2s.inference.tiling import BLEND_FLOOR
 
 DEFAULT_OPSET = 18
+#: the IR version written: 9 is the newest onnxruntime 1.17 reads (the version QGIS Deepness installs)
+IR_VERSION = 9
+#: the graph's input is the band values divided by this (what QGIS Deepness and GeoDeep feed)
+INPUT_RANGE = 255.0
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
 LOGITS_PREFIX = "logits_"
@@ -51,26 +68,30 @@ _SINGLE_FILE_LIMIT = 2**31 - 2**24
 
 
 class TileGraph(nn.Module):
-    """What the ONNX file computes: raw band values ``[N, C, h, w]`` in; the probabilities of
-    ``segmenter``'s prediction and the logits of each model it needs out (a tuple, in that order).
+    """What the ONNX file computes: band values divided by 255 ``[N, C, h, w]`` in; the
+    probabilities of ``segmenter``'s prediction out, and with ``logits`` the logits of each model it
+    needs (a tuple, in that order).
 
-    The division by ``scale`` is ``co2s.data.raster.scale_image``'s (float32 by float32); each
-    model normalises its input itself, so its normalisation is in the graph with its weights."""
+    ``x * 255 / scale`` gives back the stored values and then divides as
+    ``co2s.data.raster.scale_image`` does (float32); each model normalises its input itself, so its
+    normalisation is in the graph with its weights."""
 
-    def __init__(self, segmenter, scale: float) -> None:
+    def __init__(self, segmenter, scale: float, logits: bool = False) -> None:
         super().__init__()
-        self.prediction = segmenter.prediction
+        self.prediction, self.logits = segmenter.prediction, logits
         self.models = nn.ModuleDict({name: segmenter.models[name] for name in segmenter.prediction_models})
+        self.register_buffer("range", torch.tensor(INPUT_RANGE, dtype=torch.float32), persistent=False)
         self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32), persistent=False)
 
     @property
     def output_names(self) -> list[str]:
-        return [OUTPUT_NAME, *(f"{LOGITS_PREFIX}{name}" for name in self.models)]
+        return [OUTPUT_NAME, *(f"{LOGITS_PREFIX}{name}" for name in self.models if self.logits)]
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        x = image / self.scale
+        x = image * self.range / self.scale
         logits = {name: model(x) for name, model in self.models.items()}
-        return (class_probabilities(logits, self.prediction), *logits.values())
+        probabilities = class_probabilities(logits, self.prediction)
+        return (probabilities, *logits.values()) if self.logits else (probabilities,)
 
 
 def graph_scale(contract_scale: float | str, scale: float | None) -> float:
@@ -118,25 +139,48 @@ def _quiet():
         logger.setLevel(level)
 
 
+def plugin_metadata(contract, tile: int, stride: int) -> dict[str, str]:
+    """The metadata keys QGIS Deepness and GeoDeep read (module docstring), as the strings they
+    parse; ``resolution`` only when the contract knows its ground sample distance."""
+    keys = {
+        "model_type": json.dumps("Segmentor"),
+        "class_names": json.dumps({str(i): name for i, name in enumerate(contract.classes)}),
+        "tiles_size": json.dumps(tile),
+        "tile_size": json.dumps(tile),
+        "tiles_overlap": json.dumps(round(100 * (tile - stride) / tile)),
+        "seg_thresh": json.dumps(0.0),
+        "seg_small_segment": json.dumps(0),
+        "standardization_mean": json.dumps([0.0] * contract.in_channels),
+        "standardization_std": json.dumps([1.0] * contract.in_channels),
+    }
+    if contract.gsd is not None:
+        keys["resolution"] = json.dumps(round(contract.gsd * 100, 4))
+    return keys
+
+
 def _metadata(segmenter, graph: TileGraph, tile: int, scale: float) -> dict[str, str]:
     from co2s.version import __version__
 
     contract = segmenter.contract
+    stride = segmenter.tiling(tile)[1]
     return {
+        **plugin_metadata(contract, tile, stride),
         "co2s.version": __version__,
         "co2s.prediction": segmenter.prediction,
         "co2s.classes": json.dumps(list(segmenter.classes)),
         "co2s.palette": json.dumps(segmenter.palette) if segmenter.palette is not None else "null",
         "co2s.tile": str(tile),
-        "co2s.stride": str(segmenter.tiling(tile)[1]),
+        "co2s.stride": str(stride),
+        "co2s.gsd": json.dumps(contract.gsd),
         "co2s.input": "float32 [N, C, tile, tile]: the bands co2s.bands (1-based; null: all) with their values "
-                      "as stored in the file, masked values and invalid pixels 0; the graph divides by co2s.scale "
-                      "and normalises (co2s.normalisation) itself",
+                      "as stored in the file divided by 255, masked values and invalid pixels 0; the graph "
+                      "multiplies by 255, divides by co2s.scale and normalises (co2s.normalisation) itself",
         "co2s.bands": json.dumps(segmenter.bands),
         "co2s.scale": json.dumps(scale),
         "co2s.normalisation": json.dumps({name: contract.normalisation[name].model_dump() for name in graph.models}),
         "co2s.outputs": json.dumps(graph.output_names),
-        "co2s.blend": f"co2s predict blends the {LOGITS_PREFIX}* outputs of overlapping tiles: each weighted by "
+        "co2s.blend": f"co2s predict blends the {LOGITS_PREFIX}* outputs (co2s export --logits) of overlapping "
+                      "tiles: each weighted by "
                       f"a separable Hann window (sin^2(pi (i + 0.5) / tile), at least {BLEND_FLOOR}), summed and "
                       "divided by the summed weights, then turned into co2s.prediction's probabilities "
                       "(softmax, or the fusion of the two students); probabilities is that of one tile",
@@ -144,24 +188,24 @@ def _metadata(segmenter, graph: TileGraph, tile: int, scale: float) -> dict[str,
 
 
 def export_onnx(segmenter, path: str | os.PathLike, tile: int, opset: int = DEFAULT_OPSET,
-                batch_size: int | None = None, scale: float | None = None) -> Path:
+                batch_size: int | None = None, scale: float | None = None, logits: bool = False) -> Path:
     """Write ``segmenter`` (its prediction mode) as an ONNX :class:`TileGraph` at ``path``; returns
     ``path``.
 
-    ``tile``: the fixed height and width of the input; ``batch_size``: a fixed batch size, or
-    ``None`` for any; ``scale``: what the graph divides raw values by, required when the model's
-    scale is ``auto`` (:func:`graph_scale`). The file is written atomically (a temporary beside
-    it, then renamed); the classes, palette, prediction, bands, scale and tiling are stored as
-    metadata properties (``co2s.*``)."""
+    ``tile``: the fixed height and width of the input (the plugins read their tile size from it);
+    ``batch_size``: a fixed batch size, or ``None`` for any; ``scale``: what the stored values are
+    divided by, required when the model's scale is ``auto`` (:func:`graph_scale`); ``logits``: also
+    output each student's logits. The file is written atomically (a temporary beside it, then
+    renamed) with the metadata of the module docstring."""
     _require_exporter()
     if tile < 1:
         raise Co2sError(f"tile must be a positive number of pixels, got {tile}")
     scale = graph_scale(segmenter.scale, scale)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    graph = TileGraph(segmenter, scale).to(segmenter.device)
+    graph = TileGraph(segmenter, scale, logits).to(segmenter.device)
     example_batch = batch_size or 2  # a dynamic batch dimension must not be traced with 1
-    example = torch.rand(example_batch, segmenter.in_channels, tile, tile, device=segmenter.device) * scale
+    example = torch.rand(example_batch, segmenter.in_channels, tile, tile, device=segmenter.device)
     dynamic = None if batch_size else ({0: torch.export.Dim("batch")},)
     was_training = segmenter.training
     segmenter.eval()
@@ -177,6 +221,7 @@ def export_onnx(segmenter, path: str | os.PathLike, tile: int, opset: int = DEFA
     finally:
         segmenter.train(was_training)
     _strip_provenance(program.model)
+    program.model.ir_version = min(program.model.ir_version, IR_VERSION)
     program.model.metadata_props.update(_metadata(segmenter, graph, tile, scale))
     _save(program, path)
     return path

@@ -169,15 +169,18 @@ class Segmenter(nn.Module):
 
     from_pretrained = load
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write the weights (safetensors) and the inference contract: a model folder to share."""
+    def save_pretrained(self, directory: str | os.PathLike, evaluations: dict | None = None,
+                        onnx: dict | None = None) -> Path:
+        """Write the weights (safetensors), the inference contract and the model card: a model
+        folder to share (:func:`co2s.models.loading.write_model_folder`)."""
         from co2s.config.loader import config_to_dict
         from co2s.models.loading import write_model_folder
 
         training = self._training_config
         if training is not None and not isinstance(training, dict):
             training = config_to_dict(training)
-        return write_model_folder(directory, dict(self.models), self.contract, self.info.get("step"), training)
+        return write_model_folder(directory, dict(self.models), self.contract, self.info.get("step"), training,
+                                  evaluations, onnx)
 
     # -- prediction ------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:

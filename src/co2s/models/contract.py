@@ -10,6 +10,8 @@ shared model. Its fields:
 - ``normalisation``: each model's per-band mean and std (the weights hold them too, as buffers;
   the contract says them for readers that do not run co2s, and loading checks they agree);
 - ``tiling``: window, stride and batch size of sliding-window prediction;
+- ``gsd``: the ground sample distance (metres per pixel) of the imagery it was trained on, from
+  ``data.gsd`` or the training rasters' georeferencing; None when unknown (version 2);
 - ``prediction``: what the model predicts by default (a model's name, or a fusion of two);
 - ``architectures``: per model, the record its architecture is rebuilt from
   (:func:`co2s.models.factory.models_from_contract`); pretrained files are never needed.
@@ -29,7 +31,8 @@ from co2s.config.schema import FUSIONS, prediction_choices, resolve_prediction
 from co2s.errors import CheckpointError
 from co2s.models.architecture_limits import check_architecture
 
-CONTRACT_VERSION = 1
+#: 2: ``gsd`` (1: none; read as unknown)
+CONTRACT_VERSION = 2
 
 # A contract is read from files anyone may write: numbers must have the JSON type a writer gives
 # them (``"32"``, ``32.5`` or ``true`` for an integer are refused, not converted) and be finite,
@@ -70,6 +73,7 @@ class InferenceContract(_Record):
     in_channels: Annotated[Int, Field(ge=1, le=limits.MAX_IN_CHANNELS)]
     normalisation: dict[str, Normalisation] = Field(max_length=limits.MAX_MODELS)
     tiling: Tiling
+    gsd: Annotated[Float, Field(gt=0)] | None = None
     prediction: Annotated[str, Strict()]
     architectures: dict[str, dict[str, Any]] = Field(min_length=1, max_length=limits.MAX_MODELS)
 
@@ -143,9 +147,11 @@ class InferenceContract(_Record):
         return self.model_copy(update={"prediction": resolve_prediction(prediction, self.model_names)})
 
 
-def contract_for(models: dict, config, prediction: str | None = None) -> InferenceContract:
+def contract_for(models: dict, config, prediction: str | None = None, gsd: float | None = None
+                 ) -> InferenceContract:
     """The contract of ``models`` (built from, and trained under, ``config``); ``prediction``
-    defaults to ``eval.prediction`` (resolved: a fusion for two students, else the model)."""
+    defaults to ``eval.prediction`` (resolved: a fusion for two students, else the model), ``gsd``
+    to ``data.gsd`` (the trainer passes the one its data module resolved)."""
     modules = {name: getattr(m, "module", m) for name, m in models.items()}  # Fabric/DDP wrappers
     missing = [name for name, m in modules.items() if getattr(m, "architecture", None) is None]
     if missing:
@@ -158,6 +164,7 @@ def contract_for(models: dict, config, prediction: str | None = None) -> Inferen
         normalisation={name: Normalisation(mean=m.mean.flatten().tolist(), std=m.std.flatten().tolist())
                        for name, m in modules.items()},
         tiling=Tiling(window=window, stride=stride, batch_size=config.eval.batch_size),
+        gsd=gsd if gsd is not None else config.data.gsd,
         prediction=resolve_prediction(prediction or config.eval.prediction, list(modules)),
         architectures={name: m.architecture for name, m in modules.items()},
     )

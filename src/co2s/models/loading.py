@@ -245,6 +245,7 @@ MODEL_FORMAT_VERSION = 2
 MODEL_CONFIG = "co2s_model.json"
 MODEL_WEIGHTS = "model.safetensors"
 MODEL_NOTICE = "NOTICE.md"  # the pretrained weights' families, licences and required notices
+MODEL_CARD = "README.md"  # the model card (co2s.models.card)
 
 
 def portable_config(record: Any) -> Any:
@@ -260,10 +261,13 @@ def portable_config(record: Any) -> Any:
 
 
 def write_model_folder(directory: str | os.PathLike, models: dict, contract: InferenceContract,
-                       step: int | None = None, training_config: dict | None = None) -> Path:
+                       step: int | None = None, training_config: dict | None = None,
+                       evaluations: dict | None = None, onnx: dict | None = None) -> Path:
     """The one writer of model folders: ``model.safetensors`` (weights only, no optimiser or RNG
-    state) and ``co2s_model.json`` (the inference contract, the step trained and, as an opaque
-    record without absolute paths, the training config). Both files are written atomically."""
+    state), ``co2s_model.json`` (the inference contract, the step trained and, as an opaque
+    record without absolute paths, the training config), the model card ``README.md``
+    (:func:`co2s.models.card.model_card`, with ``evaluations`` and what ``onnx`` holds) and, for
+    pretrained weights, ``NOTICE.md``. Every file is written atomically; the card last."""
     import json
 
     from safetensors.torch import save_file
@@ -290,6 +294,10 @@ def write_model_folder(directory: str | os.PathLike, models: dict, contract: Inf
     notice = weights_notice(contract)
     if notice:
         write_text(directory / MODEL_NOTICE, notice)
+    from co2s.models.card import model_card
+
+    write_text(directory / MODEL_CARD, model_card(contract, step=step, training_config=record["training_config"],
+                                                  evaluations=evaluations, onnx=onnx))
     return directory
 
 
