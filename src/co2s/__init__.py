@@ -12,7 +12,7 @@ from co2s.version import __version__
 #: the names of ``co2s.api.__all__`` (a test holds them equal), loaded from the api on first use
 _API = ("Prediction", "PredictOptions", "PredictionResult", "Run", "Segmenter", "embed_text", "evaluate",
         "evaluate_checkpoint", "export", "load_config", "make_splits", "model_summary", "predict", "preset",
-        "prepare", "presets", "report", "train")
+        "prepare", "presets", "report", "suggest", "train")
 __all__ = ["__version__", *_API]
 
 

@@ -25,7 +25,7 @@ from co2s.inference.segmenter import Prediction, Segmenter
 
 __all__ = ["Prediction", "PredictOptions", "PredictionResult", "Run", "Segmenter", "embed_text", "evaluate",
            "evaluate_checkpoint", "export", "load_config", "make_splits", "model_summary", "predict", "preset",
-           "prepare", "presets", "report", "train"]
+           "prepare", "presets", "report", "suggest", "train"]
 
 
 def train(config, out: str | os.PathLike | None = None, progress: bool = True, *,
@@ -134,6 +134,29 @@ def export(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, predict
                           "to record it", stacklevel=2)
     written = {"folder": segmenter.save_pretrained(out_dir, evaluations, described), **written}
     return written
+
+
+def suggest(checkpoint, out: str | os.PathLike, config=None, *, budget: int = 10, score: str = "default",
+            pool: list[str] | None = None, exclude: list[str] | None = None, window: int | None = None,
+            spacing: int | None = None, sheet: int = 12, prediction: str | None = None, device: str = "auto",
+            batch_size: int | None = None, overwrite: bool = False, progress: bool = True) -> dict:
+    """``co2s suggest``: what to label next. Rank the unlabelled tiles (``pool``, default
+    ``data.splits.unlabelled``, minus the labelled, validation, test and ``exclude`` lists) or the
+    windows of scenes (``window`` pixels, ``spacing`` apart, outside labels and held-out regions)
+    by how unsure the model is there (``score``: default, entropy, margin, disagreement, balanced;
+    :mod:`co2s.inference.uncertainty`), and write the top ``budget`` into ``out``
+    (:mod:`co2s.evaluation.suggest`). ``checkpoint``: a checkpoint, a model folder or a
+    :class:`Segmenter`; ``config``: the data (default: the checkpoint's own)."""
+    from co2s.evaluation.suggest import suggest as run
+    from co2s.inference.segmenter import resolve_device
+
+    segmenter = checkpoint if isinstance(checkpoint, Segmenter) else Segmenter.load(checkpoint, prediction)
+    if prediction is not None and isinstance(checkpoint, Segmenter):
+        segmenter.contract = segmenter.contract.with_prediction(prediction)
+    data = (config if config is not None else segmenter.training_config).data
+    segmenter = segmenter.to(resolve_device(device))
+    return run(segmenter, data, out, budget=budget, score=score, pool=pool, exclude=exclude, window=window,
+               spacing=spacing, sheet=sheet, overwrite=overwrite, progress=progress, batch_size=batch_size)
 
 
 def model_summary(config, *, random_weights: bool = False, input_size: int | None = None) -> dict:

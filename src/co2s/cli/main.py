@@ -12,6 +12,7 @@ import errno
 import os
 import sys
 import traceback
+from pathlib import Path
 
 from co2s.version import __version__
 from co2s.errors import Co2sError
@@ -186,6 +187,37 @@ def cmd_predict(args) -> int:
               file=sys.stderr if r.error else sys.stdout)
     print(f"{len(results) - len(failed)} of {len(results)} image(s) predicted into {args.out}")
     return 1 if failed else 0
+
+
+def cmd_suggest(args) -> int:
+    from co2s import api
+
+    config = api.load_config(args.config, args.overrides) if args.config else None
+    if config is None and args.overrides:
+        config = api.Segmenter.load(args.checkpoint).training_config.override(args.overrides)
+    r = api.suggest(args.checkpoint, args.out, config, budget=args.budget, score=args.score, pool=args.pool,
+                    exclude=args.exclude, window=args.window, spacing=args.spacing, sheet=args.sheet,
+                    prediction=_prediction(args), device=args.device, batch_size=args.batch_size,
+                    overwrite=args.overwrite, progress=not args.no_progress)
+    if r["kind"] == "tiles":
+        print(f"{r['scored_tiles']} tile(s) ranked ({r['excluded_tiles']} of {r['pool_tiles']} already labelled or "
+              f"held out) by the {r['score']} score of prediction {r['prediction']}")
+    else:
+        print(f"{r['candidate_windows']} window(s) of {r['window']} px ranked over {len(r['rasters'])} raster(s) "
+              f"by the {r['score']} score of prediction {r['prediction']}; {r['suggested']} taken at least "
+              f"{r['spacing']} px apart")
+    for s in r["suggestions"][:10]:
+        where = s["name"] if "window" not in s else (f"{Path(s['name']).name} x {s['window']['x']} "
+                                                      f"y {s['window']['y']}")
+        print(f"  {s['rank']:>3}. {where}  score {s['score']:.3f}")
+    if r["suggested"] > 10:
+        print(f"  ... {r['suggested'] - 10} more")
+    if r["suggested"] < r["budget"]:
+        print(f"note: only {r['suggested']} of --budget {r['budget']} found room"
+              + (" (fewer windows fit at that --spacing)" if r["kind"] == "scenes" else ""))
+    for what, path in r["outputs"].items():
+        print(f"{what}: {path}")
+    return 0
 
 
 def cmd_splits(args) -> int:
@@ -438,6 +470,46 @@ def build_parser() -> argparse.ArgumentParser:
                    "(CRS units), applied to all polygons together so shared edges stay shared")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_predict)
+
+    p = command(
+        "suggest", help="what to label next: tiles or scene windows ranked by the model's uncertainty",
+        description="Predict the unlabelled tiles (or scenes) with a trained model and rank them by how "
+        "unsure it is there: for two students the share of pixels where they disagree plus the mean "
+        "entropy of the fused prediction over ln K; for one model that entropy alone (--score for the "
+        "others). Tiles: the pool (default data.splits.unlabelled) minus the labelled, val and test lists "
+        "and --exclude; writes OUT/suggestions.txt (the top --budget tiles as list-file lines) and "
+        "OUT/scores.csv (every tile). Scenes (data.scenes): windows of --window pixels, none touching a "
+        "labelled polygon or a validation/test region, at least --spacing pixels apart; writes "
+        "OUT/suggestions.gpkg (the windows in the raster's CRS, for QGIS). Both write OUT/contact_sheet.png "
+        "(image, prediction, per-pixel score of the top suggestions) and OUT/suggest.json. Existing outputs "
+        "are replaced only with --overwrite. See docs/suggest.md.")
+    _add_config_args(p, required=False)
+    p.add_argument("--checkpoint", required=True, help="a .ckpt written by co2s train, or a folder written by "
+                   "co2s export (give CONFIG for a model folder: it carries no data config)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the suggestions")
+    p.add_argument("--budget", type=int, default=10, help="how many tiles or windows to suggest (default 10)")
+    p.add_argument("--score", default="default", choices=["default", "entropy", "margin", "disagreement", "balanced"],
+                   help="default: disagreement + entropy (two students) or entropy (one model); entropy, margin "
+                   "(1 - gap of the two most probable classes), disagreement (two students) alone; balanced: "
+                   "the default weighed up on pixels of rarely predicted classes")
+    p.add_argument("--pool", action="append", metavar="LIST", help="tiles: list file or folder of the "
+                   "tiles to rank (repeatable; default data.splits.unlabelled)")
+    p.add_argument("--exclude", action="append", metavar="LIST", help="tiles: list file or folder of tiles "
+                   "not to suggest, e.g. those being labelled now (repeatable; the labelled, val and test "
+                   "lists are always excluded)")
+    p.add_argument("--window", type=int, help="scenes: window side in pixels, a multiple of 4 (default: the "
+                   "model's tile)")
+    p.add_argument("--spacing", type=int, help="scenes: least gap in pixels between two suggested windows "
+                   "(default: one window)")
+    p.add_argument("--sheet", type=int, default=12, help="suggestions shown in contact_sheet.png (default 12; "
+                   "0: none)")
+    _add_prediction_arg(p, "the prediction whose entropy is scored: a model's name, or for two students mean "
+                        "or confidence (default: the model's)")
+    p.add_argument("--batch-size", type=int, help="tiles per forward pass (default: eval.batch_size)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, auto (default)")
+    p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier suggestion")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_suggest)
 
     p = command(
         "splits", help="seeded labelled/unlabelled split lists, or labelled/held-out vector label files",

@@ -104,6 +104,15 @@ def read_folder(folder: Path, labelled: bool = True, keep_masks: bool = False,
     return [Sample(p, masks[p.stem], str(folder), entry(p, masks[p.stem])) for p in images]
 
 
+def split_path(spec: str, data) -> Path:
+    """The list file or folder a split entry names: under ``data.root`` first, else in the working
+    folder (where ``co2s splits --out`` wrote it)."""
+    path = resolve(Path(data.root).expanduser(), spec)
+    if not path.exists() and Path(spec).expanduser().exists():
+        path = Path(spec).expanduser()
+    return path
+
+
 def read_split(spec: str, data, labelled: bool, name: str = "split", keep_masks: bool = False) -> list[Sample]:
     """Resolve a split entry of the config (list file or folder) into samples.
 
@@ -114,9 +123,7 @@ def read_split(spec: str, data, labelled: bool, name: str = "split", keep_masks:
     """
 
     root = Path(data.root).expanduser()
-    path = resolve(root, spec)
-    if not path.exists() and Path(spec).expanduser().exists():
-        path = Path(spec).expanduser()
+    path = split_path(spec, data)
     if path.is_dir():
         samples = read_folder(path, labelled, keep_masks, root=root)
     elif path.is_file():

@@ -24,7 +24,7 @@ from co2s import api
 from co2s.atomic import write_text
 from co2s.data.io import read_image, read_mask
 from co2s.data.sources import read_split
-from co2s.demo.comparison import write_comparison
+from co2s.evaluation.pictures import write_comparison
 from co2s.demo.synthetic import write_demo_dataset
 from co2s.engine.metrics_log import read_log
 from co2s.run_folder import RunFolder

@@ -376,21 +376,30 @@ def _absorb(geoms, pixels, keep, target):
 
 def write_polygons(path: Path, features: PolygonFeatures, crs, driver: str, layer: str) -> None:
     """Write ``features`` with ``driver`` (GPKG or GeoJSON) at ``path`` in ``crs`` (a
-    rasterio CRS or None). GDAL's failures come as an :class:`OSError` without errno (as
-    rasterio's do), for the scene writer to word with the file's name and the disk's fault."""
+    rasterio CRS or None): :func:`write_features`."""
+    columns = {"class_id": features.class_id, "class": features.class_name, "area": features.area,
+               "confidence": features.confidence, "pixels": features.pixels}
+    write_features(path, features.geometries, columns, crs, driver, layer)
+
+
+def write_features(path: Path, geometries: np.ndarray, columns: dict[str, np.ndarray], crs, driver: str,
+                   layer: str, append: bool = False) -> None:
+    """Write polygons (``geometries``, shapely) and their ``columns`` as a layer of a vector file
+    (``append``: beside the file's other layers) in ``crs`` (a rasterio CRS or None). GDAL's
+    failures come as an :class:`OSError` without errno (as rasterio's do), for the writer's caller
+    to word with the file's name and the disk's fault."""
     import pyogrio
     import shapely
     from pyogrio.errors import DataLayerError, DataSourceError
 
-    types = set(shapely.get_type_id(features.geometries).tolist())
+    types = set(shapely.get_type_id(geometries).tolist())
     geometry_type = "MultiPolygon" if 6 in types else "Polygon"
-    fields = ["class_id", "class", "area", "confidence", "pixels"]
-    data = [features.class_id, features.class_name, features.area, features.confidence, features.pixels]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # GDAL on the temporary's suffix, which is not .gpkg
-            pyogrio.raw.write(os.fspath(path), shapely.to_wkb(features.geometries), data, fields=fields,
-                              crs=crs.to_wkt() if crs is not None else None, geometry_type=geometry_type,
-                              driver=driver, layer=layer, promote_to_multi=geometry_type == "MultiPolygon")
+            pyogrio.raw.write(os.fspath(path), shapely.to_wkb(geometries), list(columns.values()),
+                              fields=list(columns), crs=crs.to_wkt() if crs is not None else None,
+                              geometry_type=geometry_type, driver=driver, layer=layer,
+                              promote_to_multi=geometry_type == "MultiPolygon", append=append)
     except (DataSourceError, DataLayerError) as exc:
         raise OSError(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__) from exc

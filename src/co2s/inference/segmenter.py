@@ -268,8 +268,9 @@ class Segmenter(nn.Module):
     def predict_box(self, read, height: int, width: int, box: Window,
                     predictions: list[str] | None = None, *, tile: int | None = None,
                     overlap: float | None = None, tta: bool = False, precision: str = "fp32",
-                    batch_size: int | None = None, confidence: bool = False, on_progress=None
-                    ) -> Iterator[tuple[Window, dict[str, Prediction]]]:
+                    batch_size: int | None = None, confidence: bool = False, on_progress=None,
+                    pixel_maps=None, models: list[str] | None = None
+                    ) -> Iterator[tuple[Window, dict[str, "Prediction | np.ndarray"]]]:
         """The one prediction generator: images (:meth:`predict_many`), region scoring
         (:mod:`co2s.evaluation.evaluator`) and whole scenes (:mod:`co2s.inference.scene`) all drive it.
 
@@ -278,7 +279,9 @@ class Segmenter(nn.Module):
         ``read(window)`` (returns the model input and its validity, as for
         :func:`stream_prediction_maps`; a tile without a valid pixel is skipped) and blended. Yields
         ``(window, {prediction: Prediction})`` pieces, clipped to the box, panel by panel and top to
-        bottom; memory depends on the tiles, not the image. ``on_progress(tiles, pixels)`` reports."""
+        bottom; memory depends on the tiles, not the image. ``on_progress(tiles, pixels)`` reports.
+        ``pixel_maps`` (:data:`co2s.inference.streaming.PixelMaps`) adds float maps of the blended
+        logits of ``models`` (default: those the predictions need), as arrays by name."""
         predictions = predictions or [self.prediction]
         self.check_options(predictions, tile, overlap, precision, tta, batch_size)
         grid, origin = TileGrid.over(height, width, *self.tiling(tile, overlap)).covering(box)
@@ -286,17 +289,18 @@ class Segmenter(nn.Module):
         def local(window: Window):
             return read(window.shifted(origin.x, origin.y))
 
-        predictors = self.tile_predictors(predictions, precision, tta)
+        predictors = self.tile_predictors(predictions + list(models or []), precision, tta)
         for piece, pieces in stream_prediction_maps(local, grid, predictors, self.num_classes, predictions,
                                                     batch_size or self.batch_size, self.device, confidence,
-                                                    on_progress):
+                                                    on_progress, pixel_maps=pixel_maps):
             piece = piece.shifted(origin.x, origin.y)
             inside = piece.intersection(box)
             if inside is None:
                 continue
             rows, cols = inside.shifted(-piece.x, -piece.y).slices
-            yield inside, {p: Prediction(c[rows, cols], None if f is None else f[rows, cols])
-                           for p, (c, f) in pieces.items()}
+            yield inside, {p: (v[rows, cols] if isinstance(v, np.ndarray)
+                               else Prediction(v[0][rows, cols], None if v[1] is None else v[1][rows, cols]))
+                           for p, v in pieces.items()}
 
     def predict(self, image: torch.Tensor, prediction: str | None = None, **options) -> Prediction:
         """Tiled, blended prediction of one image of any size: a scaled ``[C, H, W]`` tensor or

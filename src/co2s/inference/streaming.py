@@ -56,6 +56,8 @@ def tile_logits(model: Callable[[torch.Tensor], torch.Tensor], device: torch.dev
     return predict
 
 
+#: ``pixel_maps(logits)``: float maps ``[h, w]`` by name from the blended logits of each model
+PixelMaps = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 #: ``read(window)``: the model input of a window and its valid pixels (None: all valid)
 Reader = Callable[[Window], tuple["torch.Tensor | np.ndarray", "np.ndarray | None"]]
 
@@ -72,7 +74,8 @@ def stream_prediction_maps(
     with_confidence: bool = True,
     on_progress: Callable[[int, int], None] | None = None,
     panel_width: int | None = None,
-) -> Iterator[tuple[Window, dict[str, tuple[np.ndarray, np.ndarray | None]]]]:
+    pixel_maps: PixelMaps | None = None,
+) -> Iterator[tuple[Window, dict[str, tuple[np.ndarray, np.ndarray | None] | np.ndarray]]]:
     """Yield ``(window, {prediction: (classes, confidence)})`` pieces, panel by panel, each top
     to bottom in strips of rows. Several ``predictions`` (students and fusions) share one pass of
     each model over the tiles: evaluation scores them side by side at the cost of one.
@@ -81,16 +84,19 @@ def stream_prediction_maps(
     (tensor or array) and its valid pixels (``None``: all valid). A tile without any valid pixel is not predicted: every pixel it covers
     is invalid too, so no valid pixel's result changes. ``predictors`` are the models whose logits
     the ``predictions`` (model names or fusions) need; ``on_progress(tiles, pixels)`` reports work.
+    ``pixel_maps(logits)`` (the blended logits ``[1, K, h, w]`` of each model, by name) returns
+    float maps ``[h, w]`` by name, yielded beside the predictions as float32 arrays: per-pixel
+    quantities of the same blended logits, such as the uncertainty ``co2s suggest`` ranks by.
     """
     device = torch.device(device)
     weight = blend_weight(grid.tile_h, grid.tile_w).to(device)
     for panel in grid.panels(panel_width or PANEL_WIDTH):
         yield from _stream_panel(read, grid, panel, predictors, num_classes, list(predictions), batch_size,
-                                 device, weight, with_confidence, on_progress)
+                                 device, weight, with_confidence, on_progress, pixel_maps)
 
 
 def _stream_panel(read, grid: TileGrid, panel: Panel, predictors, num_classes, predictions, batch_size,
-                  device, weight, with_confidence, on_progress):
+                  device, weight, with_confidence, on_progress, pixel_maps):
     """One panel, tile row by tile row. Global column ``x`` is ``x - origin`` in the running sums."""
     names = list(predictors)
     n, k, th, tw = len(names), num_classes, grid.tile_h, grid.tile_w
@@ -107,6 +113,7 @@ def _stream_panel(read, grid: TileGrid, panel: Panel, predictors, num_classes, p
         pieces = {p: (np.zeros((done, out_width), np.uint8),
                       np.zeros((done, out_width), np.float32) if with_confidence else None)
                   for p in predictions}
+        maps: dict[str, np.ndarray] = {}
         band = torch.zeros(n, k, th, 0, device=device)  # sums over columns [left, left + band width)
         band_norm = torch.zeros(th, 0, device=device)
         left = origin
@@ -144,6 +151,11 @@ def _stream_panel(read, grid: TileGrid, panel: Panel, predictors, num_classes, p
                         classes[:, a - panel.left : b - panel.left] = labels.cpu().numpy()
                         if confidence is not None:
                             confidence[:, a - panel.left : b - panel.left] = conf.cpu().numpy()
+                    if pixel_maps is not None:
+                        for name, values in pixel_maps(logits).items():
+                            if name not in maps:
+                                maps[name] = np.zeros((done, out_width), np.float32)
+                            maps[name][:, a - panel.left : b - panel.left] = values.float().cpu().numpy()
                 band, band_norm = band[..., finished:], band_norm[:, finished:]
                 left += finished
                 if on_progress:
@@ -151,4 +163,4 @@ def _stream_panel(read, grid: TileGrid, panel: Panel, predictors, num_classes, p
             elif on_progress:
                 on_progress(len(cols), 0)
         carried = th - done
-        yield Window(panel.left, y0, out_width, done), pieces
+        yield Window(panel.left, y0, out_width, done), {**pieces, **maps}

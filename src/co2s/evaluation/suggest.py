@@ -1,0 +1,537 @@
+"""``co2s suggest``: what to label next.
+
+A trained model predicts the images it was not given labels for, and the places where it is least
+sure (two students: where they disagree, and the entropy of the fused prediction; one model: its
+entropy; :mod:`co2s.inference.uncertainty`) are ranked first: labels there are the ones the model
+lacks. The prediction is the one ``co2s predict`` makes (:meth:`Segmenter.predict_box`, the same
+tiles and blending), so the scores describe the map the user gets.
+
+- **Tiles** (``data.splits``): every tile of the pool (default ``data.splits.unlabelled``), minus
+  those already labelled or held out (``labelled``, ``val``, ``test`` and any ``exclude`` list),
+  scored over its valid pixels. Writes ``suggestions.txt`` (the top ``budget`` tiles as list-file
+  lines relative to ``data.root``: label them and add the lines, with their masks, to the labelled
+  list) and ``scores.csv`` (every tile ranked, each term).
+- **Scenes** (``data.scenes``): windows of ``window`` pixels placed every quarter window over each
+  raster, scored over their valid pixels outside labelled polygons and validation/test regions; a
+  window holding a labelled or held-out pixel, or with less than ``data.scenes.min_valid`` valid
+  pixels, is not suggested; the best windows are taken greedily, each at least ``spacing`` pixels
+  from those taken before (so suggestions spread over the scene). Writes ``suggestions.gpkg`` (the
+  windows as polygons in the raster's CRS, with rank, score and terms: open it in QGIS beside the
+  polygons you draw) and ``scores.csv``.
+
+Both write ``contact_sheet.png`` (the top suggestions: image, prediction, per-pixel score) and
+``suggest.json`` (the settings and the ranked suggestions). Outputs are checked before anything is
+predicted: never an input, an existing file only with ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from co2s.atomic import write_text
+from co2s.data.raster import Window, bounded_gdal_cache
+from co2s.data.sources import read_split, split_path
+from co2s.errors import Co2sError, DataError
+from co2s.evaluation.pictures import display_rgb, heat_colours, write_comparison
+from co2s.evaluation.run import model_data
+from co2s.inference.uncertainty import (PREDICTED, TERMS, RegionScores, check_score, class_weights,
+                                        pixel_score, pixel_terms)
+from co2s.progress import progress_bar
+from co2s.version import __version__
+
+#: tiles or windows shown in contact_sheet.png (at most)
+SHEET_ROWS = 12
+#: longest side of a panel of the contact sheet (pixels)
+SHEET_SIDE = 192
+#: candidate windows of scenes step by this fraction of the window
+WINDOW_STEPS = 4
+OUTPUTS = {"tiles": ("suggestions.txt", "scores.csv", "contact_sheet.png", "suggest.json"),
+           "scenes": ("suggestions.gpkg", "scores.csv", "contact_sheet.png", "suggest.json")}
+
+
+@dataclass
+class Suggestion:
+    """One ranked tile or scene window."""
+
+    rank: int
+    name: str  # the tile's list-file line, or the raster's path
+    image: Path
+    score: float
+    terms: dict[str, float]
+    pixels: int  # valid (unlabelled) pixels it was scored over
+    window: Window | None = None  # scenes: the window, raster pixels
+    crs: object = None  # scenes: the raster's CRS (rasterio), None when it has none
+    extra: dict = field(default_factory=dict)
+
+
+def suggest(segmenter, data, out: str | os.PathLike, *, budget: int = 10, score: str = "default",
+            pool: list[str] | None = None, exclude: list[str] | None = None, window: int | None = None,
+            spacing: int | None = None, sheet: int = SHEET_ROWS, overwrite: bool = False,
+            progress: bool = True, batch_size: int | None = None) -> dict:
+    """Rank the tiles or scene windows of ``data`` by ``score`` and write the top ``budget`` to
+    ``out`` (see the module's text); returns the record written to ``suggest.json``."""
+    check_score(score, len(segmenter.models))
+    if not isinstance(budget, int) or budget < 1:
+        raise Co2sError(f"--budget must be a positive number of suggestions, got {budget}")
+    data = model_data(segmenter, data)
+    kind = "scenes" if data.scenes is not None else "tiles"
+    if kind == "scenes" and (pool or exclude):
+        raise Co2sError("--pool and --exclude are for tile datasets; scenes are ranked over data.scenes.rasters "
+                        "outside their labels and validation/test regions")
+    if kind == "tiles" and (window is not None or spacing is not None):
+        raise Co2sError("--window and --spacing are for scenes (data.scenes); tiles are ranked whole")
+    out = Path(out)
+    paths = {name: out / name for name in OUTPUTS[kind]}
+    options = {"budget": budget, "score": score, "prediction": segmenter.prediction,
+               "models": list(segmenter.models), "batch_size": batch_size, "progress": progress}
+    model_files = _model_files(segmenter)
+
+    def check(inputs: list[Path]) -> None:  # before anything is predicted
+        _check_outputs(paths, inputs + model_files, overwrite)
+
+    if kind == "tiles":
+        ranked, record = _rank_tiles(segmenter, data, pool, exclude, options, check)
+    else:
+        window = window or segmenter.tile
+        spacing = window if spacing is None else spacing
+        if window < 8 or window % WINDOW_STEPS:
+            raise Co2sError(f"--window must be a multiple of {WINDOW_STEPS} pixels, at least 8, got {window}")
+        if spacing < 0:
+            raise Co2sError(f"--spacing must be 0 or more pixels, got {spacing}")
+        ranked, record = _rank_windows(segmenter, data, window, spacing, options, check)
+    top = ranked[:budget]
+    if not top:
+        raise DataError(f"nothing to suggest: {record['why_none']}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise Co2sError(f"cannot create the output folder {out}: {exc}") from None
+    written = _write_outputs(kind, paths, top, ranked, segmenter, data, score, sheet, options)
+    record.update({"co2s_version": __version__, "kind": kind, "checkpoint": segmenter.info.get("source"),
+                   "checkpoint_step": segmenter.info.get("step"), "score": score, "budget": budget,
+                   "prediction": segmenter.prediction, "suggested": len(top),
+                   "outputs": {k: str(v) for k, v in written.items()},
+                   "suggestions": [_as_record(s) for s in top]})
+    write_text(paths["suggest.json"], json.dumps(record, indent=2))
+    return record
+
+
+# ---------------------------------------------------------------------------------------------
+# outputs: checked before the work, written after it
+# ---------------------------------------------------------------------------------------------
+
+
+def _model_files(segmenter) -> list[Path]:
+    source = segmenter.info.get("source")
+    if not source:
+        return []
+    source = Path(source)
+    return sorted(source.iterdir()) if source.is_dir() else [source]
+
+
+def _check_outputs(paths: dict[str, Path], inputs: list[Path], overwrite: bool) -> None:
+    """Refuse an output that is an input or a folder, or (without ``overwrite``) one that exists."""
+    keys = {os.path.normcase(p.resolve()) for p in inputs}
+    for path in paths.values():
+        if os.path.normcase(path.resolve()) in keys:
+            raise Co2sError(f"nothing suggested: the output {path} is one of the inputs; give another --out")
+        if path.is_dir():
+            raise Co2sError(f"nothing suggested: the output {path} is a folder; give another --out")
+        if (path.exists() or path.is_symlink()) and not overwrite:
+            raise Co2sError(f"nothing suggested: {path} exists (an earlier suggestion?); give --overwrite to "
+                            "replace it, or another --out")
+    parent = next(iter(paths.values())).parent
+    if parent.exists() and not parent.is_dir():
+        raise Co2sError(f"nothing suggested: --out {parent} is a file, not a folder")
+
+
+def _as_record(s: Suggestion) -> dict:
+    record = {"rank": s.rank, "name": s.name, "image": str(s.image), "score": s.score, **s.terms,
+              "pixels": s.pixels}
+    if s.window is not None:
+        record["window"] = {"x": s.window.x, "y": s.window.y, "width": s.window.width, "height": s.window.height}
+    return {**record, **s.extra}
+
+
+def _write_outputs(kind, paths, top, ranked, segmenter, data, score, sheet, options) -> dict[str, Path]:
+    written = {}
+    if kind == "tiles":
+        lines = "".join(f"{s.name}\n" for s in top)
+        written["list"] = write_text(paths["suggestions.txt"], lines)
+    else:
+        written["windows"] = _write_windows(paths["suggestions.gpkg"], top)
+    written["scores"] = write_text(paths["scores.csv"], _csv(ranked, kind))
+    if sheet > 0:
+        written["contact_sheet"] = _contact_sheet(paths["contact_sheet.png"], top[:sheet], segmenter, data, score,
+                                                  options)
+    written["record"] = paths["suggest.json"]
+    return written
+
+
+def _csv(ranked: list[Suggestion], kind: str) -> str:
+    terms = [t for t in TERMS if any(t in s.terms for s in ranked)]
+    head = ["rank", "name" if kind == "tiles" else "raster", "score", *terms, "pixels"]
+    if kind == "scenes":
+        head += ["x", "y", "width", "height"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(head)
+    for s in ranked:
+        row = [s.rank, s.name, f"{s.score:.6f}", *(f"{s.terms[t]:.6f}" for t in terms), s.pixels]
+        if kind == "scenes":
+            row += [s.window.x, s.window.y, s.window.width, s.window.height]
+        writer.writerow(row)
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# tiles
+# ---------------------------------------------------------------------------------------------
+
+
+def _rank_tiles(segmenter, data, pool, exclude, options, check) -> tuple[list[Suggestion], dict]:
+    specs = pool or ([data.splits.unlabelled] if data.splits.unlabelled else [])
+    if not specs:
+        raise DataError("data.splits.unlabelled is not set: give the tiles to rank with --pool (list files or "
+                        "folders)")
+    inputs: list[Path] = []
+    samples, seen = [], set()
+    for spec in specs:
+        for s in read_split(spec, data, labelled=False, name="unlabelled" if not pool else "pool"):
+            key = s.image.resolve()
+            if key not in seen:
+                seen.add(key)
+                samples.append(s)
+        inputs.append(split_path(spec, data))
+    excluded: set[Path] = set()
+    sources = [(name, getattr(data.splits, name)) for name in ("labelled", "val", "test")
+               if getattr(data.splits, name)]
+    sources += [("exclude", spec) for spec in exclude or []]
+    for name, spec in sources:
+        excluded |= {s.image.resolve() for s in read_split(spec, data, labelled=False, name=name)}
+        inputs.append(split_path(spec, data))
+    candidates = [s for s in samples if s.image.resolve() not in excluded]
+    check(inputs + [s.image for s in samples])
+    record = {"pool": [str(s) for s in specs], "pool_tiles": len(samples),
+              "excluded_tiles": len(samples) - len(candidates),
+              "excluded_by": [f"{name}: {spec}" for name, spec in sources]}
+    terms = pixel_terms(segmenter.prediction, list(segmenter.models))
+    regions: list[RegionScores] = []
+    for s in progress_bar(candidates, desc="scoring tiles", enabled=options["progress"]):
+        image, valid = segmenter.as_model_input(s.image)
+        if image.shape[0] != segmenter.in_channels:
+            raise DataError(f"{s.origin}: {s.image} has {image.shape[0]} band(s), the model takes "
+                            f"{segmenter.in_channels}")
+        _, height, width = image.shape
+        region = RegionScores(segmenter.num_classes)
+
+        def read(w: Window, image=image, valid=valid):
+            rows, cols = w.slices
+            return image[:, rows, cols], None if valid is None else valid[rows, cols]
+
+        for piece, maps in segmenter.predict_box(read, height, width, Window(0, 0, width, height),
+                                                 pixel_maps=terms, models=list(segmenter.models),
+                                                 batch_size=options["batch_size"]):
+            region.add({k: v for k, v in maps.items() if isinstance(v, np.ndarray)},
+                       None if valid is None else valid[piece.slices])
+        regions.append(region)
+    weights = _pool_weights(regions, options["score"])
+    ranked = []
+    for s, region in zip(candidates, regions):
+        value = region.score(options["score"], weights)
+        if value is not None:
+            ranked.append(Suggestion(0, s.entry, s.image, value, region.means(), region.pixels))
+    ranked.sort(key=lambda s: -s.score)  # stable: ties keep the pool's order
+    for i, s in enumerate(ranked, start=1):
+        s.rank = i
+    record.update({"scored_tiles": len(ranked), "tiles_without_valid_pixels": len(candidates) - len(ranked),
+                   "why_none": f"no tile left to rank ({len(samples)} in the pool, {record['excluded_tiles']} "
+                               "already labelled or held out, the rest without valid pixels)"})
+    if weights is not None:
+        record["class_weights"] = dict(zip(segmenter.classes, map(float, weights)))
+    options["weights"] = weights
+    return ranked, record
+
+
+def _pool_weights(regions: list[RegionScores], score: str) -> np.ndarray | None:
+    if score != "balanced" or not regions:
+        return None
+    return class_weights(sum(r.class_pixels for r in regions))
+
+
+# ---------------------------------------------------------------------------------------------
+# scenes
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Cells:
+    """Sums per cell (``cell`` x ``cell`` scene pixels) of one raster: the pixels counted (valid,
+    not labelled, not held out), those excluded (labelled or held out), each term, and the default
+    score and pixel count per predicted class."""
+
+    cell: int
+    ny: int
+    nx: int
+    num_classes: int
+    terms: tuple[str, ...]  # the terms of the model: disagreement only for two students
+
+    def __post_init__(self) -> None:
+        shape = (self.ny, self.nx)
+        self.pixels = np.zeros(shape, np.int64)
+        self.valid = np.zeros(shape, np.int64)
+        self.excluded = np.zeros(shape, np.int64)
+        self.sums = {t: np.zeros(shape) for t in self.terms}
+        self.class_pixels = np.zeros((*shape, self.num_classes), np.int64)
+        self.class_default = np.zeros((*shape, self.num_classes))
+
+    def add(self, piece: Window, maps: dict[str, np.ndarray], valid: np.ndarray, excluded: np.ndarray | None) -> None:
+        rows = (piece.y + np.arange(piece.height)) // self.cell
+        cols = (piece.x + np.arange(piece.width)) // self.cell
+        index = (rows[:, None] * self.nx + cols[None, :])
+        n = self.ny * self.nx
+
+        def count(mask, weights=None):
+            return np.bincount(index[mask], weights=None if weights is None else weights[mask],
+                               minlength=n).reshape(self.ny, self.nx)
+
+        self.valid += count(valid)
+        if excluded is not None:
+            self.excluded += count(excluded)
+            keep = valid & ~excluded
+        else:
+            keep = valid
+        self.pixels += count(keep)
+        for t in self.terms:
+            self.sums[t] += count(keep, maps[t])
+        classes = maps[PREDICTED].astype(np.int64)
+        flat = (index * self.num_classes + classes)[keep]
+        k = n * self.num_classes
+        self.class_pixels += np.bincount(flat, minlength=k).reshape(self.ny, self.nx, self.num_classes)
+        self.class_default += np.bincount(flat, weights=pixel_score(maps, "default")[keep],
+                                          minlength=k).reshape(self.ny, self.nx, self.num_classes)
+
+
+def _window_sums(a: np.ndarray, span_y: int, span_x: int) -> np.ndarray:
+    """Sums over every ``span_y`` x ``span_x`` block of cells (the first two axes), by top-left cell."""
+    c = np.zeros((a.shape[0] + 1, a.shape[1] + 1, *a.shape[2:]), a.dtype)
+    c[1:, 1:] = a.cumsum(0).cumsum(1)
+    return c[span_y:, span_x:] - c[:-span_y, span_x:] - c[span_y:, :-span_x] + c[:-span_y, :-span_x]
+
+
+def _scene_windows(scene_index: int, scene, cells: _Cells, window: int, min_valid: float, score: str,
+                   weights) -> list[tuple[float, int, Window, RegionScores]]:
+    """Every candidate window of a raster (a window every cell, ``WINDOW_STEPS`` cells wide; a
+    raster smaller than a window is one window) that holds no excluded pixel and enough valid ones,
+    with its score."""
+    span_y, span_x = min(WINDOW_STEPS, cells.ny), min(WINDOW_STEPS, cells.nx)
+    sums = {name: _window_sums(getattr(cells, name), span_y, span_x)
+            for name in ("pixels", "valid", "excluded", "class_pixels", "class_default")}
+    terms = {t: _window_sums(v, span_y, span_x) for t, v in cells.sums.items()}
+    out = []
+    for cy, cx in zip(*np.nonzero((sums["pixels"] > 0) & (sums["excluded"] == 0))):
+        x, y = int(cx) * cells.cell, int(cy) * cells.cell
+        w = Window(x, y, min(window, scene.width - x), min(window, scene.height - y))
+        if sums["valid"][cy, cx] < min_valid * w.width * w.height:
+            continue
+        region = RegionScores(cells.num_classes, int(sums["pixels"][cy, cx]),
+                              {t: float(v[cy, cx]) for t, v in terms.items()},
+                              sums["class_pixels"][cy, cx].copy(), sums["class_default"][cy, cx].copy())
+        out.append((region.score(score, weights), scene_index, w, region))
+    return out
+
+
+def _label_files(data) -> list[Path]:
+    """The vector files of the scenes' labels and validation/test regions (never written over)."""
+    from co2s.data.sources import resolve
+
+    cfg = data.scenes
+    sources = [cfg.labels, cfg.val, cfg.test]
+    return [resolve(data.root, s.vector) for s in sources if s is not None and s.vector]
+
+
+def _gap(a: Window, b: Window) -> int:
+    """Pixels between two windows (the larger of the horizontal and vertical gaps; < 0: overlap)."""
+    return max(a.x - b.x1, b.x - a.x1, a.y - b.y1, b.y - a.y1)
+
+
+def _rank_windows(segmenter, data, window: int, spacing: int, options, check) -> tuple[list[Suggestion], dict]:
+    from co2s.data.scenes import load_scenes
+
+    scene_set = load_scenes(data, segmenter.in_channels, progress=options["progress"])
+    scenes = scene_set.scenes
+    inputs = [s.path for s in scenes]
+    check(inputs + _label_files(data))
+    cell = window // WINDOW_STEPS
+    terms = pixel_terms(segmenter.prediction, list(segmenter.models))
+    present = tuple(t for t in TERMS if t != "disagreement" or len(segmenter.models) == 2)
+    ignore = data.ignore_index
+    all_cells = []
+    with bounded_gdal_cache():
+        for scene in progress_bar(scenes, desc="scoring scenes", enabled=options["progress"]):
+            cells = _Cells(cell, -(-scene.height // cell), -(-scene.width // cell), segmenter.num_classes,
+                           present)
+
+            def read(w: Window, scene=scene):
+                return scene.reader.read(w)
+
+            try:
+                for piece, maps in segmenter.predict_box(read, scene.height, scene.width,
+                                                         Window(0, 0, scene.width, scene.height),
+                                                         pixel_maps=terms, models=list(segmenter.models),
+                                                         batch_size=options["batch_size"]):
+                    maps = {k: v for k, v in maps.items() if isinstance(v, np.ndarray)}
+                    if PREDICTED not in maps:  # a piece without a predicted pixel (no valid one)
+                        continue
+                    valid = scene.valid(piece)
+                    valid = np.ones(piece.shape, bool) if valid is None else valid
+                    excluded = None
+                    if scene.labels.touches(piece):
+                        excluded = scene.labels.read(piece, piece.shape) != ignore
+                    held = scene.held_out_mask(piece, piece.shape)
+                    if held is not None:
+                        excluded = held if excluded is None else excluded | held
+                    cells.add(piece, maps, valid, excluded)
+            finally:
+                scene.reader.close()
+            all_cells.append(cells)
+    weights = (class_weights(sum(c.class_pixels.sum((0, 1)) for c in all_cells))
+               if options["score"] == "balanced" else None)
+    candidates = []
+    for i, (scene, cells) in enumerate(zip(scenes, all_cells)):
+        candidates += _scene_windows(i, scene, cells, window, data.scenes.min_valid, options["score"], weights)
+    candidates.sort(key=lambda c: (-c[0], c[1], c[2].y, c[2].x))
+    taken: list[tuple[float, int, Window, RegionScores]] = []
+    for candidate in candidates:
+        if len(taken) == options["budget"]:
+            break
+        if all(t[1] != candidate[1] or _gap(t[2], candidate[2]) >= spacing for t in taken):
+            taken.append(candidate)
+    ranked = []
+    for rank, (value, i, w, region) in enumerate(taken, start=1):
+        scene = scenes[i]
+        crs = scene.crs if scene.reader.georeferenced else None
+        ranked.append(Suggestion(rank, str(scene.path), scene.path, value, region.means(), region.pixels, w, crs,
+                                 {"crs": crs.to_string() if crs is not None else None,
+                                  "bounds": list(_bounds(scene, w))}))
+    record = {"rasters": [str(p) for p in inputs], "window": window, "spacing": spacing,
+              "candidate_windows": len(candidates),
+              "why_none": (f"no window of {window} px with at least {data.scenes.min_valid:.0%} valid pixels "
+                           "outside the labels and validation/test regions")}
+    if weights is not None:
+        record["class_weights"] = dict(zip(segmenter.classes, map(float, weights)))
+    options["weights"] = weights
+    return ranked, record
+
+
+def _bounds(scene, w: Window) -> tuple[float, float, float, float]:
+    """(minx, miny, maxx, maxy) of a window in the raster's coordinates."""
+    t = scene.transform
+    xs, ys = [], []
+    for col, row in ((w.x, w.y), (w.x1, w.y), (w.x, w.y1), (w.x1, w.y1)):
+        xs.append(t.c + t.a * col + t.b * row)
+        ys.append(t.f + t.d * col + t.e * row)
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def _write_windows(path: Path, top: list[Suggestion]) -> Path:
+    """The windows as polygons (their corners in the raster's coordinates), one layer per CRS
+    (``suggestions``, or ``suggestions_1``, ``suggestions_2``, ... when the rasters' CRSs differ)."""
+    import shapely
+
+    from co2s.atomic import atomic_path
+    from co2s.inference.polygons import write_features
+
+    by_crs: dict = {}
+    for s in top:
+        by_crs.setdefault(s.extra["crs"], []).append(s)
+    try:
+        with atomic_path(path, durable=False) as tmp:
+            for n, items in enumerate(by_crs.values()):
+                geoms = np.array([shapely.box(*s.extra["bounds"]) for s in items], object)
+                columns = {"rank": np.array([s.rank for s in items], np.int32),
+                           "raster": np.array([s.name for s in items], object),
+                           "score": np.array([s.score for s in items]),
+                           **{t: np.array([s.terms[t] for s in items]) for t in TERMS if t in items[0].terms},
+                           "pixels": np.array([s.pixels for s in items], np.int64),
+                           **{k: np.array([getattr(s.window, k) for s in items], np.int32)
+                              for k in ("x", "y", "width", "height")}}
+                layer = "suggestions" if len(by_crs) == 1 else f"suggestions_{n + 1}"
+                write_features(tmp, geoms, columns, items[0].crs, "GPKG", layer, append=n > 0)
+    except OSError as exc:
+        if exc.errno is None:  # GDAL's own words
+            raise Co2sError(f"cannot write {path}: {exc}") from exc
+        raise
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# contact sheet
+# ---------------------------------------------------------------------------------------------
+
+
+def _fit(panel: np.ndarray, side: int = SHEET_SIDE) -> np.ndarray:
+    """A panel (``[H, W]`` classes or ``[H, W, 3]`` colours) resized (nearest) to ``side`` on its
+    longest side."""
+    from PIL import Image
+
+    h, w = panel.shape[:2]
+    f = side / max(h, w)
+    size = (max(1, round(w * f)), max(1, round(h * f)))
+    return np.asarray(Image.fromarray(panel.astype(np.uint8)).resize(size, Image.NEAREST))
+
+
+def _contact_sheet(path: Path, shown: list[Suggestion], segmenter, data, score: str, options) -> Path:
+    """Image, prediction and per-pixel score of each shown suggestion (predicted again: a handful)."""
+    terms = pixel_terms(segmenter.prediction, list(segmenter.models))
+    weights = options.get("weights")
+    top = 2.0 if score in ("default", "balanced") and len(segmenter.models) == 2 else 1.0
+    rows, captions = [], []
+    for s in shown:
+        if s.window is None:
+            image, valid = segmenter.as_model_input(s.image)
+            image = image.numpy()
+            height, width, box = image.shape[1], image.shape[2], Window(0, 0, image.shape[2], image.shape[1])
+
+            def read(w: Window, image=image, valid=valid):
+                return image[:, w.slices[0], w.slices[1]], None if valid is None else valid[w.slices]
+        else:
+            from co2s.data.raster import RasterReader
+
+            reader = RasterReader(s.image, data.bands, data.scale)
+            height, width, box = reader.height, reader.width, s.window
+
+            def read(w: Window, reader=reader):
+                return reader.read(w)
+
+            image, valid = reader.read(box)
+        classes = np.zeros(box.shape, np.uint8)
+        values = np.zeros(box.shape, np.float32)
+        for piece, maps in segmenter.predict_box(read, height, width, box, pixel_maps=terms,
+                                                 models=list(segmenter.models), batch_size=options["batch_size"]):
+            local = piece.shifted(-box.x, -box.y).slices
+            maps = {k: v for k, v in maps.items() if isinstance(v, np.ndarray)}
+            classes[local] = maps[PREDICTED].astype(np.uint8)
+            values[local] = pixel_score(maps, score, weights)
+        if s.window is not None:
+            reader.close()
+        shown_valid = None if valid is None else np.asarray(valid)
+        classes[~shown_valid if shown_valid is not None else np.zeros(box.shape, bool)] = 255
+        rows.append([_fit(display_rgb(image, shown_valid)), _fit(classes),
+                     _fit(heat_colours(values, top, shown_valid))])
+        where = Path(s.name).name if s.window is None else (
+            f"{Path(s.name).name} x {s.window.x} y {s.window.y}")
+        captions.append(f"#{s.rank}  {where}  score {s.score:.3f}")
+    return write_comparison(path, rows, ["image", "prediction", f"{score} score per pixel"], segmenter.classes,
+                            data.palette or _grey_palette(segmenter.num_classes), scale=1, captions=captions)
+
+
+def _grey_palette(k: int) -> list[list[int]]:
+    return [[int(255 * i / max(1, k - 1))] * 3 for i in range(k)]
