@@ -174,6 +174,10 @@ def test_score_variants(tiles, tmp_path):
     assert balanced["half"] == pytest.approx((1 + E_DISAGREE) / 2 * (1 / 3) / 0.4 + E_AGREE / 2 * (1 / 3) / 0.6,
                                              abs=1e-5)
     assert not (tmp_path / "balanced" / "contact_sheet.png").exists()  # sheet=0
+    # scores.csv of any run carries the default and balanced scores beside the terms
+    columns = {r["name"].split("/")[-1][:-4]: r for r in read_csv(tmp_path / "margin" / "scores.csv")}
+    assert {n: float(r["balanced"]) for n, r in columns.items()} == pytest.approx(balanced, abs=1e-5)
+    assert {n: float(r["default"]) for n, r in columns.items()} == pytest.approx(default, abs=1e-5)
 
 
 def test_outputs_are_checked_before_any_work(tiles, tmp_path):

@@ -52,6 +52,8 @@ SHEET_ROWS = 12
 SHEET_SIDE = 192
 #: candidate windows of scenes step by this fraction of the window
 WINDOW_STEPS = 4
+#: scores written beside the terms in scores.csv (each term is its own score), to compare rankings
+VARIANTS = ("default", "balanced")
 OUTPUTS = {"tiles": ("suggestions.txt", "scores.csv", "contact_sheet.png", "suggest.json"),
            "scenes": ("suggestions.gpkg", "scores.csv", "contact_sheet.png", "suggest.json")}
 
@@ -66,6 +68,7 @@ class Suggestion:
     score: float
     terms: dict[str, float]
     pixels: int  # valid (unlabelled) pixels it was scored over
+    variants: dict[str, float] = field(default_factory=dict)  # the default and balanced scores too
     window: Window | None = None  # scenes: the window, raster pixels
     crs: object = None  # scenes: the raster's CRS (rasterio), None when it has none
     extra: dict = field(default_factory=dict)
@@ -154,7 +157,7 @@ def _check_outputs(paths: dict[str, Path], inputs: list[Path], overwrite: bool) 
 
 def _as_record(s: Suggestion) -> dict:
     record = {"rank": s.rank, "name": s.name, "image": str(s.image), "score": s.score, **s.terms,
-              "pixels": s.pixels}
+              **s.variants, "pixels": s.pixels}
     if s.window is not None:
         record["window"] = {"x": s.window.x, "y": s.window.y, "width": s.window.width, "height": s.window.height}
     return {**record, **s.extra}
@@ -177,14 +180,15 @@ def _write_outputs(kind, paths, top, ranked, segmenter, data, score, sheet, opti
 
 def _csv(ranked: list[Suggestion], kind: str) -> str:
     terms = [t for t in TERMS if any(t in s.terms for s in ranked)]
-    head = ["rank", "name" if kind == "tiles" else "raster", "score", *terms, "pixels"]
+    head = ["rank", "name" if kind == "tiles" else "raster", "score", *terms, *VARIANTS, "pixels"]
     if kind == "scenes":
         head += ["x", "y", "width", "height"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(head)
     for s in ranked:
-        row = [s.rank, s.name, f"{s.score:.6f}", *(f"{s.terms[t]:.6f}" for t in terms), s.pixels]
+        row = [s.rank, s.name, f"{s.score:.6f}", *(f"{s.terms[t]:.6f}" for t in terms),
+               *(f"{s.variants[v]:.6f}" for v in VARIANTS), s.pixels]
         if kind == "scenes":
             row += [s.window.x, s.window.y, s.window.width, s.window.height]
         writer.writerow(row)
@@ -242,12 +246,13 @@ def _rank_tiles(segmenter, data, pool, exclude, options, check) -> tuple[list[Su
             region.add({k: v for k, v in maps.items() if isinstance(v, np.ndarray)},
                        None if valid is None else valid[piece.slices])
         regions.append(region)
-    weights = _pool_weights(regions, options["score"])
+    weights = class_weights(sum(r.class_pixels for r in regions)) if regions else None
     ranked = []
     for s, region in zip(candidates, regions):
         value = region.score(options["score"], weights)
         if value is not None:
-            ranked.append(Suggestion(0, s.entry, s.image, value, region.means(), region.pixels))
+            ranked.append(Suggestion(0, s.entry, s.image, value, region.means(), region.pixels,
+                                     {v: region.score(v, weights) for v in VARIANTS}))
     ranked.sort(key=lambda s: -s.score)  # stable: ties keep the pool's order
     for i, s in enumerate(ranked, start=1):
         s.rank = i
@@ -258,12 +263,6 @@ def _rank_tiles(segmenter, data, pool, exclude, options, check) -> tuple[list[Su
         record["class_weights"] = dict(zip(segmenter.classes, map(float, weights)))
     options["weights"] = weights
     return ranked, record
-
-
-def _pool_weights(regions: list[RegionScores], score: str) -> np.ndarray | None:
-    if score != "balanced" or not regions:
-        return None
-    return class_weights(sum(r.class_pixels for r in regions))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -402,8 +401,7 @@ def _rank_windows(segmenter, data, window: int, spacing: int, options, check) ->
             finally:
                 scene.reader.close()
             all_cells.append(cells)
-    weights = (class_weights(sum(c.class_pixels.sum((0, 1)) for c in all_cells))
-               if options["score"] == "balanced" else None)
+    weights = class_weights(sum(c.class_pixels.sum((0, 1)) for c in all_cells))
     candidates = []
     for i, (scene, cells) in enumerate(zip(scenes, all_cells)):
         candidates += _scene_windows(i, scene, cells, window, data.scenes.min_valid, options["score"], weights)
@@ -418,15 +416,15 @@ def _rank_windows(segmenter, data, window: int, spacing: int, options, check) ->
     for rank, (value, i, w, region) in enumerate(taken, start=1):
         scene = scenes[i]
         crs = scene.crs if scene.reader.georeferenced else None
-        ranked.append(Suggestion(rank, str(scene.path), scene.path, value, region.means(), region.pixels, w, crs,
+        ranked.append(Suggestion(rank, str(scene.path), scene.path, value, region.means(), region.pixels,
+                                 {v: region.score(v, weights) for v in VARIANTS}, w, crs,
                                  {"crs": crs.to_string() if crs is not None else None,
                                   "bounds": list(_bounds(scene, w))}))
     record = {"rasters": [str(p) for p in inputs], "window": window, "spacing": spacing,
               "candidate_windows": len(candidates),
               "why_none": (f"no window of {window} px with at least {data.scenes.min_valid:.0%} valid pixels "
                            "outside the labels and validation/test regions")}
-    if weights is not None:
-        record["class_weights"] = dict(zip(segmenter.classes, map(float, weights)))
+    record["class_weights"] = dict(zip(segmenter.classes, map(float, weights)))
     options["weights"] = weights
     return ranked, record
 
