@@ -18,3 +18,4 @@ def test_python_api_session_runs_as_written(tmp_path, monkeypatch):
     assert (tmp_path / "session" / "run" / "best.ckpt").is_file()
     assert (tmp_path / "session" / "model" / "model.safetensors").is_file()
     assert any((tmp_path / "session" / "predictions").iterdir())
+    assert len((tmp_path / "session" / "next" / "suggestions.txt").read_text().split()) == 4

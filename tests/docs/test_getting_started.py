@@ -19,6 +19,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pyogrio
 import pytest
 import rasterio
 import shapely
@@ -194,6 +195,9 @@ def test_getting_started_runs_as_written(tmp_path):
     assert (scene / "predictions" / "scene_confidence.tif").is_file()
     assert (scene / "splits" / "labelled.gpkg").is_file() and (scene / "splits" / "held_out.gpkg").is_file()
     assert (scene / "runs" / "myscene_val" / "best.ckpt").is_file()
+    assert len((project / "next" / "suggestions.txt").read_text().split()) == 4
+    windows = pyogrio.read_info(scene / "next" / "suggestions.gpkg")
+    assert 1 <= windows["features"] <= 5 and windows["crs"] == RASTER_CRS
     val = json.loads((scene / "runs" / "myscene_val" / "metrics_val.json").read_text())
     assert "mIoU" in json.dumps(val)
 

@@ -40,9 +40,9 @@ from co2s.data.raster import Window, bounded_gdal_cache
 from co2s.data.sources import read_split, split_path
 from co2s.errors import Co2sError, DataError
 from co2s.evaluation.pictures import display_rgb, heat_colours, write_comparison
-from co2s.evaluation.run import model_data
+from co2s.evaluation.run import _model_files, model_data
 from co2s.inference.uncertainty import (PREDICTED, TERMS, RegionScores, check_score, class_weights,
-                                        pixel_score, pixel_terms)
+                                        pixel_score, pixel_terms, region_score)
 from co2s.progress import progress_bar
 from co2s.version import __version__
 
@@ -102,7 +102,7 @@ def suggest(segmenter, data, out: str | os.PathLike, *, budget: int = 10, score:
     if kind == "tiles":
         ranked, record = _rank_tiles(segmenter, data, pool, exclude, options, check)
     else:
-        window = window or segmenter.tile
+        window = window or segmenter.tile - segmenter.tile % WINDOW_STEPS
         spacing = window if spacing is None else spacing
         if window < 8 or window % WINDOW_STEPS:
             raise Co2sError(f"--window must be a multiple of {WINDOW_STEPS} pixels, at least 8, got {window}")
@@ -129,14 +129,6 @@ def suggest(segmenter, data, out: str | os.PathLike, *, budget: int = 10, score:
 # ---------------------------------------------------------------------------------------------
 # outputs: checked before the work, written after it
 # ---------------------------------------------------------------------------------------------
-
-
-def _model_files(segmenter) -> list[Path]:
-    source = segmenter.info.get("source")
-    if not source:
-        return []
-    source = Path(source)
-    return sorted(source.iterdir()) if source.is_dir() else [source]
 
 
 def _check_outputs(paths: dict[str, Path], inputs: list[Path], overwrite: bool) -> None:
@@ -171,7 +163,7 @@ def _write_outputs(kind, paths, top, ranked, segmenter, data, score, sheet, opti
     else:
         written["windows"] = _write_windows(paths["suggestions.gpkg"], top)
     written["scores"] = write_text(paths["scores.csv"], _csv(ranked, kind))
-    if sheet > 0:
+    if sheet and sheet > 0:
         written["contact_sheet"] = _contact_sheet(paths["contact_sheet.png"], top[:sheet], segmenter, data, score,
                                                   options)
     written["record"] = paths["suggest.json"]
@@ -292,30 +284,29 @@ class _Cells:
         self.class_default = np.zeros((*shape, self.num_classes))
 
     def add(self, piece: Window, maps: dict[str, np.ndarray], valid: np.ndarray, excluded: np.ndarray | None) -> None:
+        """Add a piece's pixels to the cells it touches (only those: memory and time follow the piece)."""
         rows = (piece.y + np.arange(piece.height)) // self.cell
         cols = (piece.x + np.arange(piece.width)) // self.cell
-        index = (rows[:, None] * self.nx + cols[None, :])
-        n = self.ny * self.nx
+        r0, c0 = int(rows[0]), int(cols[0])
+        ny, nx = int(rows[-1]) - r0 + 1, int(cols[-1]) - c0 + 1
+        index = (rows[:, None] - r0) * nx + (cols[None, :] - c0)
+        cells = (slice(r0, r0 + ny), slice(c0, c0 + nx))
 
-        def count(mask, weights=None):
-            return np.bincount(index[mask], weights=None if weights is None else weights[mask],
-                               minlength=n).reshape(self.ny, self.nx)
+        def count(mask, weights=None, k: int = 1):
+            where = index if k == 1 else index * k + classes
+            return np.bincount(where[mask], weights=None if weights is None else weights[mask],
+                               minlength=ny * nx * k).reshape((ny, nx) if k == 1 else (ny, nx, k))
 
-        self.valid += count(valid)
-        if excluded is not None:
-            self.excluded += count(excluded)
-            keep = valid & ~excluded
-        else:
-            keep = valid
-        self.pixels += count(keep)
-        for t in self.terms:
-            self.sums[t] += count(keep, maps[t])
         classes = maps[PREDICTED].astype(np.int64)
-        flat = (index * self.num_classes + classes)[keep]
-        k = n * self.num_classes
-        self.class_pixels += np.bincount(flat, minlength=k).reshape(self.ny, self.nx, self.num_classes)
-        self.class_default += np.bincount(flat, weights=pixel_score(maps, "default")[keep],
-                                          minlength=k).reshape(self.ny, self.nx, self.num_classes)
+        keep = valid if excluded is None else valid & ~excluded
+        self.valid[cells] += count(valid)
+        if excluded is not None:
+            self.excluded[cells] += count(excluded)
+        self.pixels[cells] += count(keep)
+        for t in self.terms:
+            self.sums[t][cells] += count(keep, maps[t])
+        self.class_pixels[cells] += count(keep, k=self.num_classes)
+        self.class_default[cells] += count(keep, pixel_score(maps, "default"), k=self.num_classes)
 
 
 def _window_sums(a: np.ndarray, span_y: int, span_x: int) -> np.ndarray:
@@ -325,26 +316,41 @@ def _window_sums(a: np.ndarray, span_y: int, span_x: int) -> np.ndarray:
     return c[span_y:, span_x:] - c[:-span_y, span_x:] - c[span_y:, :-span_x] + c[:-span_y, :-span_x]
 
 
-def _scene_windows(scene_index: int, scene, cells: _Cells, window: int, min_valid: float, score: str,
-                   weights) -> list[tuple[float, int, Window, RegionScores]]:
-    """Every candidate window of a raster (a window every cell, ``WINDOW_STEPS`` cells wide; a
-    raster smaller than a window is one window) that holds no excluded pixel and enough valid ones,
-    with its score."""
+@dataclass
+class _Windows:
+    """The candidate windows of one raster (a window every cell, ``WINDOW_STEPS`` cells wide; a
+    raster smaller than a window is one window): their sums by top-left cell and their scores
+    (NaN: not a candidate, as it holds an excluded pixel, too few valid ones or none counted)."""
+
+    scene: object
+    cell: int
+    window: int
+    sums: dict
+    terms: dict
+    scores: np.ndarray
+
+    def box(self, cy: int, cx: int) -> Window:
+        x, y = cx * self.cell, cy * self.cell
+        return Window(x, y, min(self.window, self.scene.width - x), min(self.window, self.scene.height - y))
+
+    def region(self, cy: int, cx: int, num_classes: int) -> RegionScores:
+        return RegionScores(num_classes, int(self.sums["pixels"][cy, cx]),
+                            {t: float(v[cy, cx]) for t, v in self.terms.items()},
+                            self.sums["class_pixels"][cy, cx].copy(), self.sums["class_default"][cy, cx].copy())
+
+
+def _scene_windows(scene, cells: _Cells, window: int, min_valid: float, score: str, weights) -> _Windows:
     span_y, span_x = min(WINDOW_STEPS, cells.ny), min(WINDOW_STEPS, cells.nx)
     sums = {name: _window_sums(getattr(cells, name), span_y, span_x)
             for name in ("pixels", "valid", "excluded", "class_pixels", "class_default")}
     terms = {t: _window_sums(v, span_y, span_x) for t, v in cells.sums.items()}
-    out = []
-    for cy, cx in zip(*np.nonzero((sums["pixels"] > 0) & (sums["excluded"] == 0))):
-        x, y = int(cx) * cells.cell, int(cy) * cells.cell
-        w = Window(x, y, min(window, scene.width - x), min(window, scene.height - y))
-        if sums["valid"][cy, cx] < min_valid * w.width * w.height:
-            continue
-        region = RegionScores(cells.num_classes, int(sums["pixels"][cy, cx]),
-                              {t: float(v[cy, cx]) for t, v in terms.items()},
-                              sums["class_pixels"][cy, cx].copy(), sums["class_default"][cy, cx].copy())
-        out.append((region.score(score, weights), scene_index, w, region))
-    return out
+    ys = np.arange(sums["pixels"].shape[0]) * cells.cell
+    xs = np.arange(sums["pixels"].shape[1]) * cells.cell
+    area = np.minimum(window, scene.height - ys)[:, None] * np.minimum(window, scene.width - xs)[None, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scores = region_score(score, sums["pixels"], terms, sums["class_default"], weights).astype(np.float64)
+    usable = (sums["pixels"] > 0) & (sums["excluded"] == 0) & (sums["valid"] >= min_valid * area)
+    return _Windows(scene, cells.cell, window, sums, terms, np.where(usable, scores, np.nan))
 
 
 def _label_files(data) -> list[Path]:
@@ -402,26 +408,29 @@ def _rank_windows(segmenter, data, window: int, spacing: int, options, check) ->
                 scene.reader.close()
             all_cells.append(cells)
     weights = class_weights(sum(c.class_pixels.sum((0, 1)) for c in all_cells))
-    candidates = []
-    for i, (scene, cells) in enumerate(zip(scenes, all_cells)):
-        candidates += _scene_windows(i, scene, cells, window, data.scenes.min_valid, options["score"], weights)
-    candidates.sort(key=lambda c: (-c[0], c[1], c[2].y, c[2].x))
-    taken: list[tuple[float, int, Window, RegionScores]] = []
-    for candidate in candidates:
+    windows = [_scene_windows(scene, cells, window, data.scenes.min_valid, options["score"], weights)
+               for scene, cells in zip(scenes, all_cells)]
+    # every candidate, best first (ties: raster, row, column), then taken greedily with the spacing
+    flat = [(i, cy, cx) for i, w in enumerate(windows) for cy, cx in zip(*np.nonzero(np.isfinite(w.scores)))]
+    values = np.array([windows[i].scores[cy, cx] for i, cy, cx in flat])
+    taken: list[tuple[int, Window, int, int]] = []
+    for k in np.argsort(-values, kind="stable") if len(flat) else []:
         if len(taken) == options["budget"]:
             break
-        if all(t[1] != candidate[1] or _gap(t[2], candidate[2]) >= spacing for t in taken):
-            taken.append(candidate)
+        i, cy, cx = flat[k]
+        box = windows[i].box(int(cy), int(cx))
+        if all(j != i or _gap(other, box) >= spacing for j, other, _, _ in taken):
+            taken.append((i, box, int(cy), int(cx)))
     ranked = []
-    for rank, (value, i, w, region) in enumerate(taken, start=1):
-        scene = scenes[i]
+    for rank, (i, box, cy, cx) in enumerate(taken, start=1):
+        scene, region = scenes[i], windows[i].region(cy, cx, segmenter.num_classes)
         crs = scene.crs if scene.reader.georeferenced else None
-        ranked.append(Suggestion(rank, str(scene.path), scene.path, value, region.means(), region.pixels,
-                                 {v: region.score(v, weights) for v in VARIANTS}, w, crs,
+        ranked.append(Suggestion(rank, str(scene.path), scene.path, float(windows[i].scores[cy, cx]), region.means(),
+                                 region.pixels, {v: region.score(v, weights) for v in VARIANTS}, box, crs,
                                  {"crs": crs.to_string() if crs is not None else None,
-                                  "bounds": list(_bounds(scene, w))}))
+                                  "bounds": list(_bounds(scene, box))}))
     record = {"rasters": [str(p) for p in inputs], "window": window, "spacing": spacing,
-              "candidate_windows": len(candidates),
+              "candidate_windows": len(flat),
               "why_none": (f"no window of {window} px with at least {data.scenes.min_valid:.0%} valid pixels "
                            "outside the labels and validation/test regions")}
     record["class_weights"] = dict(zip(segmenter.classes, map(float, weights)))
@@ -527,7 +536,7 @@ def _contact_sheet(path: Path, shown: list[Suggestion], segmenter, data, score: 
         where = Path(s.name).name if s.window is None else (
             f"{Path(s.name).name} x {s.window.x} y {s.window.y}")
         captions.append(f"#{s.rank}  {where}  score {s.score:.3f}")
-    return write_comparison(path, rows, ["image", "prediction", f"{score} score per pixel"], segmenter.classes,
+    return write_comparison(path, rows, ["image", "prediction", f"score per pixel ({score})"], segmenter.classes,
                             data.palette or _grey_palette(segmenter.num_classes), scale=1, captions=captions)
 
 

@@ -86,6 +86,19 @@ def class_weights(predicted_pixels: np.ndarray) -> np.ndarray:
     return np.minimum(1.0, (1.0 / k) / np.maximum(share, 1e-12))
 
 
+def region_score(score: str, pixels, sums: dict, class_default, weights: np.ndarray | None = None):
+    """The ``score`` of regions from their sums over their counted pixels: ``pixels``, each term's
+    sum (``sums``) and the default score's sum per predicted class (``class_default``, classes on
+    the last axis); arrays of many regions or the numbers of one."""
+    if score == "balanced":
+        total = (class_default * weights).sum(-1)
+    elif score == "default":
+        total = class_default.sum(-1)
+    else:
+        total = sums[score]
+    return total / pixels
+
+
 @dataclass
 class RegionScores:
     """Sums over the valid pixels of one region: each term, and the default per-pixel score per
@@ -132,8 +145,4 @@ class RegionScores:
         """The region's ``score`` (None without a counted pixel)."""
         if not self.pixels:
             return None
-        if score == "balanced":
-            return float((self.class_default * weights).sum() / self.pixels)
-        if score == "default":
-            return float(self.class_default.sum() / self.pixels)
-        return self.sums[score] / self.pixels
+        return float(region_score(score, self.pixels, self.sums, self.class_default, weights))
