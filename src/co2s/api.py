@@ -139,21 +139,24 @@ def export(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, predict
 def suggest(checkpoint, out: str | os.PathLike, config=None, *, budget: int = 10, score: str = "default",
             pool: list[str] | None = None, exclude: list[str] | None = None, window: int | None = None,
             spacing: int | None = None, sheet: int = 12, prediction: str | None = None, device: str = "auto",
-            batch_size: int | None = None, overwrite: bool = False, progress: bool = True) -> dict:
+            batch_size: int | None = None, overwrite: bool = False, progress: bool = True,
+            overrides: list[str] | None = None) -> dict:
     """``co2s suggest``: what to label next. Rank the unlabelled tiles (``pool``, default
     ``data.splits.unlabelled``, minus the labelled, validation, test and ``exclude`` lists) or the
     windows of scenes (``window`` pixels, ``spacing`` apart, outside labels and held-out regions)
     by how unsure the model is there (``score``: default, entropy, margin, disagreement, balanced;
     :mod:`co2s.inference.uncertainty`), and write the top ``budget`` into ``out``
     (:mod:`co2s.evaluation.suggest`). ``checkpoint``: a checkpoint, a model folder or a
-    :class:`Segmenter`; ``config``: the data (default: the checkpoint's own)."""
+    :class:`Segmenter`; ``config``: the data (default: the checkpoint's own, with ``overrides``:
+    ``--set`` strings such as ``data.root=/new/place``)."""
     from co2s.evaluation.suggest import suggest as run
     from co2s.inference.segmenter import resolve_device
 
     segmenter = checkpoint if isinstance(checkpoint, Segmenter) else Segmenter.load(checkpoint, prediction)
     if prediction is not None and isinstance(checkpoint, Segmenter):
         segmenter.contract = segmenter.contract.with_prediction(prediction)
-    data = (config if config is not None else segmenter.training_config).data
+    config = config if config is not None else segmenter.training_config
+    data = (config.override(overrides) if overrides else config).data
     segmenter = segmenter.to(resolve_device(device))
     return run(segmenter, data, out, budget=budget, score=score, pool=pool, exclude=exclude, window=window,
                spacing=spacing, sheet=sheet, overwrite=overwrite, progress=progress, batch_size=batch_size)

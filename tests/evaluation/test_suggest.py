@@ -281,6 +281,23 @@ def test_spacing_spreads_the_windows(scene, tmp_path):
     assert min(gaps(apart)) >= 64 and apart[0] == (120, 136)
 
 
+def test_an_earlier_suggestion_excludes_its_windows(scene, tmp_path):
+    config, _ = scene
+    first = tmp_path / "first"
+    co2s.suggest(segmenter(), first, config, budget=2, window=32, spacing=0, progress=False, sheet=0)
+    earlier = shapely.from_wkb(pyogrio.raw.read(first / "suggestions.gpkg")[2])
+    again = co2s.suggest(segmenter(), tmp_path / "second", config, budget=3, window=32, spacing=0, progress=False,
+                         sheet=0, exclude=[str(first / "suggestions.gpkg")])
+    later = shapely.from_wkb(pyogrio.raw.read(tmp_path / "second" / "suggestions.gpkg")[2])
+    assert len(later) == 3 and again["excluded_by"] == [str(first / "suggestions.gpkg")]
+    assert all(a.intersection(b).area == 0 for a in earlier for b in later)
+    # the file excluded is an input: never written over, even with overwrite
+    with pytest.raises(Co2sError, match="one of the inputs"):
+        co2s.suggest(segmenter(), first, config, window=32, exclude=[str(first / "suggestions.gpkg")],
+                     overwrite=True, progress=False)
+    assert shapely.from_wkb(pyogrio.raw.read(first / "suggestions.gpkg")[2]).tolist() == earlier.tolist()
+
+
 def test_scene_options_are_checked(scene, tmp_path):
     config, _ = scene
     with pytest.raises(Co2sError, match="multiple of 4"):

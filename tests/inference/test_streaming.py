@@ -76,6 +76,30 @@ def test_fusion_is_applied_to_each_students_blended_logits():
         np.testing.assert_allclose(got, conf.numpy(), atol=1e-6)
 
 
+@pytest.mark.parametrize("panel", [4096, 20])
+def test_pixel_maps_are_of_the_whole_image_blended_logits(panel):
+    """co2s suggest's per-pixel terms, streamed across panels and strips, equal the terms of the
+    whole-image blended logits of both students."""
+    from co2s.inference.uncertainty import pixel_terms
+
+    torch.manual_seed(0)
+    image = torch.rand(1, 40, 52)
+    models = {"a": _context_model, "b": lambda t: _context_model(t.flip(-1) * 2)}
+    whole = {name: sliding_window_logits(m, image[None], 3, 16, 11, weight=blend_weight(16, 16))
+             for name, m in models.items()}
+    expected = pixel_terms("mean", ["a", "b"])(whole)
+    assert 0 < expected["disagreement"].mean() < 1  # the students do disagree somewhere, not everywhere
+    grid = TileGrid.over(40, 52, 16, 11)
+    got = {name: np.full((40, 52), np.nan, np.float32) for name in expected}
+    for window, pieces in stream_prediction_maps(lambda w: (image[:, w.slices[0], w.slices[1]], None), grid, models,
+                                                 3, ["mean"], 3, panel_width=panel,
+                                                 pixel_maps=pixel_terms("mean", ["a", "b"])):
+        for name in expected:
+            got[name][window.slices] = pieces[name]
+    for name, values in expected.items():
+        np.testing.assert_allclose(got[name], values.numpy(), atol=1e-5, err_msg=name)
+
+
 def test_tiles_without_valid_pixels_are_skipped_without_changing_valid_pixels():
     torch.manual_seed(0)
     image = torch.rand(1, 48, 60)

@@ -193,12 +193,11 @@ def cmd_suggest(args) -> int:
     from co2s import api
 
     config = api.load_config(args.config, args.overrides) if args.config else None
-    if config is None and args.overrides:
-        config = api.Segmenter.load(args.checkpoint).training_config.override(args.overrides)
     r = api.suggest(args.checkpoint, args.out, config, budget=args.budget, score=args.score, pool=args.pool,
                     exclude=args.exclude, window=args.window, spacing=args.spacing, sheet=args.sheet,
                     prediction=_prediction(args), device=args.device, batch_size=args.batch_size,
-                    overwrite=args.overwrite, progress=not args.no_progress)
+                    overwrite=args.overwrite, progress=not args.no_progress,
+                    overrides=None if args.config else args.overrides)
     if r["kind"] == "tiles":
         print(f"{r['scored_tiles']} tile(s) ranked ({r['excluded_tiles']} of {r['pool_tiles']} already labelled or "
               f"held out) by the {r['score']} score of prediction {r['prediction']}")
@@ -494,9 +493,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "the default weighed up on pixels of rarely predicted classes")
     p.add_argument("--pool", action="append", metavar="LIST", help="tiles: list file or folder of the "
                    "tiles to rank (repeatable; default data.splits.unlabelled)")
-    p.add_argument("--exclude", action="append", metavar="LIST", help="tiles: list file or folder of tiles "
-                   "not to suggest, e.g. those being labelled now (repeatable; the labelled, val and test "
-                   "lists are always excluded)")
+    p.add_argument("--exclude", action="append", metavar="FILE", help="what not to suggest, e.g. what is being "
+                   "labelled now (repeatable): tiles: a list file or folder (the labelled, val and test lists are "
+                   "always excluded); scenes: a vector file of areas, such as an earlier suggestions.gpkg (labelled "
+                   "polygons and validation/test regions are always excluded)")
     p.add_argument("--window", type=int, help="scenes: window side in pixels, a multiple of 4 (default: the "
                    "model's tile)")
     p.add_argument("--spacing", type=int, help="scenes: least gap in pixels between two suggested windows "

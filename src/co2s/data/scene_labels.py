@@ -275,30 +275,7 @@ class VectorLabels:
     def in_pixels(self, crs, transform, what: str) -> np.ndarray:
         """The polygons in the pixel coordinates of a scene with ``crs`` and ``transform``,
         reprojected when the CRSs differ."""
-        import shapely
-        from rasterio.warp import transform as reproject_points
-
-        inverse = ~transform
-        same = crs == self.crs
-
-        def to_pixels(xy: np.ndarray) -> np.ndarray:
-            x, y = xy[:, 0], xy[:, 1]
-            if not same and len(x):
-                try:
-                    x, y = (np.asarray(v, dtype=np.float64) for v in reproject_points(self.crs, crs, x, y))
-                except Exception as exc:  # rasterio's CPLE_* errors from PROJ
-                    raise DataError(f"{self.path}: the polygons cannot be reprojected from {crs_name(self.crs)} "
-                                    f"to the CRS of {what} ({crs_name(crs)}): {exc}") from None
-            return np.column_stack([inverse.a * x + inverse.b * y + inverse.c,
-                                    inverse.d * x + inverse.e * y + inverse.f])
-
-        pixels = shapely.transform(self.geoms, to_pixels)
-        bounds = shapely.bounds(pixels)
-        broken = self.fids[~np.isfinite(bounds).all(1)].tolist()
-        if broken:
-            raise DataError(f"{self.path}: feature id(s) {shown_items(broken)} cannot be reprojected from "
-                            f"{self.crs.to_string()} to the CRS of {what} ({crs.to_string()})")
-        return pixels
+        return polygons_in_pixels(self.geoms, self.fids, self.crs, self.path, crs, transform, what)
 
     def for_scene(self, pixels: np.ndarray, fill: int) -> VectorSceneLabels:
         return VectorSceneLabels(pixels, self.values, fill, self.ignore_index)
@@ -385,6 +362,36 @@ class VectorSceneLabels:
         if hits.size == 0:
             return np.full(out_shape, self.fill, np.int64)
         return burn(self.geoms[hits], self.values[hits], window, out_shape, self.fill)
+
+
+def polygons_in_pixels(geoms: np.ndarray, fids: np.ndarray, source_crs, path: Path, crs, transform,
+                       what: str) -> np.ndarray:
+    """Polygons of ``path`` (in ``source_crs``) in the pixel coordinates of a scene with ``crs`` and
+    ``transform``, reprojected when the CRSs differ; a DataError names the features that cannot be."""
+    import shapely
+    from rasterio.warp import transform as reproject_points
+
+    inverse = ~transform
+    same = crs == source_crs
+
+    def to_pixels(xy: np.ndarray) -> np.ndarray:
+        x, y = xy[:, 0], xy[:, 1]
+        if not same and len(x):
+            try:
+                x, y = (np.asarray(v, dtype=np.float64) for v in reproject_points(source_crs, crs, x, y))
+            except Exception as exc:  # rasterio's CPLE_* errors from PROJ
+                raise DataError(f"{path}: the polygons cannot be reprojected from {crs_name(source_crs)} "
+                                f"to the CRS of {what} ({crs_name(crs)}): {exc}") from None
+        return np.column_stack([inverse.a * x + inverse.b * y + inverse.c,
+                                inverse.d * x + inverse.e * y + inverse.f])
+
+    pixels = shapely.transform(geoms, to_pixels)
+    bounds = shapely.bounds(pixels)
+    broken = fids[~np.isfinite(bounds).all(1)].tolist()
+    if broken:
+        raise DataError(f"{path}: feature id(s) {shown_items(broken)} cannot be reprojected from "
+                        f"{source_crs.to_string()} to the CRS of {what} ({crs.to_string()})")
+    return pixels
 
 
 def burn(geoms: np.ndarray, values: np.ndarray, window: Window, out_shape: tuple[int, int], fill: int) -> np.ndarray:

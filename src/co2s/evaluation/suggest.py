@@ -13,8 +13,8 @@ tiles and blending), so the scores describe the map the user gets.
   list) and ``scores.csv`` (every tile ranked, each term).
 - **Scenes** (``data.scenes``): windows of ``window`` pixels placed every quarter window over each
   raster, scored over their valid pixels outside labelled polygons and validation/test regions; a
-  window holding a labelled or held-out pixel, or with less than ``data.scenes.min_valid`` valid
-  pixels, is not suggested; the best windows are taken greedily, each at least ``spacing`` pixels
+  window holding a labelled or held-out pixel or one inside an ``exclude`` vector file, or with less
+  than ``data.scenes.min_valid`` valid pixels, is not suggested; the best windows are taken greedily, each at least ``spacing`` pixels
   from those taken before (so suggestions spread over the scene). Writes ``suggestions.gpkg`` (the
   windows as polygons in the raster's CRS, with rank, score and terms: open it in QGIS beside the
   polygons you draw) and ``scores.csv``.
@@ -85,9 +85,9 @@ def suggest(segmenter, data, out: str | os.PathLike, *, budget: int = 10, score:
         raise Co2sError(f"--budget must be a positive number of suggestions, got {budget}")
     data = model_data(segmenter, data)
     kind = "scenes" if data.scenes is not None else "tiles"
-    if kind == "scenes" and (pool or exclude):
-        raise Co2sError("--pool and --exclude are for tile datasets; scenes are ranked over data.scenes.rasters "
-                        "outside their labels and validation/test regions")
+    if kind == "scenes" and pool:
+        raise Co2sError("--pool is for tile datasets; scenes are ranked over data.scenes.rasters outside their "
+                        "labels and validation/test regions (--exclude adds vector files of areas to avoid)")
     if kind == "tiles" and (window is not None or spacing is not None):
         raise Co2sError("--window and --spacing are for scenes (data.scenes); tiles are ranked whole")
     out = Path(out)
@@ -108,7 +108,7 @@ def suggest(segmenter, data, out: str | os.PathLike, *, budget: int = 10, score:
             raise Co2sError(f"--window must be a multiple of {WINDOW_STEPS} pixels, at least 8, got {window}")
         if spacing < 0:
             raise Co2sError(f"--spacing must be 0 or more pixels, got {spacing}")
-        ranked, record = _rank_windows(segmenter, data, window, spacing, options, check)
+        ranked, record = _rank_windows(segmenter, data, window, spacing, exclude, options, check)
     top = ranked[:budget]
     if not top:
         raise DataError(f"nothing to suggest: {record['why_none']}")
@@ -367,20 +367,42 @@ def _gap(a: Window, b: Window) -> int:
     return max(a.x - b.x1, b.x - a.x1, a.y - b.y1, b.y - a.y1)
 
 
-def _rank_windows(segmenter, data, window: int, spacing: int, options, check) -> tuple[list[Suggestion], dict]:
+def _exclusions(paths: list[str], data, scenes) -> tuple[list[Path], list[list]]:
+    """``--exclude`` for scenes: vector files of areas not to suggest (polygons being labelled now,
+    an earlier suggestions.gpkg), placed on each scene as labels are (one rasterisation rule)."""
+    from co2s.data.scene_labels import PolygonLayer, VectorSceneLabels, parse_crs, polygons_in_pixels
+    from co2s.data.sources import resolve
+
+    files = [resolve(Path.cwd(), p) for p in paths or []]
+    per_scene: list[list] = [[] for _ in scenes]
+    ignore = data.ignore_index
+    for path in files:
+        layer = PolygonLayer(path, None, None, "--exclude", force_2d=True)
+        crs = layer.crs or parse_crs(None, f"vector file {layer.described}", "vector", path)
+        for i, scene in enumerate(scenes):
+            pixels = polygons_in_pixels(layer.geoms, layer.fids, crs, path, scene.crs, scene.transform,
+                                        str(scene.path))
+            per_scene[i].append(VectorSceneLabels(pixels, np.zeros(len(pixels), np.int64), ignore, ignore))
+    return files, per_scene
+
+
+def _rank_windows(segmenter, data, window: int, spacing: int, exclude, options, check
+                  ) -> tuple[list[Suggestion], dict]:
     from co2s.data.scenes import load_scenes
 
     scene_set = load_scenes(data, segmenter.in_channels, progress=options["progress"])
     scenes = scene_set.scenes
     inputs = [s.path for s in scenes]
-    check(inputs + _label_files(data))
+    excluded_files, exclusions = _exclusions(exclude, data, scenes)
+    check(inputs + _label_files(data) + excluded_files)
     cell = window // WINDOW_STEPS
     terms = pixel_terms(segmenter.prediction, list(segmenter.models))
     present = tuple(t for t in TERMS if t != "disagreement" or len(segmenter.models) == 2)
     ignore = data.ignore_index
     all_cells = []
     with bounded_gdal_cache():
-        for scene in progress_bar(scenes, desc="scoring scenes", enabled=options["progress"]):
+        for scene, avoid in zip(progress_bar(scenes, desc="scoring scenes", enabled=options["progress"]),
+                                exclusions):
             cells = _Cells(cell, -(-scene.height // cell), -(-scene.width // cell), segmenter.num_classes,
                            present)
 
@@ -401,6 +423,10 @@ def _rank_windows(segmenter, data, window: int, spacing: int, options, check) ->
                     if scene.labels.touches(piece):
                         excluded = scene.labels.read(piece, piece.shape) != ignore
                     held = scene.held_out_mask(piece, piece.shape)
+                    for source in avoid:
+                        if source.touches(piece):
+                            area = source.read(piece, piece.shape) != ignore
+                            held = area if held is None else held | area
                     if held is not None:
                         excluded = held if excluded is None else excluded | held
                     cells.add(piece, maps, valid, excluded)
@@ -430,6 +456,7 @@ def _rank_windows(segmenter, data, window: int, spacing: int, options, check) ->
                                  {"crs": crs.to_string() if crs is not None else None,
                                   "bounds": list(_bounds(scene, box))}))
     record = {"rasters": [str(p) for p in inputs], "window": window, "spacing": spacing,
+              "excluded_by": [str(p) for p in excluded_files],
               "candidate_windows": len(flat),
               "why_none": (f"no window of {window} px with at least {data.scenes.min_valid:.0%} valid pixels "
                            "outside the labels and validation/test regions")}
