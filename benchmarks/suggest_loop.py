@@ -100,8 +100,8 @@ def prepare(dataset: str, work: Path, data_dir: Path) -> tuple[Path, list[str], 
         sys.exit(f"AI4Mars not found under {root}: give --data (the folder holding ai4mars-msl-256)")
     ids = [line.strip() for line in (root / "splits" / "train.txt").read_text().splitlines() if line.strip()]
     chosen = set(random.Random(0).sample(range(len(ids)), len(ids) // 16))  # the 1/16 split, seed 0
-    lines = [f"images/{i}.jpg masks/{i}.png" for i in ids]
-    return root, [x for k, x in enumerate(lines) if k in chosen], [x for k, x in enumerate(lines) if k not in chosen]
+    # bare IDs, as the preset's lists are: data.id_format makes the image and mask paths of both lists
+    return root, [x for k, x in enumerate(ids) if k in chosen], [x for k, x in enumerate(ids) if k not in chosen]
 
 
 def write_lists(folder: Path, labelled: list[str], pool: list[str]) -> tuple[Path, Path]:
@@ -132,16 +132,16 @@ def train_and_test(config) -> dict:
             "step": metrics["checkpoint_step"], "train_seconds": round(seconds, 1)}
 
 
-def tile_errors(checkpoint: Path, root: Path, pool: list[str]) -> dict[str, float]:
-    """Per pool tile (its list line's image), 1 - pixel accuracy of the model over its labelled pixels."""
+def tile_errors(checkpoint: Path, data, labelled_list: Path) -> dict[str, float]:
+    """Per pool tile (by its unlabelled-list entry), 1 - pixel accuracy of the model over the
+    labelled pixels of its mask (``labelled_list``: the pool as a labelled list)."""
     segmenter = co2s.Segmenter.load(checkpoint)
     errors = {}
-    for line in pool:
-        image, mask = line.split()
-        truth = read_mask(root / mask).astype(np.int64)
-        predicted = segmenter.predict(root / image, confidence=False).classes
-        keep = truth != 255
-        errors[image] = float((predicted[keep] != truth[keep]).mean()) if keep.any() else math.nan
+    for sample in read_split(str(labelled_list), data, labelled=True):
+        truth = read_mask(sample.mask).astype(np.int64)
+        predicted = segmenter.predict(sample.image, confidence=False).classes
+        keep = truth != data.ignore_index
+        errors[sample.entry.split()[0]] = float((predicted[keep] != truth[keep]).mean()) if keep.any() else math.nan
     return errors
 
 
@@ -173,12 +173,14 @@ def variants_against_error(scores_csv: Path, errors: dict[str, float], add: int)
 
 
 def run_loop(dataset: str, seeds: list[int], rounds: int, work: Path, out: Path, data_dir: Path,
-             extra: list[str]) -> None:
+             extra: list[str], add: int | None = None, pool_size: int | None = None) -> None:
     spec = DATASETS[dataset]
     records = out / dataset / "records"
     records.mkdir(parents=True, exist_ok=True)
     root, initial, pool0 = prepare(dataset, work, data_dir)
-    add = spec["add"]
+    if pool_size is not None:  # a smaller pool (seeded), e.g. to try the loop quickly
+        pool0 = [pool0[i] for i in sorted(random.Random(0).sample(range(len(pool0)), pool_size))]
+    add = add or spec["add"]
     for seed in seeds:
         state = {"suggest": (list(initial), list(pool0)), "random": (list(initial), list(pool0))}
         checkpoints: dict[str, Path] = {}
@@ -236,7 +238,9 @@ def choose(arm: str, checkpoint: Path, root: Path, labelled: list[str], pool: li
     start = time.perf_counter()
     result = co2s.suggest(segmenter, folder / "suggest", config, budget=add, progress=False, overwrite=True)
     seconds = time.perf_counter() - start
-    errors = tile_errors(checkpoint, root, pool)
+    pool_labelled = folder / "lists" / "pool_labelled.txt"
+    pool_labelled.write_text("".join(f"{x}\n" for x in pool))
+    errors = tile_errors(checkpoint, config.data, pool_labelled)
     added = [s["name"] for s in result["suggestions"]]
     samples = {s.entry: s for s in read_split(str(lists[1]), config.data, labelled=False)}
     assert all(a in samples for a in added), "a suggestion is not in the pool"
@@ -352,6 +356,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/co2s_suggest_loop"),
                         help="run folders and lists (not committed)")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--add", type=int, help="tiles added per round (default: the dataset's)")
+    parser.add_argument("--pool-size", type=int, help="rank a seeded subset of the pool (default: all of it)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="more config overrides for every run (e.g. a GPU's size)")
     parser.add_argument("--report", action="store_true", help="only write results.md and the plot")
@@ -359,7 +365,8 @@ def main() -> None:
     if not args.report:
         if not args.dataset:
             parser.error("give --dataset (or --report)")
-        run_loop(args.dataset, args.seeds, args.rounds, args.work, args.out, args.data, args.overrides)
+        run_loop(args.dataset, args.seeds, args.rounds, args.work, args.out, args.data, args.overrides, args.add,
+                 args.pool_size)
     report(args.out)
 
 
