@@ -183,7 +183,6 @@ def run_loop(dataset: str, seeds: list[int], rounds: int, work: Path, out: Path,
     add = add or spec["add"]
     for seed in seeds:
         state = {"suggest": (list(initial), list(pool0)), "random": (list(initial), list(pool0))}
-        checkpoints: dict[str, Path] = {}
         for r in range(rounds + 1):
             for arm in (["shared"] if r == 0 else ["suggest", "random"]):
                 name = f"{arm}_r{r}_s{seed}"
@@ -193,12 +192,12 @@ def run_loop(dataset: str, seeds: list[int], rounds: int, work: Path, out: Path,
                 labelled, pool = state[key]
                 if r > 0:
                     plan_path = records / f"{name}.plan.json"
-                    if plan_path.is_file():
-                        plan = json.loads(plan_path.read_text())
-                    else:
-                        plan = choose(arm, checkpoints[arm], root, labelled, pool, add, seed, r, work / dataset / name)
-                        plan_path.write_text(json.dumps(plan, indent=1))
-                    chosen = set(plan["added"])
+                    if not plan_path.is_file():  # random picks need no model; suggestions were planned
+                        if arm == "suggest":
+                            sys.exit(f"{plan_path} is missing: remove the record of the round before to train "
+                                     "it again")
+                        plan_path.write_text(json.dumps(choose_random(pool, add, seed, r), indent=1))
+                    chosen = set(json.loads(plan_path.read_text())["added"])
                     labelled = labelled + [x for x in pool if x.split()[0] in chosen]
                     pool = [x for x in pool if x.split()[0] not in chosen]
                     state[arm] = (labelled, pool)
@@ -206,7 +205,6 @@ def run_loop(dataset: str, seeds: list[int], rounds: int, work: Path, out: Path,
                     state["random"] = (list(labelled), list(pool))
                 config = config_for(spec, root, write_lists(work / dataset / "lists" / name, labelled, pool),
                                     run_dir, seed, extra)
-                checkpoint = run_dir / "latest.ckpt"
                 if record_path.is_file():
                     print(f"{name}: recorded", flush=True)
                 else:
@@ -216,21 +214,26 @@ def run_loop(dataset: str, seeds: list[int], rounds: int, work: Path, out: Path,
                               "pool": len(pool), "git_revision": git_revision(), **result}
                     record_path.write_text(json.dumps(record, indent=1))
                     print(f"{name}: test mIoU {result['test_mIoU']:.2f} ({result['train_seconds']:.0f} s)", flush=True)
-                if arm == "shared":
-                    checkpoints["suggest"] = checkpoints["random"] = checkpoint
-                else:
-                    checkpoints[arm] = checkpoint
+                # the next suggest round's picks, planned at once from this model: the loop then goes
+                # on from the records alone (run folders need not outlive a sitting)
+                following = records / f"suggest_r{r + 1}_s{seed}.plan.json"
+                if arm != "random" and r < rounds and not following.is_file():
+                    plan = choose_suggested(run_dir / "latest.ckpt", labelled, pool, add,
+                                            work / dataset / f"suggest_r{r + 1}_s{seed}")
+                    following.write_text(json.dumps(plan, indent=1))
 
 
-def choose(arm: str, checkpoint: Path, root: Path, labelled: list[str], pool: list[str], add: int, seed: int,
-           round_: int, folder: Path) -> dict:
-    """The tiles added by ``arm`` this round, and (suggest arm) how each score variant fared."""
+def choose_random(pool: list[str], add: int, seed: int, round_: int) -> dict:
+    """``add`` tiles of the pool drawn at random (seeded by the seed and round)."""
+    picked = random.Random(1000 * seed + round_).sample(range(len(pool)), add)
+    return {"added": [pool[i].split()[0] for i in sorted(picked)]}
+
+
+def choose_suggested(checkpoint: Path, labelled: list[str], pool: list[str], add: int, folder: Path) -> dict:
+    """The top ``add`` tiles of ``co2s suggest`` with the model ``checkpoint``, and how each score
+    variant fared against the model's error on the pool."""
     if not checkpoint.is_file():
-        sys.exit(f"{checkpoint} is missing: the previous round's run folder is gone; remove its record to "
-                 "train it again")
-    if arm == "random":
-        picked = random.Random(1000 * seed + round_).sample(range(len(pool)), add)
-        return {"added": [pool[i].split()[0] for i in sorted(picked)]}
+        sys.exit(f"{checkpoint} is missing: its run folder is gone; remove its record to train it again")
     lists = write_lists(folder / "lists", labelled, pool)
     segmenter = co2s.Segmenter.load(checkpoint)
     config = segmenter.training_config.override([f"data.splits.labelled={lists[0]}",
