@@ -268,7 +268,25 @@ def mean_sd(values: list[float], digits: int = 1) -> str:
     return f"{statistics.fmean(values):.{digits}f} ± {sd:.{digits}f} (n={len(values)})"
 
 
-def report(out: Path) -> None:
+def added_class_shares(dataset: str, plans: dict[str, dict], work: Path, data_dir: Path) -> dict[str, list[float]]:
+    """Per arm, the share of each class among the labelled pixels of every tile it added (all
+    rounds and seeds), read from the masks; empty when the data is not here."""
+    try:
+        root, _, _ = prepare(dataset, work, data_dir)
+    except SystemExit:
+        return {}
+    classes = len(load_config(DATASETS[dataset]["preset"]).data.classes)
+    counts = {"suggest": np.zeros(classes), "random": np.zeros(classes)}
+    for name, plan in plans.items():
+        for entry in plan["added"]:
+            mask = (root / entry.replace("images/", "masks/") if "/" in entry else root / "masks" / f"{entry}.png")
+            values = read_mask(mask).ravel()
+            counts[name.split("_")[0]] += np.bincount(values[values < classes], minlength=classes)
+    return {arm: (c / c.sum()).tolist() for arm, c in counts.items() if c.sum()}
+
+
+def report(out: Path, work: Path = Path("/tmp/co2s_suggest_loop"), data_dir: Path = REPO.parent / "shared" / "data"
+           ) -> None:
     lines = ["# Suggest loop: labelling what co2s suggest picks vs labelling at random", "",
              "Written by `python benchmarks/suggest_loop.py --report` from the records beside it.", ""]
     plots = {}
@@ -318,6 +336,23 @@ def report(out: Path) -> None:
                 if got:
                     lines.append(f"| {v} | {mean_sd([g['spearman'] for g in got], 2)} | "
                                  f"{mean_sd([100 * g['top_mean_error'] for g in got])} % | {mean_sd(pool_error)} % |")
+        last = max(rounds)
+        if last > 0:
+            names = list(runs[0]["test_IoU"])
+            lines += ["", f"Test IoU per class after round {last} (mean over seeds):", "",
+                      "| arm | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+            for arm in ("suggest", "random"):
+                got = [r["test_IoU"] for r in runs if r["arm"] == arm and r["round"] == last]
+                if got:
+                    lines.append(f"| {arm} (n={len(got)}) | " + " | ".join(
+                        f"{statistics.fmean(g[c] for g in got):.1f}" for c in names) + " |")
+        shares = added_class_shares(dataset, plans, work, data_dir)
+        if shares:
+            names = load_config(DATASETS[dataset]["preset"]).data.classes
+            lines += ["", "Classes of the labelled pixels each arm added (all rounds and seeds, from the masks):", "",
+                      "| arm | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+            for arm, share in shares.items():
+                lines.append(f"| {arm} | " + " | ".join(f"{100 * v:.1f} %" for v in share) + " |")
         seconds = [r["train_seconds"] for r in runs]
         lines += ["", f"{len(runs)} runs, {sum(seconds) / 60:.0f} min of training "
                   f"({statistics.fmean(seconds):.0f} s per run).", ""]
@@ -370,7 +405,7 @@ def main() -> None:
             parser.error("give --dataset (or --report)")
         run_loop(args.dataset, args.seeds, args.rounds, args.work, args.out, args.data, args.overrides, args.add,
                  args.pool_size)
-    report(args.out)
+    report(args.out, args.work, args.data)
 
 
 if __name__ == "__main__":
