@@ -1,6 +1,7 @@
 """Models written by the release before the inference contract (format 1: checkpoint and exported
 folder of a lite_unet, a Co2S pair and a scene-trained model, ``make_v1_fixtures.py``) keep loading
-and predict exactly what that release predicted; exporting them again gives a folder of today's
+and predict what that release predicted (to float rounding: another build of torch or transformers
+may move a probability by 1e-7, never more than 1e-5); exporting them again gives a folder of today's
 format that loads through its contract alone."""
 
 from __future__ import annotations
@@ -21,16 +22,25 @@ FIXTURES = ["lite_unet", "co2s_pair", "scene_lite_unet"]
 KINDS = {"ckpt": "best.ckpt", "folder": "model"}
 
 
+def _assert_same(classes, confidence, expected_classes, expected_confidence, what: str) -> None:
+    """The same prediction to float rounding: every probability within 1e-5, and a class may differ
+    only where the old prediction was a near tie of its two best classes (its top probability then
+    at most one half), on under 1 % of the pixels."""
+    np.testing.assert_allclose(confidence, expected_confidence, rtol=0, atol=1e-5, err_msg=what)
+    flipped = np.asarray(classes) != np.asarray(expected_classes)
+    assert flipped.mean() < 0.01, f"{what}: {flipped.sum()} pixels changed class"
+    assert (np.asarray(expected_confidence)[flipped] <= 0.5 + 1e-4).all(), f"{what}: a decided pixel changed class"
+
+
 def _check_predictions(segmenter, expected, kind: str, scene, out) -> None:
     assert segmenter.prediction == str(expected[f"{kind}/prediction"])
     for choice, p in segmenter.predict_many(seeded_image(), segmenter.choices).items():
-        np.testing.assert_array_equal(p.classes, expected[f"{kind}/{choice}/classes"], err_msg=choice)
-        np.testing.assert_array_equal(p.confidence, expected[f"{kind}/{choice}/confidence"], err_msg=choice)
+        _assert_same(p.classes, p.confidence, expected[f"{kind}/{choice}/classes"],
+                     expected[f"{kind}/{choice}/confidence"], choice)
     co2s.predict(segmenter, [scene], out, progress=False, confidence=True)
-    with rasterio.open(out / "input_classes.tif") as src:
-        np.testing.assert_array_equal(src.read(1), expected[f"{kind}/scene/classes"])
-    with rasterio.open(out / "input_confidence.tif") as src:
-        np.testing.assert_array_equal(src.read(1), expected[f"{kind}/scene/confidence"])
+    with rasterio.open(out / "input_classes.tif") as classes, rasterio.open(out / "input_confidence.tif") as conf:
+        _assert_same(classes.read(1), conf.read(1), expected[f"{kind}/scene/classes"],
+                     expected[f"{kind}/scene/confidence"], "scene")
 
 
 @pytest.mark.parametrize("kind", KINDS)
