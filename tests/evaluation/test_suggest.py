@@ -240,6 +240,19 @@ def scene(tmp_path):
     return validate(cfg), {k: polygon(*b) for k, b in blocks.items()}
 
 
+def test_labelled_pixels_do_not_count_and_mostly_labelled_windows_are_not_suggested(scene, tmp_path):
+    config, blocks = scene
+    record = co2s.suggest(segmenter(), tmp_path / "s", config, budget=400, window=32, spacing=0, progress=False,
+                          sheet=0)
+    pixel = abs(TRANSFORM.a)
+    for s in record["suggestions"]:
+        box = shapely.box(*s["bounds"])
+        labelled = box.intersection(blocks["A"]).area / pixel**2
+        assert labelled <= 0.5 * 32 * 32
+        assert s["pixels"] == 32 * 32 - labelled  # scored over its unlabelled pixels only
+        assert box.intersection(blocks["B"]).area == 0
+
+
 def test_scene_windows_avoid_labels_and_held_out_regions_and_keep_their_spacing(scene, tmp_path):
     config, blocks = scene
     out = tmp_path / "windows"
@@ -253,8 +266,8 @@ def test_scene_windows_avoid_labels_and_held_out_regions_and_keep_their_spacing(
     assert np.all(np.diff(table["score"]) <= 0)
     # the top window lies on the free disagreeing block C, the most uncertain place left
     assert windows[0].intersection(blocks["C"]).area / windows[0].area > 0.5
-    for w in windows:  # never on a labelled polygon or a validation region
-        assert w.intersection(blocks["A"]).area == 0 and w.intersection(blocks["B"]).area == 0
+    for w in windows:  # never on a validation region; at most half on a labelled polygon (min_valid 0.5)
+        assert w.intersection(blocks["B"]).area == 0 and w.intersection(blocks["A"]).area <= 0.5 * w.area
     pixel = abs(TRANSFORM.a)
     for i in range(len(windows)):
         for j in range(i):

@@ -477,8 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
         "entropy of the fused prediction over ln K; for one model that entropy alone (--score for the "
         "others). Tiles: the pool (default data.splits.unlabelled) minus the labelled, val and test lists "
         "and --exclude; writes OUT/suggestions.txt (the top --budget tiles as list-file lines) and "
-        "OUT/scores.csv (every tile). Scenes (data.scenes): windows of --window pixels, none touching a "
-        "labelled polygon or a validation/test region, at least --spacing pixels apart; writes "
+        "OUT/scores.csv (every tile). Scenes (data.scenes): windows of --window pixels, scored outside the "
+        "labelled polygons, none touching a validation/test region, at least --spacing pixels apart; writes "
         "OUT/suggestions.gpkg (the windows in the raster's CRS, for QGIS). Both write OUT/contact_sheet.png "
         "(image, prediction, per-pixel score of the top suggestions) and OUT/suggest.json. Existing outputs "
         "are replaced only with --overwrite. See docs/suggest.md.")

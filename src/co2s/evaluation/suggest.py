@@ -12,9 +12,10 @@ tiles and blending), so the scores describe the map the user gets.
   lines relative to ``data.root``: label them and add the lines, with their masks, to the labelled
   list) and ``scores.csv`` (every tile ranked, each term).
 - **Scenes** (``data.scenes``): windows of ``window`` pixels placed every quarter window over each
-  raster, scored over their valid pixels outside labelled polygons and validation/test regions; a
-  window holding a labelled or held-out pixel or one inside an ``exclude`` vector file, or with less
-  than ``data.scenes.min_valid`` valid pixels, is not suggested; the best windows are taken greedily, each at least ``spacing`` pixels
+  raster, scored over their valid pixels outside the labelled polygons; a window holding a pixel of
+  a validation/test region or of an ``exclude`` vector file, or with less than
+  ``data.scenes.min_valid`` of its pixels valid and unlabelled, is not suggested; the best windows
+  are taken greedily, each at least ``spacing`` pixels
   from those taken before (so suggestions spread over the scene). Writes ``suggestions.gpkg`` (the
   windows as polygons in the raster's CRS, with rank, score and terms: open it in QGIS beside the
   polygons you draw) and ``scores.csv``.
@@ -265,8 +266,8 @@ def _rank_tiles(segmenter, data, pool, exclude, options, check) -> tuple[list[Su
 @dataclass
 class _Cells:
     """Sums per cell (``cell`` x ``cell`` scene pixels) of one raster: the pixels counted (valid,
-    not labelled, not held out), those excluded (labelled or held out), each term, and the default
-    score and pixel count per predicted class."""
+    not labelled, not excluded), those excluded (validation/test regions, ``--exclude`` areas),
+    each term, and the default score and pixel count per predicted class."""
 
     cell: int
     ny: int
@@ -277,14 +278,16 @@ class _Cells:
     def __post_init__(self) -> None:
         shape = (self.ny, self.nx)
         self.pixels = np.zeros(shape, np.int64)
-        self.valid = np.zeros(shape, np.int64)
         self.excluded = np.zeros(shape, np.int64)
         self.sums = {t: np.zeros(shape) for t in self.terms}
         self.class_pixels = np.zeros((*shape, self.num_classes), np.int64)
         self.class_default = np.zeros((*shape, self.num_classes))
 
-    def add(self, piece: Window, maps: dict[str, np.ndarray], valid: np.ndarray, excluded: np.ndarray | None) -> None:
-        """Add a piece's pixels to the cells it touches (only those: memory and time follow the piece)."""
+    def add(self, piece: Window, maps: dict[str, np.ndarray], valid: np.ndarray, labelled: np.ndarray | None,
+            excluded: np.ndarray | None) -> None:
+        """Add a piece's pixels to the cells it touches (only those: memory and time follow the
+        piece). ``labelled`` pixels are not counted; ``excluded`` ones (validation/test regions,
+        ``--exclude`` areas) also keep every window holding one from being suggested."""
         rows = (piece.y + np.arange(piece.height)) // self.cell
         cols = (piece.x + np.arange(piece.width)) // self.cell
         r0, c0 = int(rows[0]), int(cols[0])
@@ -298,8 +301,10 @@ class _Cells:
                                minlength=ny * nx * k).reshape((ny, nx) if k == 1 else (ny, nx, k))
 
         classes = maps[PREDICTED].astype(np.int64)
-        keep = valid if excluded is None else valid & ~excluded
-        self.valid[cells] += count(valid)
+        keep = valid
+        for mask in (labelled, excluded):
+            if mask is not None:
+                keep = keep & ~mask
         if excluded is not None:
             self.excluded[cells] += count(excluded)
         self.pixels[cells] += count(keep)
@@ -320,7 +325,7 @@ def _window_sums(a: np.ndarray, span_y: int, span_x: int) -> np.ndarray:
 class _Windows:
     """The candidate windows of one raster (a window every cell, ``WINDOW_STEPS`` cells wide; a
     raster smaller than a window is one window): their sums by top-left cell and their scores
-    (NaN: not a candidate, as it holds an excluded pixel, too few valid ones or none counted)."""
+    (NaN: not a candidate, as it holds an excluded pixel or too few valid unlabelled ones)."""
 
     scene: object
     cell: int
@@ -342,14 +347,14 @@ class _Windows:
 def _scene_windows(scene, cells: _Cells, window: int, min_valid: float, score: str, weights) -> _Windows:
     span_y, span_x = min(WINDOW_STEPS, cells.ny), min(WINDOW_STEPS, cells.nx)
     sums = {name: _window_sums(getattr(cells, name), span_y, span_x)
-            for name in ("pixels", "valid", "excluded", "class_pixels", "class_default")}
+            for name in ("pixels", "excluded", "class_pixels", "class_default")}
     terms = {t: _window_sums(v, span_y, span_x) for t, v in cells.sums.items()}
     ys = np.arange(sums["pixels"].shape[0]) * cells.cell
     xs = np.arange(sums["pixels"].shape[1]) * cells.cell
     area = np.minimum(window, scene.height - ys)[:, None] * np.minimum(window, scene.width - xs)[None, :]
     with np.errstate(divide="ignore", invalid="ignore"):
         scores = region_score(score, sums["pixels"], terms, sums["class_default"], weights).astype(np.float64)
-    usable = (sums["pixels"] > 0) & (sums["excluded"] == 0) & (sums["valid"] >= min_valid * area)
+    usable = (sums["pixels"] > 0) & (sums["excluded"] == 0) & (sums["pixels"] >= min_valid * area)
     return _Windows(scene, cells.cell, window, sums, terms, np.where(usable, scores, np.nan))
 
 
@@ -419,17 +424,15 @@ def _rank_windows(segmenter, data, window: int, spacing: int, exclude, options, 
                         continue
                     valid = scene.valid(piece)
                     valid = np.ones(piece.shape, bool) if valid is None else valid
-                    excluded = None
+                    labelled = None
                     if scene.labels.touches(piece):
-                        excluded = scene.labels.read(piece, piece.shape) != ignore
+                        labelled = scene.labels.read(piece, piece.shape) != ignore
                     held = scene.held_out_mask(piece, piece.shape)
                     for source in avoid:
                         if source.touches(piece):
                             area = source.read(piece, piece.shape) != ignore
                             held = area if held is None else held | area
-                    if held is not None:
-                        excluded = held if excluded is None else excluded | held
-                    cells.add(piece, maps, valid, excluded)
+                    cells.add(piece, maps, valid, labelled, held)
             finally:
                 scene.reader.close()
             all_cells.append(cells)
@@ -458,8 +461,9 @@ def _rank_windows(segmenter, data, window: int, spacing: int, exclude, options, 
     record = {"rasters": [str(p) for p in inputs], "window": window, "spacing": spacing,
               "excluded_by": [str(p) for p in excluded_files],
               "candidate_windows": len(flat),
-              "why_none": (f"no window of {window} px with at least {data.scenes.min_valid:.0%} valid pixels "
-                           "outside the labels and validation/test regions")}
+              "why_none": (f"no window of {window} px with at least {data.scenes.min_valid:.0%} of its pixels "
+                           "valid and unlabelled, and none in a validation/test region or --exclude area "
+                           "(a smaller --window?)")}
     record["class_weights"] = dict(zip(segmenter.classes, map(float, weights)))
     options["weights"] = weights
     return ranked, record
