@@ -41,7 +41,6 @@ import json
 import math
 import random
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -55,6 +54,7 @@ import co2s  # noqa: E402
 from co2s.config.loader import load_config  # noqa: E402
 from co2s.data.io import read_mask  # noqa: E402
 from co2s.data.sources import read_split  # noqa: E402
+from study_records import git_revision, mean_sd, write_record  # noqa: E402
 
 OUT = REPO / "benchmarks" / "results" / "suggest_loop"
 VARIANTS = ("default", "entropy", "margin", "disagreement", "balanced")
@@ -72,14 +72,6 @@ DATASETS = {
                       "train.num_workers=0"],
     },
 }
-
-
-def git_revision() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 # -- data -------------------------------------------------------------------------------------
@@ -196,7 +188,7 @@ def run_loop(dataset: str, seeds: list[int], rounds: int, work: Path, out: Path,
                         if arm == "suggest":
                             sys.exit(f"{plan_path} is missing: remove the record of the round before to train "
                                      "it again")
-                        plan_path.write_text(json.dumps(choose_random(pool, add, seed, r), indent=1))
+                        write_record(plan_path, choose_random(pool, add, seed, r))
                     chosen = set(json.loads(plan_path.read_text())["added"])
                     labelled = labelled + [x for x in pool if x.split()[0] in chosen]
                     pool = [x for x in pool if x.split()[0] not in chosen]
@@ -212,7 +204,7 @@ def run_loop(dataset: str, seeds: list[int], rounds: int, work: Path, out: Path,
                     result = train_and_test(config)
                     record = {"dataset": dataset, "arm": arm, "round": r, "seed": seed, "labelled": len(labelled),
                               "pool": len(pool), "git_revision": git_revision(), **result}
-                    record_path.write_text(json.dumps(record, indent=1))
+                    write_record(record_path, record)
                     print(f"{name}: test mIoU {result['test_mIoU']:.2f} ({result['train_seconds']:.0f} s)", flush=True)
                 # the next suggest round's picks, planned at once from this model: the loop then goes
                 # on from the records alone (run folders need not outlive a sitting)
@@ -220,7 +212,7 @@ def run_loop(dataset: str, seeds: list[int], rounds: int, work: Path, out: Path,
                 if arm != "random" and r < rounds and not following.is_file():
                     plan = choose_suggested(run_dir / "latest.ckpt", labelled, pool, add,
                                             work / dataset / f"suggest_r{r + 1}_s{seed}")
-                    following.write_text(json.dumps(plan, indent=1))
+                    write_record(following, plan)
 
 
 def choose_random(pool: list[str], add: int, seed: int, round_: int) -> dict:
@@ -259,13 +251,6 @@ def load_records(out: Path, dataset: str) -> tuple[list[dict], dict[str, dict]]:
     runs = [json.loads(p.read_text()) for p in sorted(folder.glob("*_s*.json")) if ".plan" not in p.name]
     plans = {p.name.removesuffix(".plan.json"): json.loads(p.read_text()) for p in sorted(folder.glob("*.plan.json"))}
     return runs, plans
-
-
-def mean_sd(values: list[float], digits: int = 1) -> str:
-    if not values:
-        return "-"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.{digits}f} ± {sd:.{digits}f} (n={len(values)})"
 
 
 def added_class_shares(dataset: str, plans: dict[str, dict], work: Path, data_dir: Path) -> dict[str, list[float]]:

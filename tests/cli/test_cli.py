@@ -185,3 +185,12 @@ def test_presets_lists_each_preset_with_its_description(capsys):
     described = dict(row.split(None, 1) for row in rows)
     assert described["loveda"].startswith("LoveDA, urban and rural aerial scenes, 7 classes")
     assert all(len(text) <= 90 for text in described.values())
+
+
+@pytest.mark.parametrize("args, said", [(["--setting", "surveys"], "demo setting 'surveys': choose one of uniform, survey"),
+                                        (["--labelled", "0"], "demo labelled tiles: a positive number, got 0")])
+def test_demo_refuses_a_bad_setting_before_writing(tmp_path, args, said):
+    result = run_cli("demo", "--out", tmp_path / "d", *args)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: {said}"]
+    assert not (tmp_path / "d").exists()

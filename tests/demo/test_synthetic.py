@@ -12,8 +12,10 @@ from PIL import Image
 from co2s.demo.synthetic import (
     DEMO_CLASSES,
     DEMO_PALETTE,
+    SURVEY_LABELLED_PART,
     DemoDataset,
     generate_scene,
+    survey_position,
     write_demo_dataset,
 )
 
@@ -258,3 +260,64 @@ def test_rejects_bad_arguments(tmp_path):
         write_demo_dataset(tmp_path / "bad", tile_size=0)
     with pytest.raises(ValueError):
         write_demo_dataset(tmp_path / "bad", seed=-5)
+
+
+# --------------------------------------------------------------------------------------
+# The survey setting: labelled tiles from one part of the area, conditions varying across it
+# --------------------------------------------------------------------------------------
+
+
+def _scene_pair(index: int, u: float | None):
+    return generate_scene(128, 128, np.random.default_rng(np.random.SeedSequence([5, 0, index])), u)
+
+
+def test_acquisition_changes_conditions_not_ground():
+    """Late in the survey (u = 1) the same ground is imaged riper, darker and hazier than at u = 0:
+    cropland redder against green, lower contrast; the mask is unchanged."""
+    ratios, contrast = {0.0: [], 1.0: []}, {0.0: [], 1.0: []}
+    for index in range(6):
+        for u in (0.0, 1.0):
+            image, mask = _scene_pair(index, u)
+            assert np.array_equal(mask, _scene_pair(index, None)[1])
+            rgb = image.astype(np.float64)
+            crop = mask == CROPLAND
+            if crop.sum() > 100:
+                ratios[u].append(rgb[crop, 0].mean() / rgb[crop, 1].mean())
+            contrast[u].append(rgb.std())
+    assert min(r1 - r0 for r0, r1 in zip(ratios[0.0], ratios[1.0])) > 0.05
+    assert all(c1 < 0.85 * c0 for c0, c1 in zip(contrast[0.0], contrast[1.0]))
+    # the uniform setting draws nothing more: no conditions, the scene of before
+    assert np.array_equal(_scene_pair(0, None)[0], generate_scene(128, 128, np.random.default_rng(
+        np.random.SeedSequence([5, 0, 0])))[0])
+
+
+def test_survey_positions_put_labelled_tiles_in_one_part():
+    labelled = [survey_position("survey", "labelled", 0, i) for i in range(200)]
+    test = [survey_position("survey", "test", 0, i) for i in range(200)]
+    assert max(labelled) < SURVEY_LABELLED_PART and min(labelled) >= 0.0
+    assert max(test) > 0.9 and min(test) < 0.1 and np.mean(np.asarray(test) > SURVEY_LABELLED_PART) > 0.6
+    assert survey_position("uniform", "test", 0, 3) is None
+    assert survey_position("survey", "test", 1, 3) != survey_position("survey", "test", 0, 3)
+
+
+def test_survey_dataset_same_ground_other_conditions(tmp_path):
+    uniform = write_demo_dataset(tmp_path / "u", seed=2, **SMALL)
+    survey = write_demo_dataset(tmp_path / "s", seed=2, setting="survey", **SMALL)
+    fu, fs = _all_files(uniform.root), _all_files(survey.root)
+    assert fu.keys() == fs.keys()
+    assert json.loads(fs["dataset.json"])["setting"] == "survey"
+    for name in fu:
+        if name.startswith("masks/") or name.endswith("_mask.png") or name.startswith("splits/"):
+            assert fu[name] == fs[name], name  # the same ground and the same lists
+        elif name.startswith(("images/", "scenes/")):
+            assert fu[name] != fs[name], name  # acquired under other conditions
+    # a scene crosses the survey area: its right side is hazier (less contrast) than its left
+    with Image.open(survey.scenes[0]) as im:
+        scene = np.asarray(im).astype(np.float64)
+    third = scene.shape[1] // 3
+    assert scene[:, -third:].std() < scene[:, :third].std()
+    # another setting in the same folder rewrites it
+    write_demo_dataset(tmp_path / "u", seed=2, setting="survey", **SMALL)
+    assert _all_files(uniform.root) == fs
+    with pytest.raises(ValueError, match="setting must be one of uniform, survey"):
+        write_demo_dataset(tmp_path / "bad", setting="surveys", **SMALL)

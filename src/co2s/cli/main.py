@@ -252,7 +252,8 @@ def cmd_export(args) -> int:
 def cmd_demo(args) -> int:
     from co2s.demo import run_demo
 
-    run_demo(args.out, args.overrides, args.seed, progress=not args.no_progress)
+    run_demo(args.out, args.overrides, args.seed, progress=not args.no_progress, setting=args.setting,
+             labelled=args.labelled)
     return 0
 
 
@@ -576,6 +577,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the synthetic data and of training (default: 0)")
+    p.add_argument("--setting", default="uniform",
+                   help="where the tiles lie in the survey area: uniform (every split drawn alike) or survey "
+                   "(labelled tiles from one quarter of the area, the rest under other conditions; "
+                   "docs/benchmarks.md) (default: uniform)")
+    p.add_argument("--labelled", type=int, default=16, metavar="N", help="labelled tiles (default: 16)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override the demo config, e.g. --set train.iters=100")
     p.add_argument("--no-progress", action="store_true", help="no progress bars: plain lines")

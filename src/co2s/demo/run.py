@@ -25,7 +25,8 @@ from co2s.atomic import write_text
 from co2s.data.io import read_image, read_mask
 from co2s.data.sources import read_split
 from co2s.evaluation.pictures import write_comparison
-from co2s.demo.synthetic import write_demo_dataset
+from co2s.demo.synthetic import SETTINGS, SURVEY_LABELLED_PART, write_demo_dataset
+from co2s.errors import ConfigError
 from co2s.engine.metrics_log import read_log
 from co2s.run_folder import RunFolder
 from co2s.evaluation import metrics_file
@@ -140,21 +141,39 @@ def _demo_outputs(out: Path) -> list[Path]:
             out / "comparison.png", out / "summary.json"]
 
 
+def describe_setting(setting: str, labelled: int) -> str:
+    """One line saying how the demo's tiles are spread over the survey area."""
+    if setting == "survey":
+        return (f"setting survey: the {labelled} labelled tiles come from the first "
+                f"{SURVEY_LABELLED_PART:.0%} of the survey area; the unlabelled, validation and test tiles "
+                "from all of it, so the later season, lower sun, sensor gain and haze of the rest are seen "
+                "only in unlabelled imagery")
+    return (f"setting uniform: the {labelled} labelled tiles, the unlabelled, validation and test tiles are "
+            "drawn alike from the whole area")
+
+
 def run_demo(out_dir: str | os.PathLike = "demo_output", overrides: list[str] | None = None,
-             seed: int = 0, progress: bool = True, baseline: bool = True) -> dict:
-    """Generate the data, train the demo config and (``baseline``, for a semi-supervised method)
-    its supervised baseline, evaluate both on the test split, predict the scenes and write
-    ``summary.json`` and ``comparison.png``. Returns the summary.
+             seed: int = 0, progress: bool = True, baseline: bool = True, setting: str = "uniform",
+             labelled: int = 16) -> dict:
+    """Generate the data (``setting`` and ``labelled`` tiles: :func:`write_demo_dataset`), train the
+    demo config and (``baseline``, for a semi-supervised method) its supervised baseline, evaluate
+    both on the test split, predict the scenes and write ``summary.json`` and ``comparison.png``.
+    Returns the summary.
 
     Rerun into the same folder, it replaces its own earlier outputs there (the test metrics, the
     predictions, ``comparison.png``, ``summary.json``) and prints one line saying so."""
+    if setting not in SETTINGS:
+        raise ConfigError(f"demo setting {setting!r}: choose one of {', '.join(SETTINGS)}")
+    if int(labelled) != labelled or labelled < 1:
+        raise ConfigError(f"demo labelled tiles: a positive number, got {labelled!r}")
     start = time.perf_counter()
     out = Path(out_dir)
     earlier = [p for p in _demo_outputs(out) if p.exists()]
     if earlier:
         print(f"replacing the earlier demo outputs in {out}: "
               + ", ".join(str(p.relative_to(out)) for p in earlier))
-    dataset = write_demo_dataset(out / "data", seed=seed)
+    dataset = write_demo_dataset(out / "data", seed=seed, setting=setting, n_labelled=labelled)
+    print(describe_setting(setting, labelled))
     config = api.load_config("demo", [f"data.root={dataset.root}", f"out_dir={out / 'run'}",
                                   f"train.seed={seed}", *(overrides or [])])
     semi = config.uses_unlabelled
@@ -197,6 +216,7 @@ def run_demo(out_dir: str | os.PathLike = "demo_output", overrides: list[str] | 
     comparison = write_comparison_png(out / "comparison.png", config, shown)
 
     summary = {
+        "setting": {"name": setting, "labelled_tiles": labelled, "description": describe_setting(setting, labelled)},
         "test_mIoU": main["mIoU"],
         "test_OA": main["OA"],
         **reference_scores(main_metrics["confusion_matrix"], main_metrics["classes"]),

@@ -41,7 +41,10 @@ __all__ = [
     "DEMO_CLASSES",
     "DEMO_PALETTE",
     "DemoDataset",
+    "SETTINGS",
+    "SURVEY_LABELLED_PART",
     "generate_scene",
+    "survey_position",
     "write_demo_dataset",
 ]
 
@@ -64,6 +67,15 @@ _FORMAT_VERSION = 1
 # changes the tiles of another one).
 _SPLITS = ("labelled", "unlabelled", "val", "test")
 _SCENE_KEY = 4
+
+#: How the tiles are spread over the survey area (``write_demo_dataset(setting=...)``):
+#: ``uniform``: every split drawn alike, all under the same range of conditions;
+#: ``survey``: the labelled tiles from the first :data:`SURVEY_LABELLED_PART` of the area (one
+#: part of a survey flown over weeks), the unlabelled, validation and test tiles from all of it, so
+#: the season, illumination, sensor gain and haze of the rest appear only in unlabelled imagery
+#: (:func:`_acquire`). Scenes cross the whole area, left to right.
+SETTINGS = ("uniform", "survey")
+SURVEY_LABELLED_PART = 0.25
 
 
 # --------------------------------------------------------------------------------------
@@ -266,12 +278,15 @@ _ROOF_COLOURS = np.array([
 _ROOF_P = np.array([0.3, 0.18, 0.2, 0.12, 0.1, 0.1])
 
 
-def generate_scene(height: int, width: int, rng: np.random.Generator
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def generate_scene(height: int, width: int, rng: np.random.Generator,
+                   survey_position: float | np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Draw one synthetic aerial scene.
 
     Returns ``(image, mask)``: image uint8 [H, W, 3] RGB, mask uint8 [H, W] with class
     indices 0..5 into :data:`DEMO_CLASSES`.  Deterministic given the state of ``rng``.
+    ``survey_position`` (a number in [0, 1], or one per column) applies the acquisition conditions
+    of that part of the survey area (:func:`_acquire`); it draws nothing from ``rng``, so the
+    same seed gives the same ground under other conditions.
     """
     h, w = int(height), int(width)
     if h < 1 or w < 1:
@@ -286,6 +301,8 @@ def generate_scene(height: int, width: int, rng: np.random.Generator
     road, road_dist, road_ang = _paint_roads(scene)
     building, shadow = _paint_buildings(scene, road | water, road_dist, road_ang)
     _paint_shadows(scene, building, road, shadow)
+    if survey_position is not None:
+        _acquire(scene, survey_position)
     return _sensor_image(scene), scene.mask
 
 
@@ -666,6 +683,41 @@ def _paint_shadows(s: _Scene, building: np.ndarray, road: np.ndarray, shadow: np
     s.img[shadow] *= shadow_tint
 
 
+#: late-season colours that vegetation drifts towards across the survey (texture is kept)
+_LATE_CROP = np.array([192.0, 168.0, 104.0])  # ripening, towards light bare soil
+_LATE_FOREST = np.array([74.0, 72.0, 42.0])  # olive-brown canopy
+_HAZE_COLOUR = np.array([196.0, 200.0, 210.0])
+
+
+def _acquire(s: _Scene, position: float | np.ndarray) -> None:
+    """The acquisition conditions at ``position`` u in [0, 1] across the survey area (a number, or
+    one value per column for a scene that crosses the area), as in a survey flown over weeks:
+
+    * season: cropland ripens towards :data:`_LATE_CROP` (up to 60 %, closer to bare soil) and
+      forest darkens towards :data:`_LATE_FOREST` (up to 45 %), each pixel keeping its brightness
+      pattern;
+    * illumination: a lower sun, brightness x (1.1 - 0.4 u);
+    * sensor gain and balance: red x (1 + 0.12 u), blue x (1 - 0.18 u);
+    * haze: up to 30 % of the haze colour.
+
+    Applied to the painted scene before :func:`_sensor_image` adds its per-scene jitter and noise.
+    """
+    u = np.clip(np.broadcast_to(np.asarray(position, dtype=np.float64), (s.w,)), 0.0, 1.0)
+    u = np.broadcast_to(u[None, :], (s.h, s.w))
+    img = s.img
+    luminance = img.mean(axis=-1, keepdims=True)
+    for cls, late, strength in ((CROPLAND, _LATE_CROP, 0.6), (FOREST, _LATE_FOREST, 0.45)):
+        where = s.mask == cls
+        a = (strength * u[where])[:, None]
+        lum = luminance[where]
+        img[where] = (1.0 - a) * img[where] + a * late * (lum / late.mean())
+    gain = (1.1 - 0.4 * u)[..., None] * np.stack([1.0 + 0.12 * u, np.ones_like(u), 1.0 - 0.18 * u], axis=-1)
+    img *= gain
+    haze = (0.3 * u)[..., None]
+    img *= 1.0 - haze
+    img += haze * _HAZE_COLOUR
+
+
 def _sensor_image(s: _Scene) -> np.ndarray:
     """What the sensor records: illumination gradient, colour balance, haze, a slight blur and
     pixel noise, as uint8 RGB."""
@@ -740,7 +792,7 @@ def _is_complete(root: Path, meta: dict, lists: dict[str, Path], scenes: list[Pa
 def write_demo_dataset(root: str | os.PathLike, *, seed: int = 0, tile_size: int = 128,
                        n_labelled: int = 16, n_unlabelled: int = 96, n_val: int = 16,
                        n_test: int = 24, n_scenes: int = 2,
-                       scene_size: tuple[int, int] = (400, 560)) -> DemoDataset:
+                       scene_size: tuple[int, int] = (400, 560), setting: str = "uniform") -> DemoDataset:
     """Write the synthetic demo dataset under ``root`` (see the module docstring).
 
     Layout: ``images/tile_XXXX.png`` (RGB), ``masks/tile_XXXX.png`` (mode L, class indices, for
@@ -749,10 +801,12 @@ def write_demo_dataset(root: str | os.PathLike, *, seed: int = 0, tile_size: int
     ``scenes/scene_<k>_mask.png`` (whole scenes of ``scene_size`` = (height, width)), and
     ``dataset.json`` with the arguments, written last.  If ``root`` already holds a complete
     dataset written with the same arguments, nothing is rewritten.  Every tile is its own
-    independently seeded scene, so the splits never share pixels.
+    independently seeded scene, so the splits never share pixels.  ``setting`` (:data:`SETTINGS`)
+    says where in the survey area each split's tiles lie; the ground of a tile does not depend on
+    it, only the conditions it was acquired under.
     """
     counts = {"labelled": n_labelled, "unlabelled": n_unlabelled, "val": n_val, "test": n_test}
-    meta = _dataset_record(seed, tile_size, counts, n_scenes, scene_size)
+    meta = _dataset_record(seed, tile_size, counts, n_scenes, scene_size, setting)
     root = Path(root)
     splits_dir = root / "splits"
     lists = {name: splits_dir / f"{name}.txt" for name in _SPLITS}
@@ -767,15 +821,17 @@ def write_demo_dataset(root: str | os.PathLike, *, seed: int = 0, tile_size: int
     marker = root / "dataset.json"
     if marker.exists():  # a dataset with other arguments: no longer complete while rewriting
         marker.unlink()
-    _write_tiles(root, int(seed), int(tile_size), counts, lists)
-    _write_scenes(scene_paths, int(seed), meta["scene_size"])
+    _write_tiles(root, int(seed), int(tile_size), counts, lists, setting)
+    _write_scenes(scene_paths, int(seed), meta["scene_size"], setting)
     _atomic_write_bytes(marker, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode("utf-8"))
     return result
 
 
 def _dataset_record(seed: int, tile_size: int, counts: dict[str, int], n_scenes: int,
-                    scene_size: tuple[int, int]) -> dict:
+                    scene_size: tuple[int, int], setting: str) -> dict:
     """The checked arguments as ``dataset.json`` records them; ValueError for a bad one."""
+    if setting not in SETTINGS:
+        raise ValueError(f"setting must be one of {', '.join(SETTINGS)}, got {setting!r}")
     for name, n in {**counts, "scenes": n_scenes}.items():
         if int(n) != n or n < 0:
             raise ValueError(f"n_{name} must be a non-negative integer, got {n!r}")
@@ -795,10 +851,22 @@ def _dataset_record(seed: int, tile_size: int, counts: dict[str, int], n_scenes:
         "n_scenes": int(n_scenes),
         "scene_size": [sh, sw],
         "classes": list(DEMO_CLASSES),
+        "setting": setting,
     }
 
 
-def _write_tiles(root: Path, seed: int, t: int, counts: dict[str, int], lists: dict[str, Path]) -> None:
+def survey_position(setting: str, split: str, seed: int, index: int) -> float | None:
+    """Where in the survey area tile ``index`` of ``split`` lies (None: the ``uniform`` setting,
+    conditions not applied). Drawn from its own stream, apart from the tile's ground."""
+    if setting == "uniform":
+        return None
+    high = SURVEY_LABELLED_PART if split == "labelled" else 1.0
+    key = _SPLITS.index(split)
+    return float(np.random.default_rng(np.random.SeedSequence([seed, key, index, 1])).uniform(0.0, high))
+
+
+def _write_tiles(root: Path, seed: int, t: int, counts: dict[str, int], lists: dict[str, Path],
+                 setting: str) -> None:
     """Each split's tiles and masks, numbered across the splits, and its list file."""
     tile_no = 0
     for key, name in enumerate(_SPLITS):
@@ -806,7 +874,7 @@ def _write_tiles(root: Path, seed: int, t: int, counts: dict[str, int], lists: d
         for i in range(int(counts[name])):
             tid = f"tile_{tile_no:04d}"
             tile_no += 1
-            image, mask = generate_scene(t, t, _tile_rng(seed, key, i))
+            image, mask = generate_scene(t, t, _tile_rng(seed, key, i), survey_position(setting, name, seed, i))
             _atomic_write_png(root / "images" / f"{tid}.png", image, "RGB")
             _atomic_write_png(root / "masks" / f"{tid}.png", mask, "L")
             if name == "unlabelled":
@@ -816,10 +884,11 @@ def _write_tiles(root: Path, seed: int, t: int, counts: dict[str, int], lists: d
         _atomic_write_bytes(lists[name], "".join(line + "\n" for line in lines).encode("utf-8"))
 
 
-def _write_scenes(scene_paths: list[Path], seed: int, scene_size: list[int]) -> None:
-    """The whole scenes and their masks."""
+def _write_scenes(scene_paths: list[Path], seed: int, scene_size: list[int], setting: str) -> None:
+    """The whole scenes and their masks (in the survey setting each crosses the area, left to right)."""
     sh, sw = scene_size
+    across = None if setting == "uniform" else np.linspace(0.0, 1.0, sw)
     for k, path in enumerate(scene_paths):
-        image, mask = generate_scene(sh, sw, _tile_rng(seed, _SCENE_KEY, k))
+        image, mask = generate_scene(sh, sw, _tile_rng(seed, _SCENE_KEY, k), across)
         _atomic_write_png(path, image, "RGB")
         _atomic_write_png(path.with_name(f"scene_{k}_mask.png"), mask, "L")
