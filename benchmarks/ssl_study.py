@@ -60,6 +60,7 @@ from co2s.data.sources import read_split
 from co2s.data.splits import make_splits, ratio_tag
 from co2s.models.loading import portable_config
 from co2s.engine.metrics_log import read_log
+from study_records import git_revision, write_record
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -224,8 +225,8 @@ def execute(run_dir: Path, cfg: dict, threads: int) -> dict:
         if proc.returncode:
             return {"run_dir": _recorded(run_dir), "error": f"{command[3]} exited {proc.returncode}; see {log.name}"}
     record = {"run_dir": _recorded(run_dir), "train_s": round(times[0], 1), "evaluate_s": round(times[1], 1),
-              "wall_s": round(time.time() - t0, 1)}
-    done.write_text(json.dumps(record, indent=2))
+              "wall_s": round(time.time() - t0, 1), "git_revision": git_revision()}
+    write_record(done, record)
     return record
 
 
@@ -248,6 +249,7 @@ def collect(run_dir: Path, names: Names, method: str, fraction: str, seed: int) 
         test_prediction=metrics["prediction"],
         checkpoint_step=metrics["checkpoint_step"],
         best_val={"step": best["step"], "mIoU": best["mIoU"]} if best else None,
+        val_seconds=[r["seconds"] for r in vals if "seconds" in r],  # the cost of checkpoint selection
         curve=[{"step": r["step"], **{k: r[k] for k in names.curve_keys if k in r}}
                for r in log if r["kind"] == "train"],
     )
@@ -488,9 +490,7 @@ def main(argv=None) -> int:
                 return
             record = execute(run_dir(m, f, s), run_config(base, names, m, split_dirs[f, s], s), args.threads)
             if "error" not in record:
-                path = record_path(m, f, s)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(collect(run_dir(m, f, s), names, m, f, s), indent=1) + "\n")
+                write_record(record_path(m, f, s), collect(run_dir(m, f, s), names, m, f, s))
             status = record.get("error") or f"{record['wall_s']:.0f} s"
             print(f"[{time.strftime('%H:%M:%S')}] {m} {f} seed {s}: {status}", flush=True)
 

@@ -48,6 +48,7 @@ def test_card_holds_the_contract_training_and_scores(tmp_path, tiny_dataset, cap
 
     # validation at step 6 from the run's log, per class; test from metrics_test.json of this checkpoint
     (val,) = [r for r in read_log(run / "metrics.jsonl") if r.get("kind") == "val" and r["step"] == 6]
+    assert val["images"] == 2 and val["seconds"] > 0  # val.txt's images, and what scoring them cost
     test = json.loads((run / "metrics_test.json").read_text())
     assert f"validation: mIoU {_pct(val['mIoU'])} %" in card and f"test: mIoU {_pct(test['mIoU'])} %" in card
     for name in ["c0", "c1", "c2"]:

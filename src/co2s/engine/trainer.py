@@ -346,6 +346,7 @@ class Trainer:
         _set_rng_state(fabric, ckpt["rng"])
 
     def _validate(self, fabric, method, val_set, state: dict, log: MetricsLog) -> None:
+        start = time.perf_counter()
         for m in method.modules.values():
             m.eval()
         # The Segmenter of the models being trained: validation scores what predict would write.
@@ -359,7 +360,8 @@ class Trainer:
         score = results[main]["mIoU"]
         record = {"step": state["step"], "kind": "val", "split": "val", "selected_by": main,
                   **{f"mIoU/{k}": r["mIoU"] for k, r in results.items()}, "mIoU": score,
-                  "IoU": results[main]["IoU"]}  # per class, of the selecting prediction (the model card's)
+                  "IoU": results[main]["IoU"],  # per class, of the selecting prediction (the model card's)
+                  "images": len(val_set), "seconds": round(time.perf_counter() - start, 2)}  # what validation costs
         improved = _take_val_record(state, record)
         if improved:  # committed before the record: a logged validation never lacks its best.ckpt
             save_checkpoint(fabric, RunFolder(self.run_dir).best, self._checkpoint_state(fabric, state))
