@@ -738,6 +738,11 @@ class TrainConfig(_Strict):
     poly_power: float = Field(default=0.9, ge=0, description="poly decay power over all iterations")
     warmup_iters: int = Field(default=0, ge=0, description="linear warm-up iterations (paper: none)")
     grad_accum: int = Field(default=1, ge=1, description="micro-batches per optimiser step")
+    grad_clip: float | None = Field(
+        default=None, gt=0,
+        description="clip each model's gradient to this global L2 norm before its step (paper: none); "
+        "the norm before clipping is logged as NAME/grad_norm",
+    )
     scale_range: tuple[float, float] = Field(default=(0.5, 2.0), description="weak view: random rescale of the long side")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     val_every: int = Field(default=500, ge=1, description="validate every N iterations")

@@ -115,8 +115,9 @@ def training_batches(labelled: Iterable[dict], unlabelled: Iterable[dict] | None
 def train_step(fabric, method, batches: Iterator[dict], step: int, schedule: Schedule, sums: dict[str, float]) -> int:
     """One optimiser step exactly as ``fit`` runs it, so benchmarks can time the real thing: poly
     learning rate, forward and backward of ``train.grad_accum`` micro-batches (DDP all-reduces
-    gradients on the last only), then every optimiser steps. Adds each logged scalar / grad_accum
-    to ``sums`` (the caller's log window); returns the labelled images consumed across ranks."""
+    gradients on the last only), then every optimiser steps, its model's gradient clipped to
+    ``train.grad_clip`` first when set. Adds each logged scalar / grad_accum to ``sums`` (the
+    caller's log window); returns the labelled images consumed across ranks."""
     t = method.config.train
     for opt in method.optimizers.values():
         set_lr(opt, poly_factor(step, schedule.total, t.poly_power, t.warmup_iters))
@@ -131,7 +132,11 @@ def train_step(fabric, method, batches: Iterator[dict], step: int, schedule: Sch
         for key, value in logs.items():
             sums[key] = sums.get(key, 0.0) + float(value) / t.grad_accum
         images += batch["image"].shape[0] * fabric.world_size
-    for opt in method.optimizers.values():
+    for name, opt in method.optimizers.items():
+        if t.grad_clip is not None:  # Fabric unscales fp16 gradients first; the norm is over all ranks' sum
+            norm = fabric.clip_gradients(method.modules[name], opt, max_norm=t.grad_clip)
+            key = "grad_norm" if len(method.optimizers) == 1 else f"{name}/grad_norm"
+            sums[key] = sums.get(key, 0.0) + float(norm)
         opt.step()
         opt.zero_grad(set_to_none=True)
     return images
