@@ -62,7 +62,8 @@ VARIANTS = ("default", "entropy", "margin", "disagreement", "balanced")
 DATASETS = {
     "demo": {
         "preset": "demo", "add": 8,
-        "overrides": ["train.num_workers=0"],
+        # the length the recorded loop ran, kept if the demo preset's own changes
+        "overrides": ["train.num_workers=0", "train.iters=900", "train.val_every=900"],
     },
     "ai4mars": {
         "preset": "ai4mars", "add": 131,
