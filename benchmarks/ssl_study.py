@@ -3,8 +3,10 @@
 For each labelled fraction and seed it writes a seeded split of ``train.txt`` (labelled part, the
 rest unlabelled), trains every method with the same iterations, batch, crop, learning rate and
 student architectures, selects the checkpoint on a fixed subset of ``val.txt`` and scores it on
-``test_gold.txt``. With the default students (``models/co2s-cpu``: a CLIP ViT with text
-prototypes, ``clip``, and the CNN with learnable queries, ``cnn``) the methods (``--methods``) are:
+``test_gold.txt``. With the default students (``models/co2s-cpu-mars``: a CLIP ViT with text
+prototypes, ``clip``, and the CNN with learnable queries, ``cnn``; the pair both of whose students
+learn AI4Mars, with a 200-iteration warm-up and gradients clipped to norm 1) the methods
+(``--methods``) are:
 
     supervised-clip  supervised-cnn         labelled images only, each student architecture
     fixmatch-cnn                             one CutMixed strong view (the stronger student)
@@ -105,22 +107,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=os.environ.get("CO2S_DATA_DIR", str(REPO.parent / "shared/data"))
                    + "/ai4mars-msl-256", help="the AI4Mars MSL folder (default: ../shared/data/ai4mars-msl-256)")
-    p.add_argument("--out", default=str(REPO / "benchmarks/results/ssl_study_v2"))
+    p.add_argument("--out", default=str(REPO / "benchmarks/results/ssl_study_v3"))
     p.add_argument("--fractions", nargs="+", default=["1/16", "1/8"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--methods", nargs="+", help="default: all (names with the preset's student names, e.g. "
                    "supervised-clip supervised-cnn fixmatch-cnn unimatch-clip unimatch-cnn co2s co2s-detached)")
-    p.add_argument("--students", default="models/co2s-cpu", help="model preset with two students")
+    p.add_argument("--students", default="models/co2s-cpu-mars", help="model preset with two students")
     p.add_argument("--iters", type=int, default=3000)
     p.add_argument("--burn-in", type=float, default=0.6,
                    help="supervised burn-in of the semi-supervised runs, fraction of iters (0: the paper)")
-    p.add_argument("--warmup", type=int, default=20, help="linear warm-up iterations (train.warmup_iters)")
+    p.add_argument("--warmup", type=int, default=200, help="linear warm-up iterations (train.warmup_iters)")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="train.grad_clip (0: none)")
     p.add_argument("--crop", type=int, default=128)
     p.add_argument("--batch", type=int, default=8, help="labelled (and unlabelled) images per step")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--tau", type=float, default=0.8, help="pseudo-label confidence threshold")
     p.add_argument("--val-every", type=int, help="default: iters / 2")
-    p.add_argument("--val-images", type=int, default=60, help="fixed subset: the first N of val.txt")
+    p.add_argument("--val-images", type=int, default=300, help="fixed subset: the first N of val.txt "
+                   "(300: about 20 s per validation on 2 cores)")
     p.add_argument("--eval-window", type=int, default=256, help="test window (256 = whole AI4Mars image)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="any further config override, applied to every run (e.g. engine.precision=bf16-mixed)")
@@ -145,6 +149,7 @@ def base_config(args) -> dict:
             f"train.crop_size={args.crop}", f"train.batch_size={args.batch}", f"train.iters={args.iters}",
             f"train.lr={args.lr}", f"train.semi.tau={args.tau}", f"train.semi.burn_in={args.burn_in}",
             f"train.warmup_iters={args.warmup}",
+            f"train.grad_clip={args.grad_clip or 'null'}",
             f"train.val_every={args.val_every or max(1, args.iters // 2)}",
             f"train.val_max_images={args.val_images}", "train.log_every=10", "train.num_workers=0",
             f"eval.window={args.eval_window}", *args.overrides,
@@ -470,6 +475,7 @@ def main(argv=None) -> int:
         return out / "records" / m / f"{ratio_tag(f)}_seed{s}.json"
 
     settings = {"students": args.students, "iters": args.iters, "burn_in": args.burn_in, "warmup": args.warmup,
+                **({"grad_clip": args.grad_clip} if args.grad_clip else {}),
                 "crop": args.crop, "batch": args.batch, "lr": args.lr, "tau": args.tau,
                 "val_images": args.val_images, "eval_window": args.eval_window, "overrides": args.overrides}
     # The per-run records (committed, unlike the run folders) carry a study across machines and
