@@ -279,12 +279,12 @@ _ROOF_P = np.array([0.3, 0.18, 0.2, 0.12, 0.1, 0.1])
 
 
 def generate_scene(height: int, width: int, rng: np.random.Generator,
-                   survey_position: float | np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   position: float | np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Draw one synthetic aerial scene.
 
     Returns ``(image, mask)``: image uint8 [H, W, 3] RGB, mask uint8 [H, W] with class
     indices 0..5 into :data:`DEMO_CLASSES`.  Deterministic given the state of ``rng``.
-    ``survey_position`` (a number in [0, 1], or one per column) applies the acquisition conditions
+    ``position`` in the survey area (a number in [0, 1], or one per column) applies the acquisition conditions
     of that part of the survey area (:func:`_acquire`); it draws nothing from ``rng``, so the
     same seed gives the same ground under other conditions.
     """
@@ -301,8 +301,8 @@ def generate_scene(height: int, width: int, rng: np.random.Generator,
     road, road_dist, road_ang = _paint_roads(scene)
     building, shadow = _paint_buildings(scene, road | water, road_dist, road_ang)
     _paint_shadows(scene, building, road, shadow)
-    if survey_position is not None:
-        _acquire(scene, survey_position)
+    if position is not None:
+        _acquire(scene, position)
     return _sensor_image(scene), scene.mask
 
 
