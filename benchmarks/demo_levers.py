@@ -52,7 +52,7 @@ from co2s.config.loader import load_config  # noqa: E402
 from co2s.demo.synthetic import write_demo_dataset  # noqa: E402
 from co2s.engine.metrics_log import read_log  # noqa: E402
 from co2s.data.module import data_module  # noqa: E402
-from co2s.engine.trainer import make_fabric, train_step, training_batches  # noqa: E402
+from co2s.engine.trainer import LogWindow, make_fabric, train_step, training_batches  # noqa: E402
 from co2s.evaluation.run import evaluate_checkpoint  # noqa: E402
 from co2s.methods import Schedule, build_method  # noqa: E402
 
@@ -172,12 +172,12 @@ def step_seconds(config, burn_in: bool, steps: int = 4) -> float:
                  if pairs is not None else None)
             yield next(training_batches([x], [u] if u is not None else None))
 
-    stream, sums, times, schedule = batches(), {}, [], Schedule.for_run(config, 10_000)
+    stream, window, times, schedule = batches(), LogWindow(), [], Schedule.for_run(config, 10_000)
     for m in method.modules.values():
         m.train()
     for step in range(steps + 1):
         start = time.perf_counter()
-        train_step(fabric, method, stream, step, schedule, sums)
+        train_step(fabric, method, stream, step, schedule, window)
         times.append(time.perf_counter() - start)
     return min(times[1:])
 

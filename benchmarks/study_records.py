@@ -12,8 +12,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def git_revision() -> str:
-    """The checkout's short revision, with ``+dirty`` when tracked files differ from it."""
+def _checkout_revision() -> str:
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
                              check=True).stdout.strip()
@@ -21,6 +20,17 @@ def git_revision() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return rev + ("+dirty" if dirty else "")
+
+
+# Read when a study starts (the scripts import this module first): a study runs for hours, and its
+# records must name the code it imported, not a commit made in the checkout meanwhile.
+_AT_START = _checkout_revision()
+
+
+def git_revision() -> str:
+    """The checkout's short revision when this process started, with ``+dirty`` when ``src`` then
+    differed from it."""
+    return _AT_START
 
 
 def write_record(path: Path, record: dict) -> None:

@@ -52,7 +52,7 @@ from co2s.config.loader import load_config  # noqa: E402
 from co2s.demo.synthetic import write_demo_dataset  # noqa: E402
 from co2s.data.module import data_module  # noqa: E402
 from co2s.engine.memory import LiveTensorBytes, fake_tensors  # noqa: E402
-from co2s.engine.trainer import make_fabric, train_step, training_batches  # noqa: E402
+from co2s.engine.trainer import LogWindow, make_fabric, train_step, training_batches  # noqa: E402
 from co2s.methods import Schedule, build_method  # noqa: E402
 from co2s.models.summary import without_weights  # noqa: E402
 
@@ -206,13 +206,13 @@ def _run_steps(args, config, fabric, method_name, precision, total, count_flops,
         nonlocal step
         if on_gpu:
             torch.cuda.synchronize()
-        logs = {}
+        window = LogWindow()
         start = time.perf_counter()
-        train_step(fabric, method, batches, step, schedule, logs)
+        train_step(fabric, method, batches, step, schedule, window)
         if on_gpu:
             torch.cuda.synchronize()
         step += 1
-        step_logs.append(logs)
+        step_logs.append(window.means())
         return time.perf_counter() - start
 
     for _ in range(args.warmup):

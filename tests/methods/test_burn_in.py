@@ -64,9 +64,11 @@ def test_co2s_trains_only_the_supervised_terms_before_the_burn_in_ends(unl, tmp_
     for n in names:
         assert logs[f"{n}/s1"] > 0 and logs[f"{n}/s2"] > 0 and logs[f"{n}/fp"] > 0 and logs[f"{n}/sta"] > 0
 
-    # In the burn-in: the same step gives zeros for them, and the gradient is exactly the one of
-    # the weighted supervised CE alone.
-    loss, logs, grads, copies = _loss_and_grads(burn, modules, batch, step=2)
+    # In the burn-in: a step gives zeros for them, and the gradient is exactly the one of the
+    # weighted supervised CE alone. Step 3 closes a log window (log_every 2): its diagnostics are
+    # measured.
+    assert Schedule.for_run(burn, TOTAL).measures_unlabelled(3)
+    loss, logs, grads, copies = _loss_and_grads(burn, modules, batch, step=3)
     assert logs["burn_in"] == 1.0 and logs["lambda"] == 0.0
     for n in names:
         assert logs[f"{n}/s1"] == logs[f"{n}/s2"] == logs[f"{n}/fp"] == logs[f"{n}/sta"] == 0.0
@@ -92,6 +94,67 @@ def test_co2s_trains_only_the_supervised_terms_before_the_burn_in_ends(unl, tmp_
     assert logs["lambda"] == pytest.approx(stability_weight(2, 5, 0.5, 0.2)) and logs["lambda"] > 0
     for n in names:
         assert logs[f"{n}/s1"] > 0 and logs[f"{n}/fp"] > 0 and logs[f"{n}/sta"] > 0
+
+
+def _forwards_per_module(method) -> dict[str, list[int]]:
+    """The batch size of every forward of each of ``method``'s models, as they happen."""
+    calls: dict[str, list[int]] = {name: [] for name in method.modules}
+    for name, module in method.modules.items():
+        module.register_forward_hook(lambda m, args, out, name=name: calls[name].append(args[0].shape[0]))
+    return calls
+
+
+@pytest.mark.parametrize("method", ["co2s", "unimatch", "fixmatch"])
+def test_burn_in_steps_forward_the_unlabelled_images_only_when_a_log_window_closes(unl, tmp_path, method):
+    """The weak-view forward of the burn-in feeds only the logs: it runs on the step that closes
+    each log window and nowhere else, and the loss is the same either way."""
+    config = _co2s_config(unl, tmp_path, burn_in=0.5)
+    if method != "co2s":
+        config = config.override({"train.method": method, "model.students": [config.model.students[1].model_dump()]})
+    schedule = Schedule.for_run(config, TOTAL)  # burn-in: steps 0-4; log_every 2
+    assert [schedule.closes_log_window(s) for s in range(TOTAL)] == [False, True] * 5
+    assert [schedule.measures_unlabelled(s) for s in range(TOTAL)] == [False, True, False, True, False] + [True] * 5
+    assert Schedule(7, 7, log_every=3).closes_log_window(6)  # the last step always closes one
+    torch.manual_seed(0)
+    method_ = build_method(config)
+    batch = _batch(config)
+    calls = _forwards_per_module(method_)
+    losses = {}
+    for step in (2, 3):  # 2: not measured; 3: closes a window
+        for sizes in calls.values():
+            sizes.clear()
+        loss, logs = method_.training_loss(batch, step, schedule)
+        losses[step] = loss.detach()
+        diagnostics = {k for k in logs if k.endswith(("confident_ratio", "_teaches", "no_teaching"))}
+        labelled, weak = len(batch["image"]), len(batch["u_w"])
+        if step == 2:
+            assert all(sizes == [labelled] for sizes in calls.values()), calls
+            assert not diagnostics
+        else:
+            assert all(sizes == [labelled, weak] for sizes in calls.values()), calls
+            assert diagnostics >= {f"{n}/confident_ratio" if method == "co2s" else "confident_ratio"
+                                   for n in method_.modules}
+            if method == "co2s":
+                assert "no_teaching" in diagnostics
+    torch.testing.assert_close(losses[2], losses[3])
+
+
+def test_train_records_average_each_value_over_the_steps_that_measured_it(unl, tmp_path):
+    """A burn-in log window of 2 steps measures its diagnostics once: the record carries that
+    value (tau 0: every pixel confident, ratio 1), not half of it."""
+    from co2s.api import train
+    from co2s.engine.metrics_log import read_log
+
+    (unl / "unl_only.txt").write_text("images/t4.png\nimages/t5.png\n")  # not in the labelled list
+    config = _co2s_config(unl, tmp_path, burn_in=0.5).override(
+        {"data.splits.unlabelled": "unl_only.txt", "train.iters": 4, "train.log_every": 2, "train.val_every": 4,
+         "train.ckpt_every": 4})
+    run = train(config, progress=False)
+    records = [r for r in read_log(run.run_dir / "metrics.jsonl") if r["kind"] == "train"]
+    assert [(r["step"], r["burn_in"]) for r in records] == [(2, 1.0), (4, 0.0)]
+    for record in records:
+        assert record["clip/confident_ratio"] == 1.0 and record["dino/confident_ratio"] == 1.0
+        assert record["clip_teaches"] + record["dino_teaches"] + record["no_teaching"] == pytest.approx(1.0, abs=0.01)  # ties count twice
 
 
 @pytest.mark.parametrize("method", ["unimatch", "fixmatch"])

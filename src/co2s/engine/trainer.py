@@ -112,16 +112,40 @@ def training_batches(labelled: Iterable[dict], unlabelled: Iterable[dict] | None
     return ({**x, **u} for x, u in zip(labelled, unlabelled))
 
 
-def train_step(fabric, method, batches: Iterator[dict], step: int, schedule: Schedule, sums: dict[str, float]) -> int:
+class LogWindow:
+    """The logged scalars of the steps since the last train record, and their throughput. Each
+    value is averaged over the steps that logged it: some are measured on some steps only (the
+    burn-in's diagnostics, :meth:`Schedule.measures_unlabelled`)."""
+
+    def __init__(self) -> None:
+        self.start, self.images = time.perf_counter(), 0
+        self._sums: dict[str, float] = {}
+        self._steps: dict[str, int] = {}
+
+    def add_step(self, values: dict[str, float], images: int) -> None:
+        """One optimiser step's values (already averaged over its micro-batches)."""
+        for key, value in values.items():
+            self._sums[key] = self._sums.get(key, 0.0) + value
+            self._steps[key] = self._steps.get(key, 0) + 1
+        self.images += images
+
+    def means(self) -> dict[str, float]:
+        return {k: v / self._steps[k] for k, v in self._sums.items()}
+
+    def images_per_sec(self) -> float:
+        return self.images / max(time.perf_counter() - self.start, 1e-9)
+
+
+def train_step(fabric, method, batches: Iterator[dict], step: int, schedule: Schedule, window: LogWindow) -> None:
     """One optimiser step exactly as ``fit`` runs it, so benchmarks can time the real thing: poly
     learning rate, forward and backward of ``train.grad_accum`` micro-batches (DDP all-reduces
     gradients on the last only), then every optimiser steps, its model's gradient clipped to
-    ``train.grad_clip`` first when set. Adds each logged scalar / grad_accum to ``sums`` (the
-    caller's log window); returns the labelled images consumed across ranks."""
+    ``train.grad_clip`` first when set. Adds the step's logged scalars (each the mean over its
+    micro-batches) and the labelled images it consumed across ranks to ``window``."""
     t = method.config.train
     for opt in method.optimizers.values():
         set_lr(opt, poly_factor(step, schedule.total, t.poly_power, t.warmup_iters))
-    images = 0
+    images, values = 0, {}
     for micro in range(t.grad_accum):
         batch = next(batches)
         last = micro == t.grad_accum - 1
@@ -130,16 +154,15 @@ def train_step(fabric, method, batches: Iterator[dict], step: int, schedule: Sch
             _check_finite_loss(fabric, loss, logs, batch, step)
             fabric.backward(loss / t.grad_accum)
         for key, value in logs.items():
-            sums[key] = sums.get(key, 0.0) + float(value) / t.grad_accum
+            values[key] = values.get(key, 0.0) + float(value) / t.grad_accum
         images += batch["image"].shape[0] * fabric.world_size
     for name, opt in method.optimizers.items():
         if t.grad_clip is not None:  # Fabric unscales fp16 gradients first; the norm is over all ranks' sum
             norm = fabric.clip_gradients(method.modules[name], opt, max_norm=t.grad_clip)
-            key = "grad_norm" if len(method.optimizers) == 1 else f"{name}/grad_norm"
-            sums[key] = sums.get(key, 0.0) + float(norm)
+            values["grad_norm" if len(method.optimizers) == 1 else f"{name}/grad_norm"] = float(norm)
         opt.step()
         opt.zero_grad(set_to_none=True)
-    return images
+    window.add_step(values, images)
 
 
 class Trainer:
@@ -257,7 +280,7 @@ class Trainer:
         shown = self.progress and fabric.is_global_zero
         bar = progress_bar(total=total, initial=state["step"], desc="training", leave=True, enabled=shown)
         plain_lines = fabric.is_global_zero and not bars_shown(shown)  # a log file, or --no-progress
-        window_start, window_images, sums = time.perf_counter(), 0, {}
+        window = LogWindow()
         for m in method.modules.values():
             m.train()
         interrupts = _Interrupts(enabled=fabric.world_size == 1)
@@ -269,23 +292,19 @@ class Trainer:
             while state["step"] < total:
                 step = state["step"]
                 interrupts.saved = False
-                window_images += train_step(fabric, method, batches, step, schedule, sums)
+                train_step(fabric, method, batches, step, schedule, window)
                 state["step"] = step + 1
                 bar.update(1)
 
                 done = state["step"]
-                if done % t.log_every == 0 or done == total:
-                    elapsed = time.perf_counter() - window_start
-                    steps_in_window = (done - 1) % t.log_every + 1
-                    record = {"step": done, "kind": "train",
-                              **{k: v / steps_in_window for k, v in sums.items()},
-                              **_learning_rates(method.optimizers),
-                              "images_per_sec": window_images / max(elapsed, 1e-9)}
+                if schedule.closes_log_window(step):
+                    record = {"step": done, "kind": "train", **window.means(),
+                              **_learning_rates(method.optimizers), "images_per_sec": window.images_per_sec()}
                     log.write(record)
                     bar.set_postfix(loss=f"{record.get('loss', float('nan')):.4f}")
                     if plain_lines:
                         print(_plain_line(record, total), flush=True)
-                    window_start, window_images, sums = time.perf_counter(), 0, {}
+                    window = LogWindow()
                 if done == schedule.burn_in and done < total:
                     # The end of the supervised burn-in: the students trained on labels only, as a
                     # supervised run of the same length would have them at this step (the demo
@@ -305,8 +324,8 @@ class Trainer:
                     os.kill(os.getpid(), signal.SIGKILL)
                 if validates:
                     self._validate(fabric, method, val_set, state, log)
-                if done % t.log_every == 0:  # checkpoint and validation time is not training throughput
-                    window_start = time.perf_counter()
+                if schedule.closes_log_window(step):  # checkpoint and validation time is not throughput
+                    window.start = time.perf_counter()
         bar.close()
         if state["step"] == total:
             log.write({"step": total, "kind": "final", **_weights_in_sync(fabric, method.modules)})

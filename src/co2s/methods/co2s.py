@@ -28,13 +28,16 @@ class Co2S(Method):
         in_burn_in = schedule.in_burn_in(step)
 
         # Each student's UniMatch terms: supervised, two strong views, feature perturbation.
-        a = student_terms(a_model, batch, semi, ignore, in_burn_in)
-        b = student_terms(b_model, batch, semi, ignore, in_burn_in)
+        a = student_terms(a_model, batch, semi, ignore, schedule, step)
+        b = student_terms(b_model, batch, semi, ignore, schedule, step)
 
         # Arbitration on the weak view: where exactly one student is confident, or both are and
-        # one is at least as confident, that one teaches the other.
-        a_learns, b_learns = arbitration_masks(a.confidence, b.confidence, semi.tau, batch["u_valid"])
-        if in_burn_in:  # the shares are still logged: they say what L_sta would do
+        # one is at least as confident, that one teaches the other. During the burn-in the shares
+        # are still logged where the weak view is measured: they say what L_sta would do.
+        measured = a.confidence is not None
+        if measured:
+            a_learns, b_learns = arbitration_masks(a.confidence, b.confidence, semi.tau, batch["u_valid"])
+        if in_burn_in:
             sta_a = sta_b = torch.zeros((), device=a.sup.device)
             lam = 0.0
         else:
@@ -47,10 +50,11 @@ class Co2S(Method):
 
         loss_a = unimatch_loss(a.sup, a.s1, a.s2, a.fp, semi.loss_weights) + lam * sta_a
         loss_b = unimatch_loss(b.sup, b.s1, b.s2, b.fp, semi.loss_weights) + lam * sta_b
-        shares = teaching_shares(a_learns, b_learns, batch["u_valid"])
-        logs = {"loss": (loss_a + loss_b).detach(), "lambda": lam, "burn_in": float(in_burn_in),
-                f"{b_name}_teaches": shares["dino_teaches"], f"{a_name}_teaches": shares["clip_teaches"],
-                "no_teaching": shares["no_teaching"]}
+        logs = {"loss": (loss_a + loss_b).detach(), "lambda": lam, "burn_in": float(in_burn_in)}
+        if measured:
+            shares = teaching_shares(a_learns, b_learns, batch["u_valid"])
+            logs.update({f"{b_name}_teaches": shares["dino_teaches"], f"{a_name}_teaches": shares["clip_teaches"],
+                         "no_teaching": shares["no_teaching"]})
         for name, t, sta, total in ((a_name, a, sta_a, loss_a), (b_name, b, sta_b, loss_b)):
             logs.update({f"{name}/loss": total.detach(), f"{name}/sup": t.sup.detach(),
                          f"{name}/s1": t.s1.detach(), f"{name}/s2": t.s2.detach(),

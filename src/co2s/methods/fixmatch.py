@@ -16,7 +16,8 @@ class FixMatch(Method):
         model, semi = self.model, self.config.train.semi
         x, y, u_w, valid = batch["image"], batch["mask"], batch["u_w"], batch["u_valid"]
         if schedule.in_burn_in(step):  # supervised burn-in: no unlabelled CE
-            t = supervised_terms(model, batch, semi.tau, self.config.data.ignore_index)
+            t = supervised_terms(model, batch, semi.tau, self.config.data.ignore_index,
+                                 schedule.measures_unlabelled(step))
             loss = t.sup / 2
             return loss, {"loss": loss.detach(), "sup": t.sup.detach(), "s1": t.s1, "burn_in": 1.0, **t.logs}
 

@@ -25,8 +25,10 @@ class StudentTerms:
     s1: torch.Tensor
     s2: torch.Tensor
     fp: torch.Tensor
-    weak_logits: torch.Tensor  # the student's own logits on u_w, with their gradient (for L_sta)
-    confidence: torch.Tensor  # detached confidence of those logits
+    # The student's own logits on u_w, with their gradient (for L_sta), and their detached
+    # confidence; None on the burn-in steps that do not measure the unlabelled images.
+    weak_logits: torch.Tensor | None
+    confidence: torch.Tensor | None
     logs: dict[str, float] = field(default_factory=dict)
 
 
@@ -76,17 +78,20 @@ def unimatch_terms(model, batch: dict, tau: float, fp_dropout: float, ignore_ind
                         pseudo_label_logs(labels_w, conf_w, valid, batch.get("u_gt"), tau, ignore_index))
 
 
-def supervised_terms(model, batch: dict, tau: float, ignore_index: int) -> StudentTerms:
+def supervised_terms(model, batch: dict, tau: float, ignore_index: int, measure: bool = True) -> StudentTerms:
     """The burn-in step of one student: the supervised CE only. The unsupervised terms are zeros
-    without a graph (s1, s2, fp: nothing is forwarded for them), and the weak-view logits come from
-    a forward without gradient, only for the logs (confident ratio, pseudo-label accuracy) and the
-    arbitration shares; nothing unlabelled reaches the loss."""
+    without a graph (s1, s2, fp: nothing is forwarded for them). With ``measure``
+    (:meth:`Schedule.measures_unlabelled`) the weak view is forwarded without gradient, only for the
+    logs (confident ratio, pseudo-label accuracy) and the arbitration shares; nothing unlabelled
+    reaches the loss."""
     x, y, u_w, valid = batch["image"], batch["mask"], batch["u_w"], batch["u_valid"]
     sup = supervised_cross_entropy(model(x), y, ignore_index)
+    zero = torch.zeros((), device=sup.device, dtype=sup.dtype)
+    if not measure:
+        return StudentTerms(sup, zero, zero, zero, None, None)
     with torch.no_grad():
         pred_w = model(u_w)
     labels_w, conf_w = pseudo_labels(pred_w)
-    zero = torch.zeros((), device=sup.device, dtype=sup.dtype)
     return StudentTerms(sup, zero, zero, zero, pred_w, conf_w,
                         pseudo_label_logs(labels_w, conf_w, valid, batch.get("u_gt"), tau, ignore_index))
 
@@ -112,10 +117,11 @@ def pseudo_label_logs(labels, conf, valid, gt, tau, ignore_index) -> dict[str, f
     return logs
 
 
-def student_terms(model, batch: dict, semi, ignore_index: int, burn_in: bool) -> StudentTerms:
-    """One student's terms: every UniMatch term, or during the burn-in the supervised one alone."""
-    if burn_in:
-        return supervised_terms(model, batch, semi.tau, ignore_index)
+def student_terms(model, batch: dict, semi, ignore_index: int, schedule, step: int) -> StudentTerms:
+    """One student's terms at ``step``: every UniMatch term, or during the burn-in the supervised
+    one alone (with the weak view's diagnostics where the schedule measures them)."""
+    if schedule.in_burn_in(step):
+        return supervised_terms(model, batch, semi.tau, ignore_index, schedule.measures_unlabelled(step))
     return unimatch_terms(model, batch, semi.tau, semi.fp_dropout, ignore_index)
 
 
@@ -124,7 +130,7 @@ class UniMatch(Method):
     def training_loss(self, batch, step, schedule):
         semi = self.config.train.semi
         burn_in = schedule.in_burn_in(step)
-        t = student_terms(self.model, batch, semi, self.config.data.ignore_index, burn_in)
+        t = student_terms(self.model, batch, semi, self.config.data.ignore_index, schedule, step)
         loss = unimatch_loss(t.sup, t.s1, t.s2, t.fp, semi.loss_weights)
         return loss, {"loss": loss.detach(), "sup": t.sup.detach(), "s1": t.s1.detach(),
                       "s2": t.s2.detach(), "fp": t.fp.detach(), "burn_in": float(burn_in), **t.logs}
