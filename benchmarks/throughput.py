@@ -215,13 +215,17 @@ def _run_steps(args, config, fabric, method_name, precision, total, count_flops,
         step_logs.append(window.means())
         return time.perf_counter() - start
 
-    for _ in range(args.warmup):
-        one_step()
-    if on_gpu:
-        torch.cuda.reset_peak_memory_stats()
-    times = [one_step() for _ in range(args.steps)]
+    # As the trainer runs steps (on a CPU the students in parallel threads), unless tensors are
+    # counted or faked: those modes see only the operations of their own thread.
+    counted = isinstance(tensors, LiveTensorBytes)
+    with method.running() if not counted else contextlib.nullcontext():
+        for _ in range(args.warmup):
+            one_step()
+        if on_gpu:
+            torch.cuda.reset_peak_memory_stats()
+        times = [one_step() for _ in range(args.steps)]
     flops = None
-    if count_flops:
+    if count_flops:  # outside running(): the counting mode sees only its own thread's operations
         with counting_flops() as counter:
             one_step()
         flops = counter.get_total_flops()
@@ -235,6 +239,7 @@ def _run_steps(args, config, fabric, method_name, precision, total, count_flops,
     return {
         "method": method_name, "precision": precision, "students": [s.name for s in config.model.students],
         "crop": t.crop_size, "labelled_per_step": t.batch_size, "unlabelled_per_step": unlabelled,
+        "parallel_models": None if counted else method.parallel,
         "step_s": seconds, "step_s_all": times,
         "labelled_images_per_s": t.batch_size / seconds,
         "total_images_per_s": (t.batch_size + unlabelled) / seconds,

@@ -22,7 +22,8 @@ def _loss_and_grads(config, modules, batch, step):
     method = build_method(config)
     method.modules = {k: copy.deepcopy(m) for k, m in modules.items()}
     torch.manual_seed(0)
-    loss, logs = method.training_loss(batch, step, Schedule.for_run(config, TOTAL))
+    losses, logs = method.training_loss(batch, step, Schedule.for_run(config, TOTAL))
+    loss = sum(losses.values())
     loss.backward()
     grads = {k: [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in m.parameters()]
              for k, m in method.modules.items()}
@@ -123,8 +124,8 @@ def test_burn_in_steps_forward_the_unlabelled_images_only_when_a_log_window_clos
     for step in (2, 3):  # 2: not measured; 3: closes a window
         for sizes in calls.values():
             sizes.clear()
-        loss, logs = method_.training_loss(batch, step, schedule)
-        losses[step] = loss.detach()
+        step_losses, logs = method_.training_loss(batch, step, schedule)
+        losses[step] = sum(step_losses.values()).detach()
         diagnostics = {k for k in logs if k.endswith(("confident_ratio", "_teaches", "no_teaching"))}
         labelled, weak = len(batch["image"]), len(batch["u_w"])
         if step == 2:

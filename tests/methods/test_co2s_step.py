@@ -46,8 +46,8 @@ def _grads(config, modules, batch, step=5, total=10):
     method = build_method(config)
     method.modules = {k: copy.deepcopy(m) for k, m in modules.items()}
     torch.manual_seed(0)  # same dropout masks in every variant
-    loss, logs = method.training_loss(batch, step, Schedule.for_run(config, total))
-    loss.backward()
+    losses, logs = method.training_loss(batch, step, Schedule.for_run(config, total))
+    sum(losses.values()).backward()
     return {k: torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None])
             for k, m in method.modules.items()}, logs
 

@@ -743,6 +743,12 @@ class TrainConfig(_Strict):
         description="clip each model's gradient to this global L2 norm before its step (paper: none); "
         "the norm before clipping is logged as NAME/grad_norm",
     )
+    parallel_models: bool = Field(
+        default=True,
+        description="on a CPU (one process), run the students' forward and backward passes in parallel "
+        "threads, each with its share of torch's threads; their random draws stay reproducible "
+        "(docs/training.md)",
+    )
     scale_range: tuple[float, float] = Field(default=(0.5, 2.0), description="weak view: random rescale of the long side")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     val_every: int = Field(default=500, ge=1, description="validate every N iterations")

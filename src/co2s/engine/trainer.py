@@ -150,9 +150,9 @@ def train_step(fabric, method, batches: Iterator[dict], step: int, schedule: Sch
         batch = next(batches)
         last = micro == t.grad_accum - 1
         with _no_sync(fabric, method.modules.values(), enabled=not last):
-            loss, logs = method.training_loss(batch, step, schedule)
-            _check_finite_loss(fabric, loss, logs, batch, step)
-            fabric.backward(loss / t.grad_accum)
+            losses, logs = method.training_loss(batch, step, schedule)
+            _check_finite_loss(fabric, losses, logs, batch, step)
+            method.backward(losses, 1 / t.grad_accum)
         for key, value in logs.items():
             values[key] = values.get(key, 0.0) + float(value) / t.grad_accum
         images += batch["image"].shape[0] * fabric.world_size
@@ -268,7 +268,7 @@ class Trainer:
             write_run_info(self.run_dir, {"resumed_from_step": state["step"], "total_steps": total,
                                           "burn_in_steps": schedule.burn_in,
                                           "precision": training_precision(config.engine),
-                                          "world_size": fabric.world_size})
+                                          "world_size": fabric.world_size, "parallel_models": method.parallel})
 
         dataset, pairs = data.train_datasets(t)
         start = state["step"] * t.grad_accum
@@ -284,7 +284,7 @@ class Trainer:
         for m in method.modules.values():
             m.train()
         interrupts = _Interrupts(enabled=fabric.world_size == 1)
-        with interrupts:
+        with interrupts, method.running():
             if val_set is not None and state["step"] > 0 and not validated and (
                     state["step"] % t.val_every == 0 or state["step"] == total):
                 interrupts.saved = True  # `latest` holds this step: Ctrl-C may stop at once
@@ -421,13 +421,14 @@ def _init_from(source: str, modules: dict, classes: list[str]) -> str:
     return f"init_from {source}: " + "; ".join(parts) + f"; {rows}"
 
 
-def _check_finite_loss(fabric, loss: torch.Tensor, logs: dict, batch: dict, step: int) -> None:
+def _check_finite_loss(fabric, losses: dict[str, torch.Tensor], logs: dict, batch: dict, step: int) -> None:
     """Stop before a non-finite loss reaches the weights, naming the step, the terms and the files.
 
     Every rank takes part in the check (one all-reduce), so all stop together instead of hanging in
     the gradient all-reduce of the rank that failed.
     """
-    finite = not bool((~torch.isfinite(loss.detach())).any())
+    loss = sum(v.detach() for v in losses.values())
+    finite = not bool((~torch.isfinite(loss)).any())
     if fabric.world_size > 1:
         flag = torch.tensor(0.0 if finite else 1.0, device=fabric.device)
         finite = float(fabric.all_reduce(flag, reduce_op="sum")) == 0.0
@@ -437,7 +438,7 @@ def _check_finite_loss(fabric, loss: torch.Tensor, logs: dict, batch: dict, step
     files = [str(f) for key in ("path", "u_path", "mix_path") for f in (batch.get(key) or [])]
     shown = ", ".join(files[:8]) + (f" and {len(files) - 8} more" if len(files) > 8 else "")
     raise TrainingError(
-        f"step {step + 1}: the training loss is not finite ({float(loss.detach()):g}"
+        f"step {step + 1}: the training loss is not finite ({float(loss):g}"
         f"{'; non-finite terms: ' + ', '.join(terms) if terms else ''}); "
         f"batch files: {shown or 'not recorded'}. Nothing was written for this step; "
         "check those images for extreme values (data.scale, data.mean/std) or lower train.lr, then "

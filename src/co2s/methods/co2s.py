@@ -21,15 +21,17 @@ class Co2S(Method):
 
     def training_loss(self, batch, step, schedule):
         semi, ignore = self.config.train.semi, self.config.data.ignore_index
-        (a_name, a_model), (b_name, b_model) = self.modules.items()  # "global" (CLIP), "local" (DINO)
+        a_name, b_name = self.modules  # "global" (CLIP), "local" (DINO)
 
         # Supervised burn-in (train.semi.burn_in, default none): before it ends only L_sup trains;
         # the unlabelled CE terms and L_sta are zero and lambda stays 0.
         in_burn_in = schedule.in_burn_in(step)
 
-        # Each student's UniMatch terms: supervised, two strong views, feature perturbation.
-        a = student_terms(a_model, batch, semi, ignore, schedule, step)
-        b = student_terms(b_model, batch, semi, ignore, schedule, step)
+        # Each student's UniMatch terms: supervised, two strong views, feature perturbation (each
+        # student's own work: in parallel threads on a CPU, Method.each_model).
+        terms = self.each_model(
+            lambda model, generator: student_terms(model, batch, semi, ignore, schedule, step, generator))
+        a, b = terms[a_name], terms[b_name]
 
         # Arbitration on the weak view: where exactly one student is confident, or both are and
         # one is at least as confident, that one teaches the other. During the burn-in the shares
@@ -60,4 +62,5 @@ class Co2S(Method):
                          f"{name}/s1": t.s1.detach(), f"{name}/s2": t.s2.detach(),
                          f"{name}/fp": t.fp.detach(), f"{name}/sta": sta.detach(),
                          **{f"{name}/{k}": v for k, v in t.logs.items()}})
-        return loss_a + loss_b, logs
+        # L_sta's teacher is detached: no gradient of one student's loss reaches the other.
+        return {a_name: loss_a, b_name: loss_b}, logs

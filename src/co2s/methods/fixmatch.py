@@ -19,7 +19,8 @@ class FixMatch(Method):
             t = supervised_terms(model, batch, semi.tau, self.config.data.ignore_index,
                                  schedule.measures_unlabelled(step))
             loss = t.sup / 2
-            return loss, {"loss": loss.detach(), "sup": t.sup.detach(), "s1": t.s1, "burn_in": 1.0, **t.logs}
+            return {self.model_name: loss}, {"loss": loss.detach(), "sup": t.sup.detach(), "s1": t.s1, "burn_in": 1.0,
+                                             **t.logs}
 
         mix_labels, mix_conf = source_pseudo_labels(model, batch["mix_w"])
 
@@ -37,4 +38,5 @@ class FixMatch(Method):
         loss = (sup + unsup) / 2
         logs = pseudo_label_logs(labels_w, conf_w, valid, batch.get("u_gt"), semi.tau,
                                  self.config.data.ignore_index)
-        return loss, {"loss": loss.detach(), "sup": sup.detach(), "s1": unsup.detach(), "burn_in": 0.0, **logs}
+        return {self.model_name: loss}, {"loss": loss.detach(), "sup": sup.detach(), "s1": unsup.detach(),
+                                         "burn_in": 0.0, **logs}

@@ -10,4 +10,4 @@ class Supervised(Method):
     def training_loss(self, batch, step, schedule):
         logits = self.model(batch["image"])
         loss = supervised_cross_entropy(logits, batch["mask"], self.config.data.ignore_index)
-        return loss, {"loss": loss.detach()}
+        return {self.model_name: loss}, {"loss": loss.detach()}

@@ -41,15 +41,17 @@ def source_pseudo_labels(model, images: torch.Tensor) -> tuple[torch.Tensor, tor
     return labels, conf
 
 
-def unimatch_terms(model, batch: dict, tau: float, fp_dropout: float, ignore_index: int) -> StudentTerms:
-    """Every loss term of one student on one batch, top to bottom as in SPEC 2.4."""
+def unimatch_terms(model, batch: dict, tau: float, fp_dropout: float, ignore_index: int,
+                   generator: torch.Generator | None = None) -> StudentTerms:
+    """Every loss term of one student on one batch, top to bottom as in SPEC 2.4 (the feature
+    perturbation's dropout drawn from ``generator``)."""
     x, y, u_w, valid = batch["image"], batch["mask"], batch["u_w"], batch["u_valid"]
 
     # 1. Pseudo-labels of the CutMix source u' (a different batch): eval mode, no gradient.
     mix_labels, mix_conf = source_pseudo_labels(model, batch["mix_w"])
 
     # 2. One forward of [x, u_w], with the feature-perturbation stream (dropout2d on every map).
-    logits, logits_fp = model(torch.cat([x, u_w]), perturb_features=True, dropout=fp_dropout)
+    logits, logits_fp = model(torch.cat([x, u_w]), perturb_features=True, dropout=fp_dropout, generator=generator)
     pred_x, pred_w = logits.split([len(x), len(u_w)])
     pred_w_fp = logits_fp[len(x):]
     labels_w, conf_w = pseudo_labels(pred_w)  # detached
@@ -117,12 +119,13 @@ def pseudo_label_logs(labels, conf, valid, gt, tau, ignore_index) -> dict[str, f
     return logs
 
 
-def student_terms(model, batch: dict, semi, ignore_index: int, schedule, step: int) -> StudentTerms:
+def student_terms(model, batch: dict, semi, ignore_index: int, schedule, step: int,
+                  generator: torch.Generator | None = None) -> StudentTerms:
     """One student's terms at ``step``: every UniMatch term, or during the burn-in the supervised
     one alone (with the weak view's diagnostics where the schedule measures them)."""
     if schedule.in_burn_in(step):
         return supervised_terms(model, batch, semi.tau, ignore_index, schedule.measures_unlabelled(step))
-    return unimatch_terms(model, batch, semi.tau, semi.fp_dropout, ignore_index)
+    return unimatch_terms(model, batch, semi.tau, semi.fp_dropout, ignore_index, generator)
 
 
 class UniMatch(Method):
@@ -130,7 +133,9 @@ class UniMatch(Method):
     def training_loss(self, batch, step, schedule):
         semi = self.config.train.semi
         burn_in = schedule.in_burn_in(step)
-        t = student_terms(self.model, batch, semi, self.config.data.ignore_index, schedule, step)
+        (name, t), = self.each_model(
+            lambda model, generator: student_terms(model, batch, semi, self.config.data.ignore_index, schedule,
+                                                   step, generator)).items()
         loss = unimatch_loss(t.sup, t.s1, t.s2, t.fp, semi.loss_weights)
-        return loss, {"loss": loss.detach(), "sup": t.sup.detach(), "s1": t.s1.detach(),
+        return {name: loss}, {"loss": loss.detach(), "sup": t.sup.detach(), "s1": t.s1.detach(),
                       "s2": t.s2.detach(), "fp": t.fp.detach(), "burn_in": float(burn_in), **t.logs}

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from co2s.models.param_groups import split_decay
@@ -53,8 +52,10 @@ class SegmentationModel(nn.Module):
         """Feature maps to logits resized to ``size``."""
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor, perturb_features: bool = False, dropout: float = 0.5):
-        """Logits; with ``perturb_features`` also the logits of ``dropout2d``-perturbed features.
+    def forward(self, x: torch.Tensor, perturb_features: bool = False, dropout: float = 0.5,
+                generator: torch.Generator | None = None):
+        """Logits; with ``perturb_features`` also the logits of ``dropout2d``-perturbed features
+        (:func:`drop_channels`, its draws from ``generator``).
 
         The perturbed stream shares the decoder pass with the clean one (features concatenated
         along the batch), as UniMatch does, and returns ``(logits, logits_perturbed)``.
@@ -63,6 +64,19 @@ class SegmentationModel(nn.Module):
         features = self.extract(self.normalize(x))
         if not perturb_features:
             return self.decode(features, size)
-        both = [torch.cat([f, F.dropout2d(f, dropout, training=True)]) for f in features]
+        both = [torch.cat([f, drop_channels(f, dropout, generator)]) for f in features]
         logits = self.decode(both, size)
         return logits.chunk(2)
+
+
+def drop_channels(features: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``dropout2d`` in training: each channel of each image zeroed with probability ``p``, the
+    others scaled by ``1 / (1 - p)``. The draws come from ``generator`` (a CPU generator; torch's
+    global one when None), so that students running in parallel threads each draw from their own
+    and a seeded run stays the same run."""
+    if p <= 0:
+        return features
+    if p >= 1:
+        return features * 0
+    keep = torch.rand(features.shape[:2], generator=generator) >= p
+    return features * (keep.to(features.device, features.dtype) / (1 - p))[:, :, None, None]
