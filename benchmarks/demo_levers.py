@@ -144,7 +144,7 @@ def base_config(name: str, data: Path, run_dir: Path, iters: int, seed: int = 0)
     config = load_config("demo", {"data.root": str(data), "data.splits.unlabelled": "splits/unlabelled_masks.txt",
                                   "out_dir": str(run_dir), "train.seed": seed, "train.iters": iters,
                                   "train.val_every": iters, "train.ckpt_every": iters,
-                                  "train.log_every": 10})
+                                  "train.log_every": 10, "train.crop_size": 128})  # the recorded runs' crop
     return config.override(spec)
 
 

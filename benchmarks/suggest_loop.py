@@ -63,7 +63,8 @@ DATASETS = {
     "demo": {
         "preset": "demo", "add": 8,
         # the length the recorded loop ran, kept if the demo preset's own changes
-        "overrides": ["train.num_workers=0", "train.iters=900", "train.val_every=900"],
+        "overrides": ["train.num_workers=0", "train.iters=900", "train.val_every=900", "train.crop_size=128",
+                      "train.semi.burn_in=0.8"],
     },
     "ai4mars": {
         "preset": "ai4mars", "add": 131,
