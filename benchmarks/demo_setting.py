@@ -116,6 +116,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--report", action="store_true", help="only write results.md from the records")
     args = p.parse_args()
+    failed = []
     if not args.report:
         for labelled in args.labelled:
             for setting in args.settings:
@@ -124,11 +125,19 @@ def main() -> None:
                     if path.is_file():
                         print(f"{path.stem}: recorded", flush=True)
                         continue
-                    record = run_cell(setting, labelled, seed, args.work, args.extra)
+                    try:
+                        record = run_cell(setting, labelled, seed, args.work, args.extra)
+                    except subprocess.CalledProcessError as err:  # co2s demo said why, above
+                        print(f"{path.stem}: co2s demo failed (exit {err.returncode}); not recorded, a rerun "
+                              "runs it again", file=sys.stderr, flush=True)
+                        failed.append(path.stem)
+                        continue
                     write_record(path, record)
                     print(f"{path.stem}: val gain {record['gain']['val']:+.1f}, test gain {record['gain']['test']:+.1f} "
                           f"({record['wall_seconds']:.0f} s)", flush=True)
     print(report(args.out))
+    if failed:
+        sys.exit(f"{len(failed)} cell(s) failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":
