@@ -52,6 +52,22 @@ def test_finished_run_is_not_retrained_and_other_config_is_refused(tiny_dataset,
         train(validate(cfg), progress=False)
 
 
+def test_a_run_saved_before_a_setting_existed_still_resumes(tiny_dataset, tmp_path):
+    """An older release's config.yaml lacks the settings added since: they take their defaults
+    (train.parallel_models is True by default, absent in the file), and the run resumes."""
+    cfg = tiny_config_dict(tiny_dataset, tmp_path / "run", iters=4)
+    train(validate(cfg), progress=False)
+    saved = tmp_path / "run" / "config.yaml"
+    raw = yaml.safe_load(saved.read_text())
+    del raw["train"]["parallel_models"]
+    saved.write_text(yaml.safe_dump(raw))
+    assert train(validate(cfg), progress=False).steps == 4  # not refused as "a different config"
+    raw["train"]["lr"] = 0.5  # a real difference is still refused
+    saved.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"train\.lr: 0\.5 -> 0\.01"):
+        train(validate(cfg), progress=False)
+
+
 def test_bad_checkpoints_give_clear_errors(tmp_path, tiny_config):
     train(tiny_config, progress=False)
     data = (tiny_config.run_dir and open(f"{tiny_config.run_dir}/latest.ckpt", "rb").read())

@@ -16,7 +16,7 @@ from typing import Any
 from co2s.version import __version__
 from co2s.atomic import write_text
 from co2s.config.compare import config_differences
-from co2s.config.loader import config_to_dict, dump_yaml, read_yaml_file
+from co2s.config.loader import config_to_dict, dump_yaml, read_yaml_file, validate
 from co2s.errors import ConfigError
 from co2s.run_folder import RunFolder
 
@@ -84,7 +84,7 @@ def check_run_dir(config, run_dir: str | os.PathLike, extending: bool = False) -
     saved = RunFolder(Path(run_dir)).config
     if not saved.is_file():
         return False
-    old = read_yaml_file(saved)
+    old = _saved_config(saved)
     changes = config_differences(old, config_to_dict(config))
     if extending:
         changes = [c for c in changes if c.split(":")[0] not in EXTENSION_KEYS]
@@ -101,6 +101,17 @@ def check_run_dir(config, run_dir: str | os.PathLike, extending: bool = False) -
             "settings to resume that run"
         )
     return True
+
+
+def _saved_config(path: Path) -> dict:
+    """A run's saved config as this version reads it: settings added since it was written take
+    their defaults, so a new setting does not make an old run look like another run. As written
+    when it no longer validates (the comparison then shows what changed)."""
+    raw = read_yaml_file(path)
+    try:
+        return config_to_dict(validate(raw, str(path), stored=True))
+    except (ConfigError, ValueError):
+        return raw
 
 
 def prepare_run_dir(config, run_dir: str | os.PathLike, extending: bool = False) -> Path:
