@@ -146,9 +146,9 @@ def model_threads(fabric, modules: dict[str, nn.Module], enabled: bool = True) -
     """torch threads per model when the models' own work runs in parallel threads, 0 when it runs
     one model after the other.
 
-    On a CPU two small students gain little from torch's intra-op threads (the demo's pair: 0.24 s
-    a supervised step on 2 threads against 0.30 s on one), and much from running side by side, one
-    thread each (0.16 s). So: with ``train.parallel_models``, several models, one process on a CPU
+    On a CPU two small students gain little from torch's intra-op threads and more from running
+    side by side, one thread each (the demo's pair on 2 cores: a burn-in step 0.166 s one after
+    the other, 0.127 s side by side; a Co2S step 0.696 s against 0.603 s; docs/training.md). So: with ``train.parallel_models``, several models, one process on a CPU
     with at least one torch thread per model, and no random draws inside the models (the
     feature-perturbation dropout draws from :meth:`Method.each_model`'s generators). On a GPU the
     kernels of one model already fill the device."""
