@@ -376,8 +376,9 @@ class Trainer:
         # The Segmenter of the models being trained: validation scores what predict would write.
         # Fabric's module wrappers apply the run's precision in their forward.
         segmenter = Segmenter.from_config(method.modules, self.config)
-        results = score_predictions(segmenter, val_set, rank=fabric.global_rank, world_size=fabric.world_size,
-                                    progress=self.progress and fabric.is_global_zero)
+        with method.all_threads():  # the students run one after the other here
+            results = score_predictions(segmenter, val_set, rank=fabric.global_rank, world_size=fabric.world_size,
+                                        progress=self.progress and fabric.is_global_zero)
         for m in method.modules.values():
             m.train()
         main = segmenter.prediction
