@@ -370,8 +370,11 @@ def markdown(records: list[dict], names: Names, fractions: list[str], classes: l
                 fmt(cell(records, method, pred, fraction, ("IoU", c))) for c in classes) + " |")
 
     semi = [r for r in records if r["status"] == "done" and not r["method"].startswith("supervised")]
-    if semi:
-        keys = sorted({k for r in semi for k in diagnostics(r, names)})
+    keys = sorted({k for r in semi for k in diagnostics(r, names)})
+    if semi and not keys:
+        lines += ["", "Pseudo-label diagnostics: no step was logged after the burn-in (train.log_every "
+                  "longer than the semi-supervised part)."]
+    elif semi:
         lines += ["", "Pseudo-label diagnostics over the semi-supervised part of training (after the burn-in), "
                   "means over logged steps and seeds: confident_ratio = share of valid unlabelled pixels "
                   f"at or above tau {settings['tau']}; pseudo_label_acc(_confident) = agreement of the "
