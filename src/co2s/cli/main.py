@@ -562,8 +562,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the checkpoint's)")
     p.add_argument("--onnx", action="store_true", help="also export model.onnx (needs the onnx extra)")
     p.add_argument("--tile", type=int, help="ONNX tile size (default: the evaluation window)")
-    p.add_argument("--scale", type=float, help="ONNX: what the graph divides the stored values by; needed when "
-                   "the model's scale is auto (255 for uint8 images, 65535 for uint16, 1 for float)")
+    p.add_argument("--scale", type=float, help="ONNX: what the graph divides the stored values by, for a model "
+                   "of scale auto (255 for uint8 images, 65535 for uint16, 1 for float; default: its training "
+                   "images', when they had one type)")
     p.add_argument("--logits", action="store_true", help="ONNX: also output each student's logits (to "
                    "reproduce co2s predict's blending exactly; QGIS Deepness shows every output as a layer)")
     p.add_argument("--gsd", type=float, metavar="METRES", help="the ground sample distance to record (metres "

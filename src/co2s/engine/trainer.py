@@ -222,7 +222,8 @@ class Trainer:
         fetch_pretrained(config.model)
         data = self.data(report=fabric.is_global_zero)
         labelled, unlabelled, val = data.labelled, data.unlabelled, data.val
-        self._gsd = data.ground_sample_distance()  # recorded in the inference contract
+        self._gsd = data.ground_sample_distance()  # both recorded in the inference contract
+        self._auto_scale = data.auto_scale()
 
         if fabric.is_global_zero:
             prepare_run_dir(config, self.run_dir, self.extending)
@@ -333,7 +334,8 @@ class Trainer:
         return Run(self.run_dir, state["step"], state["best"], fabric.is_global_zero, schedule.burn_in)
 
     def _checkpoint_state(self, fabric, state: dict) -> dict:
-        contract = contract_for({name: state[name] for name in self._model_names}, self.config, gsd=self._gsd)
+        contract = contract_for({name: state[name] for name in self._model_names}, self.config, gsd=self._gsd,
+                                auto_scale=self._auto_scale)
         return {**state, "config": config_to_dict(self.config), "rng": _rng_state(fabric),
                 "contract": contract.to_record()}
 
