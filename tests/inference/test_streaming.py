@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from co2s.errors import Co2sError
 from co2s.inference.fusion import class_probabilities
 from co2s.inference.tiling import TileGrid, blend_weight
 from co2s.inference.segmenter import Segmenter
@@ -148,6 +149,12 @@ def test_tile_and_overlap_options(tmp_path):
     for bad in (100, 2.5, -1):
         with pytest.raises(Exception, match="--overlap"):
             tile_and_stride(100, bad)
+    # within a configured tiling's bounds, not a run out of memory or of time
+    with pytest.raises(Co2sError, match=r"^--tile 100000: tile 100000 must be from 16 to 4096 px$"):
+        tile_and_stride(100000)
+    with pytest.raises(Co2sError, match=r"^--tile 512 --overlap 0.99: stride 5 must be from 64"):
+        tile_and_stride(512, 0.99)  # 100 x 100 tiles over every pixel
+    assert tile_and_stride(512, 448) == (512, 64)  # the most overlap allowed
     with pytest.raises(Exception, match="fp16 needs a GPU"):
         tile_logits(_context_model, torch.device("cpu"), "fp16")
 
