@@ -9,7 +9,7 @@ from co2s.inference.fusion import class_probabilities
 from co2s.inference.tiling import TileGrid, blend_weight
 from co2s.inference.segmenter import Segmenter
 from co2s.models.factory import build_models
-from co2s.inference.streaming import stream_prediction_maps, tile_logits
+from co2s.inference.streaming import VALID, stream_prediction_maps, tile_logits
 from tests.inference.oracle import sliding_window_logits
 from co2s.config.loader import validate
 from tests.conftest import tiny_config_dict
@@ -35,9 +35,11 @@ def _stream(image, tile, stride, batch, valid=None, prediction="m", models=None,
     seen = []
     for window, pieces in stream_prediction_maps(read, grid, models or {"m": _context_model}, 3, [prediction],
                                                  batch, on_progress=lambda t, p: seen.append((t, p)),
-                                                 panel_width=panel_width):
+                                                 panel_width=panel_width, validity=True):
         rows, c = pieces[prediction]
         assert rows.shape == window.shape
+        # the piece's valid pixels, kept from the reads (no second read of the mask)
+        np.testing.assert_array_equal(pieces[VALID], True if valid is None else valid[window.slices])
         labels[window.slices], conf[window.slices] = rows, c
         written[window.slices] += 1
     assert (written == 1).all()  # every pixel exactly once
