@@ -94,6 +94,28 @@ def test_first_ctrl_c_in_a_step_finishes_and_saves_that_step(tiny_dataset, tmp_p
     assert "from step 2" in capsys.readouterr().out
 
 
+def test_sigterm_in_a_step_finishes_and_saves_that_step_and_says_so(tiny_dataset, tmp_path, monkeypatch, capsys):
+    """A scheduler's pre-emption (SIGTERM) stops training as a first Ctrl-C does, exit 143."""
+    path = _config(tmp_path, tiny_dataset, "run", val_every=100)
+
+    def step(fabric, method, batches, step, schedule, sums):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return REAL_STEP(fabric, method, batches, step, schedule, sums)
+
+    monkeypatch.setattr(trainer_module, "train_step", step)
+    assert main(["train", str(path), "--no-progress"]) == 143
+    captured = capsys.readouterr()
+    assert "terminated (SIGTERM): finishing this step and saving it" in captured.out + captured.err
+    assert f"terminated (SIGTERM); rerun the same command to resume from {tmp_path / 'run' / 'latest.ckpt'}" \
+        in captured.err
+    assert read_checkpoint(tmp_path / "run" / "latest.ckpt")["step"] == 3
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # given back
+    monkeypatch.undo()
+    assert main(["train", str(path), "--no-progress"]) == 0
+    assert "from step 3" in capsys.readouterr().out
+
+
 def test_a_finished_run_is_not_validated_again(tiny_config, capsys):
     from co2s.api import train
 

@@ -34,7 +34,7 @@ from co2s.config.compare import config_differences
 from co2s.engine.run_dir import Run, check_run_dir, extended_config, prepare_run_dir, write_run_info
 from co2s.engine.run_lock import RunLock
 from co2s.run_folder import RunFolder
-from co2s.errors import CheckpointError, RunLockedError, TrainingError
+from co2s.errors import CheckpointError, RunLockedError, Terminated, TrainingError
 from co2s.evaluation.evaluator import score_predictions
 from co2s.inference.segmenter import Segmenter
 from co2s.methods import Schedule, build_method
@@ -469,36 +469,42 @@ def _best_from_log(records: list[dict], state: dict) -> bool:
 
 
 class _Interrupts:
-    """Ctrl-C during training: the first stops at the end of the current step, after saving it to
-    ``latest`` (at once when ``latest`` already holds the step, e.g. during a validation); a second
-    stops at once. Single-process runs only: under DDP every rank gets its own signal, and a rank
-    that stopped alone would leave the others waiting in a collective."""
+    """Ctrl-C or SIGTERM (a scheduler's pre-emption) during training: the first stops at the end
+    of the current step, after saving it to ``latest`` (at once when ``latest`` already holds the
+    step, e.g. during a validation); a second stops at once. Single-process runs only: under DDP
+    every rank gets its own signal, and a rank that stopped alone would leave the others waiting
+    in a collective."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
         self.requested = False
         self.saved = False  # whether `latest` holds the last completed step
-        self._previous = None
+        self._stop: type[KeyboardInterrupt] = KeyboardInterrupt  # what stopping raises
+        self._previous: dict = {}
 
     def __enter__(self) -> _Interrupts:
         if self.enabled:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.enabled:
-            signal.signal(signal.SIGINT, self._previous)
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
 
     def _handle(self, signum, frame) -> None:
+        stop = Terminated if signum == signal.SIGTERM else KeyboardInterrupt
         if self.requested or self.saved:
-            raise KeyboardInterrupt
-        self.requested = True
-        tqdm.write("interrupted: finishing this step and saving it (Ctrl-C again to stop at once)")
+            raise stop
+        self.requested, self._stop = True, stop
+        said = "terminated (SIGTERM)" if stop is Terminated else "interrupted"
+        tqdm.write(f"{said}: finishing this step and saving it (Ctrl-C again to stop at once)")
 
     def stop_if_requested(self, step: int, latest: Path) -> None:
         if self.requested:
             tqdm.write(f"saved step {step} to {latest}")
-            raise KeyboardInterrupt
+            raise self._stop
 
 
 def _plain_line(record: dict, total: int) -> str:
