@@ -1,11 +1,12 @@
 """Ctrl-C (a real SIGINT) keeps the training done so far: the step's checkpoint is written before
-its validation, a first Ctrl-C finishes and saves the current step, and a resume validates again a
+its validation, a first Ctrl-C (or SIGTERM) finishes and saves the current step, and a resume validates again a
 step whose validation was cut short. Logs without a terminal get one plain line per log period."""
 
 import os
 import signal
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -76,44 +77,30 @@ def test_ctrl_c_during_validation_keeps_the_training_and_validates_again(tiny_da
         _same_weights(tmp_path / "straight" / name, run / name)
 
 
-def test_first_ctrl_c_in_a_step_finishes_and_saves_that_step(tiny_dataset, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("signum, code, said", [
+    (signal.SIGINT, 130, "interrupted"),  # Ctrl-C
+    (signal.SIGTERM, 143, "terminated (SIGTERM)"),  # a scheduler's pre-emption, kill, docker stop
+])
+def test_a_first_signal_in_a_step_finishes_and_saves_that_step(tiny_dataset, tmp_path, monkeypatch, capsys,
+                                                               signum, code, said):
     path = _config(tmp_path, tiny_dataset, "run", val_every=100)
+    handler = signal.getsignal(signum)
 
     def step(fabric, method, batches, step, schedule, sums):
-        if step == 1:  # Ctrl-C arrives in the middle of step 2
-            os.kill(os.getpid(), signal.SIGINT)
+        if step == 1:  # the signal arrives in the middle of step 2
+            os.kill(os.getpid(), signum)
         return REAL_STEP(fabric, method, batches, step, schedule, sums)
 
     monkeypatch.setattr(trainer_module, "train_step", step)
-    assert main(["train", str(path), "--no-progress"]) == 130
+    assert main(["train", str(path), "--no-progress"]) == code
     captured = capsys.readouterr()
-    assert "finishing this step and saving it" in captured.out + captured.err
+    assert f"{said}: finishing this step and saving it" in captured.out + captured.err
+    assert f"{said}; rerun the same command to resume from {tmp_path / 'run' / 'latest.ckpt'}" in captured.err
     assert read_checkpoint(tmp_path / "run" / "latest.ckpt")["step"] == 2  # not a ckpt_every step
+    assert signal.getsignal(signum) is handler  # given back
     monkeypatch.undo()
     assert main(["train", str(path), "--no-progress"]) == 0
     assert "from step 2" in capsys.readouterr().out
-
-
-def test_sigterm_in_a_step_finishes_and_saves_that_step_and_says_so(tiny_dataset, tmp_path, monkeypatch, capsys):
-    """A scheduler's pre-emption (SIGTERM) stops training as a first Ctrl-C does, exit 143."""
-    path = _config(tmp_path, tiny_dataset, "run", val_every=100)
-
-    def step(fabric, method, batches, step, schedule, sums):
-        if step == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return REAL_STEP(fabric, method, batches, step, schedule, sums)
-
-    monkeypatch.setattr(trainer_module, "train_step", step)
-    assert main(["train", str(path), "--no-progress"]) == 143
-    captured = capsys.readouterr()
-    assert "terminated (SIGTERM): finishing this step and saving it" in captured.out + captured.err
-    assert f"terminated (SIGTERM); rerun the same command to resume from {tmp_path / 'run' / 'latest.ckpt'}" \
-        in captured.err
-    assert read_checkpoint(tmp_path / "run" / "latest.ckpt")["step"] == 3
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # given back
-    monkeypatch.undo()
-    assert main(["train", str(path), "--no-progress"]) == 0
-    assert "from step 3" in capsys.readouterr().out
 
 
 def test_a_finished_run_is_not_validated_again(tiny_config, capsys):
