@@ -197,6 +197,20 @@ def _copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, tmp)
 
 
+def last_run_info(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The record of the run's latest start (:func:`write_run_info`); empty when there is none
+    or it does not read."""
+    path = RunFolder(run_dir).run_info
+    lines = path.read_text().splitlines() if path.is_file() else []
+    for line in reversed(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:  # a line cut short by a crash
+            continue
+        return record if isinstance(record, dict) else {}
+    return {}
+
+
 def write_run_info(run_dir: Path, extra: dict[str, Any] | None = None) -> None:
     """Record how the run was made: package version, git revision, command, environment."""
     import torch

@@ -31,7 +31,8 @@ from co2s.models.weight_checks import check_fit, expected_tensors, tensor_infos
 from co2s.engine.metrics_log import MetricsLog, take_validation
 from co2s.engine.optim import poly_factor, set_lr
 from co2s.config.compare import config_differences
-from co2s.engine.run_dir import Run, check_run_dir, extended_config, prepare_run_dir, write_run_info
+from co2s.engine.run_dir import (Run, check_run_dir, extended_config, last_run_info, prepare_run_dir,
+                                 write_run_info)
 from co2s.engine.run_lock import RunLock
 from co2s.run_folder import RunFolder
 from co2s.errors import CheckpointError, RunLockedError, Terminated, TrainingError
@@ -266,9 +267,14 @@ class Trainer:
                 (validated, state["best"], state["best_per_prediction"]))
         if fabric.is_global_zero:
             clean_checkpoint_temporaries(folder, state["step"], schedule.burn_in)
+            precision = training_precision(config.engine)
+            before = last_run_info(self.run_dir).get("precision") if state["step"] else None
+            if before and before != precision:  # e.g. auto: bf16 on the GPU that started it, fp32 here
+                how = " (engine.precision auto, on this machine)" if config.engine.precision == "auto" else ""
+                warnings.warn(f"{self.run_dir} trained in {before} precision until step {state['step']} and goes "
+                              f"on in {precision}{how}; set engine.precision={before} to keep it", stacklevel=2)
             write_run_info(self.run_dir, {"resumed_from_step": state["step"], "total_steps": total,
-                                          "burn_in_steps": schedule.burn_in,
-                                          "precision": training_precision(config.engine),
+                                          "burn_in_steps": schedule.burn_in, "precision": precision,
                                           "world_size": fabric.world_size, "parallel_models": method.parallel})
 
         dataset, pairs = data.train_datasets(t)
