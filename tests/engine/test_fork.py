@@ -42,6 +42,32 @@ def test_a_forked_baseline_ends_with_the_weights_of_one_trained_from_scratch(tin
     assert steps == [1, 2, 3, 4, 5, 6]  # the burn-in's records came along, once
 
 
+def test_co2s_detached_forked_at_the_co2s_burn_in_is_the_run_trained_from_step_0(tiny_dataset, tmp_path):
+    """benchmarks/ssl_study.py forks co2s-detached from co2s: the stability gradient acts only after
+    the burn-in, so the forked run ends with the weights of one that trained its burn-in itself."""
+    (tiny_dataset / "unl.txt").write_text("images/t4.png\nimages/t5.png\n")
+
+    def config(run, stability_gradient):
+        cfg = tiny_config_dict(tiny_dataset, tmp_path / run, iters=6, val_every=100, ckpt_every=100,
+                               deterministic=True, method="co2s")
+        cfg["data"]["splits"]["unlabelled"] = "unl.txt"
+        cfg["model"] = {"name": "students", "students": [
+            {"name": "clip", "backbone": {"kind": "clip", "arch": "tiny", "tune": "full"}, "guidance": "text",
+             "text": {"prototypes": "random"}},
+            {"name": "cnn", "backbone": {"kind": "cnn", "arch": "tiny"}, "guidance": "queries"}]}
+        cfg["train"]["semi"] = {"tau": 0.0, "burn_in": 0.5, "stability_gradient": stability_gradient}
+        return validate(cfg)
+
+    co2s = train(config("co2s", True), progress=False)
+    assert fork_at_burn_in(co2s.run_dir, tmp_path / "forked", 3)
+    forked = train(config("forked", False), progress=False)
+    straight = train(config("straight", False), progress=False)
+    a, b = read_checkpoint(RunFolder(forked.run_dir).latest), read_checkpoint(RunFolder(straight.run_dir).latest)
+    assert all(torch.equal(a[name][k], b[name][k]) for name in ("clip", "cnn") for k in a[name])
+    c = read_checkpoint(RunFolder(co2s.run_dir).latest)  # and the stability gradient did act after the fork
+    assert not all(torch.equal(a[name][k], c[name][k]) for name in ("clip", "cnn") for k in a[name])
+
+
 def _source(folder, best_step):
     """A run folder with a burn-in checkpoint at step 4 and validations at 2, 4 and 6, the best at
     ``best_step`` (its weights in best.ckpt)."""
