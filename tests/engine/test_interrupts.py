@@ -4,6 +4,9 @@ step whose validation was cut short. Logs without a terminal get one plain line 
 
 import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,7 @@ from co2s.cli.main import main
 from co2s.engine.metrics_log import read_log
 from co2s.models.loading import read_checkpoint
 from tests.conftest import tiny_config_dict
+from tests.engine.test_run_lock import SAFETY_S, _finish, _wait_for_file
 
 REAL_STEP = trainer_module.train_step
 REAL_SCORE = trainer_module.score_predictions
@@ -101,6 +105,28 @@ def test_a_first_signal_in_a_step_finishes_and_saves_that_step(tiny_dataset, tmp
     monkeypatch.undo()
     assert main(["train", str(path), "--no-progress"]) == 0
     assert "from step 2" in capsys.readouterr().out
+
+
+def test_sigterm_to_a_whole_job_with_loading_workers_stops_it_in_one_line(tiny_dataset, tmp_path):
+    """A scheduler signals every process of the job, the data-loading workers too: the run still
+    stops as Ctrl-C stops it (exit 143, how to resume, no traceback), and no worker is left."""
+    path = _config(tmp_path, tiny_dataset, "run", iters=100_000, val_every=100_000, ckpt_every=5, num_workers=2)
+    proc = subprocess.Popen([sys.executable, "-m", "co2s.cli.main", "train", str(path), "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    _wait_for_file(tmp_path / "run" / "latest.ckpt", proc)  # the workers are loading by now
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = _finish(proc)
+    assert proc.returncode == 143, err
+    assert "terminated (SIGTERM); rerun the same command to resume from" in err and "Traceback" not in err
+    deadline = time.monotonic() + SAFETY_S
+    while time.monotonic() < deadline:  # the workers end with the run (they may take a moment to go)
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("data-loading workers outlived the run")
 
 
 def test_a_finished_run_is_not_validated_again(tiny_config, capsys):

@@ -192,6 +192,7 @@ class Trainer:
             # Own generator: creating the iterator must not consume the global RNG, or a resumed
             # run's dropout masks would differ from an uninterrupted run's.
             generator=torch.Generator().manual_seed(seed),
+            worker_init_fn=_worker_stops_on_sigterm,
         )
         return fabric.setup_dataloaders(loader, use_distributed_sampler=False)
 
@@ -472,6 +473,18 @@ def _best_from_log(records: list[dict], state: dict) -> bool:
     for record in vals:
         _take_val_record(state, record)
     return vals[-1]["step"] == state["step"]
+
+
+def _worker_stops_on_sigterm(worker_id: int) -> None:
+    """A data-loading worker ends on SIGTERM as torch has it end on Ctrl-C: quietly (its loop takes
+    KeyboardInterrupt as the end). A scheduler signals every process of the job; a worker killed by
+    the signal would stop the run with torch's "worker killed" error before the main process
+    could finish and save its step (:class:`_Interrupts`), which the batches already loaded feed."""
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 class _Interrupts:
