@@ -168,7 +168,10 @@ def image_dtype(path: str | os.PathLike) -> np.dtype:
     try:
         with Image.open(path) as img:
             mode = "RGB" if img.mode == "P" else img.mode  # palette images read as their colours
-            return np.dtype(ImageMode.getmode(mode).typestr)
+            try:
+                return np.dtype(ImageMode.getmode(mode).typestr)
+            except KeyError:  # a mode Pillow has no table entry for: what reading it gives
+                return np.asarray(img).dtype
     except (UnidentifiedImageError, OSError) as exc:
         raise DataError(f"cannot read image {path}: {exc}") from None
 
