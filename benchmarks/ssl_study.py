@@ -62,6 +62,9 @@ from co2s.data.sources import read_split
 from co2s.data.splits import make_splits, ratio_tag
 from co2s.models.loading import portable_config
 from co2s.engine.metrics_log import read_log
+from co2s.engine.run_dir import fork_at_burn_in
+from co2s.models.loading import read_checkpoint
+from co2s.run_folder import RunFolder
 from study_records import git_revision, write_record
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,6 +86,10 @@ METHODS = {
     "co2s": ("co2s", ["{a}", "{b}"], {"stability_gradient": True}),
     "co2s-detached": ("co2s", ["{a}", "{b}"], {"stability_gradient": False}),
 }
+#: method -> the method whose burn-in is its own: the same students and config but for what acts only
+#: after the burn-in, so it continues from that run's burn_in.ckpt (engine.run_dir.fork_at_burn_in)
+#: instead of repeating the same computation; when that run has none yet it trains from step 0
+FORKS = {"co2s-detached": "co2s"}
 PREDICTION_KINDS = ("{a}", "{b}", "mean", "confidence")  # of a two-student run, in table order
 CURVE_KEYS = ("{a}/pseudo_label_acc", "{b}/pseudo_label_acc", "{a}/pseudo_label_acc_confident",
               "{b}/pseudo_label_acc_confident", "{a}/confident_ratio", "{b}/confident_ratio",
@@ -122,7 +129,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=8, help="labelled (and unlabelled) images per step")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--tau", type=float, default=0.8, help="pseudo-label confidence threshold")
-    p.add_argument("--val-every", type=int, help="default: iters / 2")
+    p.add_argument("--val-every", type=int, help="default: 0.8 x iters, so that every run chooses between its "
+                   "checkpoints at 80 %% and 100 %% of training, after the burn-in")
     p.add_argument("--val-images", type=int, default=300, help="fixed subset: the first N of val.txt "
                    "(300: about 20 s per validation on 2 cores)")
     p.add_argument("--eval-window", type=int, default=256, help="test window (256 = whole AI4Mars image)")
@@ -150,7 +158,7 @@ def base_config(args) -> dict:
             f"train.lr={args.lr}", f"train.semi.tau={args.tau}", f"train.semi.burn_in={args.burn_in}",
             f"train.warmup_iters={args.warmup}",
             f"train.grad_clip={args.grad_clip or 'null'}",
-            f"train.val_every={args.val_every or max(1, args.iters // 2)}",
+            f"train.val_every={args.val_every or max(1, args.iters * 4 // 5)}",
             f"train.val_max_images={args.val_images}", "train.log_every=10", "train.num_workers=0",
             f"eval.window={args.eval_window}", *args.overrides,
         ])
@@ -203,11 +211,20 @@ def load_config_dict(raw: dict):
     return validate(raw, "study config")
 
 
-def execute(run_dir: Path, cfg: dict, threads: int) -> dict:
-    """Train (or resume) and evaluate one run in subprocesses; returns its record."""
+def execute(run_dir: Path, cfg: dict, threads: int, fork_from: Path | None = None) -> dict:
+    """Train (or resume) and evaluate one run in subprocesses; returns its record. ``fork_from``:
+    a run folder whose burn-in this run shares (:data:`FORKS`): it starts from its end."""
     done = run_dir / "study_run.json"
     if done.is_file():
         return json.loads(done.read_text())
+    forked, fork_note = {}, run_dir / "study_fork.json"
+    if fork_note.is_file():  # forked before an interruption
+        forked = json.loads(fork_note.read_text())
+    elif fork_from is not None and RunFolder(fork_from).burn_in.is_file():
+        step = read_checkpoint(RunFolder(fork_from).burn_in)["step"]
+        if fork_at_burn_in(fork_from, run_dir, step):
+            forked = {"forked_from": _recorded(fork_from), "fork_step": step}
+            fork_note.write_text(json.dumps(forked))
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg_path = run_dir.parent / f"{run_dir.name}.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -230,7 +247,8 @@ def execute(run_dir: Path, cfg: dict, threads: int) -> dict:
         if proc.returncode:
             return {"run_dir": _recorded(run_dir), "error": f"{command[3]} exited {proc.returncode}; see {log.name}"}
     record = {"run_dir": _recorded(run_dir), "train_s": round(times[0], 1), "evaluate_s": round(times[1], 1),
-              "wall_s": round(time.time() - t0, 1), "git_revision": git_revision()}
+              "wall_s": round(time.time() - t0, 1), "git_revision": git_revision(),
+              **forked}  # a forked run's times are of its steps after the fork
     write_record(done, record)
     return record
 
@@ -370,8 +388,11 @@ def markdown(records: list[dict], names: Names, fractions: list[str], classes: l
                 fmt(cell(records, method, pred, fraction, ("IoU", c))) for c in classes) + " |")
 
     semi = [r for r in records if r["status"] == "done" and not r["method"].startswith("supervised")]
-    if semi:
-        keys = sorted({k for r in semi for k in diagnostics(r, names)})
+    keys = sorted({k for r in semi for k in diagnostics(r, names)})
+    if semi and not keys:
+        lines += ["", "Pseudo-label diagnostics: no step was logged after the burn-in (train.log_every "
+                  "longer than the semi-supervised part)."]
+    elif semi:
         lines += ["", "Pseudo-label diagnostics over the semi-supervised part of training (after the burn-in), "
                   "means over logged steps and seeds: confident_ratio = share of valid unlabelled pixels "
                   f"at or above tau {settings['tau']}; pseudo_label_acc(_confident) = agreement of the "
@@ -494,7 +515,9 @@ def main(argv=None) -> int:
             if record_path(m, f, s).is_file():
                 print(f"{m} {f} seed {s}: recorded", flush=True)
                 return
-            record = execute(run_dir(m, f, s), run_config(base, names, m, split_dirs[f, s], s), args.threads)
+            source = FORKS.get(m)
+            record = execute(run_dir(m, f, s), run_config(base, names, m, split_dirs[f, s], s), args.threads,
+                             run_dir(source, f, s) if source else None)
             if "error" not in record:
                 write_record(record_path(m, f, s), collect(run_dir(m, f, s), names, m, f, s))
             status = record.get("error") or f"{record['wall_s']:.0f} s"

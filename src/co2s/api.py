@@ -99,7 +99,8 @@ def export(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, predict
     inference contract, and the model card ``README.md`` with the run's validation and test scores
     where its folder holds them) from a training checkpoint; with ``onnx``, also ``model.onnx``
     for a fixed ``tile`` (default: the evaluation window), ready for QGIS Deepness and GeoDeep
-    (:mod:`co2s.inference.onnx_export`; ``scale`` is needed when the model's scale is ``auto``,
+    (:mod:`co2s.inference.onnx_export`; ``scale``: what the graph divides stored values by, for
+    a model of scale ``auto`` whose training images' range is not recorded or for other imagery;
     ``logits`` adds each student's logits). ``gsd`` (metres per pixel) sets the ground sample
     distance the model records, for imagery whose files do not say it. Returns the written paths."""
     import math
@@ -123,7 +124,7 @@ def export(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, predict
     if onnx:
         from co2s.inference.onnx_export import export_onnx, graph_scale
 
-        graph_scale(segmenter.scale, scale)  # refuse before anything is written
+        graph_scale(segmenter.contract, scale)  # refuse before anything is written
         tile = tile or segmenter.tile
         written["onnx"] = export_onnx(segmenter, Path(out_dir) / "model.onnx", tile, scale=scale, logits=logits)
         described = {"tile": tile, "resolution": segmenter.contract.gsd is not None}

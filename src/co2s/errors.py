@@ -24,6 +24,12 @@ class TrainingError(Co2sError):
     names the step and the files of the batch, and nothing non-finite was written."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: the process was asked to stop (a scheduler's pre-emption or time limit, ``kill``,
+    ``docker stop``). Stops the work as Ctrl-C does: what is written is kept or removed whole, and
+    training first finishes and saves its current step."""
+
+
 class RunLockedError(Co2sError):
     """Another training run holds the run folder's lock; the message names the folder and the
     holder's pid and host, and nothing in the folder was written."""

@@ -195,6 +195,30 @@ def test_full_disk_at_a_geotiff_prediction_leaves_no_partial_file(model, tmp_pat
     assert tree(tmp_path) == before and leftovers(tmp_path) == []
 
 
+def test_sigterm_during_a_scene_keeps_the_finished_outputs_and_leaves_no_partial_file(model, tmp_path,
+                                                                                    monkeypatch, capsys):
+    """A scheduler's pre-emption (SIGTERM) stops ``co2s predict`` as Ctrl-C does: exit 143 in one
+    line, the scenes already written kept, the one being written removed whole."""
+    import signal
+
+    from co2s.inference.scene import SceneOutputs
+
+    ckpt, _ = model
+    first, second = scene(tmp_path / "scenes" / "a.tif"), scene(tmp_path / "scenes" / "b.tif")
+    out = tmp_path / "pred"
+    real_write = SceneOutputs.write_rows
+
+    def write_rows(self, window, *args):
+        if self.final["classes"].name == "b_classes.tif":
+            os.kill(os.getpid(), signal.SIGTERM)  # as the second scene is being written
+        return real_write(self, window, *args)
+
+    monkeypatch.setattr(SceneOutputs, "write_rows", write_rows)
+    error_line(capsys, predict(ckpt, first, second, "--out", out), 143, "error: terminated (SIGTERM)")
+    assert sorted(p.name for p in out.iterdir()) == ["a_classes.tif"] and leftovers(tmp_path) == []
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # given back
+
+
 def test_full_disk_at_the_polygons_leaves_no_partial_file(model, tmp_path, monkeypatch, capsys):
     """GDAL (through pyogrio) fails writing the GeoPackage: one line naming it and the full disk;
     none of the scene's outputs (the class raster was complete) is left, nor a temporary."""

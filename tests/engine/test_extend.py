@@ -72,3 +72,26 @@ def test_extend_refuses_a_shorter_total_and_an_empty_folder(tmp_path):
     other = _config(tmp_path, "run", iters=4).model_copy(update={"name": "renamed"})
     with pytest.raises(ConfigError, match="different config"):  # --extend changes the length only
         api.train(other, progress=False, extend=8)
+
+
+def test_a_run_going_on_in_another_precision_says_so(tmp_path, capsys):
+    """``engine.precision: auto`` decides per machine: a run started in bf16 on a GPU and resumed
+    on a CPU would silently go on in fp32; it is said, with how to keep the precision."""
+    from co2s.engine.trainer import training_precision
+
+    import warnings
+
+    config = _config(tmp_path, "run", iters=2).override({"engine.precision": "auto"})
+    assert training_precision(config.engine) == "32-true"  # auto, on this CPU
+    run = api.train(config, progress=False)
+    info = RunFolder(run.run_dir).run_info
+    records = [json.loads(line) for line in info.read_text().splitlines()]
+    assert records[-1]["precision"] == "32-true"
+    records[-1]["precision"] = "bf16-mixed"  # as a GPU start would have recorded it
+    info.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.warns(UserWarning, match=rf"trained in bf16-mixed precision until step {run.steps} and goes on in "
+                      r"32-true \(engine.precision auto, on this machine\); set engine.precision=bf16-mixed"):
+        api.train(config, progress=False, extend=run.steps + 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same precision as the last start: nothing to say
+        api.train(config, progress=False, extend=run.steps + 4)

@@ -1,11 +1,15 @@
 """Ctrl-C (a real SIGINT) keeps the training done so far: the step's checkpoint is written before
-its validation, a first Ctrl-C finishes and saves the current step, and a resume validates again a
+its validation, a first Ctrl-C (or SIGTERM) finishes and saves the current step, and a resume validates again a
 step whose validation was cut short. Logs without a terminal get one plain line per log period."""
 
 import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -14,6 +18,7 @@ from co2s.cli.main import main
 from co2s.engine.metrics_log import read_log
 from co2s.models.loading import read_checkpoint
 from tests.conftest import tiny_config_dict
+from tests.engine.test_run_lock import SAFETY_S, _finish, _wait_for_file
 
 REAL_STEP = trainer_module.train_step
 REAL_SCORE = trainer_module.score_predictions
@@ -76,22 +81,52 @@ def test_ctrl_c_during_validation_keeps_the_training_and_validates_again(tiny_da
         _same_weights(tmp_path / "straight" / name, run / name)
 
 
-def test_first_ctrl_c_in_a_step_finishes_and_saves_that_step(tiny_dataset, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("signum, code, said", [
+    (signal.SIGINT, 130, "interrupted"),  # Ctrl-C
+    (signal.SIGTERM, 143, "terminated (SIGTERM)"),  # a scheduler's pre-emption, kill, docker stop
+])
+def test_a_first_signal_in_a_step_finishes_and_saves_that_step(tiny_dataset, tmp_path, monkeypatch, capsys,
+                                                               signum, code, said):
     path = _config(tmp_path, tiny_dataset, "run", val_every=100)
+    handler = signal.getsignal(signum)
 
     def step(fabric, method, batches, step, schedule, sums):
-        if step == 1:  # Ctrl-C arrives in the middle of step 2
-            os.kill(os.getpid(), signal.SIGINT)
+        if step == 1:  # the signal arrives in the middle of step 2
+            os.kill(os.getpid(), signum)
         return REAL_STEP(fabric, method, batches, step, schedule, sums)
 
     monkeypatch.setattr(trainer_module, "train_step", step)
-    assert main(["train", str(path), "--no-progress"]) == 130
+    assert main(["train", str(path), "--no-progress"]) == code
     captured = capsys.readouterr()
-    assert "finishing this step and saving it" in captured.out + captured.err
+    assert f"{said}: finishing this step and saving it" in captured.out + captured.err
+    assert f"{said}; rerun the same command to resume from {tmp_path / 'run' / 'latest.ckpt'}" in captured.err
     assert read_checkpoint(tmp_path / "run" / "latest.ckpt")["step"] == 2  # not a ckpt_every step
+    assert signal.getsignal(signum) is handler  # given back
     monkeypatch.undo()
     assert main(["train", str(path), "--no-progress"]) == 0
     assert "from step 2" in capsys.readouterr().out
+
+
+def test_sigterm_to_a_whole_job_with_loading_workers_stops_it_in_one_line(tiny_dataset, tmp_path):
+    """A scheduler signals every process of the job, the data-loading workers too: the run still
+    stops as Ctrl-C stops it (exit 143, how to resume, no traceback), and no worker is left."""
+    path = _config(tmp_path, tiny_dataset, "run", iters=100_000, val_every=100_000, ckpt_every=5, num_workers=2)
+    proc = subprocess.Popen([sys.executable, "-m", "co2s.cli.main", "train", str(path), "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    _wait_for_file(tmp_path / "run" / "latest.ckpt", proc)  # the workers are loading by now
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = _finish(proc)
+    assert proc.returncode == 143, err
+    assert "terminated (SIGTERM); rerun the same command to resume from" in err and "Traceback" not in err
+    deadline = time.monotonic() + SAFETY_S
+    while time.monotonic() < deadline:  # the workers end with the run (they may take a moment to go)
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("data-loading workers outlived the run")
 
 
 def test_a_finished_run_is_not_validated_again(tiny_config, capsys):

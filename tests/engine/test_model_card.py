@@ -39,6 +39,7 @@ def test_card_holds_the_contract_training_and_scores(tmp_path, tiny_dataset, cap
         r, g, b = i * 60, 255 - i * 60, 100
         assert f"| {i} | {name} | #{r:02x}{g:02x}{b:02x} |" in card
     assert "values divided by their data type's range" in card  # scale auto
+    assert contract["auto_scale"] == 255 and "; 255 for its training images)" in card  # uint8 PNG tiles
     assert contract["gsd"] == 0.5 and "Ground sample distance: 0.5 m per pixel" in card
     mean = ", ".join(f"{v:.4g}" for v in contract["normalisation"]["model"]["mean"])
     assert f"`model`: mean [{mean}]" in card

@@ -253,6 +253,42 @@ def test_labelled_pixels_do_not_count_and_mostly_labelled_windows_are_not_sugges
         assert box.intersection(blocks["B"]).area == 0
 
 
+def test_scene_nodata_pixels_do_not_count_and_the_mask_is_read_once(tmp_path, monkeypatch):
+    """A scene whose left part is nodata: windows there are not candidates, a window across its
+    edge is scored over its valid pixels, and scoring takes the valid pixels from the prediction's
+    reads (no mask read beyond those of loading the scenes, which check the labels)."""
+    from co2s.data.raster import RasterReader
+    from co2s.data.scenes import load_scenes
+
+    image = np.zeros((3, 96, 96), np.uint8)
+    image[:] = np.array(DISAGREE, np.uint8)[:, None, None]
+    image[:, :, :40] = 0  # nodata
+    write_raster(tmp_path / "scene.tif", image, nodata=0)
+    x0, y0 = TRANSFORM @ (0, 0)
+    x1, y1 = TRANSFORM @ (8, 8)  # a labelled corner, in the nodata
+    pyogrio.raw.write(tmp_path / "labels.gpkg", np.array([shapely.to_wkb(shapely.box(x0, y1, x1, y0))], object),
+                      [np.array(["c1"], object)], fields=["class"], crs=CRS, geometry_type="Polygon", driver="GPKG")
+    cfg = tiny_config_dict(tmp_path, tmp_path / "run")
+    cfg["data"] = {"root": str(tmp_path), "classes": CLASSES, "scale": 255,
+                   "scenes": {"rasters": ["scene.tif"], "labels": {"vector": "labels.gpkg", "attribute": "class"}}}
+    config = validate(cfg)
+    calls = []
+    valid = RasterReader.valid
+    monkeypatch.setattr(RasterReader, "valid", lambda self, *a, **k: calls.append(a) or valid(self, *a, **k))
+    load_scenes(config.data, 3, progress=False)
+    loading = len(calls)
+    record = co2s.suggest(segmenter(), tmp_path / "s", config, budget=100, window=32, spacing=0,
+                          progress=False, sheet=0)
+    assert len(calls) == 2 * loading  # suggest loaded the scenes, and read no mask again to score them
+    assert record["suggestions"]
+    has_data = image.max(0) > 0
+    for s in record["suggestions"]:
+        w = s["window"]
+        inside = has_data[w["y"] : w["y"] + w["height"], w["x"] : w["x"] + w["width"]]
+        assert s["pixels"] == inside.sum() >= 0.5 * inside.size  # data.scenes.min_valid's default
+    assert any(s["pixels"] < 32 * 32 for s in record["suggestions"])  # one across the edge
+
+
 def test_scene_windows_avoid_labels_and_held_out_regions_and_keep_their_spacing(scene, tmp_path):
     config, blocks = scene
     out = tmp_path / "windows"

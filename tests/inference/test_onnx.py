@@ -11,11 +11,13 @@ import json
 import re
 import sys
 import sysconfig
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import co2s
 from co2s.config.loader import load_config
@@ -24,7 +26,7 @@ from co2s.inference.fusion import fuse
 from co2s.inference.onnx_export import export_onnx, graph_scale
 from co2s.inference.segmenter import Segmenter
 from co2s.models.factory import build_models
-from tests.conftest import REPO
+from tests.conftest import REPO, tiny_config_dict
 from tests.models.harness import FUSION_CASE, MODEL_CASES, NUM_CLASSES, build_segmenter
 
 DOCS = REPO / "docs" / "prediction.md"
@@ -129,17 +131,39 @@ def test_onnxruntime_matches_torch(case, prediction, batch_size, tmp_path):
     assert b"pkg.torch" not in data and b"stack_trace" not in data
 
 
-def test_scale_auto_needs_the_images_scale_at_export():
-    """``auto`` follows each file's data type, which a float32 graph input cannot show."""
+def test_scale_auto_takes_the_training_images_scale_or_the_one_given():
+    """``auto`` follows each file's data type, which a float32 graph input cannot show: the graph
+    divides by the training images' (``auto_scale``), by the one given, or the export is refused."""
+    contract = Segmenter.load(REPO / "tests" / "compat" / "v1" / "lite_unet" / "best.ckpt").contract
+    auto, recorded = contract, contract.model_copy(update={"auto_scale": 255.0})
+    number = contract.model_copy(update={"scale": 255.0})
+    assert auto.scale == "auto" and auto.auto_scale is None  # saved before contracts recorded it
     with pytest.raises(Co2sError, match=r"--scale 255"):
-        graph_scale("auto", None)
-    assert graph_scale("auto", 65535) == 65535.0
-    assert graph_scale(255.0, None) == graph_scale(255.0, 255) == 255.0
+        graph_scale(auto, None)
+    assert graph_scale(auto, 65535) == 65535.0
+    assert graph_scale(recorded, None) == 255.0 and graph_scale(recorded, 65535) == 65535.0  # other imagery
+    assert graph_scale(number, None) == graph_scale(number, 255) == 255.0
     with pytest.raises(Co2sError, match=r"divided by 255.0; --scale 65535"):
-        graph_scale(255.0, 65535)
+        graph_scale(number, 65535)
     for bad in (0, -1.0, float("nan"), float("inf")):
         with pytest.raises(Co2sError, match="positive number"):
-            graph_scale("auto", bad)
+            graph_scale(recorded, bad)
+
+
+def test_a_trained_model_exports_with_its_training_images_scale(tmp_path, tiny_dataset):
+    """uint8 PNG tiles: the run records 255, and ``--onnx`` needs no ``--scale``."""
+    ort = _require("onnxruntime")
+    _require("onnxscript")
+    from co2s.cli.main import main
+
+    cfg = tiny_config_dict(tiny_dataset, tmp_path / "run", iters=2, val_every=2)
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(tmp_path / "tiny.yaml"), "--no-progress"]) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # no ground sample distance: said elsewhere
+        written = co2s.export(tmp_path / "run" / "latest.ckpt", tmp_path / "model", onnx=True)
+    meta = ort.InferenceSession(str(written["onnx"])).get_modelmeta().custom_metadata_map
+    assert json.loads(meta["co2s.scale"]) == 255.0
 
 
 def test_export_refuses_auto_scale_before_writing_anything(tmp_path):

@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 import torch
 
+from co2s.errors import Co2sError
 from co2s.inference.fusion import class_probabilities
 from co2s.inference.tiling import TileGrid, blend_weight
 from co2s.inference.segmenter import Segmenter
 from co2s.models.factory import build_models
-from co2s.inference.streaming import stream_prediction_maps, tile_logits
+from co2s.inference.streaming import VALID, stream_prediction_maps, tile_logits
 from tests.inference.oracle import sliding_window_logits
 from co2s.config.loader import validate
 from tests.conftest import tiny_config_dict
@@ -34,9 +35,11 @@ def _stream(image, tile, stride, batch, valid=None, prediction="m", models=None,
     seen = []
     for window, pieces in stream_prediction_maps(read, grid, models or {"m": _context_model}, 3, [prediction],
                                                  batch, on_progress=lambda t, p: seen.append((t, p)),
-                                                 panel_width=panel_width):
+                                                 panel_width=panel_width, validity=True):
         rows, c = pieces[prediction]
         assert rows.shape == window.shape
+        # the piece's valid pixels, kept from the reads (no second read of the mask)
+        np.testing.assert_array_equal(pieces[VALID], True if valid is None else valid[window.slices])
         labels[window.slices], conf[window.slices] = rows, c
         written[window.slices] += 1
     assert (written == 1).all()  # every pixel exactly once
@@ -148,6 +151,12 @@ def test_tile_and_overlap_options(tmp_path):
     for bad in (100, 2.5, -1):
         with pytest.raises(Exception, match="--overlap"):
             tile_and_stride(100, bad)
+    # within a configured tiling's bounds, not a run out of memory or of time
+    with pytest.raises(Co2sError, match=r"^--tile 100000: tile 100000 must be from 16 to 4096 px$"):
+        tile_and_stride(100000)
+    with pytest.raises(Co2sError, match=r"^--tile 512 --overlap 0.99: stride 5 must be from 64"):
+        tile_and_stride(512, 0.99)  # 100 x 100 tiles over every pixel
+    assert tile_and_stride(512, 448) == (512, 64)  # the most overlap allowed
     with pytest.raises(Exception, match="fp16 needs a GPU"):
         tile_logits(_context_model, torch.device("cpu"), "fp16")
 

@@ -86,13 +86,19 @@ def test_a_step_in_parallel_threads_is_the_step_one_model_after_the_other(unl, t
     assert torch.get_num_threads() == 2  # given back after running()
 
 
-def test_training_records_the_parallel_models_and_gives_the_threads_back(unl, tmp_path, two_threads):
+def test_training_records_the_parallel_models_and_gives_the_threads_back(unl, tmp_path, two_threads, monkeypatch):
     from co2s.api import train
+    from co2s.engine import trainer
 
+    validating = []  # torch's thread count while validation runs the students one after the other
+    score = trainer.score_predictions
+    monkeypatch.setattr(trainer, "score_predictions",
+                        lambda *a, **k: validating.append(torch.get_num_threads()) or score(*a, **k))
     (unl / "unl_only.txt").write_text("images/t4.png\nimages/t5.png\n")  # not in the labelled list
     config = _co2s_config(unl, tmp_path).override(
         {"data.splits.unlabelled": "unl_only.txt", "train.iters": 2, "train.val_every": 2, "train.ckpt_every": 2})
     run = train(config, progress=False)
     info = json.loads((run.run_dir / "run_info.jsonl").read_text().splitlines()[-1])
     assert info["parallel_models"] == {"models": 2, "threads_per_model": 1}
+    assert validating == [2]  # every thread for validation, not the students' share
     assert torch.get_num_threads() == 2

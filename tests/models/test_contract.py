@@ -45,6 +45,8 @@ def _edit(folder, change):
     (lambda r: r["contract"]["architectures"]["cnn"].update(kind="transformer"), "architectures.cnn.kind: must be one of lite_unet, student"),
     (lambda r: r["contract"]["architectures"]["clip"].update(guidance="words"), "architectures.clip.guidance: must be one of text, queries, none"),
     (lambda r: r["contract"].pop("tiling"), "field tiling"),
+    (lambda r: r["contract"].update(scale=255.0, auto_scale=65535.0), "auto_scale 65535.0 is given for scale 255.0"),
+    (lambda r: r["contract"].update(auto_scale=0.0), "field auto_scale"),
 ])
 def test_a_contract_that_is_wrong_or_newer_is_refused_in_one_line(folder, change, message):
     _edit(folder, change)

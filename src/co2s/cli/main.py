@@ -8,20 +8,24 @@ the traceback. Only a bug in co2s prints a traceback by itself.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 
 from co2s.version import __version__
-from co2s.errors import Co2sError
+from co2s.errors import Co2sError, Terminated
 
 #: exit codes (README.md, "Errors and exit codes"); 0: success
 EXIT_ENVIRONMENT = 1  # the machine: disk full, read-only, permissions, memory (also: predict inputs failed)
 EXIT_USER = 2  # the command or its inputs: arguments, config, data, checkpoint
 EXIT_BUG = 3  # an unexpected exception: a bug in co2s (traceback printed)
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as shells report it)
+EXIT_TERMINATED = 143  # SIGTERM (128 + 15)
 
 #: OSError by errno: what could not be done to the file, and why, in plain words
 _OS_PROBLEMS = {
@@ -59,6 +63,8 @@ def error_message(exc: BaseException) -> tuple[str, int, bool]:
     must be seen) for an exception that ends a command: the one place that decides them."""
     if isinstance(exc, Co2sError):
         return _one_line(str(exc)), EXIT_USER, False
+    if isinstance(exc, Terminated):
+        return "terminated (SIGTERM)", EXIT_TERMINATED, False
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted", EXIT_INTERRUPTED, False
     if _out_of_memory(exc):
@@ -139,16 +145,17 @@ def cmd_train(args) -> int:
         print(changes)
     try:
         run = api.train(config, progress=not args.no_progress, extend=args.extend)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         from co2s.run_folder import RunFolder
 
+        said, code = error_message(exc)[:2]
         latest = RunFolder(config.run_dir).latest
         if latest.is_file():
-            print(f"interrupted; rerun the same command to resume from {latest}", file=sys.stderr)
+            print(f"{said}; rerun the same command to resume from {latest}", file=sys.stderr)
         else:
-            print(f"interrupted before the first checkpoint: nothing to resume yet; rerunning the "
+            print(f"{said} before the first checkpoint: nothing to resume yet; rerunning the "
                   f"command starts {config.run_dir} from step 0", file=sys.stderr)
-        return 130
+        return code
     if not run.is_global_zero:  # the other ranks of a multi-process run stay quiet
         return 0
     msg = f"finished {run.steps} steps in {run.run_dir}"
@@ -562,8 +569,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the checkpoint's)")
     p.add_argument("--onnx", action="store_true", help="also export model.onnx (needs the onnx extra)")
     p.add_argument("--tile", type=int, help="ONNX tile size (default: the evaluation window)")
-    p.add_argument("--scale", type=float, help="ONNX: what the graph divides the stored values by; needed when "
-                   "the model's scale is auto (255 for uint8 images, 65535 for uint16, 1 for float)")
+    p.add_argument("--scale", type=float, help="ONNX: what the graph divides the stored values by, for a model "
+                   "of scale auto (255 for uint8 images, 65535 for uint16, 1 for float; default: its training "
+                   "images', when they had one type)")
     p.add_argument("--logits", action="store_true", help="ONNX: also output each student's logits (to "
                    "reproduce co2s predict's blending exactly; QGIS Deepness shows every output as a layer)")
     p.add_argument("--gsd", type=float, metavar="METRES", help="the ground sample distance to record (metres "
@@ -632,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
 
     set_progress(not getattr(args, "no_progress", False))
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _stop_on_sigterm():
             warnings.showwarning = _one_line_warning
             code = args.func(args)
         _flush_stdout()  # what was printed is written now, as part of the command
@@ -647,6 +655,26 @@ def main(argv: list[str] | None = None) -> int:
         except OSError:  # said already, in the one line above
             pass
         return code
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm():
+    """SIGTERM (a scheduler's pre-emption, ``kill``) stops a command as Ctrl-C does, raising
+    :class:`~co2s.errors.Terminated`: files being written are removed whole and the exit says so
+    (143), where Python's default would die at once and leave temporaries. Training catches it
+    itself to save its current step first (:class:`co2s.engine.trainer.Trainer`)."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread has signals
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _flush_stdout() -> None:

@@ -12,10 +12,10 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageMode, UnidentifiedImageError
 
 from co2s.atomic import atomic_path
-from co2s.data.raster import RasterReader, check_bands, model_input, open_raster
+from co2s.data.raster import RasterReader, check_bands, dtype_scale, model_input, open_raster
 from co2s.errors import DataError
 
 TIFF_SUFFIXES = {".tif", ".tiff"}
@@ -156,6 +156,36 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """(height, width) from the header only."""
     height, width, _ = image_header(path)
     return height, width
+
+
+def image_dtype(path: str | os.PathLike) -> np.dtype:
+    """The data type :func:`read_image` gives for a file, from its header only."""
+    path = Path(path)
+    _check_exists(path, "file")
+    if _is_tiff(path):
+        with open_raster(path) as src:
+            return np.result_type(*src.dtypes)
+    try:
+        with Image.open(path) as img:
+            mode = "RGB" if img.mode == "P" else img.mode  # palette images read as their colours
+            try:
+                return np.dtype(ImageMode.getmode(mode).typestr)
+            except KeyError:  # a mode Pillow has no table entry for: what reading it gives
+                return np.asarray(img).dtype
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from None
+
+
+def images_auto_scale(paths: list, limit: int = 32) -> float | None:
+    """What ``data.scale: auto`` divides these images by (:func:`~co2s.data.raster.dtype_scale` of
+    their data type, headers of the first ``limit``); None when their scales differ or none reads."""
+    scales = set()
+    for path in paths[:limit]:
+        try:
+            scales.add(dtype_scale(image_dtype(path)))
+        except DataError:
+            continue  # unreadable files are reported by the data checks
+    return scales.pop() if len(scales) == 1 else None
 
 
 def image_header(path: str | os.PathLike) -> tuple[int, int, int]:

@@ -20,6 +20,7 @@ from co2s.config.schema import CutMixConfig, StrongViewConfig
 from co2s.data.dataset import LabelledCrops, UnlabelledPairs, WholeImages
 from co2s.data.evaluation_sets import SceneEvaluationSet, TileEvaluationSet
 from co2s.data.labels import LabelEncoder
+from co2s.data.io import images_auto_scale
 from co2s.data.raster import rasters_gsd
 from co2s.data.sources import LabelStats, check_disjoint, check_labels, class_table, read_split, validate_samples
 from co2s.data.transforms import WeakViewParams
@@ -88,6 +89,12 @@ class DataModule:
         if note:
             self._print(f"warning: {note}", err=True)
         return gsd
+
+    def auto_scale(self) -> float | None:
+        """With ``data.scale: auto``, the number the training images were divided by (after
+        :meth:`setup_training`): their data type's range, when they share one
+        (:func:`co2s.data.io.images_auto_scale`); None when they differ or the scale is a number."""
+        return images_auto_scale(self._training_rasters()) if self.data.scale == "auto" else None
 
     def _training_rasters(self) -> list:
         raise NotImplementedError

@@ -93,15 +93,17 @@ class Window:
         return RioWindow(self.x, self.y, self.width, self.height)
 
 
+def dtype_scale(dtype) -> float:
+    """What ``data.scale: auto`` divides stored values of ``dtype`` by: the range of uint8 (255)
+    and uint16 (65535); 1 for every other type (floats are taken as already scaled)."""
+    dtype = np.dtype(dtype).newbyteorder("=")  # a big-endian uint16 (PIL's I;16B) is a uint16 too
+    return 255.0 if dtype == np.uint8 else 65535.0 if dtype == np.uint16 else 1.0
+
+
 def scale_image(array: np.ndarray, scale: float | str = "auto") -> np.ndarray:
-    """Convert raw values to float32, divided by ``scale`` (auto: by the dtype's range)."""
+    """Convert raw values to float32, divided by ``scale`` (auto: :func:`dtype_scale`)."""
     if scale == "auto":
-        if array.dtype == np.uint8:
-            scale = 255.0
-        elif array.dtype == np.uint16:
-            scale = 65535.0
-        else:
-            scale = 1.0
+        scale = dtype_scale(array.dtype)
     return array.astype(np.float32) / np.float32(scale)
 
 

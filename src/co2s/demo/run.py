@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from co2s.evaluation.pictures import write_comparison
 from co2s.demo.synthetic import SETTINGS, SURVEY_LABELLED_PART, write_demo_dataset
 from co2s.errors import ConfigError
 from co2s.engine.metrics_log import read_log
+from co2s.engine.run_dir import fork_at_burn_in
 from co2s.run_folder import RunFolder
 from co2s.evaluation import metrics_file
 from co2s.evaluation.metrics import scores_from_confusion
@@ -51,29 +51,6 @@ def reference_scores(confusion: list[list[int]], classes: list[str]) -> dict:
         "constant_mIoU": scores_from_confusion(torch.from_numpy(constant), classes)["mIoU"],
         "random_mIoU": scores_from_confusion(torch.from_numpy(rand), classes)["mIoU"],
     }
-
-
-def _fork_at_burn_in(run_dir: Path, baseline_dir: Path, fork_step: int, best: dict | None) -> bool:
-    """Start the supervised baseline from the semi-supervised run's ``burn_in.ckpt``.
-
-    Until the burn-in ends the two runs are the same computation (same config but for the burn-in
-    length, same seed, same batches, supervised steps only, the same poly schedule over the same
-    iterations), so the baseline resumes there instead of repeating it. False when there is no
-    burn-in checkpoint or the baseline already has checkpoints of its own.
-    """
-    run, baseline = RunFolder(run_dir), RunFolder(baseline_dir)
-    if not run.burn_in.is_file() or baseline.has_checkpoint():
-        return False
-    baseline_dir.mkdir(parents=True, exist_ok=True)
-    partial = baseline.latest.with_name(baseline.latest.name + ".part")
-    shutil.copyfile(run.burn_in, partial)
-    os.replace(partial, baseline.latest)
-    if run.metrics_log.is_file():  # its records up to the fork (the trainer drops the rest)
-        shutil.copyfile(run.metrics_log, baseline.metrics_log)
-    if best is not None and best["step"] <= fork_step and run.best.is_file():
-        # the best validation so far is one both runs share: the same weights
-        shutil.copyfile(run.best, baseline.best)
-    return True
 
 
 def _scores(metrics: dict, checkpoint: Path, seconds: float) -> dict:
@@ -190,8 +167,7 @@ def run_demo(out_dir: str | os.PathLike = "demo_output", overrides: list[str] | 
     if semi and baseline:
         base = config.override({"train.semi.burn_in": 1.0, "out_dir": str(out / "supervised")})
         fork_step = result.burn_in_steps
-        forked = fork_step if _fork_at_burn_in(Path(result.run_dir), out / "supervised", fork_step,
-                                               result.best) else 0
+        forked = fork_step if fork_at_burn_in(result.run_dir, out / "supervised", fork_step) else 0
         print(f"supervised baseline: the same students, labels, seed and {base.train.iters} iterations, "
               "the unlabelled images never in a loss (train.semi.burn_in: 1.0)"
               + (f"; steps 1-{forked} are the Co2S run's burn-in, continued from its burn_in.ckpt" if forked

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from co2s.version import __version__
-from co2s.atomic import write_text
+from co2s.atomic import atomic_path, write_text
 from co2s.config.compare import config_differences
 from co2s.config.loader import config_to_dict, dump_yaml, read_yaml_file, validate
 from co2s.errors import ConfigError
@@ -158,6 +159,56 @@ def extended_config(config, run_dir: str | os.PathLike, iters: int):
     raw["train"]["iters"] = iters
     raw["train"]["semi"]["burn_in_steps"] = burn_in
     return validate(raw, f"{run_dir} extended to {iters} steps", stored=True)
+
+
+def fork_at_burn_in(source: str | os.PathLike, target: str | os.PathLike, fork_step: int) -> bool:
+    """Start the run in ``target`` from the end of the burn-in of the run in ``source``: its
+    ``burn_in.ckpt`` (step ``fork_step``) becomes the target's ``latest.ckpt``.
+
+    Until its supervised burn-in ends, a semi-supervised run is the same computation as a run of
+    the same models, labels, seed and schedule that differs only after it (its supervised
+    baseline, or the same method with a detached L_sta), so the target resumes there instead of
+    repeating it; resuming checks that the models and classes are the same. The source's log up
+    to the fork goes along, its validation records only when its ``best.ckpt`` is among them (so a
+    logged validation never lacks its weights); otherwise the target selects among its own. False,
+    and nothing written, when the source has no burn-in checkpoint or the target has checkpoints.
+    """
+    from co2s.engine.metrics_log import best_validation, read_log
+
+    source, target = RunFolder(source), RunFolder(target)
+    if not source.burn_in.is_file() or target.has_checkpoint():
+        return False
+    records = [r for r in (read_log(source.metrics_log) if source.metrics_log.is_file() else [])
+               if r.get("step", 0) <= fork_step and r.get("kind") != "final"]
+    best, _ = best_validation(read_log(source.metrics_log)) if source.metrics_log.is_file() else (None, {})
+    keeps_best = best is not None and best["step"] <= fork_step and source.best.is_file()
+    if not keeps_best:
+        records = [r for r in records if r.get("kind") != "val"]
+    target.path.mkdir(parents=True, exist_ok=True)
+    write_text(target.metrics_log, "".join(json.dumps(r) + "\n" for r in records))
+    if keeps_best:  # the best validation so far is one both runs share: the same weights
+        _copy(source.best, target.best)
+    _copy(source.burn_in, target.latest)  # last: a checkpoint there means the fork is whole
+    return True
+
+
+def _copy(source: Path, target: Path) -> None:
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
+
+
+def last_run_info(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The record of the run's latest start (:func:`write_run_info`); empty when there is none
+    or it does not read."""
+    path = RunFolder(run_dir).run_info
+    lines = path.read_text().splitlines() if path.is_file() else []
+    for line in reversed(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:  # a line cut short by a crash
+            continue
+        return record if isinstance(record, dict) else {}
+    return {}
 
 
 def write_run_info(run_dir: Path, extra: dict[str, Any] | None = None) -> None:

@@ -31,10 +31,11 @@ from co2s.models.weight_checks import check_fit, expected_tensors, tensor_infos
 from co2s.engine.metrics_log import MetricsLog, take_validation
 from co2s.engine.optim import poly_factor, set_lr
 from co2s.config.compare import config_differences
-from co2s.engine.run_dir import Run, check_run_dir, extended_config, prepare_run_dir, write_run_info
+from co2s.engine.run_dir import (Run, check_run_dir, extended_config, last_run_info, prepare_run_dir,
+                                 write_run_info)
 from co2s.engine.run_lock import RunLock
 from co2s.run_folder import RunFolder
-from co2s.errors import CheckpointError, RunLockedError, TrainingError
+from co2s.errors import CheckpointError, RunLockedError, Terminated, TrainingError
 from co2s.evaluation.evaluator import score_predictions
 from co2s.inference.segmenter import Segmenter
 from co2s.methods import Schedule, build_method
@@ -191,6 +192,7 @@ class Trainer:
             # Own generator: creating the iterator must not consume the global RNG, or a resumed
             # run's dropout masks would differ from an uninterrupted run's.
             generator=torch.Generator().manual_seed(seed),
+            worker_init_fn=_worker_stops_on_sigterm,
         )
         return fabric.setup_dataloaders(loader, use_distributed_sampler=False)
 
@@ -222,7 +224,8 @@ class Trainer:
         fetch_pretrained(config.model)
         data = self.data(report=fabric.is_global_zero)
         labelled, unlabelled, val = data.labelled, data.unlabelled, data.val
-        self._gsd = data.ground_sample_distance()  # recorded in the inference contract
+        self._gsd = data.ground_sample_distance()  # both recorded in the inference contract
+        self._auto_scale = data.auto_scale()
 
         if fabric.is_global_zero:
             prepare_run_dir(config, self.run_dir, self.extending)
@@ -265,9 +268,14 @@ class Trainer:
                 (validated, state["best"], state["best_per_prediction"]))
         if fabric.is_global_zero:
             clean_checkpoint_temporaries(folder, state["step"], schedule.burn_in)
+            precision = training_precision(config.engine)
+            before = last_run_info(self.run_dir).get("precision") if state["step"] else None
+            if before and before != precision:  # e.g. auto: bf16 on the GPU that started it, fp32 here
+                how = " (engine.precision auto, on this machine)" if config.engine.precision == "auto" else ""
+                warnings.warn(f"{self.run_dir} trained in {before} precision until step {state['step']} and goes "
+                              f"on in {precision}{how}; set engine.precision={before} to keep it", stacklevel=2)
             write_run_info(self.run_dir, {"resumed_from_step": state["step"], "total_steps": total,
-                                          "burn_in_steps": schedule.burn_in,
-                                          "precision": training_precision(config.engine),
+                                          "burn_in_steps": schedule.burn_in, "precision": precision,
                                           "world_size": fabric.world_size, "parallel_models": method.parallel})
 
         dataset, pairs = data.train_datasets(t)
@@ -333,7 +341,8 @@ class Trainer:
         return Run(self.run_dir, state["step"], state["best"], fabric.is_global_zero, schedule.burn_in)
 
     def _checkpoint_state(self, fabric, state: dict) -> dict:
-        contract = contract_for({name: state[name] for name in self._model_names}, self.config, gsd=self._gsd)
+        contract = contract_for({name: state[name] for name in self._model_names}, self.config, gsd=self._gsd,
+                                auto_scale=self._auto_scale)
         return {**state, "config": config_to_dict(self.config), "rng": _rng_state(fabric),
                 "contract": contract.to_record()}
 
@@ -376,8 +385,9 @@ class Trainer:
         # The Segmenter of the models being trained: validation scores what predict would write.
         # Fabric's module wrappers apply the run's precision in their forward.
         segmenter = Segmenter.from_config(method.modules, self.config)
-        results = score_predictions(segmenter, val_set, rank=fabric.global_rank, world_size=fabric.world_size,
-                                    progress=self.progress and fabric.is_global_zero)
+        with method.all_threads():  # the students run one after the other here
+            results = score_predictions(segmenter, val_set, rank=fabric.global_rank, world_size=fabric.world_size,
+                                        progress=self.progress and fabric.is_global_zero)
         for m in method.modules.values():
             m.train()
         main = segmenter.prediction
@@ -465,37 +475,55 @@ def _best_from_log(records: list[dict], state: dict) -> bool:
     return vals[-1]["step"] == state["step"]
 
 
+def _worker_stops_on_sigterm(worker_id: int) -> None:
+    """A data-loading worker ends on SIGTERM as torch has it end on Ctrl-C: quietly (its loop takes
+    KeyboardInterrupt as the end). A scheduler signals every process of the job; a worker killed by
+    the signal would stop the run with torch's "worker killed" error before the main process
+    could finish and save its step (:class:`_Interrupts`), which the batches already loaded feed."""
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 class _Interrupts:
-    """Ctrl-C during training: the first stops at the end of the current step, after saving it to
-    ``latest`` (at once when ``latest`` already holds the step, e.g. during a validation); a second
-    stops at once. Single-process runs only: under DDP every rank gets its own signal, and a rank
-    that stopped alone would leave the others waiting in a collective."""
+    """Ctrl-C or SIGTERM (a scheduler's pre-emption) during training: the first stops at the end
+    of the current step, after saving it to ``latest`` (at once when ``latest`` already holds the
+    step, e.g. during a validation); a second stops at once. Single-process runs only: under DDP
+    every rank gets its own signal, and a rank that stopped alone would leave the others waiting
+    in a collective."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
         self.requested = False
         self.saved = False  # whether `latest` holds the last completed step
-        self._previous = None
+        self._stop: type[KeyboardInterrupt] = KeyboardInterrupt  # what stopping raises
+        self._previous: dict = {}
 
     def __enter__(self) -> _Interrupts:
         if self.enabled:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.enabled:
-            signal.signal(signal.SIGINT, self._previous)
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
 
     def _handle(self, signum, frame) -> None:
+        stop = Terminated if signum == signal.SIGTERM else KeyboardInterrupt
         if self.requested or self.saved:
-            raise KeyboardInterrupt
-        self.requested = True
-        tqdm.write("interrupted: finishing this step and saving it (Ctrl-C again to stop at once)")
+            raise stop
+        self.requested, self._stop = True, stop
+        said = "terminated (SIGTERM)" if stop is Terminated else "interrupted"
+        tqdm.write(f"{said}: finishing this step and saving it (Ctrl-C again to stop at once)")
 
     def stop_if_requested(self, step: int, latest: Path) -> None:
         if self.requested:
             tqdm.write(f"saved step {step} to {latest}")
-            raise KeyboardInterrupt
+            raise self._stop
 
 
 def _plain_line(record: dict, total: int) -> str:

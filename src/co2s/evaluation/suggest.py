@@ -42,6 +42,7 @@ from co2s.data.sources import read_split, split_path
 from co2s.errors import Co2sError, DataError
 from co2s.evaluation.pictures import display_rgb, heat_colours, write_comparison
 from co2s.evaluation.run import _model_files, model_data
+from co2s.inference.streaming import VALID
 from co2s.inference.uncertainty import (PREDICTED, TERMS, RegionScores, check_score, class_weights,
                                         pixel_score, pixel_terms, region_score)
 from co2s.progress import progress_bar
@@ -418,12 +419,11 @@ def _rank_windows(segmenter, data, window: int, spacing: int, exclude, options, 
                 for piece, maps in segmenter.predict_box(read, scene.height, scene.width,
                                                          Window(0, 0, scene.width, scene.height),
                                                          pixel_maps=terms, models=list(segmenter.models),
-                                                         batch_size=options["batch_size"]):
+                                                         batch_size=options["batch_size"], validity=True):
+                    valid = maps.pop(VALID)  # as the prediction read it: the masks are read once
                     maps = {k: v for k, v in maps.items() if isinstance(v, np.ndarray)}
                     if PREDICTED not in maps:  # a piece without a predicted pixel (no valid one)
                         continue
-                    valid = scene.valid(piece)
-                    valid = np.ones(piece.shape, bool) if valid is None else valid
                     labelled = None
                     if scene.labels.touches(piece):
                         labelled = scene.labels.read(piece, piece.shape) != ignore

@@ -23,8 +23,9 @@ morphological clean-up), ``standardization_mean``/``std`` 0/1 per channel; and c
 (``co2s.*``: classes, palette, bands, scale, tiling, blending).
 
 Scale ``auto`` divides by the file's data type's range, which a float32 graph input cannot show,
-so an ``auto`` model needs the scale of the images it will get at export (``scale``); a number
-in the contract is the graph's.
+so an ``auto`` model's graph divides by its training images' range (the contract's
+``auto_scale``), or by the scale given at export for other imagery (``scale``; needed when the
+training images' types differed); a number in the contract is the graph's.
 
 The file holds no trace of the machine that wrote it: torch's per-node provenance (source file
 paths, stack traces, module names) is stripped before saving; the ``co2s.*`` metadata properties
@@ -94,20 +95,23 @@ class TileGraph(nn.Module):
         return (probabilities, *logits.values()) if self.logits else (probabilities,)
 
 
-def graph_scale(contract_scale: float | str, scale: float | None) -> float:
-    """The number the graph divides by: the contract's, or for ``auto`` the one given at export.
+def graph_scale(contract, scale: float | None) -> float:
+    """The number the graph divides by: the ``contract``'s scale, or for ``auto`` the one given
+    at export, else the one its training images had (``contract.auto_scale``).
 
     ``auto`` means the range of each file's data type (255 for uint8, 65535 for uint16, 1 for
-    float), which a float32 graph input does not carry; guessing would silently mis-scale other
-    images, so the exporter is told. A given scale that contradicts the contract's is refused."""
+    float), which a float32 graph input does not carry; when the training images' types differed
+    or are unknown (a model of an older co2s), guessing would silently mis-scale other images, so
+    the exporter is told. A given scale that contradicts a numeric contract scale is refused."""
     if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
         raise Co2sError(f"--scale must be a positive number, got {scale}")
+    contract_scale = contract.scale
     if contract_scale == "auto":
-        if scale is None:
+        if scale is None and contract.auto_scale is None:
             raise Co2sError("the model scales images by their data type (data.scale auto: 255 for uint8, 65535 for "
-                            "uint16, 1 for float), which an ONNX input cannot show: give the scale of the images "
-                            "the graph will get, e.g. --scale 255")
-        return float(scale)
+                            "uint16, 1 for float), and its training images did not all have one type (or it was "
+                            "not recorded): give the scale of the images the graph will get, e.g. --scale 255")
+        return float(scale if scale is not None else contract.auto_scale)
     if scale is not None and float(scale) != float(contract_scale):
         raise Co2sError(f"the model reads images divided by {contract_scale}; --scale {scale} would feed it "
                         "other values (leave --scale out)")
@@ -194,13 +198,13 @@ def export_onnx(segmenter, path: str | os.PathLike, tile: int, opset: int = DEFA
 
     ``tile``: the fixed height and width of the input (the plugins read their tile size from it);
     ``batch_size``: a fixed batch size, or ``None`` for any; ``scale``: what the stored values are
-    divided by, required when the model's scale is ``auto`` (:func:`graph_scale`); ``logits``: also
+    divided by, for a model of scale ``auto`` (:func:`graph_scale`; default: its training images'); ``logits``: also
     output each student's logits. The file is written atomically (a temporary beside it, then
     renamed) with the metadata of the module docstring."""
     _require_exporter()
     if tile < 1:
         raise Co2sError(f"tile must be a positive number of pixels, got {tile}")
-    scale = graph_scale(segmenter.scale, scale)
+    scale = graph_scale(segmenter.contract, scale)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     graph = TileGraph(segmenter, scale, logits).to(segmenter.device)

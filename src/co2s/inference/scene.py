@@ -118,34 +118,35 @@ class SceneOutputs:
             self.palette = palette or [[round(255 * i / max(1, num_classes - 1))] * 3 for i in range(num_classes)]
         self.left, self.top, self.pending = 0, 0, []  # rows [top, top + pending) of the panel at left
 
-    def write_rows(self, window: Window, classes: np.ndarray, confidence: np.ndarray | None) -> None:
-        """Take the finished rows of ``window``; whole block rows go to the files.
+    def write_rows(self, window: Window, classes: np.ndarray, confidence: np.ndarray | None,
+                   valid: np.ndarray) -> None:
+        """Take the finished rows of ``window`` and their valid pixels (as the prediction read
+        them); whole block rows go to the files.
 
         Pieces come panel by panel (``window.x``: a multiple of the block width), each top to bottom."""
         x0 = window.x
         if x0 != self.left:
             self.left, self.top = x0, 0
-        self.pending.append((classes, confidence))
+        self.pending.append((classes, confidence, valid))
         end = window.y1
         cut = end if end == self.height else end // BLOCK * BLOCK
         if cut <= self.top:
             return
-        classes = np.concatenate([c for c, _ in self.pending])
-        confidence = np.concatenate([f for _, f in self.pending]) if confidence is not None else None
+        classes, valid = (np.concatenate([p[i] for p in self.pending]) for i in (0, 2))
+        confidence = np.concatenate([p[1] for p in self.pending]) if confidence is not None else None
         rows = cut - self.top
         self._write_block_rows(Window(x0, self.top, classes.shape[1], rows), classes[:rows],
-                               None if confidence is None else confidence[:rows])
-        self.pending = [(classes[rows:].copy(), None if confidence is None else confidence[rows:].copy())
-                        ] if end > cut else []
+                               None if confidence is None else confidence[:rows], valid[:rows])
+        self.pending = [(classes[rows:].copy(), None if confidence is None else confidence[rows:].copy(),
+                         valid[rows:].copy())] if end > cut else []
         self.top = cut
 
-    def _write_block_rows(self, window: Window, classes: np.ndarray, confidence: np.ndarray | None) -> None:
-        valid = self.source.valid(window)
-        if valid is not None:
-            classes[~valid] = NODATA
-            if confidence is not None:
-                confidence[~valid] = np.nan
-        self.valid_pixels += classes.size if valid is None else int(valid.sum())
+    def _write_block_rows(self, window: Window, classes: np.ndarray, confidence: np.ndarray | None,
+                          valid: np.ndarray) -> None:
+        classes[~valid] = NODATA
+        if confidence is not None:
+            confidence[~valid] = np.nan
+        self.valid_pixels += int(valid.sum())
         rio = window.to_rasterio()
         with self._writing("classes"):
             self.files["classes"].write(classes, 1, window=rio)
@@ -256,8 +257,9 @@ def predict_scene(path: Path, segmenter, outputs: dict[str, Path], options: Pred
                         source.read, height, width, Window(0, 0, width, height), [prediction], tile=options.tile,
                         overlap=options.overlap, tta=options.tta, precision=options.precision,
                         batch_size=options.batch_size, confidence=options.confidence or bool(options.polygons),
-                        on_progress=report):
-                    writer.write_rows(window, pieces[prediction].classes, pieces[prediction].confidence)
+                        on_progress=report, validity=True):
+                    writer.write_rows(window, pieces[prediction].classes, pieces[prediction].confidence,
+                                      pieces[streaming.VALID])
                 written = writer.finish()
             except BaseException:
                 writer.discard()

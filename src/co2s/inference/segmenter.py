@@ -269,7 +269,7 @@ class Segmenter(nn.Module):
                     predictions: list[str] | None = None, *, tile: int | None = None,
                     overlap: float | None = None, tta: bool = False, precision: str = "fp32",
                     batch_size: int | None = None, confidence: bool = False, on_progress=None,
-                    pixel_maps=None, models: list[str] | None = None
+                    pixel_maps=None, models: list[str] | None = None, validity: bool = False
                     ) -> Iterator[tuple[Window, dict[str, "Prediction | np.ndarray"]]]:
         """The one prediction generator: images (:meth:`predict_many`), region scoring
         (:mod:`co2s.evaluation.evaluator`) and whole scenes (:mod:`co2s.inference.scene`) all drive it.
@@ -281,7 +281,8 @@ class Segmenter(nn.Module):
         ``(window, {prediction: Prediction})`` pieces, clipped to the box, panel by panel and top to
         bottom; memory depends on the tiles, not the image. ``on_progress(tiles, pixels)`` reports.
         ``pixel_maps`` (:data:`co2s.inference.streaming.PixelMaps`) adds float maps of the blended
-        logits of ``models`` (default: those the predictions need), as arrays by name."""
+        logits of ``models`` (default: those the predictions need), as arrays by name; ``validity``
+        adds each piece's valid pixels from the reads (:data:`co2s.inference.streaming.VALID`)."""
         predictions = predictions or [self.prediction]
         self.check_options(predictions, tile, overlap, precision, tta, batch_size)
         grid, origin = TileGrid.over(height, width, *self.tiling(tile, overlap)).covering(box)
@@ -292,7 +293,7 @@ class Segmenter(nn.Module):
         predictors = self.tile_predictors(predictions + list(models or []), precision, tta)
         for piece, pieces in stream_prediction_maps(local, grid, predictors, self.num_classes, predictions,
                                                     batch_size or self.batch_size, self.device, confidence,
-                                                    on_progress, pixel_maps=pixel_maps):
+                                                    on_progress, pixel_maps=pixel_maps, validity=validity):
             piece = piece.shifted(origin.x, origin.y)
             inside = piece.intersection(box)
             if inside is None:

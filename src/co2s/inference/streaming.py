@@ -60,6 +60,9 @@ def tile_logits(model: Callable[[torch.Tensor], torch.Tensor], device: torch.dev
 PixelMaps = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 #: ``read(window)``: the model input of a window and its valid pixels (None: all valid)
 Reader = Callable[[Window], tuple["torch.Tensor | np.ndarray", "np.ndarray | None"]]
+#: the key of a piece's valid pixels (bool ``[h, w]``, from the reads that predicted it), when
+#: asked for; not an identifier, so no model or fusion can be named so
+VALID = "valid pixels"
 
 
 @torch.no_grad()
@@ -75,6 +78,7 @@ def stream_prediction_maps(
     on_progress: Callable[[int, int], None] | None = None,
     panel_width: int | None = None,
     pixel_maps: PixelMaps | None = None,
+    validity: bool = False,
 ) -> Iterator[tuple[Window, dict[str, tuple[np.ndarray, np.ndarray | None] | np.ndarray]]]:
     """Yield ``(window, {prediction: (classes, confidence)})`` pieces, panel by panel, each top
     to bottom in strips of rows. Several ``predictions`` (students and fusions) share one pass of
@@ -87,16 +91,18 @@ def stream_prediction_maps(
     ``pixel_maps(logits)`` (the blended logits ``[1, K, h, w]`` of each model, by name) returns
     float maps ``[h, w]`` by name, yielded beside the predictions as float32 arrays: per-pixel
     quantities of the same blended logits, such as the uncertainty ``co2s suggest`` ranks by.
+    With ``validity`` each piece also holds its valid pixels under :data:`VALID`, kept from the
+    reads: whoever writes or scores the pieces need not read the masks again.
     """
     device = torch.device(device)
     weight = blend_weight(grid.tile_h, grid.tile_w).to(device)
     for panel in grid.panels(panel_width or PANEL_WIDTH):
         yield from _stream_panel(read, grid, panel, predictors, num_classes, list(predictions), batch_size,
-                                 device, weight, with_confidence, on_progress, pixel_maps)
+                                 device, weight, with_confidence, on_progress, pixel_maps, validity)
 
 
 def _stream_panel(read, grid: TileGrid, panel: Panel, predictors, num_classes, predictions, batch_size,
-                  device, weight, with_confidence, on_progress, pixel_maps):
+                  device, weight, with_confidence, on_progress, pixel_maps, validity):
     """One panel, tile row by tile row. Global column ``x`` is ``x - origin`` in the running sums."""
     names = list(predictors)
     n, k, th, tw = len(names), num_classes, grid.tile_h, grid.tile_w
@@ -114,8 +120,11 @@ def _stream_panel(read, grid: TileGrid, panel: Panel, predictors, num_classes, p
                       np.zeros((done, out_width), np.float32) if with_confidence else None)
                   for p in predictions}
         maps: dict[str, np.ndarray] = {}
+        if validity:
+            maps[VALID] = np.zeros((done, out_width), bool)
         band = torch.zeros(n, k, th, 0, device=device)  # sums over columns [left, left + band width)
         band_norm = torch.zeros(th, 0, device=device)
+        band_valid = np.zeros((th, 0), bool)  # the reads' valid pixels of the band's columns
         left = origin
         for c0 in range(0, len(panel.xs), batch_size):
             cols = panel.xs[c0 : c0 + batch_size]
@@ -128,6 +137,10 @@ def _stream_panel(read, grid: TileGrid, panel: Panel, predictors, num_classes, p
 
             image, valid = read(Window(cols[0], y0, right - cols[0], th))
             image = torch.as_tensor(image)
+            if validity:
+                fresh = (np.ones((th, right - start), bool) if valid is None
+                         else np.asarray(valid, bool)[:, start - cols[0] :])
+                band_valid = np.concatenate([band_valid, fresh], 1)
             keep = [x for x in cols if valid is None or valid[:, x - cols[0] : x - cols[0] + tw].any()]
             if keep:
                 tiles = torch.stack([image[:, :, x - cols[0] : x - cols[0] + tw] for x in keep]).to(device)
@@ -151,12 +164,15 @@ def _stream_panel(read, grid: TileGrid, panel: Panel, predictors, num_classes, p
                         classes[:, a - panel.left : b - panel.left] = labels.cpu().numpy()
                         if confidence is not None:
                             confidence[:, a - panel.left : b - panel.left] = conf.cpu().numpy()
+                    if validity:
+                        maps[VALID][:, a - panel.left : b - panel.left] = band_valid[:done, a - left : b - left]
                     if pixel_maps is not None:
                         for name, values in pixel_maps(logits).items():
                             if name not in maps:
                                 maps[name] = np.zeros((done, out_width), np.float32)
                             maps[name][:, a - panel.left : b - panel.left] = values.float().cpu().numpy()
                 band, band_norm = band[..., finished:], band_norm[:, finished:]
+                band_valid = band_valid[:, finished:]
                 left += finished
                 if on_progress:
                     on_progress(len(cols), done * max(0, b - a))

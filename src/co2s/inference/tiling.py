@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from co2s.config import limits
 from co2s.config.schema import default_stride
 from co2s.data.raster import Window
 from co2s.errors import Co2sError
@@ -101,14 +102,22 @@ def overlap_to_stride(window: int, stride: int, tile: int | None = None,
                       overlap: float | None = None) -> tuple[int, int]:
     """Tile size and stride from the configured ``window``/``stride`` and optional overrides:
     ``tile`` defaults to ``window``; ``overlap`` is in pixels (>= 1) or a fraction of the tile
-    (< 1); without it the configured stride holds for the configured window, else a sixth overlaps."""
+    (< 1); without it the configured stride holds for the configured window, else a sixth overlaps.
+    Both within the bounds of a configured tiling (:func:`co2s.config.limits.tiling_problem`): a
+    huge tile or an overlap of nearly the whole tile is refused, not run out of memory or time."""
     tile = tile or window
     if tile < 1:
         raise Co2sError(f"--tile must be a positive number of pixels, got {tile}")
     if overlap is None:
-        return tile, stride if tile == window else default_stride(tile)
-    pixels = round(overlap * tile) if overlap < 1 else overlap
-    if pixels != int(pixels) or not 0 <= pixels < tile:
-        raise Co2sError(f"--overlap {overlap}: give whole pixels below the tile size {tile}, or a "
-                        "fraction of the tile in [0, 1)")
-    return tile, tile - int(pixels)
+        stride = stride if tile == window else default_stride(tile)
+    else:
+        pixels = round(overlap * tile) if overlap < 1 else overlap
+        if pixels != int(pixels) or not 0 <= pixels < tile:
+            raise Co2sError(f"--overlap {overlap}: give whole pixels below the tile size {tile}, or a "
+                            "fraction of the tile in [0, 1)")
+        stride = tile - int(pixels)
+    problem = limits.tiling_problem(tile, stride, 1)
+    if problem:
+        given = " ".join(f"--{k} {v}" for k, v in (("tile", tile), ("overlap", overlap)) if v is not None)
+        raise Co2sError(f"{given}: {problem.replace('window', 'tile')}")
+    return tile, stride

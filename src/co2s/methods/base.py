@@ -42,6 +42,7 @@ class Method:
         }
         self._fabric = None
         self._threads = 0  # torch threads per model when they run in parallel (setup decides)
+        self._threads_outside = 0  # torch threads outside the models' own work (running sets it)
         self._pool: ThreadPoolExecutor | None = None
 
     def setup(self, fabric) -> None:
@@ -67,6 +68,7 @@ class Method:
             return
         before = torch.get_num_threads()
         torch.set_num_threads(self._threads)
+        self._threads_outside = before
         self._pool = ThreadPoolExecutor(len(self.modules), thread_name_prefix="co2s-model")
         try:
             yield
@@ -74,6 +76,19 @@ class Method:
             self._pool.shutdown()
             self._pool = None
             torch.set_num_threads(before)
+
+    @contextmanager
+    def all_threads(self) -> Iterator[None]:
+        """Inside :meth:`running`, torch's threads given back whole for work that runs the models
+        one after the other (validation), and shared again after."""
+        if self._pool is None:
+            yield
+            return
+        torch.set_num_threads(self._threads_outside)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(self._threads)
 
     def each_model(self, work: Callable[[nn.Module, torch.Generator], Any]) -> dict[str, Any]:
         """``work(model, generator)`` for every model, by name: in parallel threads inside

@@ -55,8 +55,9 @@ def model_card(contract: InferenceContract, *, step: int | None = None, training
     lines += ["## Input", ""]
     bands = (f"bands {contract.bands} (1-based) of each file" if contract.bands is not None
              else f"all {contract.in_channels} bands of each file, in order")
-    scale = ("divided by their data type's range (255 for uint8, 65535 for uint16, 1 for float: `scale: auto`)"
-             if contract.scale == "auto" else f"divided by {contract.scale:g}")
+    scale = ("divided by their data type's range (255 for uint8, 65535 for uint16, 1 for float: `scale: auto`"
+             + (f"; {contract.auto_scale:g} for its training images" if contract.auto_scale is not None else "")
+             + ")" if contract.scale == "auto" else f"divided by {contract.scale:g}")
     lines += [f"- {contract.in_channels} channel(s): {bands}; values {scale}.",
               "- Ground sample distance: " + (f"{contract.gsd:.4g} m per pixel (imagery at another resolution "
                                               "should be resampled to it)." if contract.gsd is not None

@@ -12,6 +12,9 @@ shared model. Its fields:
 - ``tiling``: window, stride and batch size of sliding-window prediction;
 - ``gsd``: the ground sample distance (metres per pixel) of the imagery it was trained on, from
   ``data.gsd`` or the training rasters' georeferencing; None when unknown (version 2);
+- ``auto_scale``: with ``scale: auto``, what the training images were divided by (their data
+  type's range), for users of the model that see no file type (an ONNX graph); None when they
+  differed or it is unknown (version 3);
 - ``prediction``: what the model predicts by default (a model's name, or a fusion of two);
 - ``architectures``: per model, the record its architecture is rebuilt from
   (:func:`co2s.models.factory.models_from_contract`); pretrained files are never needed.
@@ -31,8 +34,8 @@ from co2s.config.schema import FUSIONS, prediction_choices, resolve_prediction
 from co2s.errors import CheckpointError
 from co2s.models.architecture_limits import check_architecture
 
-#: 2: ``gsd`` (1: none; read as unknown)
-CONTRACT_VERSION = 2
+#: 2: ``gsd`` (1: none; read as unknown); 3: ``auto_scale`` (2: none; read as unknown)
+CONTRACT_VERSION = 3
 
 # A contract is read from files anyone may write: numbers must have the JSON type a writer gives
 # them (``"32"``, ``32.5`` or ``true`` for an integer are refused, not converted) and be finite,
@@ -74,6 +77,7 @@ class InferenceContract(_Record):
     normalisation: dict[str, Normalisation] = Field(max_length=limits.MAX_MODELS)
     tiling: Tiling
     gsd: Annotated[Float, Field(gt=0)] | None = None
+    auto_scale: Annotated[Float, Field(gt=0)] | None = None
     prediction: Annotated[str, Strict()]
     architectures: dict[str, dict[str, Any]] = Field(min_length=1, max_length=limits.MAX_MODELS)
 
@@ -87,6 +91,8 @@ class InferenceContract(_Record):
                              f"got {bad}")
         if self.palette is not None and len(self.palette) != len(self.classes):
             raise ValueError(f"palette: {len(self.palette)} colours for {len(self.classes)} classes")
+        if self.auto_scale is not None and self.scale != "auto":
+            raise ValueError(f"auto_scale {self.auto_scale} is given for scale {self.scale}; it belongs to scale auto")
         if self.bands is not None and len(self.bands) != self.in_channels:
             raise ValueError(f"bands {self.bands} do not give in_channels {self.in_channels} bands (1-based)")
         if set(self.normalisation) != set(self.architectures):
@@ -147,11 +153,11 @@ class InferenceContract(_Record):
         return self.model_copy(update={"prediction": resolve_prediction(prediction, self.model_names)})
 
 
-def contract_for(models: dict, config, prediction: str | None = None, gsd: float | None = None
-                 ) -> InferenceContract:
+def contract_for(models: dict, config, prediction: str | None = None, gsd: float | None = None,
+                 auto_scale: float | None = None) -> InferenceContract:
     """The contract of ``models`` (built from, and trained under, ``config``); ``prediction``
     defaults to ``eval.prediction`` (resolved: a fusion for two students, else the model), ``gsd``
-    to ``data.gsd`` (the trainer passes the one its data module resolved)."""
+    to ``data.gsd`` (the trainer passes the ones its data module resolved, ``auto_scale`` too)."""
     modules = {name: getattr(m, "module", m) for name, m in models.items()}  # Fabric/DDP wrappers
     missing = [name for name, m in modules.items() if getattr(m, "architecture", None) is None]
     if missing:
@@ -165,6 +171,7 @@ def contract_for(models: dict, config, prediction: str | None = None, gsd: float
                        for name, m in modules.items()},
         tiling=Tiling(window=window, stride=stride, batch_size=config.eval.batch_size),
         gsd=gsd if gsd is not None else config.data.gsd,
+        auto_scale=auto_scale if config.data.scale == "auto" else None,
         prediction=resolve_prediction(prediction or config.eval.prediction, list(modules)),
         architectures={name: m.architecture for name, m in modules.items()},
     )
