@@ -124,7 +124,12 @@ def export(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, predict
     if onnx:
         from co2s.inference.onnx_export import export_onnx, graph_scale
 
-        graph_scale(segmenter.contract, scale)  # refuse before anything is written
+        chosen = graph_scale(segmenter.contract, scale)  # refuse before anything is written
+        trained = segmenter.contract.auto_scale
+        if trained is not None and chosen != trained:
+            warnings.warn(f"the model's training images were divided by {trained:g} (their data type's range); "
+                          f"model.onnx divides by {chosen:g} (--scale): right only for imagery of that range",
+                          stacklevel=2)
         tile = tile or segmenter.tile
         written["onnx"] = export_onnx(segmenter, Path(out_dir) / "model.onnx", tile, scale=scale, logits=logits)
         described = {"tile": tile, "resolution": segmenter.contract.gsd is not None}
