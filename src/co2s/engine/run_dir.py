@@ -178,9 +178,9 @@ def fork_at_burn_in(source: str | os.PathLike, target: str | os.PathLike, fork_s
     source, target = RunFolder(source), RunFolder(target)
     if not source.burn_in.is_file() or target.has_checkpoint():
         return False
-    records = [r for r in (read_log(source.metrics_log) if source.metrics_log.is_file() else [])
-               if r.get("step", 0) <= fork_step and r.get("kind") != "final"]
-    best, _ = best_validation(read_log(source.metrics_log)) if source.metrics_log.is_file() else (None, {})
+    logged = read_log(source.metrics_log) if source.metrics_log.is_file() else []
+    records = [r for r in logged if r.get("step", 0) <= fork_step and r.get("kind") != "final"]
+    best, _ = best_validation(logged)
     keeps_best = best is not None and best["step"] <= fork_step and source.best.is_file()
     if not keeps_best:
         records = [r for r in records if r.get("kind") != "val"]
