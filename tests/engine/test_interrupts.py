@@ -107,17 +107,56 @@ def test_a_first_signal_in_a_step_finishes_and_saves_that_step(tiny_dataset, tmp
     assert "from step 2" in capsys.readouterr().out
 
 
-def test_sigterm_to_a_whole_job_with_loading_workers_stops_it_in_one_line(tiny_dataset, tmp_path):
-    """A scheduler signals every process of the job, the data-loading workers too: the run still
-    stops as Ctrl-C stops it (exit 143, how to resume, no traceback), and no worker is left."""
+def _children(pid: int) -> list[int]:
+    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
+            for c in (task / "children").read_text().split()]
+
+
+def _wait_for_step(run: Path, step: int, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + SAFETY_S
+    while not any(r["kind"] == "train" and r["step"] >= step for r in _records(run)):
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"co2s train ended (rc {proc.returncode}) before step {step}:\n{out}{err}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"co2s train did not reach step {step} within {SAFETY_S} s")
+        time.sleep(0.05)
+
+
+def _records(run: Path) -> list[dict]:
+    try:
+        return read_log(run / "metrics.jsonl")
+    except FileNotFoundError:
+        return []
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the loading workers in /proc (Linux)")
+@pytest.mark.parametrize("signum, code, said", [
+    (signal.SIGINT, 130, "interrupted"),  # Ctrl-C in a terminal reaches the whole foreground group
+    (signal.SIGTERM, 143, "terminated (SIGTERM)"),  # a scheduler signals every process of the job
+])
+def test_a_signal_to_the_whole_job_with_loading_workers_stops_it_in_one_line(tiny_dataset, tmp_path,
+                                                                             signum, code, said):
+    """The loading workers get the signal too, and before the main process: the run goes on (the
+    step that the main process finishes needs its batches; a worker that ended on the signal made
+    the run die with "worker exited unexpectedly"), then stops as Ctrl-C stops it (how to resume,
+    no traceback), and no worker is left."""
     path = _config(tmp_path, tiny_dataset, "run", iters=100_000, val_every=100_000, ckpt_every=5, num_workers=2)
     proc = subprocess.Popen([sys.executable, "-m", "co2s.cli.main", "train", str(path), "--no-progress"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    _wait_for_file(tmp_path / "run" / "latest.ckpt", proc)  # the workers are loading by now
-    os.killpg(proc.pid, signal.SIGTERM)
+    run = tmp_path / "run"
+    _wait_for_file(run / "latest.ckpt", proc)  # the workers are loading by now
+    workers = _children(proc.pid)
+    assert workers, "no loading workers found"
+    for pid in workers:
+        os.kill(pid, signum)
+    reached = max(r["step"] for r in _records(run) if r["kind"] == "train")
+    _wait_for_step(run, reached + 8, proc)  # past every batch loaded before the signal
+    os.killpg(proc.pid, signum)
     _, err = _finish(proc)
-    assert proc.returncode == 143, err
-    assert "terminated (SIGTERM); rerun the same command to resume from" in err and "Traceback" not in err
+    assert proc.returncode == code, err
+    assert f"{said}; rerun the same command to resume from" in err and "Traceback" not in err
     deadline = time.monotonic() + SAFETY_S
     while time.monotonic() < deadline:  # the workers end with the run (they may take a moment to go)
         try:

@@ -192,7 +192,7 @@ class Trainer:
             # Own generator: creating the iterator must not consume the global RNG, or a resumed
             # run's dropout masks would differ from an uninterrupted run's.
             generator=torch.Generator().manual_seed(seed),
-            worker_init_fn=_worker_stops_on_sigterm,
+            worker_init_fn=_worker_leaves_stopping_to_the_run,
         )
         return fabric.setup_dataloaders(loader, use_distributed_sampler=False)
 
@@ -475,16 +475,16 @@ def _best_from_log(records: list[dict], state: dict) -> bool:
     return vals[-1]["step"] == state["step"]
 
 
-def _worker_stops_on_sigterm(worker_id: int) -> None:
-    """A data-loading worker ends on SIGTERM as torch has it end on Ctrl-C: quietly (its loop takes
-    KeyboardInterrupt as the end). A scheduler signals every process of the job; a worker killed by
-    the signal would stop the run with torch's "worker killed" error before the main process
-    could finish and save its step (:class:`_Interrupts`), which the batches already loaded feed."""
-
-    def stop(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
+def _worker_leaves_stopping_to_the_run(worker_id: int) -> None:
+    """A data-loading worker ignores Ctrl-C and SIGTERM: a terminal or a scheduler signals every
+    process of the job, and the main process finishes its step before it stops
+    (:class:`_Interrupts`). A worker that ended on the signal (torch's default for Ctrl-C) left
+    that step without its batch: the run died with "worker exited unexpectedly" or, for a batch
+    already queued, "no such file" for the dead worker's shared memory, instead of saving. The
+    workers still end with the run: the main process shuts them down, and torch's watchdog ends
+    them if it dies."""
+    for signum in _Interrupts.SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 class _Interrupts:
