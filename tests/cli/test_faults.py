@@ -312,6 +312,15 @@ def test_each_os_error_is_one_line_naming_the_file(monkeypatch, capsys, code, wo
     error_line(capsys, ["presets"], 1, f"error: {words}")
 
 
+def test_an_os_error_without_a_file_says_where_it_was_raised(monkeypatch, capsys):
+    def fail(*args, **kwargs):  # as multiprocessing's fd sharing fails once the sending worker is gone
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
+
+    monkeypatch.setattr(api, "presets", fail)
+    error_line(capsys, ["presets"], 1, "error: no such file or folder (raised in cli/test_faults.py; "
+                                       "--debug shows the traceback)")
+
+
 def test_memory_interrupt_and_bug(monkeypatch, capsys):
     for fault in (MemoryError(), RuntimeError("[enforce fail at alloc_cpu.cpp:118] DefaultCPUAllocator: "
                                               "can't allocate memory: you tried to allocate 99 bytes.")):

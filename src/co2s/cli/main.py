@@ -49,6 +49,11 @@ _OS_PROBLEMS = {
 }
 
 
+# Problems of one path (not of the device or the system): without the path, say where they arose.
+_PATH_PROBLEMS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.EEXIST,
+                  errno.ENOTEMPTY, errno.ENAMETOOLONG}
+
+
 def _one_line(text: str) -> str:
     """A message on one line: the lines of a multi-line one (a config's list of problems) joined."""
     lines = [line.strip() for line in str(text).splitlines() if line.strip()]
@@ -77,13 +82,23 @@ def error_message(exc: BaseException) -> tuple[str, int, bool]:
         verb, problem = _OS_PROBLEMS.get(exc.errno, ("cannot use", (exc.strerror or "").lower()))
         if exc.errno is None:  # a library's OSError (rasterio, requests) with its own message
             problem = _one_line(str(exc)) or type(exc).__name__
-        if name is None:
-            return problem, EXIT_ENVIRONMENT, False
+        if name is None:  # a deep call that knew no path: "no such file" alone names nothing
+            where = _raised_in(exc) if exc.errno in _PATH_PROBLEMS else ""  # not "no space left"
+            return problem + where, EXIT_ENVIRONMENT, False
         target = os.fsdecode(name) + (f" -> {os.fsdecode(exc.filename2)}" if exc.filename2 else "")
         return f"{verb} {target}: {problem}", EXIT_ENVIRONMENT, False
     what = f"{type(exc).__name__}: {_one_line(str(exc))}".rstrip(": ")
     return (f"internal error ({what}): a bug in co2s {__version__}; please report it with the traceback "
             "above", EXIT_BUG, True)
+
+
+def _raised_in(exc: BaseException) -> str:
+    """`` (raised in package/module.py)`` for the innermost frame of ``exc``'s traceback, or ``""``."""
+    frames = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ is not None else []
+    if not frames:
+        return ""
+    where = Path(frames[-1].filename)
+    return f" (raised in {where.parent.name}/{where.name}; --debug shows the traceback)"
 
 
 def _out_of_memory(exc: BaseException) -> bool:
