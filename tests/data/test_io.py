@@ -66,3 +66,48 @@ def test_bad_files_name_the_file(tmp_path):
         read_image(tmp_path / "nope.png")
     with pytest.raises(DataError, match=r"mask not found"):
         read_mask(tmp_path / "nope.png")
+
+
+def _png16(path, array):
+    """A 16-bit PNG written from the PNG specification (IHDR, one zlib IDAT, IEND; big-endian
+    samples, filter 0 per row), as cameras and GIS exports write them: not through Pillow, which
+    cannot write 16-bit colour, nor GDAL, which reads it back."""
+    import struct
+    import zlib
+
+    h, w, bands = array.shape
+    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[bands]
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in array)
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows))
+                     + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("bands", [3, 4, 2])  # RGB, RGBA, grey + alpha
+def test_16_bit_colour_png_keeps_every_bit(tmp_path, bands):
+    """Pillow reads a 16-bit colour PNG as 8-bit (the low byte of each value dropped silently); the
+    reader gives the stored 16-bit values, and the header queries agree with it."""
+    from co2s.data.io import image_dtype, image_header, read_model_input
+
+    array = np.random.default_rng(3).integers(0, 65536, (9, 11, bands), dtype=np.uint16)
+    array[0, 0] = 0x0102  # differs from its 8-bit reading in the low byte only
+    _png16(tmp_path / "d.png", array)
+    with Image.open(tmp_path / "d.png") as img:  # what went wrong: Pillow's reading
+        assert not np.array_equal(np.asarray(img), array)
+    got = read_image(tmp_path / "d.png")
+    assert got.dtype == np.uint16 and np.array_equal(got, array.transpose(2, 0, 1))
+    assert image_dtype(tmp_path / "d.png") == np.uint16
+    assert image_header(tmp_path / "d.png") == (9, 11, bands)
+    image, _ = read_model_input(tmp_path / "d.png")
+    np.testing.assert_allclose(image, array.transpose(2, 0, 1) / 65535.0, rtol=1e-6)
+    assert np.array_equal(read_image(tmp_path / "d.png", bands=[2]), array.transpose(2, 0, 1)[[1]])
+
+
+def test_16_bit_grey_png_still_reads_whole(tmp_path):
+    array = np.random.default_rng(4).integers(0, 65536, (7, 5, 1), dtype=np.uint16)
+    _png16(tmp_path / "g.png", array)
+    assert np.array_equal(read_image(tmp_path / "g.png"), array.transpose(2, 0, 1))

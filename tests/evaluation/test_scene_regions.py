@@ -144,6 +144,27 @@ def test_ranks_share_the_regions_without_counting_a_pixel_twice(tmp_path):
     assert sum(parts).tolist() == whole
 
 
+def test_scoring_takes_the_valid_pixels_from_the_prediction(tmp_path, monkeypatch):
+    """The predicted pieces carry the valid pixels of their reads: the labels are masked with them,
+    and the raster's mask is not read a second time for the labels."""
+    from co2s.data.evaluation_sets import SceneEvaluationSet
+    from co2s.evaluation.evaluator import score_predictions
+
+    config = _config(_write(tmp_path))
+    regions = SceneEvaluationSet(load_regions(config.data, "val", progress=False))
+    masks = []
+    original = RasterReader.valid
+
+    def spy(self, window=None, out_shape=None):
+        masks.append(window)
+        return original(self, window, out_shape)
+
+    monkeypatch.setattr(RasterReader, "valid", spy)
+    scores = score_predictions(_segmenter(config, 1), regions, progress=False)["s0"]
+    assert masks == []
+    assert np.array(scores["confusion_matrix"]).sum() == int((_reference() != 255).sum())  # nodata not scored
+
+
 def test_only_windows_around_the_regions_are_read(tmp_path, monkeypatch):
     """A 7 x 6 pixel region: the image is read only in the tiles of the whole scene's grid that
     cover it, one batch of tiles at a time."""

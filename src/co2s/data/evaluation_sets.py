@@ -41,7 +41,9 @@ class ScoredRegion:
     width: int
     window: Window
     read: Reader  # model input of a window and its valid pixels (None: all valid)
-    labels: Callable[[Window], np.ndarray | None]  # labels of a window (ignore where invalid); None: none
+    # labels of a window, ignore where the reads found invalid pixels (the window's valid mask,
+    # given by the prediction); None: no labelled pixel
+    labels: Callable[[Window, np.ndarray], np.ndarray | None]
     close: Callable[[], None] = field(default=lambda: None)
 
 
@@ -74,7 +76,7 @@ class TileEvaluationSet:
                 return image[(slice(None), *window.slices)], None
 
             yield ScoredRegion(item["name"], height, width, Window(0, 0, width, height), read,
-                               lambda window, mask=mask: mask[window.slices])
+                               lambda window, valid, mask=mask: mask[window.slices])  # invalid: ignore already
 
 
 class SceneEvaluationSet:
@@ -114,17 +116,17 @@ class SceneEvaluationSet:
             for index, window in self.windows(world_size)[rank::world_size]:
                 scene = self.set.scenes[index]
                 yield ScoredRegion(str(scene.path), scene.height, scene.width, window, _scene_reader(scene, ignore),
-                                   lambda piece, scene=scene: _labels(scene, ignore, piece, scene.valid),
+                                   lambda piece, valid, scene=scene: _labels(scene, ignore, piece, valid),
                                    scene.reader.close)
 
 
-def _labels(scene, ignore_index: int, window: Window, valid=None) -> np.ndarray | None:
-    """Labels of a window (ignore where ``valid(window)`` says invalid), None when it holds no
-    labelled pixel."""
+def _labels(scene, ignore_index: int, window: Window, valid: np.ndarray | None = None) -> np.ndarray | None:
+    """Labels of a window (ignore where ``valid`` is False: the predicted pieces carry the valid
+    pixels of their reads, so the raster's mask is not read again), None when it holds no labelled
+    pixel."""
     if not scene.labels.touches(window):
         return None
-    mask = valid(window) if valid is not None else None
-    labels = scene.labels_of(window, window.shape, mask, ignore_index)
+    labels = scene.labels_of(window, window.shape, valid, ignore_index)
     return labels if (labels != ignore_index).any() else None
 
 

@@ -27,6 +27,23 @@ def _is_tiff(path: Path) -> bool:
     return path.suffix.lower() in TIFF_SUFFIXES
 
 
+def _read_by_gdal(path: Path) -> bool:
+    """Whether an image file is read through rasterio (GDAL): TIFFs, and PNGs of 16-bit colour
+    (RGB, RGBA, grey + alpha), which Pillow reads as 8-bit, dropping the low byte of every value
+    without a word (16-bit grey it reads whole). The PNG header's bit depth and colour type decide."""
+    if _is_tiff(path):
+        return True
+    if path.suffix.lower() != ".png":
+        return False
+    try:
+        with open(path, "rb") as f:
+            head = f.read(26)  # signature (8), IHDR length and type (8), width, height, depth, type
+    except OSError:
+        return False  # reported by the reader
+    return (len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR"
+            and head[24] == 16 and head[25] in (2, 4, 6))
+
+
 def _check_exists(path: Path, what: str) -> None:
     """A file to read is there and not empty (Pillow and GDAL would say "cannot identify image
     file" of an empty one, which hides that its write never finished)."""
@@ -92,7 +109,7 @@ def read_image(path: str | os.PathLike, bands: list[int] | None = None) -> np.nd
     """
     path = Path(path)
     _check_exists(path, "image")
-    array = _read_raster(path, bands) if _is_tiff(path) else _read_plain(path, bands)
+    array = _read_raster(path, bands) if _read_by_gdal(path) else _read_plain(path, bands)
     return np.ascontiguousarray(_not_empty(path, array))
 
 
@@ -103,7 +120,7 @@ def read_model_input(path: str | os.PathLike, bands: list[int] | None = None, sc
     (:func:`co2s.data.raster.model_input`), TIFFs read by :class:`~co2s.data.raster.RasterReader`."""
     path = Path(path)
     _check_exists(path, "image")
-    if _is_tiff(path):
+    if _read_by_gdal(path):
         with RasterReader(path, bands, scale) as reader:
             if reader.width * reader.height == 0:
                 raise DataError(f"image {path} is empty ({reader.count}, {reader.height}, {reader.width})")
@@ -162,7 +179,7 @@ def image_dtype(path: str | os.PathLike) -> np.dtype:
     """The data type :func:`read_image` gives for a file, from its header only."""
     path = Path(path)
     _check_exists(path, "file")
-    if _is_tiff(path):
+    if _read_by_gdal(path):
         with open_raster(path) as src:
             return np.result_type(*src.dtypes)
     try:
@@ -193,7 +210,7 @@ def image_header(path: str | os.PathLike) -> tuple[int, int, int]:
     (a palette image reads as its 3 colour bands)."""
     path = Path(path)
     _check_exists(path, "file")
-    if _is_tiff(path):
+    if _read_by_gdal(path):
         with open_raster(path) as src:
             return src.height, src.width, src.count
     try:

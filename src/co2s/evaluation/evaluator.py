@@ -13,6 +13,7 @@ import warnings
 import torch
 
 from co2s.evaluation.metrics import confusion_metric, scores_from_confusion
+from co2s.inference.streaming import VALID
 from co2s.progress import progress_bar
 
 
@@ -29,8 +30,8 @@ def score_predictions(segmenter, dataset, predictions: list[str] | None = None, 
     for region in progress_bar(dataset.regions(rank, world_size), desc="evaluating", enabled=progress):
         try:
             for piece, pieces in segmenter.predict_box(region.read, region.height, region.width, region.window,
-                                                       predictions):
-                labels = region.labels(piece)
+                                                       predictions, validity=True):
+                labels = region.labels(piece, pieces.pop(VALID))
                 if labels is None:
                     continue
                 target = torch.as_tensor(labels)[None].to(device)
