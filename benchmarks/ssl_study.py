@@ -273,6 +273,9 @@ def collect(run_dir: Path, names: Names, method: str, fraction: str, seed: int) 
         checkpoint_step=metrics["checkpoint_step"],
         best_val={"step": best["step"], "mIoU": best["mIoU"]} if best else None,
         val_seconds=[r["seconds"] for r in vals if "seconds" in r],  # the cost of checkpoint selection
+        # every validation's score of each prediction (students, fusions): the evidence for the
+        # default prediction, chosen on validation data only
+        val=[{"step": r["step"], **{k.split("/", 1)[1]: r[k] for k in r if k.startswith("mIoU/")}} for r in vals],
         curve=[{"step": r["step"], **{k: r[k] for k in names.curve_keys if k in r}}
                for r in log if r["kind"] == "train"],
     )
@@ -351,6 +354,46 @@ def diagnostics(record: dict, names: Names) -> dict[str, float]:
     return out
 
 
+def best_val_per_prediction(record: dict) -> dict[str, float]:
+    """Each prediction's best validation mIoU over the run's validations (as ``best.ckpt`` would
+    be chosen if that prediction selected it)."""
+    out: dict[str, float] = {}
+    for v in record.get("val", []):
+        for k, x in v.items():
+            if k != "step":
+                out[k] = max(out.get(k, x), x)
+    return out
+
+
+def validation_choice(records: list[dict], names: Names, fractions: list[str]) -> list[str]:
+    """Markdown: the validation mIoU of each prediction of the two-student runs, and the prediction
+    that validation alone would make the default (SPEC: chosen on validation, never on test)."""
+    runs = [r for r in records if r["status"] == "done" and len(r.get("test", {})) > 1 and r.get("val")]
+    if not runs:
+        return []
+    preds = [p for p in names.predictions if any(p in best_val_per_prediction(r) for r in runs)]
+    lines = ["", "Validation mIoU (%) of each prediction of the two-student runs, each at its own best "
+             "validation (mean ± spread over seeds); what chooses the default prediction, without "
+             "looking at test:", "", "| method | fraction | " + " | ".join(preds) + " |",
+             "|---|---|" + "---|" * len(preds)]
+    pooled: dict[str, list[float]] = {p: [] for p in preds}
+    for method in names.methods:
+        for f in fractions:
+            found = [best_val_per_prediction(r) for r in runs if r["method"] == method and r["fraction"] == f]
+            if not found:
+                continue
+            lines.append(f"| {method} | {f} | " + " | ".join(fmt([d[p] for d in found if p in d]) for p in preds) + " |")
+            if method == "co2s":
+                for p in preds:
+                    pooled[p] += [d[p] for d in found if p in d]
+    means = {p: statistics.mean(v) for p, v in pooled.items() if v}
+    if means:
+        best = max(means, key=means.get)
+        lines += ["", f"Best prediction of co2s by mean validation mIoU over every fraction and seed: **{best}** "
+                  f"({means[best]:.2f}; " + ", ".join(f"{p} {m:.2f}" for p, m in means.items() if p != best) + ")."]
+    return lines
+
+
 def markdown(records: list[dict], names: Names, fractions: list[str], classes: list[str], settings: dict) -> str:
     lines = ["# AI4Mars MSL semi-supervised study", "",
              "Test mIoU (%) on test_gold.txt, mean ± sample standard deviation over seeds "
@@ -407,6 +450,8 @@ def markdown(records: list[dict], names: Names, fractions: list[str], classes: l
                     lines.append(f"| {method} | {f} | " + " | ".join(
                         f"{statistics.mean(d[k] for d in found if k in d):.3f}" if any(k in d for d in found)
                         else "-" for k in keys) + " |")
+
+    lines += validation_choice(records, names, fractions)
 
     times = [r["timing"]["wall_s"] for r in records if r["status"] == "done"]
     if times:
