@@ -111,3 +111,28 @@ def test_16_bit_grey_png_still_reads_whole(tmp_path):
     array = np.random.default_rng(4).integers(0, 65536, (7, 5, 1), dtype=np.uint16)
     _png16(tmp_path / "g.png", array)
     assert np.array_equal(read_image(tmp_path / "g.png"), array.transpose(2, 0, 1))
+
+
+@pytest.mark.parametrize("orientation, upright", [
+    (3, lambda a: a[::-1, ::-1]),  # rotated 180
+    (6, lambda a: np.rot90(a, -1)),  # the camera held upright: viewers turn it 90 degrees clockwise
+    (8, lambda a: np.rot90(a, 1)),
+])
+def test_a_photo_reads_upright_as_its_exif_orientation_says(tmp_path, orientation, upright):
+    """Phones, cameras and drones store the pixels as the sensor read them and an EXIF orientation
+    tag; viewers and labelling tools (labelme, CVAT, OpenCV) show it turned. The mask drawn on the
+    shown image must meet the image as shown."""
+    from co2s.data.io import image_header
+
+    stored = np.random.default_rng(5).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(stored).save(tmp_path / "p.png", exif=exif)  # lossless: exact pixels
+    Image.fromarray(stored).save(tmp_path / "p.jpg", exif=exif, quality=95)
+    shown = upright(stored)
+    assert np.array_equal(read_image(tmp_path / "p.png"), shown.transpose(2, 0, 1))
+    assert read_image(tmp_path / "p.jpg").shape == shown.transpose(2, 0, 1).shape
+    assert image_header(tmp_path / "p.jpg") == (*shown.shape[:2], 3)
+    index = stored[..., 0] % 4
+    Image.fromarray(index).save(tmp_path / "m.png", exif=exif)
+    assert np.array_equal(read_mask(tmp_path / "m.png"), upright(index))

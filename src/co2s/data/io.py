@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageMode, UnidentifiedImageError
+from PIL import Image, ImageMode, ImageOps, UnidentifiedImageError
 
 from co2s.atomic import atomic_path
 from co2s.data.raster import RasterReader, check_bands, dtype_scale, model_input, open_raster
@@ -80,9 +80,30 @@ def _read_raster(path: Path, bands: list[int] | None, colormap: bool = False) ->
             raise DataError(f"cannot read raster {path}: {exc}") from None
 
 
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation of a photo (1: as stored), which cameras, phones and drones write
+    instead of rotating the pixels."""
+    try:
+        return int(img.getexif().get(_EXIF_ORIENTATION, 1))
+    except (ValueError, TypeError, OSError):  # an unreadable EXIF block: the pixels as stored
+        return 1
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """The image as viewers, labelling tools (labelme, CVAT) and OpenCV show it: the EXIF
+    orientation applied. Read as stored, a rotated photo would meet the mask drawn on it upright
+    turned 90 degrees (silently so for a square tile)."""
+    return ImageOps.exif_transpose(img) if _orientation(img) not in (0, 1) else img
+
+
 def _read_plain(path: Path, bands: list[int] | None) -> np.ndarray:
     try:
         with Image.open(path) as img:
+            img = _upright(img)
             if img.mode == "P":
                 img = img.convert("RGB")
             array = np.asarray(img)
@@ -151,6 +172,7 @@ def read_mask(path: str | os.PathLike, color: bool = False) -> np.ndarray:
     else:
         try:
             with Image.open(path) as img:
+                img = _upright(img)
                 if color:
                     array = np.asarray(img.convert("RGB"))
                 else:
@@ -216,6 +238,8 @@ def image_header(path: str | os.PathLike) -> tuple[int, int, int]:
     try:
         with Image.open(path) as img:
             bands = 3 if img.mode == "P" else len(img.getbands())
+            if _orientation(img) in _TRANSPOSED:
+                return img.width, img.height, bands
             return img.height, img.width, bands
     except (UnidentifiedImageError, OSError) as exc:
         raise DataError(f"cannot read image {path}: {exc}") from None
