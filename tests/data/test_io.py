@@ -136,3 +136,19 @@ def test_a_photo_reads_upright_as_its_exif_orientation_says(tmp_path, orientatio
     index = stored[..., 0] % 4
     Image.fromarray(index).save(tmp_path / "m.png", exif=exif)
     assert np.array_equal(read_mask(tmp_path / "m.png"), upright(index))
+
+
+def test_lossy_masks_are_refused(tmp_path):
+    """A mask saved as JPEG (or a JPEG-compressed TIFF) has its class values changed where classes
+    meet, into other valid classes: label noise no range check finds. It is refused, by content."""
+    index = np.zeros((32, 32), np.uint8)
+    index[:, 16:] = 2
+    Image.fromarray(index).save(tmp_path / "m.jpg", quality=75)
+    Image.fromarray(index).save(tmp_path / "named.png", format="JPEG")  # a JPEG behind a .png name
+    with rasterio.open(tmp_path / "m.tif", "w", driver="GTiff", height=32, width=32, count=1, dtype="uint8",
+                       compress="jpeg") as dst:
+        dst.write(index[None])
+    for name, said in (("m.jpg", "is a JPEG"), ("named.png", "is a JPEG"), ("m.tif", "is JPEG-compressed")):
+        with pytest.raises(DataError, match=rf"mask .*{name} {said}: lossy compression changes class values"):
+            read_mask(tmp_path / name)
+    assert read_image(tmp_path / "m.jpg").shape == (1, 32, 32)  # as an image it is fine

@@ -55,12 +55,19 @@ def _check_exists(path: Path, what: str) -> None:
         raise DataError(f"{what} {path} is an empty file (0 bytes: an interrupted copy or download?)")
 
 
-def _read_raster(path: Path, bands: list[int] | None, colormap: bool = False) -> np.ndarray:
+_LOSSY = ("changes class values where classes meet (an edge pixel of class 1 between 0 and 2 "
+          "may read as 2); save masks as PNG, or TIFF without JPEG compression")
+
+
+def _read_raster(path: Path, bands: list[int] | None, colormap: bool = False, mask: bool = False) -> np.ndarray:
     """Stored values ``[bands, H, W]`` of a TIFF. ``colormap``: a single-band raster with a colour
-    table comes back as its colours ``[3, H, W]``."""
+    table comes back as its colours ``[3, H, W]``. ``mask``: lossy compression is refused."""
     from rasterio.errors import RasterioError
 
     with open_raster(path) as src:
+        compression = getattr(src.compression, "name", "")
+        if mask and compression in ("jpeg", "webp"):
+            raise DataError(f"mask {path} is {compression.upper()}-compressed: lossy compression {_LOSSY}")
         try:
             if colormap and src.count == 1:
                 try:
@@ -161,7 +168,7 @@ def read_mask(path: str | os.PathLike, color: bool = False) -> np.ndarray:
     path = Path(path)
     _check_exists(path, "mask")
     if _is_tiff(path):
-        array = _read_raster(path, None, colormap=color)
+        array = _read_raster(path, None, colormap=color, mask=True)
         if color:
             if array.shape[0] < 3:
                 raise DataError(f"colour mask {path} has {array.shape[0]} band(s), expected 3")
@@ -172,6 +179,8 @@ def read_mask(path: str | os.PathLike, color: bool = False) -> np.ndarray:
     else:
         try:
             with Image.open(path) as img:
+                if img.format == "JPEG":  # by content, not by name: a .png that is a JPEG too
+                    raise DataError(f"mask {path} is a JPEG: lossy compression {_LOSSY}")
                 img = _upright(img)
                 if color:
                     array = np.asarray(img.convert("RGB"))
