@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageMode, ImageOps, UnidentifiedImageError
 
 from co2s.atomic import atomic_path
-from co2s.data.raster import RasterReader, check_bands, dtype_scale, model_input, open_raster
+from co2s.data.raster import RasterReader, check_bands, default_bands, dtype_scale, model_input, open_raster
 from co2s.errors import DataError
 
 TIFF_SUFFIXES = {".tif", ".tiff"}
@@ -28,9 +28,10 @@ def _is_tiff(path: Path) -> bool:
 
 
 def _read_by_gdal(path: Path) -> bool:
-    """Whether an image file is read through rasterio (GDAL): TIFFs, and PNGs of 16-bit colour
-    (RGB, RGBA, grey + alpha), which Pillow reads as 8-bit, dropping the low byte of every value
-    without a word (16-bit grey it reads whole). The PNG header's bit depth and colour type decide."""
+    """Whether an image file is read through rasterio (GDAL): TIFFs; PNGs of 16-bit colour, which
+    Pillow reads as 8-bit, dropping the low byte of every value without a word (16-bit grey it
+    reads whole); and PNGs with an alpha channel, whose alpha GDAL makes the validity mask
+    (:func:`~co2s.data.raster.default_bands`). The PNG header's bit depth and colour type decide."""
     if _is_tiff(path):
         return True
     if path.suffix.lower() != ".png":
@@ -41,7 +42,7 @@ def _read_by_gdal(path: Path) -> bool:
     except OSError:
         return False  # reported by the reader
     return (len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR"
-            and head[24] == 16 and head[25] in (2, 4, 6))
+            and (head[25] in (4, 6) or (head[24] == 16 and head[25] == 2)))  # 4, 6: with alpha
 
 
 def _check_exists(path: Path, what: str) -> None:
@@ -144,7 +145,7 @@ def read_image(path: str | os.PathLike, bands: list[int] | None = None) -> np.nd
 def read_model_input(path: str | os.PathLike, bands: list[int] | None = None, scale: float | str = "auto"
                      ) -> tuple[np.ndarray, np.ndarray | None]:
     """A whole image file as model input ``[C, H, W]`` float32 and its valid pixels ``[H, W]``
-    (None: all valid; always for PNG/JPEG/BMP): the package's one invalid-pixel rule
+    (None: all valid; always for JPEG, BMP and PNGs without alpha): the package's one invalid-pixel rule
     (:func:`co2s.data.raster.model_input`), TIFFs read by :class:`~co2s.data.raster.RasterReader`."""
     path = Path(path)
     _check_exists(path, "image")
@@ -237,13 +238,14 @@ def images_auto_scale(paths: list, limit: int = 32) -> float | None:
 
 
 def image_header(path: str | os.PathLike) -> tuple[int, int, int]:
-    """(height, width, bands) from the header only; bands as :func:`read_image` returns them
-    (a palette image reads as its 3 colour bands)."""
+    """(height, width, bands) from the header only; bands as a model reads them with ``data.bands``
+    unset (:func:`read_model_input`: a palette image as its 3 colour bands, an alpha band not at
+    all: it is the validity)."""
     path = Path(path)
     _check_exists(path, "file")
     if _read_by_gdal(path):
         with open_raster(path) as src:
-            return src.height, src.width, src.count
+            return src.height, src.width, len(default_bands(src))
     try:
         with Image.open(path) as img:
             bands = 3 if img.mode == "P" else len(img.getbands())
