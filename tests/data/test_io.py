@@ -5,7 +5,7 @@ from PIL import Image
 from rasterio.transform import from_origin
 
 from co2s.data.io import read_image, read_mask, save_index_png
-from co2s.data.raster import scale_image
+from co2s.data.raster import RasterReader, scale_image
 from co2s.errors import DataError
 
 
@@ -101,9 +101,12 @@ def test_16_bit_colour_png_keeps_every_bit(tmp_path, bands):
     got = read_image(tmp_path / "d.png")
     assert got.dtype == np.uint16 and np.array_equal(got, array.transpose(2, 0, 1))
     assert image_dtype(tmp_path / "d.png") == np.uint16
-    assert image_header(tmp_path / "d.png") == (9, 11, bands)
-    image, _ = read_model_input(tmp_path / "d.png")
-    np.testing.assert_allclose(image, array.transpose(2, 0, 1) / 65535.0, rtol=1e-6)
+    colour = bands - (bands % 2 == 0)  # RGBA, grey + alpha: the alpha is the validity, not a band
+    assert image_header(tmp_path / "d.png") == (9, 11, colour)
+    image, _ = read_model_input(tmp_path / "d.png", bands=list(range(1, colour + 1)))
+    alpha = array[..., -1] if colour < bands else np.ones(array.shape[:2])
+    expected = array[..., :colour].transpose(2, 0, 1) / 65535.0 * (alpha > 0)
+    np.testing.assert_allclose(image, expected, rtol=1e-6)
     assert np.array_equal(read_image(tmp_path / "d.png", bands=[2]), array.transpose(2, 0, 1)[[1]])
 
 
@@ -111,3 +114,80 @@ def test_16_bit_grey_png_still_reads_whole(tmp_path):
     array = np.random.default_rng(4).integers(0, 65536, (7, 5, 1), dtype=np.uint16)
     _png16(tmp_path / "g.png", array)
     assert np.array_equal(read_image(tmp_path / "g.png"), array.transpose(2, 0, 1))
+
+
+@pytest.mark.parametrize("orientation, upright", [
+    (3, lambda a: a[::-1, ::-1]),  # rotated 180
+    (6, lambda a: np.rot90(a, -1)),  # the camera held upright: viewers turn it 90 degrees clockwise
+    (8, lambda a: np.rot90(a, 1)),
+])
+def test_a_photo_reads_upright_as_its_exif_orientation_says(tmp_path, orientation, upright):
+    """Phones, cameras and drones store the pixels as the sensor read them and an EXIF orientation
+    tag; viewers and labelling tools (labelme, CVAT, OpenCV) show it turned. The mask drawn on the
+    shown image must meet the image as shown."""
+    from co2s.data.io import image_header
+
+    stored = np.random.default_rng(5).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(stored).save(tmp_path / "p.png", exif=exif)  # lossless: exact pixels
+    Image.fromarray(stored).save(tmp_path / "p.jpg", exif=exif, quality=95)
+    shown = upright(stored)
+    assert np.array_equal(read_image(tmp_path / "p.png"), shown.transpose(2, 0, 1))
+    assert read_image(tmp_path / "p.jpg").shape == shown.transpose(2, 0, 1).shape
+    assert image_header(tmp_path / "p.jpg") == (*shown.shape[:2], 3)
+    index = stored[..., 0] % 4
+    Image.fromarray(index).save(tmp_path / "m.png", exif=exif)
+    assert np.array_equal(read_mask(tmp_path / "m.png"), upright(index))
+
+
+def test_lossy_masks_are_refused(tmp_path):
+    """A mask saved as JPEG (or a JPEG-compressed TIFF) has its class values changed where classes
+    meet, into other valid classes: label noise no range check finds. It is refused, by content."""
+    index = np.zeros((32, 32), np.uint8)
+    index[:, 16:] = 2
+    Image.fromarray(index).save(tmp_path / "m.jpg", quality=75)
+    Image.fromarray(index).save(tmp_path / "named.png", format="JPEG")  # a JPEG behind a .png name
+    with rasterio.open(tmp_path / "m.tif", "w", driver="GTiff", height=32, width=32, count=1, dtype="uint8",
+                       compress="jpeg") as dst:
+        dst.write(index[None])
+    for name, said in (("m.jpg", "is a JPEG"), ("named.png", "is a JPEG"), ("m.tif", "is JPEG-compressed")):
+        with pytest.raises(DataError, match=rf"mask .*{name} {said}: lossy compression changes class values"):
+            read_mask(tmp_path / name)
+    assert read_image(tmp_path / "m.jpg").shape == (1, 32, 32)  # as an image it is fine
+
+
+def test_an_alpha_band_is_the_validity_not_a_band(tmp_path):
+    """RGBA PNGs (QGIS exports), grey + alpha, and GeoTIFFs from ``gdalwarp -dstalpha``: read with
+    data.bands unset, the model gets the colour bands, and the pixels of alpha 0 are invalid (0 in
+    the input, ignored in scores, nodata in outputs), as GIS software shows them: transparent."""
+    from co2s.data.io import image_header, read_model_input
+
+    rgba = np.random.default_rng(6).integers(1, 256, (8, 10, 4), dtype=np.uint8)
+    rgba[..., 3] = 255
+    rgba[:3, :, 3] = 0  # the warped scene's empty corner
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    Image.fromarray(rgba[..., [0, 3]]).save(tmp_path / "la.png")
+    with rasterio.open(tmp_path / "warped.tif", "w", driver="GTiff", height=8, width=10, count=4, dtype="uint8",
+                       photometric="RGB", alpha="YES") as dst:  # as gdalwarp -dstalpha writes it
+        dst.write(rgba.transpose(2, 0, 1))
+    for name, colour in (("rgba.png", [0, 1, 2]), ("la.png", [0]), ("warped.tif", [0, 1, 2])):
+        with pytest.warns(UserWarning, match=r"alpha band .* not as a band of model input; set data.bands"):
+            assert image_header(tmp_path / name) == (8, 10, len(colour)), name
+        image, valid = read_model_input(tmp_path / name)
+        assert valid is not None and valid.tolist() == (rgba[..., 3] > 0).tolist(), name
+        stored = rgba[..., colour] if name != "la.png" else rgba[..., :1]
+        np.testing.assert_allclose(image, stored.transpose(2, 0, 1) / 255.0 * valid, rtol=1e-6)
+    assert read_image(tmp_path / "rgba.png").shape == (4, 8, 10)  # the stored values: every band
+    image, valid = read_model_input(tmp_path / "rgba.png", bands=[1, 2, 3, 4])  # chosen explicitly: a band
+    assert image.shape == (4, 8, 10)
+    # GDAL tags the 4th band of a 4-band 8-bit GeoTIFF written without PHOTOMETRIC as alpha: an RGB+NIR
+    # file written so, read for a 4-band model, says why it has 3 bands and how to read the 4th.
+    with rasterio.open(tmp_path / "rgbn.tif", "w", driver="GTiff", height=8, width=10, count=4,
+                       dtype="uint8") as dst:
+        dst.write(rgba.transpose(2, 0, 1))
+    with pytest.raises(DataError, match=r"rgbn.tif: has 3 band\(s\) \(and 1 alpha band, read as which pixels "
+                                        r"hold data\) but the model was trained on 4 \(see data.bands\)"):
+        RasterReader(tmp_path / "rgbn.tif", channels=4)
+    with RasterReader(tmp_path / "rgbn.tif", bands=[1, 2, 3, 4], channels=4) as reader:
+        assert reader.bands == [1, 2, 3, 4]

@@ -211,7 +211,7 @@ def test_bad_inputs_each_give_one_clear_message_and_leave_nothing(trained, tmp_p
     image = synthetic_scene(64, 80)[0]
     write_raster(scenes / "good.tif", image)
     (scenes / "text.tif").write_text("not a raster")
-    write_raster(scenes / "four.tif", np.concatenate([image, image[:1]]))
+    write_raster(scenes / "four.tif", np.concatenate([image, image[:1]]), photometric="MINISBLACK")
     write_raster(scenes / "empty.tif", np.zeros_like(image), nodata=0)
     write_raster(scenes / "nocrs.tif", image, crs=None)
     write_two_variable_netcdf(scenes / "container.nc")

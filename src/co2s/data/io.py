@@ -12,10 +12,10 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageMode, UnidentifiedImageError
+from PIL import Image, ImageMode, ImageOps, UnidentifiedImageError
 
 from co2s.atomic import atomic_path
-from co2s.data.raster import RasterReader, check_bands, dtype_scale, model_input, open_raster
+from co2s.data.raster import RasterReader, check_bands, default_bands, dtype_scale, model_input, open_raster
 from co2s.errors import DataError
 
 TIFF_SUFFIXES = {".tif", ".tiff"}
@@ -28,9 +28,10 @@ def _is_tiff(path: Path) -> bool:
 
 
 def _read_by_gdal(path: Path) -> bool:
-    """Whether an image file is read through rasterio (GDAL): TIFFs, and PNGs of 16-bit colour
-    (RGB, RGBA, grey + alpha), which Pillow reads as 8-bit, dropping the low byte of every value
-    without a word (16-bit grey it reads whole). The PNG header's bit depth and colour type decide."""
+    """Whether an image file is read through rasterio (GDAL): TIFFs; PNGs of 16-bit colour, which
+    Pillow reads as 8-bit, dropping the low byte of every value without a word (16-bit grey it
+    reads whole); and PNGs with an alpha channel, whose alpha GDAL makes the validity mask
+    (:func:`~co2s.data.raster.default_bands`). The PNG header's bit depth and colour type decide."""
     if _is_tiff(path):
         return True
     if path.suffix.lower() != ".png":
@@ -41,7 +42,7 @@ def _read_by_gdal(path: Path) -> bool:
     except OSError:
         return False  # reported by the reader
     return (len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR"
-            and head[24] == 16 and head[25] in (2, 4, 6))
+            and (head[25] in (4, 6) or (head[24] == 16 and head[25] == 2)))  # 4, 6: with alpha
 
 
 def _check_exists(path: Path, what: str) -> None:
@@ -55,12 +56,19 @@ def _check_exists(path: Path, what: str) -> None:
         raise DataError(f"{what} {path} is an empty file (0 bytes: an interrupted copy or download?)")
 
 
-def _read_raster(path: Path, bands: list[int] | None, colormap: bool = False) -> np.ndarray:
+_LOSSY = ("changes class values where classes meet (an edge pixel of class 1 between 0 and 2 "
+          "may read as 2); save masks as PNG, or TIFF without JPEG compression")
+
+
+def _read_raster(path: Path, bands: list[int] | None, colormap: bool = False, mask: bool = False) -> np.ndarray:
     """Stored values ``[bands, H, W]`` of a TIFF. ``colormap``: a single-band raster with a colour
-    table comes back as its colours ``[3, H, W]``."""
+    table comes back as its colours ``[3, H, W]``. ``mask``: lossy compression is refused."""
     from rasterio.errors import RasterioError
 
     with open_raster(path) as src:
+        compression = getattr(src.compression, "name", "")
+        if mask and compression in ("jpeg", "webp"):
+            raise DataError(f"mask {path} is {compression.upper()}-compressed: lossy compression {_LOSSY}")
         try:
             if colormap and src.count == 1:
                 try:
@@ -80,9 +88,30 @@ def _read_raster(path: Path, bands: list[int] | None, colormap: bool = False) ->
             raise DataError(f"cannot read raster {path}: {exc}") from None
 
 
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation of a photo (1: as stored), which cameras, phones and drones write
+    instead of rotating the pixels."""
+    try:
+        return int(img.getexif().get(_EXIF_ORIENTATION, 1))
+    except (ValueError, TypeError, OSError):  # an unreadable EXIF block: the pixels as stored
+        return 1
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """The image as viewers, labelling tools (labelme, CVAT) and OpenCV show it: the EXIF
+    orientation applied. Read as stored, a rotated photo would meet the mask drawn on it upright
+    turned 90 degrees (silently so for a square tile)."""
+    return ImageOps.exif_transpose(img) if _orientation(img) not in (0, 1) else img
+
+
 def _read_plain(path: Path, bands: list[int] | None) -> np.ndarray:
     try:
         with Image.open(path) as img:
+            img = _upright(img)
             if img.mode == "P":
                 img = img.convert("RGB")
             array = np.asarray(img)
@@ -116,7 +145,7 @@ def read_image(path: str | os.PathLike, bands: list[int] | None = None) -> np.nd
 def read_model_input(path: str | os.PathLike, bands: list[int] | None = None, scale: float | str = "auto"
                      ) -> tuple[np.ndarray, np.ndarray | None]:
     """A whole image file as model input ``[C, H, W]`` float32 and its valid pixels ``[H, W]``
-    (None: all valid; always for PNG/JPEG/BMP): the package's one invalid-pixel rule
+    (None: all valid; always for JPEG, BMP and PNGs without alpha): the package's one invalid-pixel rule
     (:func:`co2s.data.raster.model_input`), TIFFs read by :class:`~co2s.data.raster.RasterReader`."""
     path = Path(path)
     _check_exists(path, "image")
@@ -140,7 +169,7 @@ def read_mask(path: str | os.PathLike, color: bool = False) -> np.ndarray:
     path = Path(path)
     _check_exists(path, "mask")
     if _is_tiff(path):
-        array = _read_raster(path, None, colormap=color)
+        array = _read_raster(path, None, colormap=color, mask=True)
         if color:
             if array.shape[0] < 3:
                 raise DataError(f"colour mask {path} has {array.shape[0]} band(s), expected 3")
@@ -151,6 +180,9 @@ def read_mask(path: str | os.PathLike, color: bool = False) -> np.ndarray:
     else:
         try:
             with Image.open(path) as img:
+                if img.format == "JPEG":  # by content, not by name: a .png that is a JPEG too
+                    raise DataError(f"mask {path} is a JPEG: lossy compression {_LOSSY}")
+                img = _upright(img)
                 if color:
                     array = np.asarray(img.convert("RGB"))
                 else:
@@ -206,16 +238,19 @@ def images_auto_scale(paths: list, limit: int = 32) -> float | None:
 
 
 def image_header(path: str | os.PathLike) -> tuple[int, int, int]:
-    """(height, width, bands) from the header only; bands as :func:`read_image` returns them
-    (a palette image reads as its 3 colour bands)."""
+    """(height, width, bands) from the header only; bands as a model reads them with ``data.bands``
+    unset (:func:`read_model_input`: a palette image as its 3 colour bands, an alpha band not at
+    all: it is the validity)."""
     path = Path(path)
     _check_exists(path, "file")
     if _read_by_gdal(path):
         with open_raster(path) as src:
-            return src.height, src.width, src.count
+            return src.height, src.width, len(default_bands(src))
     try:
         with Image.open(path) as img:
             bands = 3 if img.mode == "P" else len(img.getbands())
+            if _orientation(img) in _TRANSPOSED:
+                return img.width, img.height, bands
             return img.height, img.width, bands
     except (UnidentifiedImageError, OSError) as exc:
         raise DataError(f"cannot read image {path}: {exc}") from None

@@ -128,6 +128,27 @@ def model_input(raw: np.ndarray, masked: np.ndarray | None, scale: float | str =
     return image, valid
 
 
+def default_bands(dataset) -> list[int]:
+    """The bands (1-based) a model reads from a raster when ``data.bands`` is unset: all but its
+    alpha bands. An alpha band (``gdalwarp -dstalpha``, RGBA PNGs and GeoTIFFs of QGIS exports) says
+    which pixels hold data: GDAL makes it the mask of the other bands, so it is the validity of the
+    pixel rule, never a band of model input (as GIS software shows it: transparency)."""
+    from rasterio.enums import ColorInterp
+
+    colour = [b for b, ci in enumerate(dataset.colorinterp, start=1) if ci != ColorInterp.alpha]
+    if not colour:
+        return list(range(1, dataset.count + 1))
+    if len(colour) < dataset.count:
+        # GDAL tags the 4th band of any 4-band 8-bit GeoTIFF written without PHOTOMETRIC as alpha, so
+        # an RGB+NIR file can carry it too: say so (one constant line, shown once) rather than drop it
+        # silently.
+        warnings.warn("an alpha band (as GDAL tags it: RGBA PNGs, gdalwarp -dstalpha, 4-band 8-bit "
+                      "GeoTIFFs written without PHOTOMETRIC) is read as which pixels hold data, not as a "
+                      "band of model input; set data.bands (e.g. [1, 2, 3, 4]) to read it as a band",
+                      stacklevel=2)
+    return colour
+
+
 def _raster_has_masks(dataset, bands: list[int]) -> bool:
     """Whether any selected band (1-based) carries a mask: nodata value, alpha band, internal mask."""
     from rasterio.enums import MaskFlags
@@ -178,12 +199,13 @@ class RasterReader:
                         f"{', ...' if len(ds.subdatasets) > 2 else ''}); export the one to use as a GeoTIFF"
                         if ds.subdatasets else "")
                 raise DataError(f"{self.path}: the raster has no bands{held}")
-            self.bands = list(bands) if bands is not None else list(range(1, ds.count + 1))
+            self.bands = list(bands) if bands is not None else default_bands(ds)
+            self._bands_by_default = bands is None
             check_bands(self.path, self.bands, ds.count)
-            if channels is not None and len(self.bands) != channels:
-                raise DataError(f"{self.path}: has {len(self.bands)} band(s) but the model was trained on {channels} "
-                                "(see data.bands)")
             self.width, self.height, self.count = ds.width, ds.height, ds.count
+            if channels is not None and len(self.bands) != channels:
+                raise DataError(f"{self.path}: has {self.bands_said} but the model was trained on {channels} "
+                                "(see data.bands)")
             self.crs, self.transform = ds.crs, ds.transform
             self.block_shape = ds.block_shapes[0]
             self.masked = _raster_has_masks(ds, self.bands)
@@ -191,6 +213,13 @@ class RasterReader:
         except BaseException:
             self.close()
             raise
+
+    @property
+    def bands_said(self) -> str:
+        """How many bands are read, and why fewer than the file holds when its alpha band was left out."""
+        left = self.count - len(self.bands) if self._bands_by_default else 0
+        alpha = f" (and {left} alpha band, read as which pixels hold data)" if left else ""
+        return f"{len(self.bands)} band(s){alpha}"
 
     # -- the file --------------------------------------------------------------------------
     @property

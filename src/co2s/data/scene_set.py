@@ -105,8 +105,8 @@ def expand_paths(patterns: list[str], root: Path, what: str) -> list[Path]:
 def open_scene(path: Path, data, channels: int | None) -> Scene:
     reader = RasterReader(path, data.bands, data.scale)
     try:
-        if data.bands is None and channels is not None and reader.count != channels:
-            raise DataError(f"{path}: has {reader.count} band(s) but the config expects {channels} "
+        if data.bands is None and channels is not None and len(reader.bands) != channels:
+            raise DataError(f"{path}: has {reader.bands_said} but the config expects {channels} "
                             "(model.in_channels, else len(data.bands), else len(data.mean), else 3): "
                             "set data.bands to the bands to read")
         block_h, block_w = reader.block_shape
