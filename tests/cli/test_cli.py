@@ -155,6 +155,16 @@ def test_train_evaluate_predict_round_trip(config_file, tiny_dataset, tmp_path):
         assert (src.width, src.height) == (50, 40)
     assert not list((tmp_path / "pred").glob("four*"))
 
+    # RGBA tiles (QGIS exports): predicted from their colour bands, the alpha read as the validity;
+    # the warning that says so is one line for the command, not one per image
+    for i in range(3):
+        Image.fromarray(np.dstack([big, np.full(big.shape[:2], 255, np.uint8)])).save(tmp_path / f"rgba{i}.png")
+    out = run_cli("predict", "--checkpoint", ckpt, *(tmp_path / f"rgba{i}.png" for i in range(3)),
+                  "--out", tmp_path / "rgba", "--no-progress")
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.count("warning: an alpha band") == 1, out.stderr
+    assert sorted(p.name for p in (tmp_path / "rgba").glob("rgba?.png")) == ["rgba0.png", "rgba1.png", "rgba2.png"]
+
 
 def test_old_flag_names_still_work_with_a_message(tmp_path, capsys):
     """``--student`` is the old name of ``--prediction``; ``co2s export CHECKPOINT`` the old form of

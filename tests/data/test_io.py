@@ -186,7 +186,7 @@ def test_an_alpha_band_is_the_validity_not_a_band(tmp_path):
     with rasterio.open(tmp_path / "rgbn.tif", "w", driver="GTiff", height=8, width=10, count=4,
                        dtype="uint8") as dst:
         dst.write(rgba.transpose(2, 0, 1))
-    with pytest.raises(DataError, match=r"rgbn.tif: has 3 band\(s\) \(and 1 alpha band, read as which pixels "
+    with pytest.raises(DataError, match=r"rgbn.tif: has 3 band\(s\) \(and 1 alpha band\(s\), read as which pixels "
                                         r"hold data\) but the model was trained on 4 \(see data.bands\)"):
         RasterReader(tmp_path / "rgbn.tif", channels=4)
     with RasterReader(tmp_path / "rgbn.tif", bands=[1, 2, 3, 4], channels=4) as reader:

@@ -109,12 +109,12 @@ def test_a_class_absent_from_the_labelled_split_stops_the_run(tiny_dataset, tmp_
 def test_band_count_mismatch_in_any_split_names_file_line_and_bands(tiny_dataset, tmp_path):
     images = tiny_dataset / "images"
     Image.open(images / "t1.png").convert("L").save(images / "grey.png")
-    Image.open(images / "t2.png").convert("RGBA").save(images / "rgba.png")
+    Image.open(images / "t2.png").convert("LA").save(images / "grey_alpha.png")
     with rasterio.open(images / "four.tif", "w", driver="GTiff", height=48, width=48, count=4,
-                       dtype="uint8") as dst:
+                       dtype="uint8", photometric="MINISBLACK") as dst:
         dst.write(np.zeros((4, 48, 48), np.uint8))
     (tiny_dataset / "lab.txt").write_text("images/t0.png masks/t0.png\nimages/grey.png masks/t1.png\n")
-    (tiny_dataset / "unl.txt").write_text("images/t5.png\nimages/rgba.png\n")
+    (tiny_dataset / "unl.txt").write_text("images/t5.png\nimages/grey_alpha.png\n")
     (tiny_dataset / "v.txt").write_text("images/four.tif masks/t4.png\n")
 
     config = _config(tiny_dataset, tmp_path, splits={"labelled": "lab.txt"})
@@ -122,7 +122,8 @@ def test_band_count_mismatch_in_any_split_names_file_line_and_bands(tiny_dataset
         _training_data(config)
     cfg = tiny_config_dict(tiny_dataset, tmp_path / "run", method="fixmatch")
     cfg["data"]["splits"] = {"labelled": "train.txt", "unlabelled": "unl.txt"}
-    with pytest.raises(DataError, match=r"unl\.txt:2: image .*rgba\.png has 4 band.* expects 3.*data\.bands"):
+    with pytest.raises(DataError, match=r"unl\.txt:2: image .*grey_alpha\.png has 1 band\(s\) \(and 1 alpha band\(s\), "
+                                        r"read as which pixels hold data\) but the config expects 3"):
         _training_data(validate(cfg))
     config = _config(tiny_dataset, tmp_path, splits={"labelled": "train.txt", "val": "v.txt"})
     with pytest.raises(DataError, match=r"v\.txt:1: image .*four\.tif has 4 band.* expects 3.*data\.bands"):
@@ -133,6 +134,25 @@ def test_band_count_mismatch_in_any_split_names_file_line_and_bands(tiny_dataset
     with pytest.raises(DataError, match=r"train\.txt:1: image .*t0\.png has 3 band.*data\.bands.*\[5\]"):
         _training_data(_config(tiny_dataset, tmp_path, bands=[1, 2, 5],
                         splits={"labelled": "train.txt", "val": "v.txt"}))
+
+
+def test_alpha_bands_are_the_validity_unless_data_bands_chooses_them(tiny_dataset, tmp_path):
+    """RGBA tiles (QGIS exports) train a 3-band model as they are; data.bands can pick the alpha
+    band as a 4th band, and the data checks count it as one of the file's bands."""
+    images = tiny_dataset / "images"
+    lines = (tiny_dataset / "train.txt").read_text().splitlines()
+    for line in lines:
+        name = line.split()[0]
+        Image.open(tiny_dataset / name).convert("RGBA").save(tiny_dataset / name.replace(".png", "_a.png"))
+    (tiny_dataset / "rgba.txt").write_text("".join(
+        f"{line.split()[0].replace('.png', '_a.png')} {line.split()[1]}\n" for line in lines))
+    assert (images / "t0_a.png").is_file()
+    with pytest.warns(UserWarning, match="alpha band"):
+        _training_data(_config(tiny_dataset, tmp_path, splits={"labelled": "rgba.txt"}))
+    four = _config(tiny_dataset, tmp_path, splits={"labelled": "rgba.txt"}, bands=[1, 2, 3, 4],
+                   mean=[0.5] * 4, std=[0.25] * 4)
+    assert four.in_channels == 4
+    _training_data(four)
 
 
 def test_evaluate_checks_band_counts_up_front(tiny_dataset, tmp_path):

@@ -18,7 +18,7 @@ from co2s.cli.main import main
 from co2s.engine.metrics_log import read_log
 from co2s.models.loading import read_checkpoint
 from tests.conftest import tiny_config_dict
-from tests.engine.test_run_lock import SAFETY_S, _finish, _wait_for_file
+from tests.engine.test_run_lock import SAFETY_S, _finish, _wait_for_file, _wait_until
 
 REAL_STEP = trainer_module.train_step
 REAL_SCORE = trainer_module.score_predictions
@@ -113,15 +113,8 @@ def _children(pid: int) -> list[int]:
 
 
 def _wait_for_step(run: Path, step: int, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + SAFETY_S
-    while not any(r["kind"] == "train" and r["step"] >= step for r in _records(run)):
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            pytest.fail(f"co2s train ended (rc {proc.returncode}) before step {step}:\n{out}{err}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"co2s train did not reach step {step} within {SAFETY_S} s")
-        time.sleep(0.05)
+    _wait_until(lambda: any(r["kind"] == "train" and r["step"] >= step for r in _records(run)),
+                f"step {step}", proc)
 
 
 def _records(run: Path) -> list[dict]:

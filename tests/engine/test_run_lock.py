@@ -52,16 +52,22 @@ def _finish(proc: subprocess.Popen) -> tuple[str, str]:
         pytest.fail(f"co2s train (pid {proc.pid}) still running after {SAFETY_S} s")
 
 
-def _wait_for_file(path: Path, proc: subprocess.Popen) -> None:
+def _wait_until(ready, what: str, proc: subprocess.Popen) -> None:
+    """Poll ``ready()`` until true; fail with the run's output if the run ends first ("co2s train ended
+    before {what}"), or kill it if it has not got there within SAFETY_S."""
     deadline = time.monotonic() + SAFETY_S
-    while not path.is_file():
+    while not ready():
         if proc.poll() is not None:
             out, err = proc.communicate()
-            pytest.fail(f"co2s train ended (rc {proc.returncode}) before writing {path}:\n{out}{err}")
+            pytest.fail(f"co2s train ended (rc {proc.returncode}) before {what}:\n{out}{err}")
         if time.monotonic() > deadline:
             proc.kill()
-            pytest.fail(f"{path} did not appear within {SAFETY_S} s")
+            pytest.fail(f"co2s train did not get to {what} within {SAFETY_S} s")
         time.sleep(0.05)
+
+
+def _wait_for_file(path: Path, proc: subprocess.Popen) -> None:
+    _wait_until(path.is_file, f"writing {path}", proc)
 
 
 def _hashes(folder: Path) -> dict[str, str]:

@@ -215,6 +215,7 @@ def test_bad_inputs_each_give_one_clear_message_and_leave_nothing(trained, tmp_p
     write_raster(scenes / "empty.tif", np.zeros_like(image), nodata=0)
     write_raster(scenes / "nocrs.tif", image, crs=None)
     write_two_variable_netcdf(scenes / "container.nc")
+    Image.fromarray(np.stack([image[0], np.full_like(image[0], 255)], axis=-1), "LA").save(scenes / "grey.png")
     out = tmp_path / "out"
     results = {r.source.name: r for r in predict_files(
         ckpt, [str(scenes), *map(str, [scenes / "missing.tif", scenes / "container.nc"])], out,
@@ -223,6 +224,9 @@ def test_bad_inputs_each_give_one_clear_message_and_leave_nothing(trained, tmp_p
     assert f"image not found: {scenes / 'missing.tif'}" in results["missing.tif"].error
     assert f"cannot read raster {scenes / 'text.tif'}" in results["text.tif"].error
     assert f"{scenes / 'four.tif'}: has 4 band(s) but the model was trained on 3" in results["four.tif"].error
+    # a grey photo with alpha: one band (the alpha is which pixels hold data), and the message says so
+    assert (f"{scenes / 'grey.png'}: has 1 band(s) (and 1 alpha band(s), read as which pixels hold data) but "
+            "the model was trained on 3") in results["grey.png"].error
     assert f"{scenes / 'container.nc'}: the raster has no bands: it holds 2 subdatasets" in results["container.nc"].error
     # an all-nodata raster is predicted as all nodata, with a warning
     assert results["empty.tif"].error is None and "every pixel is nodata" in results["empty.tif"].warnings[0]
@@ -240,7 +244,7 @@ def test_bad_inputs_each_give_one_clear_message_and_leave_nothing(trained, tmp_p
     captured = capsys.readouterr()
     assert code == 1
     assert "error: " in captured.err and "text.tif" in captured.err and "warning: " in captured.err
-    assert "3 of 5 image(s) predicted" in captured.out  # the folder: .nc is not a scene suffix
+    assert "3 of 6 image(s) predicted" in captured.out  # the folder: .nc is not a scene suffix
 
 
 def test_failure_midway_leaves_no_partial_file(trained, tmp_path, monkeypatch):

@@ -643,8 +643,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"warning: {message}", file=file or sys.stderr)  # a user reads the message, not a source line
+def _one_line_warnings():
+    """A ``warnings.showwarning`` for one command: each warning as one line (a user reads the
+    message, not a source line), and each distinct message once. Python's own once-per-location
+    rule does not hold here: libraries (rasterio) reset the warning filters, which forgets what was
+    shown, so a per-file warning would repeat for every image of a dataset."""
+    shown: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = str(message)
+        if text not in shown:
+            shown.add(text)
+            print(f"warning: {text}", file=file or sys.stderr)
+
+    return show
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -656,7 +668,7 @@ def main(argv: list[str] | None = None) -> int:
     set_progress(not getattr(args, "no_progress", False))
     try:
         with warnings.catch_warnings(), _stop_on_sigterm():
-            warnings.showwarning = _one_line_warning
+            warnings.showwarning = _one_line_warnings()
             code = args.func(args)
         _flush_stdout()  # what was printed is written now, as part of the command
         return code

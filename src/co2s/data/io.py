@@ -15,7 +15,8 @@ import numpy as np
 from PIL import Image, ImageMode, ImageOps, UnidentifiedImageError
 
 from co2s.atomic import atomic_path
-from co2s.data.raster import RasterReader, check_bands, default_bands, dtype_scale, model_input, open_raster
+from co2s.data.raster import (RasterReader, alpha_bands, check_bands, default_bands, dtype_scale, model_input,
+                              open_raster)
 from co2s.errors import DataError
 
 TIFF_SUFFIXES = {".tif", ".tiff"}
@@ -235,6 +236,20 @@ def images_auto_scale(paths: list, limit: int = 32) -> float | None:
         except DataError:
             continue  # unreadable files are reported by the data checks
     return scales.pop() if len(scales) == 1 else None
+
+
+def alpha_band_count(path: str | os.PathLike) -> int:
+    """How many alpha bands of the image at ``path`` :func:`read_model_input` leaves out of model
+    input with ``data.bands`` unset (they are its validity): for band-count errors, which must say
+    why a file has one band fewer than GIS software shows."""
+    path = Path(path)
+    if not _read_by_gdal(path):
+        return 0  # Pillow's path: PNGs with alpha go through GDAL
+    try:
+        with open_raster(path) as src:
+            return len(alpha_bands(src))
+    except DataError:
+        return 0  # the reader reports an unreadable file; this only words a count
 
 
 def image_header(path: str | os.PathLike) -> tuple[int, int, int]:

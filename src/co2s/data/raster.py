@@ -133,20 +133,31 @@ def default_bands(dataset) -> list[int]:
     alpha bands. An alpha band (``gdalwarp -dstalpha``, RGBA PNGs and GeoTIFFs of QGIS exports) says
     which pixels hold data: GDAL makes it the mask of the other bands, so it is the validity of the
     pixel rule, never a band of model input (as GIS software shows it: transparency)."""
-    from rasterio.enums import ColorInterp
-
-    colour = [b for b, ci in enumerate(dataset.colorinterp, start=1) if ci != ColorInterp.alpha]
-    if not colour:
-        return list(range(1, dataset.count + 1))
-    if len(colour) < dataset.count:
+    alpha = alpha_bands(dataset)
+    if alpha:
         # GDAL tags the 4th band of any 4-band 8-bit GeoTIFF written without PHOTOMETRIC as alpha, so
-        # an RGB+NIR file can carry it too: say so (one constant line, shown once) rather than drop it
-        # silently.
+        # an RGB+NIR file can carry it too: say so rather than drop it silently; one constant line from
+        # one place, so Python shows it once per process (and loading workers inherit that).
         warnings.warn("an alpha band (as GDAL tags it: RGBA PNGs, gdalwarp -dstalpha, 4-band 8-bit "
                       "GeoTIFFs written without PHOTOMETRIC) is read as which pixels hold data, not as a "
-                      "band of model input; set data.bands (e.g. [1, 2, 3, 4]) to read it as a band",
-                      stacklevel=2)
-    return colour
+                      "band of model input; set data.bands (e.g. [1, 2, 3, 4]) to read it as a band")
+    return [b for b in range(1, dataset.count + 1) if b not in alpha]
+
+
+def alpha_bands(dataset) -> list[int]:
+    """The alpha bands (1-based) of a raster that :func:`default_bands` leaves out of model input
+    (none when every band is alpha: then they are the data)."""
+    from rasterio.enums import ColorInterp
+
+    alpha = [b for b, ci in enumerate(dataset.colorinterp, start=1) if ci == ColorInterp.alpha]
+    return alpha if len(alpha) < dataset.count else []
+
+
+def said_bands(count: int, alpha: int = 0) -> str:
+    """How band-count messages name what a model reads of a file: its bands, and the alpha bands
+    left out (which explain a count one short of what the user sees in GIS software)."""
+    left = f" (and {alpha} alpha band(s), read as which pixels hold data)" if alpha else ""
+    return f"{count} band(s){left}"
 
 
 def _raster_has_masks(dataset, bands: list[int]) -> bool:
@@ -217,9 +228,7 @@ class RasterReader:
     @property
     def bands_said(self) -> str:
         """How many bands are read, and why fewer than the file holds when its alpha band was left out."""
-        left = self.count - len(self.bands) if self._bands_by_default else 0
-        alpha = f" (and {left} alpha band, read as which pixels hold data)" if left else ""
-        return f"{len(self.bands)} band(s){alpha}"
+        return said_bands(len(self.bands), self.count - len(self.bands) if self._bands_by_default else 0)
 
     # -- the file --------------------------------------------------------------------------
     @property

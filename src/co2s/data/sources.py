@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from co2s.data.io import IMAGE_SUFFIXES, image_header, read_mask
+from co2s.data.io import IMAGE_SUFFIXES, alpha_band_count, image_header, read_mask
 from co2s.data.labels import LabelEncoder
+from co2s.data.raster import said_bands
 from co2s.errors import DataError
 from co2s.progress import progress_bar
 
@@ -170,6 +171,7 @@ def _check_file(s: Sample, what: str, p: Path) -> None:
 
 def _check_band_count(s: Sample, count: int, channels: int | None, bands: list[int] | None) -> None:
     if bands is not None:
+        count += alpha_band_count(s.image)  # chosen bands may include alpha bands: every band counts
         missing = [b for b in bands if b > count]
         if missing:
             raise DataError(
@@ -177,12 +179,13 @@ def _check_band_count(s: Sample, count: int, channels: int | None, bands: list[i
                 f"(1-based): band(s) {missing} do not exist; fix data.bands or the list"
             )
     elif channels is not None and count != channels:
+        alpha = alpha_band_count(s.image)
         hint = (f"set data.bands to the bands to read, e.g. data.bands: {list(range(1, channels + 1))}"
-                if count > channels else
+                if count + alpha >= channels else
                 f"convert the image to {channels} bands or fix the list (data.bands selects bands for "
                 f"every image; e.g. {[1] * channels} repeats a single band)")
         raise DataError(
-            f"{s.origin}: image {s.image} has {count} band(s) but the config expects {channels} "
+            f"{s.origin}: image {s.image} has {said_bands(count, alpha)} but the config expects {channels} "
             f"(model.in_channels, else len(data.bands), else len(data.mean), else 3): {hint}"
         )
 

@@ -224,9 +224,6 @@ def _rank_tiles(segmenter, data, pool, exclude, options, check) -> tuple[list[Su
     regions: list[RegionScores] = []
     for s in progress_bar(candidates, desc="scoring tiles", enabled=options["progress"]):
         image, valid = segmenter.as_model_input(s.image)
-        if image.shape[0] != segmenter.in_channels:
-            raise DataError(f"{s.origin}: {s.image} has {image.shape[0]} band(s), the model takes "
-                            f"{segmenter.in_channels}")
         _, height, width = image.shape
         region = RegionScores(segmenter.num_classes)
 

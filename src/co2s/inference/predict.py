@@ -25,7 +25,6 @@ from co2s.data.io import (
     SCENE_SUFFIXES,
     atomic_save_image,
     colorize,
-    read_model_input,
     save_index_png,
 )
 from co2s.errors import Co2sError, DataError
@@ -140,10 +139,7 @@ def plan_outputs(paths: list[Path], out_dir: Path, options: PredictOptions, pale
 
 
 def _predict_plain_image(path: Path, segmenter, outputs: dict[str, Path], options: PredictOptions) -> list[Path]:
-    image, valid = read_model_input(path, segmenter.bands, segmenter.scale)
-    if image.shape[0] != segmenter.in_channels:
-        raise DataError(f"{path}: has {image.shape[0]} band(s) but the model was trained on {segmenter.in_channels} "
-                        "(see data.bands)")
+    image, valid = segmenter.as_model_input(path)
     labels = segmenter.predict(image, options.prediction, tile=options.tile, overlap=options.overlap,
                                tta=options.tta, precision=options.precision, batch_size=options.batch_size,
                                valid=valid, confidence=False).classes

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from co2s.data.raster import Window
-from co2s.errors import Co2sError
+from co2s.errors import Co2sError, DataError
 from co2s.config.schema import prediction_choices
 from co2s.inference.fusion import class_probabilities
 from co2s.models.contract import InferenceContract, contract_for
@@ -220,9 +220,14 @@ class Segmenter(nn.Module):
         tensor, a NumPy array or an image file (read with the model's bands and scaling by the
         package's one invalid-pixel rule, as training read its images)."""
         if isinstance(image, (str, os.PathLike)):
-            from co2s.data.io import read_model_input
+            from co2s.data.io import alpha_band_count, read_model_input
+            from co2s.data.raster import said_bands
 
             array, valid = read_model_input(image, self.bands, self.scale)
+            if array.shape[0] != self.in_channels:
+                alpha = alpha_band_count(image) if self.bands is None else 0
+                raise DataError(f"{image}: has {said_bands(array.shape[0], alpha)} but the model was trained "
+                                f"on {self.in_channels} (see data.bands)")
             return torch.from_numpy(array), valid
         if isinstance(image, np.ndarray):
             image = torch.from_numpy(image)
