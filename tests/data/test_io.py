@@ -191,3 +191,30 @@ def test_an_alpha_band_is_the_validity_not_a_band(tmp_path):
         RasterReader(tmp_path / "rgbn.tif", channels=4)
     with RasterReader(tmp_path / "rgbn.tif", bands=[1, 2, 3, 4], channels=4) as reader:
         assert reader.bands == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("mode", ["P", "P-table", "L", "I;16", "RGB"])
+def test_png_transparency_marks_invalid_pixels_as_gdal_reads_them(tmp_path, mode):
+    """A PNG's tRNS chunk (a transparent palette entry, grey level or colour: how scanned maps,
+    palette exports and many web tiles mark no data) makes those pixels invalid, as GDAL reads them
+    (its nodata mask is the reference here) and as viewers show them; read as colours they would
+    pass as valid."""
+    from co2s.data.io import read_model_input
+
+    index = np.random.default_rng(7).integers(0, 4, (6, 9)).astype(np.uint8)
+    path = tmp_path / "t.png"
+    if mode.startswith("P"):
+        img = Image.fromarray(index, "P")
+        img.putpalette([0, 0, 0, 200, 30, 30, 30, 200, 30, 30, 30, 200])
+        # one transparent index, or an alpha table (index 2 half transparent: still data)
+        img.save(path, transparency=0 if mode == "P" else bytes([0, 255, 128, 255]))
+    elif mode == "RGB":
+        Image.fromarray(np.stack([index * 60, index * 50, index * 40], -1)).save(path, transparency=(0, 0, 0))
+    else:
+        Image.fromarray(index.astype(np.uint16 if mode == "I;16" else np.uint8) * 60).save(path, transparency=0)
+    image, valid = read_model_input(path)
+    with rasterio.open(path) as src:
+        gdal_valid = src.dataset_mask() > 0
+    assert valid is not None and valid.tolist() == (index != 0).tolist() == gdal_valid.tolist()
+    assert (image[:, ~valid] == 0).all() and image[:, valid].any()
+    assert read_image(path).shape[0] == (3 if mode.startswith("P") else image.shape[0])  # values as stored

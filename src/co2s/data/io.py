@@ -109,10 +109,35 @@ def _upright(img: Image.Image) -> Image.Image:
     return ImageOps.exif_transpose(img) if _orientation(img) not in (0, 1) else img
 
 
-def _read_plain(path: Path, bands: list[int] | None) -> np.ndarray:
+def _transparent(img: Image.Image) -> np.ndarray | None:
+    """The pixels a PNG's tRNS chunk marks transparent ``[H, W]`` (None: it has none): a palette
+    entry of alpha 0, or the one grey level or colour named transparent. Viewers show them as no
+    data and GDAL reads them as nodata, so they are invalid as alpha-0 pixels are; read as their
+    colours they would pass as valid pixels without a word."""
+    trns = img.info.get("transparency")
+    if trns is None:
+        return None
+    values = np.asarray(img)
+    if img.mode == "P":
+        alpha = np.full(256, 255, np.uint8)
+        if isinstance(trns, bytes):
+            alpha[: len(trns)] = np.frombuffer(trns, np.uint8)[:256]
+        else:
+            alpha[int(trns)] = 0
+        return alpha[values] == 0
+    if values.ndim == 3:
+        return (values == np.asarray(trns, values.dtype)).all(-1)
+    return values == trns
+
+
+def _read_plain(path: Path, bands: list[int] | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Values ``[bands, H, W]`` of an image Pillow reads (a palette image as its colours) and its
+    transparent pixels (:func:`_transparent`)."""
     try:
         with Image.open(path) as img:
             img = _upright(img)
+            transparent = _transparent(img)
+            img.info.pop("transparency", None)  # taken above; Pillow would warn of it when converting
             if img.mode == "P":
                 img = img.convert("RGB")
             array = np.asarray(img)
@@ -122,7 +147,7 @@ def _read_plain(path: Path, bands: list[int] | None) -> np.ndarray:
     if bands is not None:
         check_bands(path, bands, array.shape[0])
         array = array[[b - 1 for b in bands]]
-    return array
+    return array, transparent
 
 
 def _not_empty(path: Path, array: np.ndarray) -> np.ndarray:
@@ -139,14 +164,14 @@ def read_image(path: str | os.PathLike, bands: list[int] | None = None) -> np.nd
     """
     path = Path(path)
     _check_exists(path, "image")
-    array = _read_raster(path, bands) if _read_by_gdal(path) else _read_plain(path, bands)
+    array = _read_raster(path, bands) if _read_by_gdal(path) else _read_plain(path, bands)[0]
     return np.ascontiguousarray(_not_empty(path, array))
 
 
 def read_model_input(path: str | os.PathLike, bands: list[int] | None = None, scale: float | str = "auto"
                      ) -> tuple[np.ndarray, np.ndarray | None]:
     """A whole image file as model input ``[C, H, W]`` float32 and its valid pixels ``[H, W]``
-    (None: all valid; always for JPEG, BMP and PNGs without alpha): the package's one invalid-pixel rule
+    (None: all valid; always for JPEG, BMP and PNGs without alpha or tRNS transparency): the package's one invalid-pixel rule
     (:func:`co2s.data.raster.model_input`), TIFFs read by :class:`~co2s.data.raster.RasterReader`."""
     path = Path(path)
     _check_exists(path, "image")
@@ -156,7 +181,9 @@ def read_model_input(path: str | os.PathLike, bands: list[int] | None = None, sc
                 raise DataError(f"image {path} is empty ({reader.count}, {reader.height}, {reader.width})")
             image, valid = reader.read()
     else:
-        image, valid = model_input(_not_empty(path, _read_plain(path, bands)), None, scale)
+        array, transparent = _read_plain(path, bands)
+        masked = None if transparent is None else np.broadcast_to(transparent, array.shape)
+        image, valid = model_input(_not_empty(path, array), masked, scale)
     return np.ascontiguousarray(image), valid
 
 
