@@ -266,6 +266,10 @@ def collect(run_dir: Path, names: Names, method: str, fraction: str, seed: int) 
     record.update(
         status="done",
         timing=json.loads(status.read_text()),
+        # the revisions the trainer ran (one per start and resume): the study process's own revision
+        # is of its start, and a long study outlives commits
+        trained_at=sorted({r["git_revision"][:7] for r in map(json.loads, (run_dir / "run_info.jsonl").open())
+                           if r.get("git_revision")}) if (run_dir / "run_info.jsonl").is_file() else None,
         config=portable_config(yaml.safe_load((run_dir / "config.yaml").read_text())),  # no machine paths
         test={name: {"mIoU": p["mIoU"], "OA": p["OA"], "IoU": p["IoU"]}
               for name, p in metrics["predictions"].items()},
