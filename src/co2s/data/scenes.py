@@ -147,19 +147,37 @@ def _identity_view(params: WeakViewParams) -> WeakViewParams:
     return replace(params, scale_range=(1.0, 1.0))
 
 
-class LabelledSceneCrops(Dataset):
+class _SceneItems(Dataset):
+    """Items drawn from a scene pool: item ``i`` of ``n`` (any epoch: the index wraps) draws its
+    window at the stratified position ``(i + u) / n`` of what the dataset draws over, with its own
+    seeded generator (:func:`split_key`), inside a bounded GDAL block cache."""
+
+    def __init__(self, pool: ScenePool) -> None:
+        self.pool, self.set = pool, pool.scenes
+
+    def __len__(self) -> int:
+        return len(self.pool)
+
+    def __getitem__(self, key) -> dict:
+        with bounded_gdal_cache(TRAINING_GDAL_CACHE_BYTES):  # blocks of a scene must not pile up
+            index, seed = split_key(key)
+            generator = torch.Generator().manual_seed(seed)
+            return self._item(generator, (index % len(self) + random_uniform(generator, 0.0, 1.0)) / len(self))
+
+    def _item(self, generator: torch.Generator, fraction: float) -> dict:
+        raise NotImplementedError
+
+
+class LabelledSceneCrops(_SceneItems):
     """Labelled crops of scenes, items as :class:`co2s.data.dataset.LabelledCrops`: ``image``
     ``[C, crop, crop]`` (scaled, not normalised), ``mask`` (``ignore_index`` where unlabelled,
     invalid or padding) and ``path`` (the raster and window)."""
 
     def __init__(self, pool: ScenePool, params: WeakViewParams) -> None:
-        self.pool, self.set = pool, pool.scenes
+        super().__init__(pool)
         self.params, self.view = params, _identity_view(params)
         self.crop = params.crop_size[0]
         self.cumulative = np.cumsum(self.set.block_counts.sum(1))
-
-    def __len__(self) -> int:
-        return len(self.pool)
 
     def anchor(self, fraction: float) -> tuple[int, int, int]:
         """``(scene, x, y)`` of the labelled pixel at ``fraction`` of all labelled pixels (blocks
@@ -175,14 +193,7 @@ class LabelledSceneCrops(Dataset):
         row, col = divmod(int(flat[min(target - before, flat.size - 1)]), labels.shape[1])
         return int(self.set.block_scene[block]), x0 + col, y0 + row
 
-    def __getitem__(self, key) -> dict:
-        with bounded_gdal_cache(TRAINING_GDAL_CACHE_BYTES):  # blocks of a scene must not pile up
-            return self._item(key)
-
-    def _item(self, key) -> dict:
-        index, seed = split_key(key)
-        generator = torch.Generator().manual_seed(seed)
-        fraction = (index % len(self) + random_uniform(generator, 0.0, 1.0)) / len(self)
+    def _item(self, generator: torch.Generator, fraction: float) -> dict:
         scene_index, ax, ay = self.anchor(fraction)
         scene = self.set.scenes[scene_index]
         span = _scale_window(generator, self.crop, self.params.scale_range)
@@ -196,7 +207,7 @@ class LabelledSceneCrops(Dataset):
         return {"image": image, "mask": mask, "path": w.name(scene)}
 
 
-class UnlabelledScenePairs(Dataset):
+class UnlabelledScenePairs(_SceneItems):
     """Unlabelled crops of scenes for the UniMatch-style methods, items as
     :class:`co2s.data.dataset.UnlabelledPairs`: the weak view, two strong views and two CutMix
     boxes of a window ``u``, the views of a *different* window ``u'`` (the CutMix source),
@@ -205,7 +216,7 @@ class UnlabelledScenePairs(Dataset):
 
     def __init__(self, pool: ScenePool, weak: WeakViewParams, strong: StrongViewConfig | None = None,
                  cutmix: CutMixConfig | None = None) -> None:
-        self.pool, self.set = pool, pool.scenes
+        super().__init__(pool)
         self.weak, self.view = weak, _identity_view(weak)
         self.strong, self.cutmix = strong or StrongViewConfig(), cutmix or CutMixConfig()
         self.crop = weak.crop_size[0]
@@ -215,9 +226,6 @@ class UnlabelledScenePairs(Dataset):
             raise DataError(f"{self.set.label_source}: the labels are complete (data.scenes.labels."
                             "complete), so with data.scenes.exclude_labelled the scenes have no "
                             "unlabelled area; set exclude_labelled: false, or use a supervised method")
-
-    def __len__(self) -> int:
-        return len(self.pool)
 
     def _draw(self, generator: torch.Generator, fraction: float) -> _Crop:
         """A window uniformly over the scenes' area (its top-left corner at ``fraction``)."""
@@ -264,14 +272,7 @@ class UnlabelledScenePairs(Dataset):
         return w, {"w": weak, "s1": strong_view(weak, self.strong, generator),
                    "s2": strong_view(weak, self.strong, generator), "valid": valid, "gt": gt}
 
-    def __getitem__(self, key) -> dict:
-        with bounded_gdal_cache(TRAINING_GDAL_CACHE_BYTES):  # blocks of a scene must not pile up
-            return self._item(key)
-
-    def _item(self, key) -> dict:
-        index, seed = split_key(key)
-        generator = torch.Generator().manual_seed(seed)
-        fraction = (index % len(self) + random_uniform(generator, 0.0, 1.0)) / len(self)
+    def _item(self, generator: torch.Generator, fraction: float) -> dict:
         uw, u = self._views(generator, fraction)
         mw, mix = self._views(generator, random_uniform(generator, 0.0, 1.0), avoid=uw)
         size = tuple(u["w"].shape[-2:])
