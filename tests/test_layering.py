@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "co2s"
 
 #: layers from the bottom; the shared helpers sit below everything, the demo beside the cli
 LAYERS = [
-    {"errors", "progress", "atomic", "version", "run_folder"},
+    {"errors", "progress", "atomic", "version", "run_folder", "warnings_once"},
     {"config"},
     {"data"},
     {"models"},

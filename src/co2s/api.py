@@ -9,6 +9,9 @@ package stays fast).
     segmenter = co2s.Segmenter.load(run.best_checkpoint)
     metrics = co2s.evaluate(segmenter, split="test")
     prediction = segmenter.predict(image)  # [C, H, W] scaled image -> classes, confidence
+
+Each function shows a distinct warning once per call (a per-file warning does not repeat for
+every file; :mod:`co2s.warnings_once`).
 """
 
 from __future__ import annotations
@@ -22,12 +25,14 @@ from co2s.errors import Co2sError
 from co2s.inference.predict import PredictionResult, predict_files
 from co2s.inference.scene import PredictOptions
 from co2s.inference.segmenter import Prediction, Segmenter
+from co2s.warnings_once import warning_once_per_call
 
 __all__ = ["Prediction", "PredictOptions", "PredictionResult", "Run", "Segmenter", "embed_text", "evaluate",
            "evaluate_checkpoint", "export", "load_config", "make_splits", "model_summary", "predict", "preset",
            "prepare", "presets", "report", "suggest", "train"]
 
 
+@warning_once_per_call
 def train(config, out: str | os.PathLike | None = None, progress: bool = True, *,
           extend: int | None = None) -> Run:
     """Train (or resume) the run ``config`` describes, in ``out`` (default ``config.run_dir``);
@@ -37,6 +42,7 @@ def train(config, out: str | os.PathLike | None = None, progress: bool = True, *
     return Trainer(config, out, progress, extend).fit()
 
 
+@warning_once_per_call
 def prepare(dataset: str, source: str | os.PathLike, out: str | os.PathLike | None = None, *,
             splits: str | os.PathLike | None = None, link: bool = True, progress: bool = True) -> dict:
     """``co2s prepare``: a paper dataset's official release in its preset's layout (default ``out``:
@@ -47,6 +53,7 @@ def prepare(dataset: str, source: str | os.PathLike, out: str | os.PathLike | No
                            progress=progress)
 
 
+@warning_once_per_call
 def report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """``co2s report``: the pictures and ``index.html`` of a run folder (default ``RUN/report``);
     see :func:`co2s.engine.report.write_report`."""
@@ -55,6 +62,7 @@ def report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> 
     return write_report(run_dir, out)
 
 
+@warning_once_per_call
 def evaluate(segmenter, data=None, split: str = "test", out: str | os.PathLike | None = None,
              progress: bool = True, predictions: list[str] | None = None, *, overwrite: bool = False) -> dict:
     """Score ``segmenter`` on a split of ``data`` (default: its training config's data); with
@@ -65,6 +73,7 @@ def evaluate(segmenter, data=None, split: str = "test", out: str | os.PathLike |
     return run(segmenter, data, split, out, progress, predictions, overwrite=overwrite)
 
 
+@warning_once_per_call
 def evaluate_checkpoint(checkpoint: str | os.PathLike, config=None, split: str = "test",
                         out: str | os.PathLike | None = None, device: str = "auto", progress: bool = True,
                         prediction: str | None = None, overrides: list[str] | None = None, *,
@@ -78,6 +87,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, config=None, split: str =
     return run(checkpoint, config, split, out, device, progress, prediction, overrides, overwrite=overwrite)
 
 
+@warning_once_per_call
 def predict(model, inputs: list[str | os.PathLike], out_dir: str | os.PathLike, *, device: str = "auto",
             prediction: str | None = None, progress: bool = True, overwrite: bool = False,
             **options) -> list[PredictionResult]:
@@ -92,6 +102,7 @@ def predict(model, inputs: list[str | os.PathLike], out_dir: str | os.PathLike, 
                          PredictOptions(**options), overwrite=overwrite)
 
 
+@warning_once_per_call
 def export(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, prediction: str | None = None,
            onnx: bool = False, tile: int | None = None, scale: float | None = None, logits: bool = False,
            gsd: float | None = None) -> dict[str, Path]:
@@ -142,6 +153,7 @@ def export(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, predict
     return written
 
 
+@warning_once_per_call
 def suggest(checkpoint, out: str | os.PathLike, config=None, *, budget: int = 10, score: str = "default",
             pool: list[str] | None = None, exclude: list[str] | None = None, window: int | None = None,
             spacing: int | None = None, sheet: int = 12, prediction: str | None = None, device: str = "auto",
@@ -168,6 +180,7 @@ def suggest(checkpoint, out: str | os.PathLike, config=None, *, budget: int = 10
                spacing=spacing, sheet=sheet, overwrite=overwrite, progress=progress, batch_size=batch_size)
 
 
+@warning_once_per_call
 def model_summary(config, *, random_weights: bool = False, input_size: int | None = None) -> dict:
     """Parameters (total, trainable) and feature shapes of each model of ``config``
     (``co2s model-summary``); ``random_weights`` builds the architectures without reading weights."""
@@ -176,6 +189,7 @@ def model_summary(config, *, random_weights: bool = False, input_size: int | Non
     return summary(config, load_weights=not random_weights, input_size=input_size)
 
 
+@warning_once_per_call
 def embed_text(config, out: str | os.PathLike, *, clip: str | None = None, tokenizer: str | None = None,
                template: str | None = None) -> tuple[Path, tuple[int, int]]:
     """CLIP text prototypes of the classes of ``config`` saved to ``out`` (``co2s embed-text``);
@@ -202,6 +216,7 @@ def preset(name: str, overrides: list[str] | None = None) -> str:
     return dump_yaml(load_config(name, overrides))
 
 
+@warning_once_per_call
 def make_splits(source: str | None, ratio: str, seed: int, out_dir: str | os.PathLike, *,
                 config=None, root: str | None = None, stratify: bool = False, by: str | None = None,
                 block: float | None = None, buffer: float | None = None, attribute: str | None = None,

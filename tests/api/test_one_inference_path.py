@@ -92,3 +92,27 @@ def test_exported_folder_is_small_equivalent_and_predicts(tiny_dataset, tmp_path
     a = json.loads((tmp_path / metrics_file("test")).read_text())
     b = json.loads((tmp_path / "run" / metrics_file("test")).read_text())
     assert a["confusion_matrix"] == b["confusion_matrix"] and a["predictions"].keys() == b["predictions"].keys()
+
+
+def test_the_api_shows_a_per_file_warning_once_per_call(tmp_path):
+    """Three RGBA tiles give one alpha-band warning per ``co2s.predict`` call, not one per file,
+    even with every warning shown ("always"); and it stays a Python warning that callers can
+    record or filter."""
+    import warnings
+
+    import co2s
+    from tests.compat.make_v1_fixtures import OUT
+
+    rgba = np.random.default_rng(0).integers(0, 256, (24, 24, 4), dtype=np.uint8)
+    rgba[..., 3] = 255
+    files = []
+    for i in range(3):
+        files.append(tmp_path / f"rgba{i}.png")
+        Image.fromarray(rgba).save(files[-1])
+    for call in range(2):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            co2s.predict(OUT / "lite_unet" / "best.ckpt", files, tmp_path / f"out{call}", progress=False)
+        alpha = [w for w in caught if "an alpha band" in str(w.message)]
+        assert len(alpha) == 1, [str(w.message) for w in caught]
+        assert sorted(p.name for p in (tmp_path / f"out{call}").glob("rgba?.png")) == [f.name for f in files]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from co2s.version import __version__
 from co2s.errors import Co2sError, Terminated
+from co2s.warnings_once import each_warning_once
 
 #: exit codes (README.md, "Errors and exit codes"); 0: success
 EXIT_ENVIRONMENT = 1  # the machine: disk full, read-only, permissions, memory (also: predict inputs failed)
@@ -643,32 +644,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line_warnings():
-    """A ``warnings.showwarning`` for one command: each warning as one line (a user reads the
-    message, not a source line), and each distinct message once. Python's own once-per-location
-    rule does not hold here: libraries (rasterio) reset the warning filters, which forgets what was
-    shown, so a per-file warning would repeat for every image of a dataset."""
-    shown: set[str] = set()
-
-    def show(message, category, filename, lineno, file=None, line=None) -> None:
-        text = str(message)
-        if text not in shown:
-            shown.add(text)
-            print(f"warning: {text}", file=file or sys.stderr)
-
-    return show
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one line: a user reads the message, not a source line."""
+    print(f"warning: {message}", file=file or sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
-    import warnings
-
     args = build_parser().parse_args(argv)
     from co2s.progress import set_progress
 
     set_progress(not getattr(args, "no_progress", False))
     try:
-        with warnings.catch_warnings(), _stop_on_sigterm():
-            warnings.showwarning = _one_line_warnings()
+        with each_warning_once(_one_line_warning), _stop_on_sigterm():
             code = args.func(args)
         _flush_stdout()  # what was printed is written now, as part of the command
         return code

@@ -137,7 +137,7 @@ def default_bands(dataset) -> list[int]:
     if alpha:
         # GDAL tags the 4th band of any 4-band 8-bit GeoTIFF written without PHOTOMETRIC as alpha, so
         # an RGB+NIR file can carry it too: say so rather than drop it silently. One constant line,
-        # which the CLI shows once per command (co2s.cli.main._one_line_warnings).
+        # which the CLI and the API show once per call (co2s.warnings_once).
         warnings.warn("an alpha band (as GDAL tags it: RGBA PNGs, gdalwarp -dstalpha, 4-band 8-bit "
                       "GeoTIFFs written without PHOTOMETRIC) is read as which pixels hold data, not as a "
                       "band of model input; set data.bands (e.g. [1, 2, 3, 4]) to read it as a band")
