@@ -97,3 +97,27 @@ def test_split_lists_written_by_co2s_splits_work_from_the_working_folder(tiny_da
     cfg["data"]["splits"]["labelled"] = "splits/half/labelled.txt"
     samples = read_split("splits/half/labelled.txt", validate(cfg).data, labelled=True)
     assert len(samples) == 2 and all(s.image.is_file() and s.mask.is_file() for s in samples)
+
+
+#: the start of an AppleDouble file (macOS's "._name" beside each file copied to a FAT/exFAT drive
+#: or network share): magic, version, filler, one entry (Finder info)
+APPLE_DOUBLE = (b"\x00\x05\x16\x07\x00\x02\x00\x00" + b"Mac OS X        " + b"\x00\x01"
+                + b"\x00\x00\x00\x09\x00\x00\x00\x32\x00\x00\x00\x20" + b"\x00" * 32)
+
+
+def test_hidden_files_beside_the_images_are_not_data(tiny_dataset, tmp_path):
+    """A folder copied from a Mac holds ``._t0.png`` beside ``t0.png`` (and a ``.DS_Store``): the
+    folder's samples and ``co2s predict FOLDER`` leave them out, as a shell glob does, instead of
+    failing on "no mask for ._t0.png" or an unreadable image."""
+    from co2s.inference.predict import expand_inputs
+
+    data = _data(tiny_dataset)
+    before = read_split(str(tiny_dataset), data, labelled=True)
+    for sub in ("images", "masks"):
+        for name in ("._t0.png", "._t3.png"):
+            (tiny_dataset / sub / name).write_bytes(APPLE_DOUBLE)
+        (tiny_dataset / sub / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    after = read_split(str(tiny_dataset), data, labelled=True)
+    assert [(s.image, s.mask) for s in after] == [(s.image, s.mask) for s in before]
+    assert len(read_split("images", data, labelled=False)) == len(before)
+    assert expand_inputs([str(tiny_dataset / "images")]) == [s.image for s in before]

@@ -24,6 +24,17 @@ PLAIN_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 IMAGE_SUFFIXES = PLAIN_IMAGE_SUFFIXES | TIFF_SUFFIXES
 #: rasters predicted as whole scenes (any file rasterio opens is accepted when named explicitly)
 SCENE_SUFFIXES = TIFF_SUFFIXES | {".vrt", ".jp2", ".img"}
+
+
+def image_files(folder: Path, suffixes=IMAGE_SUFFIXES) -> list[Path]:
+    """The files of ``folder`` with one of ``suffixes``, sorted: the one rule for what a folder given
+    as data or as prediction input holds. Hidden files are left out, as a shell glob leaves them:
+    macOS writes an AppleDouble ``._name.tif`` beside every file copied to a FAT or exFAT drive or a
+    network share, which carries the image's suffix but is no image."""
+    return sorted(p for p in folder.iterdir()
+                  if not p.name.startswith(".") and p.suffix.lower() in suffixes and p.is_file())
+
+
 def _is_tiff(path: Path) -> bool:
     return path.suffix.lower() in TIFF_SUFFIXES
 

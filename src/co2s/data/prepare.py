@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from co2s.atomic import atomic_path, write_text
+from co2s.data.io import image_files
 from co2s.errors import DataError
 from co2s.progress import progress_bar
 from co2s.version import __version__
@@ -165,9 +166,8 @@ class _Listing:
                     raise DataError(f"{self.folder.parent}: not the official LoveDA layout: {where}/ is missing "
                                     f"(expected {_LOVEDA_EXPECTED})")
                 return found
-            for path in folder.iterdir():
-                if path.suffix.lower() == ".png" and not path.name.startswith(".") and path.is_file():
-                    found[path.stem] = _File("", str(path), path=path)
+            for path in image_files(folder, {".png"}):
+                found[path.stem] = _File("", str(path), path=path)
             return found
         for info in self._members():
             parts = info.filename.rstrip("/").split("/")

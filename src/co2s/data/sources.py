@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from co2s.data.io import IMAGE_SUFFIXES, alpha_band_count, image_header, read_mask
+from co2s.data.io import alpha_band_count, image_files, image_header, read_mask
 from co2s.data.labels import LabelEncoder
 from co2s.data.raster import said_bands
 from co2s.errors import DataError
@@ -37,10 +37,6 @@ class Sample:
 def resolve(root: str | Path, path: str | Path) -> Path:
     path = Path(path).expanduser()
     return path if path.is_absolute() else Path(root).expanduser() / path
-
-
-def _list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def read_list_file(path: Path, root: Path, id_format=None, labelled: bool = True,
@@ -85,19 +81,19 @@ def read_folder(folder: Path, labelled: bool = True, keep_masks: bool = False,
     default the folder itself), so a written list reads back under the same ``data.root``."""
     images_dir = folder / "images" if (folder / "images").is_dir() else folder
     masks_dir = next((folder / d for d in ("masks", "labels") if (folder / d).is_dir()), None)
-    images = _list_images(images_dir)
+    images = image_files(images_dir)
     base = Path(root if root is not None else folder).absolute()
 
     def entry(*paths: Path) -> str:
         return " ".join(os.path.relpath(p.absolute(), base) for p in paths)
 
     if not labelled:
-        masks = {p.stem: p for p in _list_images(masks_dir)} if keep_masks and masks_dir else {}
+        masks = {p.stem: p for p in image_files(masks_dir)} if keep_masks and masks_dir else {}
         return [Sample(p, masks.get(p.stem), str(folder), entry(p, *([masks[p.stem]] if p.stem in masks else [])))
                 for p in images]
     if masks_dir is None:
         raise DataError(f"{folder}: a labelled folder needs images/ and masks/ (or labels/) inside")
-    masks = {p.stem: p for p in _list_images(masks_dir)}
+    masks = {p.stem: p for p in image_files(masks_dir)}
     missing = [p.name for p in images if p.stem not in masks]
     if missing:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")

@@ -25,6 +25,7 @@ from co2s.data.io import (
     SCENE_SUFFIXES,
     atomic_save_image,
     colorize,
+    image_files,
     save_index_png,
 )
 from co2s.errors import Co2sError, DataError
@@ -49,7 +50,7 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            paths += sorted(q for q in p.iterdir() if q.suffix.lower() in suffixes)
+            paths += image_files(p, suffixes)
         elif any(ch in item for ch in "*?["):
             matches = sorted(Path(m) for m in glob.glob(item))
             if not matches:
