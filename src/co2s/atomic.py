@@ -83,9 +83,9 @@ def atomic_path(path: str | os.PathLike, durable: bool = True, unique: bool = Fa
 
 
 def write_text(path: str | os.PathLike, text: str, durable: bool = True) -> Path:
-    """Atomically replace ``path`` with ``text``."""
+    """Atomically replace ``path`` with ``text`` (UTF-8, whatever the locale)."""
     with atomic_path(path, durable) as tmp:
-        Path(tmp).write_text(text)
+        Path(tmp).write_text(text, encoding="utf-8")
     return Path(path)
 
 

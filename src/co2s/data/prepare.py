@@ -526,7 +526,7 @@ def _authors_lists(splits: Path, dataset: str) -> tuple[Path, list[tuple[str, Pa
         if rel.as_posix().startswith("official/"):
             raise DataError(f"{path}: splits/official/ is where co2s prepare writes the official split; rename it")
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8-sig")  # as co2s.data.sources reads lists
         except (OSError, UnicodeDecodeError) as exc:
             raise DataError(f"cannot read list file {path}: {exc}") from None
         lists.append((rel.as_posix(), path, text))

@@ -42,7 +42,9 @@ def resolve(root: str | Path, path: str | Path) -> Path:
 def read_list_file(path: Path, root: Path, id_format=None, labelled: bool = True,
                    keep_masks: bool = False) -> list[Sample]:
     try:
-        lines = path.read_text().splitlines()
+        # utf-8-sig: a list saved by Windows Notepad or Excel starts with a byte-order mark, which
+        # would join the first path unseen ("\ufeffimages/a.png" is not found)
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read list file {path}: {exc}") from None
     samples = []
