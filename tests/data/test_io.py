@@ -218,3 +218,53 @@ def test_png_transparency_marks_invalid_pixels_as_gdal_reads_them(tmp_path, mode
     assert valid is not None and valid.tolist() == (index != 0).tolist() == gdal_valid.tolist()
     assert (image[:, ~valid] == 0).all() and image[:, valid].any()
     assert read_image(path).shape[0] == (3 if mode.startswith("P") else image.shape[0])  # values as stored
+
+
+def test_a_large_image_reads_where_pillow_would_stop_it_as_a_bomb(tmp_path, monkeypatch):
+    """Pillow refuses images above 179 Mpx (a 200 Mpx phone photo, a 14,000 px orthophoto export)
+    with an exception of its own; co2s reads them up to its own bound, and leaves Pillow's bound as
+    it was. The real size is checked on a header (14,000 px square); the reads at a lowered bound."""
+    from co2s.data.io import image_header, read_model_input
+
+    big = tmp_path / "ortho.png"
+    Image.MAX_IMAGE_PIXELS, limit = None, Image.MAX_IMAGE_PIXELS
+    try:
+        Image.fromarray(np.zeros((14000, 14000), np.uint8)).save(big)  # 196 Mpx, 190 kB
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(big)
+    assert image_header(big) == (14000, 14000, 1)
+
+    rgb = np.random.default_rng(8).integers(0, 256, (50, 60, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "photo.jpg", quality=95)
+    Image.fromarray(rgb).save(tmp_path / "photo.png")
+    Image.fromarray(rgb[..., 0] % 4).save(tmp_path / "mask.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 3000 px is over twice it: Pillow's error
+    for name in ("photo.jpg", "photo.png"):
+        image, _ = read_model_input(tmp_path / name)
+        assert image.shape == (3, 50, 60)
+    np.testing.assert_allclose(read_model_input(tmp_path / "photo.png")[0], rgb.transpose(2, 0, 1) / 255.0, rtol=1e-6)
+    np.testing.assert_array_equal(read_mask(tmp_path / "mask.png"), rgb[..., 0] % 4)
+    assert Image.MAX_IMAGE_PIXELS == 1000
+
+
+def test_an_image_too_large_to_read_whole_is_refused_in_one_line(tmp_path, monkeypatch):
+    """Above co2s's bound an image is refused before it is decoded, naming the file, its size and
+    what to do (read it as a scene); its header still reads (the data checks list sizes)."""
+    from co2s.config import limits
+    from co2s.data.io import image_header, read_model_input
+
+    Image.fromarray(np.zeros((50, 60, 3), np.uint8)).save(tmp_path / "photo.png")
+    _geotiff(tmp_path / "tile.tif", np.zeros((3, 50, 60), np.uint16))
+    Image.fromarray(np.zeros((50, 60), np.uint8)).save(tmp_path / "mask.png")
+    monkeypatch.setattr(limits, "MAX_WHOLE_IMAGE_PIXELS", 2999)
+    for name in ("photo.png", "tile.tif"):
+        with pytest.raises(DataError, match=rf"image .*{name} is 60 x 50 px \(0 Mpx\), more than the 0 Mpx co2s "
+                                            r"reads whole; .* as a scene: convert it to GeoTIFF"):
+            read_model_input(tmp_path / name)
+        assert image_header(tmp_path / name) == (50, 60, 3)
+    with pytest.raises(DataError, match=r"mask .*mask.png is 60 x 50 px"):
+        read_mask(tmp_path / "mask.png")
+    monkeypatch.setattr(limits, "MAX_WHOLE_IMAGE_PIXELS", 3000)
+    assert read_model_input(tmp_path / "tile.tif")[0].shape == (3, 50, 60)

@@ -21,6 +21,12 @@ MAX_MODELS = 2
 #: size of ``co2s_model.json``: a real one is a few kB (the contract plus the training config)
 MAX_MODEL_RECORD_BYTES = 16 * 1024 * 1024
 
+#: pixels of an image read whole (a PNG/JPEG/BMP, or a raster listed as a tile): 2^29, e.g.
+#: 23170 px square, 1.6 GB as 8-bit RGB and 6.4 GB as model input. Pillow's own bound (179 Mpx)
+#: stops a 200 Mpx phone photo or a 14,000 px orthophoto export as an attack; a raster larger than
+#: this is a scene, read in windows
+MAX_WHOLE_IMAGE_PIXELS = 2**29
+
 # -- sliding-window prediction (eval.window/stride/batch_size, the contract's tiling) ----------
 #: smallest tiling window and training crop (px): below it a ViT sees a couple of patches
 MIN_TILE = 16

@@ -8,6 +8,7 @@ masks. Every failure is a :class:`DataError` that names the file.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageMode, ImageOps, UnidentifiedImageError
 
 from co2s.atomic import atomic_path
+from co2s.config import limits
 from co2s.data.raster import (RasterReader, alpha_bands, check_bands, default_bands, dtype_scale, model_input,
                               open_raster)
 from co2s.errors import DataError
@@ -72,12 +74,45 @@ _LOSSY = ("changes class values where classes meet (an edge pixel of class 1 bet
           "may read as 2); save masks as PNG, or TIFF without JPEG compression")
 
 
+def check_whole_image(path: Path, height: int, width: int, what: str = "image") -> None:
+    """An image read whole holds at most ``limits.MAX_WHOLE_IMAGE_PIXELS`` pixels: a header may
+    claim any size, and a larger raster is read in windows as a scene."""
+    if height * width > limits.MAX_WHOLE_IMAGE_PIXELS:
+        raise DataError(
+            f"{what} {path} is {width} x {height} px ({height * width / 1e6:.0f} Mpx), more than the "
+            f"{limits.MAX_WHOLE_IMAGE_PIXELS / 1e6:.0f} Mpx co2s reads whole; a larger raster is read in "
+            f"windows as a scene: convert it to GeoTIFF (gdal_translate -of COG {path.name} {path.stem}.tif) "
+            "to predict it, or name it under data.scenes to train on it")
+
+
+@contextlib.contextmanager
+def _pillow_image(path: Path, what: str = "image", whole: bool = True):
+    """``Image.open`` for reading, with co2s's bound on an image read whole (``whole``; False: only
+    the header is read) in place of Pillow's decompression-bomb check, which stops a 200 Mpx photo
+    or a large orthophoto export with an exception of its own. An unreadable file is a one-line
+    ``DataError`` naming ``what`` and the file."""
+    try:
+        bound = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None  # Pillow's check reads this global as it opens a file
+        try:
+            img = Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = bound
+        with img:
+            if whole:
+                check_whole_image(path, img.height, img.width, what)
+            yield img
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"cannot read {what} {path}: {exc}") from None
+
+
 def _read_raster(path: Path, bands: list[int] | None, colormap: bool = False, mask: bool = False) -> np.ndarray:
     """Stored values ``[bands, H, W]`` of a TIFF. ``colormap``: a single-band raster with a colour
     table comes back as its colours ``[3, H, W]``. ``mask``: lossy compression is refused."""
     from rasterio.errors import RasterioError
 
     with open_raster(path) as src:
+        check_whole_image(path, src.height, src.width, "mask" if mask else "image")
         compression = getattr(src.compression, "name", "")
         if mask and compression in ("jpeg", "webp"):
             raise DataError(f"mask {path} is {compression.upper()}-compressed: lossy compression {_LOSSY}")
@@ -144,16 +179,13 @@ def _transparent(img: Image.Image) -> np.ndarray | None:
 def _read_plain(path: Path, bands: list[int] | None) -> tuple[np.ndarray, np.ndarray | None]:
     """Values ``[bands, H, W]`` of an image Pillow reads (a palette image as its colours) and its
     transparent pixels (:func:`_transparent`)."""
-    try:
-        with Image.open(path) as img:
-            img = _upright(img)
-            transparent = _transparent(img)
-            img.info.pop("transparency", None)  # taken above; Pillow would warn of it when converting
-            if img.mode == "P":
-                img = img.convert("RGB")
-            array = np.asarray(img)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from None
+    with _pillow_image(path) as img:
+        img = _upright(img)
+        transparent = _transparent(img)
+        img.info.pop("transparency", None)  # taken above; Pillow would warn of it when converting
+        if img.mode == "P":
+            img = img.convert("RGB")
+        array = np.asarray(img)
     array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
     if bands is not None:
         check_bands(path, bands, array.shape[0])
@@ -188,6 +220,7 @@ def read_model_input(path: str | os.PathLike, bands: list[int] | None = None, sc
     _check_exists(path, "image")
     if _read_by_gdal(path):
         with RasterReader(path, bands, scale) as reader:
+            check_whole_image(path, reader.height, reader.width)
             if reader.width * reader.height == 0:
                 raise DataError(f"image {path} is empty ({reader.count}, {reader.height}, {reader.width})")
             image, valid = reader.read()
@@ -217,22 +250,19 @@ def read_mask(path: str | os.PathLike, color: bool = False) -> np.ndarray:
             raise DataError(f"mask {path} has {array.shape[0]} bands; a mask must have one band")
         array = array[0]
     else:
-        try:
-            with Image.open(path) as img:
-                if img.format == "JPEG":  # by content, not by name: a .png that is a JPEG too
-                    raise DataError(f"mask {path} is a JPEG: lossy compression {_LOSSY}")
-                img = _upright(img)
-                if color:
-                    array = np.asarray(img.convert("RGB"))
-                else:
-                    if img.mode not in {"L", "P", "I", "I;16", "1"}:
-                        raise DataError(
-                            f"mask {path} is a {img.mode} image; masks must be single-band index "
-                            "images (set data.color_masks: true for colour-coded masks)"
-                        )
-                    array = np.asarray(img)
-        except (UnidentifiedImageError, OSError) as exc:
-            raise DataError(f"cannot read mask {path}: {exc}") from None
+        with _pillow_image(path, "mask") as img:
+            if img.format == "JPEG":  # by content, not by name: a .png that is a JPEG too
+                raise DataError(f"mask {path} is a JPEG: lossy compression {_LOSSY}")
+            img = _upright(img)
+            if color:
+                array = np.asarray(img.convert("RGB"))
+            else:
+                if img.mode not in {"L", "P", "I", "I;16", "1"}:
+                    raise DataError(
+                        f"mask {path} is a {img.mode} image; masks must be single-band index "
+                        "images (set data.color_masks: true for colour-coded masks)"
+                    )
+                array = np.asarray(img)
     if np.issubdtype(array.dtype, np.floating):
         if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
             raise DataError(f"mask {path} holds non-integer values")
@@ -253,15 +283,12 @@ def image_dtype(path: str | os.PathLike) -> np.dtype:
     if _read_by_gdal(path):
         with open_raster(path) as src:
             return np.result_type(*src.dtypes)
-    try:
-        with Image.open(path) as img:
-            mode = "RGB" if img.mode == "P" else img.mode  # palette images read as their colours
-            try:
-                return np.dtype(ImageMode.getmode(mode).typestr)
-            except KeyError:  # a mode Pillow has no table entry for: what reading it gives
-                return np.asarray(img).dtype
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from None
+    with _pillow_image(path, whole=False) as img:
+        mode = "RGB" if img.mode == "P" else img.mode  # palette images read as their colours
+        try:
+            return np.dtype(ImageMode.getmode(mode).typestr)
+        except KeyError:  # a mode Pillow has no table entry for: what reading it gives
+            return np.asarray(img).dtype
 
 
 def images_auto_scale(paths: list, limit: int = 32) -> float | None:
@@ -299,14 +326,11 @@ def image_header(path: str | os.PathLike) -> tuple[int, int, int]:
     if _read_by_gdal(path):
         with open_raster(path) as src:
             return src.height, src.width, len(default_bands(src))
-    try:
-        with Image.open(path) as img:
-            bands = 3 if img.mode == "P" else len(img.getbands())
-            if _orientation(img) in _TRANSPOSED:
-                return img.width, img.height, bands
-            return img.height, img.width, bands
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from None
+    with _pillow_image(path, whole=False) as img:
+        bands = 3 if img.mode == "P" else len(img.getbands())
+        if _orientation(img) in _TRANSPOSED:
+            return img.width, img.height, bands
+        return img.height, img.width, bands
 
 
 def save_index_png(path: str | os.PathLike, mask: np.ndarray, palette: list | None) -> None:
