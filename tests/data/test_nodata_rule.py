@@ -131,3 +131,40 @@ def test_training_evaluation_and_prediction_read_the_same_pixels(tmp_path):
     rows, cols = window.slices
     np.testing.assert_array_equal(crop, predicted[:, rows, cols])
     np.testing.assert_array_equal(crop_valid, valid[rows, cols])
+
+
+@pytest.mark.parametrize("dtype, nodata", [("uint8", 0), ("float32", float("nan")), ("int16", -9999)])
+def test_a_mask_s_nodata_labels_nothing_in_tiles_as_in_scenes(tmp_path, dtype, nodata):
+    """A GeoTIFF mask with a nodata value (QGIS's "Rasterize" writes 0 by default, here outside the
+    labelled area, whose classes are 1 and 2) labels nothing there, whether it is a tile's mask or
+    a scene's: the same pixels are ``ignore_index`` in the training, evaluation and data-check
+    readers and in a scene crop. Read as values, nodata 0 would be trained as class "a" unseen."""
+    from co2s.data.sources import validate_samples
+    from co2s.data.labels import LabelEncoder
+
+    rng = np.random.default_rng(4)
+    classes = rng.integers(1, 3, SHAPE[1:])
+    unlabelled = _border()
+    stored = classes.astype(dtype)
+    stored[unlabelled] = nodata
+    (tmp_path / "images").mkdir()
+    _write(tmp_path / "images" / "t.tif", _image("uint16"), None)
+    _write(tmp_path / "m.tif", stored[None], nodata)
+    (tmp_path / "list.txt").write_text("images/t.tif m.tif\n")
+    config = validate({"data": {"root": str(tmp_path), "classes": ["a", "b", "c"], "splits": {"test": "list.txt"}},
+                       "train": {"crop_size": 48, "iters": 1}})
+    expected = np.where(unlabelled, 255, classes)
+    samples = read_split("list.txt", config.data, labelled=True)
+    np.testing.assert_array_equal(WholeImages(samples, config.data)[0]["mask"].numpy(), expected)
+    stats = validate_samples(samples, LabelEncoder.from_config(config.data), "full")
+    assert stats.ignored == unlabelled.sum() and stats.counts.tolist() == np.bincount(
+        classes[~unlabelled], minlength=3).tolist()
+
+    scenes = validate({"data": {"root": str(tmp_path), "classes": ["a", "b", "c"],
+                                "scenes": {"rasters": ["images/t.tif"], "labels": {"raster": ["m.tif"]}}},
+                       "train": {"crop_size": 48, "iters": 1, "scale_range": [1.0, 1.0]}})
+    scene = load_scenes(scenes.data, progress=False).scenes[0]
+    window = Window(10, 20, 48, 48)
+    _, valid = scene.read(window, window.shape)
+    rows, cols = window.slices
+    np.testing.assert_array_equal(scene.labels_of(window, window.shape, valid, 255), expected[rows, cols])

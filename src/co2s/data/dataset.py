@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
-from co2s.data.io import read_mask, read_model_input
+from co2s.data.io import read_model_input
 from co2s.data.labels import LabelEncoder
 from co2s.data.sources import Sample
 from co2s.config.schema import CutMixConfig, StrongViewConfig
@@ -29,7 +29,6 @@ class SampleReader:
     def __init__(self, data) -> None:
         self.bands = data.bands
         self.scale = data.scale
-        self.color_masks = data.color_masks
         self.encoder = LabelEncoder.from_config(data)
 
     def image_valid(self, sample: Sample) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -42,8 +41,7 @@ class SampleReader:
 
     def mask(self, sample: Sample) -> torch.Tensor:
         assert sample.mask is not None
-        raw = read_mask(sample.mask, color=self.color_masks)
-        return torch.from_numpy(self.encoder.encode(raw, f"{sample.mask} (listed at {sample.origin})"))
+        return torch.from_numpy(self.encoder.read(sample.mask, f"{sample.mask} (listed at {sample.origin})"))
 
     def read(self, sample: Sample) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Image, mask (``ignore_index`` on invalid pixels) and valid pixels (None: all valid)."""

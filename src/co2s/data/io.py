@@ -109,6 +109,14 @@ def _pillow_image(path: Path, what: str = "image", whole: bool = True):
 def _read_raster(path: Path, bands: list[int] | None, colormap: bool = False, mask: bool = False) -> np.ndarray:
     """Stored values ``[bands, H, W]`` of a TIFF. ``colormap``: a single-band raster with a colour
     table comes back as its colours ``[3, H, W]``. ``mask``: lossy compression is refused."""
+    return _read_raster_labelled(path, bands, colormap, mask)[0]
+
+
+def _read_raster_labelled(path: Path, bands: list[int] | None, colormap: bool = False, mask: bool = False
+                          ) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`_read_raster`, and the pixels GDAL's mask holds as data ``[H, W]`` (nodata and alpha
+    left out; None: all)."""
+    from rasterio.enums import MaskFlags
     from rasterio.errors import RasterioError
 
     with open_raster(path) as src:
@@ -117,20 +125,24 @@ def _read_raster(path: Path, bands: list[int] | None, colormap: bool = False, ma
         if mask and compression in ("jpeg", "webp"):
             raise DataError(f"mask {path} is {compression.upper()}-compressed: lossy compression {_LOSSY}")
         try:
+            table = None
             if colormap and src.count == 1:
                 try:
                     table = src.colormap(1)
                 except ValueError:  # no colour table
                     table = None
-                if table:
-                    indices = src.read(1)
-                    lut = np.zeros((max(256, max(table) + 1, int(indices.max()) + 1), 3), np.uint8)
-                    for index, rgba in table.items():
-                        lut[index] = rgba[:3]
-                    return lut[indices].transpose(2, 0, 1)
+            read = list(bands) if bands is not None else list(range(1, src.count + 1))
             if bands is not None:
                 check_bands(path, bands, src.count)
-            return src.read(list(bands) if bands is not None else list(range(1, src.count + 1)))
+            everywhere = all(MaskFlags.all_valid in src.mask_flag_enums[b - 1] for b in read)
+            data = None if everywhere else src.dataset_mask() > 0
+            if table:
+                indices = src.read(1)
+                lut = np.zeros((max(256, max(table) + 1, int(indices.max()) + 1), 3), np.uint8)
+                for index, rgba in table.items():
+                    lut[index] = rgba[:3]
+                return lut[indices].transpose(2, 0, 1), data
+            return src.read(read), data
         except RasterioError as exc:
             raise DataError(f"cannot read raster {path}: {exc}") from None
 
@@ -236,16 +248,25 @@ def read_mask(path: str | os.PathLike, color: bool = False) -> np.ndarray:
 
     Palette ("P" mode) PNGs, and TIFFs with a colour table, return their indices, as annotation
     tools write them; with ``color`` they return their colours, so colour decoding does not depend
-    on the order of a file's palette.
+    on the order of a file's palette. Which pixels it labels: :func:`read_mask_labelled`.
     """
+    return read_mask_labelled(path, color)[0]
+
+
+def read_mask_labelled(path: str | os.PathLike, color: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`read_mask`, and the pixels the mask labels ``[H, W]`` (None: every pixel): a raster
+    mask's nodata (GDAL's mask) labels nothing, in tiles as in the masks of scenes
+    (:mod:`co2s.data.scene_labels`). A PNG mask labels every pixel: its values are the labels, as
+    annotation tools write them, whatever a palette entry's transparency says."""
     path = Path(path)
     _check_exists(path, "mask")
+    labelled = None
     if _is_tiff(path):
-        array = _read_raster(path, None, colormap=color, mask=True)
+        array, labelled = _read_raster_labelled(path, None, colormap=color, mask=True)
         if color:
             if array.shape[0] < 3:
                 raise DataError(f"colour mask {path} has {array.shape[0]} band(s), expected 3")
-            return np.ascontiguousarray(array[:3].transpose(1, 2, 0))
+            return np.ascontiguousarray(array[:3].transpose(1, 2, 0)), labelled
         if array.shape[0] != 1:
             raise DataError(f"mask {path} has {array.shape[0]} bands; a mask must have one band")
         array = array[0]
@@ -264,10 +285,12 @@ def read_mask(path: str | os.PathLike, color: bool = False) -> np.ndarray:
                     )
                 array = np.asarray(img)
     if np.issubdtype(array.dtype, np.floating):
+        if labelled is not None:  # nodata (NaN, -9999.5, ...) is no label, whatever its value
+            array = np.where(labelled, array, 0)
         if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
             raise DataError(f"mask {path} holds non-integer values")
         array = array.astype(np.int64)
-    return np.ascontiguousarray(array)
+    return np.ascontiguousarray(array), labelled
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from co2s.data.io import read_mask_labelled
 from co2s.errors import DataError
 
 
@@ -61,8 +62,10 @@ class LabelEncoder:
                    for v, c in zip(values[order], counts[order])]
         return int(unknown.size), colours
 
-    def encode(self, raw: np.ndarray, source: str = "mask") -> np.ndarray:
-        """Return int64 labels; raise :class:`DataError` naming ``source`` on invalid values."""
+    def encode(self, raw: np.ndarray, source: str = "mask", labelled: np.ndarray | None = None) -> np.ndarray:
+        """Return int64 labels; raise :class:`DataError` naming ``source`` on invalid values.
+        ``labelled``: the pixels the mask labels (:func:`~co2s.data.io.read_mask_labelled`); the
+        others are ``ignore_index`` whatever their value."""
         labels = self.decode_colors(raw) if self.palette is not None else raw.astype(np.int64)
         if self.label_map:
             remapped = labels.copy()
@@ -73,8 +76,16 @@ class LabelEncoder:
             ignore = (labels == 0) | (labels == self.ignore_index)
             labels = labels - 1
             labels[ignore] = self.ignore_index
+        if labelled is not None:
+            labels[~labelled] = self.ignore_index
         self.check(labels, source)
         return labels
+
+    def read(self, path, source: str | None = None) -> np.ndarray:
+        """The labels of the mask file ``path`` (colour-coded when the encoder has a palette), its
+        nodata unlabelled; errors name ``source`` (default: the file)."""
+        raw, labelled = read_mask_labelled(path, color=self.palette is not None)
+        return self.encode(raw, source or str(path), labelled)
 
     def check(self, labels: np.ndarray, source: str = "mask") -> None:
         valid = ((labels >= 0) & (labels < self.num_classes)) | (labels == self.ignore_index)

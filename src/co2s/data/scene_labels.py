@@ -463,8 +463,7 @@ class MaskLabels:
                                             resampling=Resampling.nearest) > 0
             except RasterioError as exc:
                 raise DataError(f"{path}: cannot read a window of the mask: {exc}") from None
-            labels = np.full(out_shape, self.ignore_index, np.int64)
-            labels[present] = self.encoder.encode(raw[present], f"mask {path}")  # nodata: any value
+            labels = self.encoder.encode(raw, f"mask {path}", present)  # nodata: any value, no label
             known = labels != self.ignore_index
             out[known] = labels[known]
         return out

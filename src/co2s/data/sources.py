@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from co2s.data.io import alpha_band_count, image_files, image_header, read_mask
+from co2s.data.io import alpha_band_count, image_files, image_header, read_mask_labelled
 from co2s.data.labels import LabelEncoder
 from co2s.data.raster import said_bands
 from co2s.errors import DataError
@@ -215,8 +215,8 @@ def validate_samples(
         _check_band_count(s, count, channels, bands)
         if s.mask is None or not masks:
             continue
-        raw = read_mask(s.mask, color=color_masks)
-        labels = encoder.encode(raw, f"{s.mask} (listed at {s.origin})")
+        raw, labelled = read_mask_labelled(s.mask, color=color_masks)
+        labels = encoder.encode(raw, f"{s.mask} (listed at {s.origin})", labelled)
         if (height, width) != labels.shape:
             raise DataError(
                 f"{s.origin}: image {s.image.name} is {height}x{width} but mask "
@@ -227,7 +227,7 @@ def validate_samples(
         stats.ignored += int(labels.size - known.sum())
         stats.masks += 1
         if encoder.palette is not None and raw.ndim == 3:
-            unmatched, colours = encoder.unmatched_colors(raw)
+            unmatched, colours = encoder.unmatched_colors(raw if labelled is None else raw[labelled])
             if unmatched:
                 stats.unmatched_pixels += unmatched
                 stats.unmatched.append((s, unmatched / labels.size, colours))

@@ -41,8 +41,7 @@ def ratio_tag(text: str | float) -> str:
 
 
 def dominant_class(sample: Sample, encoder: LabelEncoder | None, ignore_index: int, color: bool) -> int:
-    raw = read_mask(sample.mask, color=color)
-    labels = encoder.encode(raw, str(sample.mask)) if encoder else raw.astype(np.int64)
+    labels = encoder.read(sample.mask) if encoder else read_mask(sample.mask, color=color).astype(np.int64)
     values = labels[labels != ignore_index]
     if values.size == 0:
         return -1  # an all-ignore mask is its own stratum
