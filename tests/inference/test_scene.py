@@ -297,3 +297,44 @@ def test_plain_images_still_give_pngs(trained, tmp_path):
         classes = np.asarray(img)
     assert_same_prediction(classes, reference_probabilities({"model": model}, image, config, "model"),
                            np.ones(classes.shape, bool))
+
+
+def test_a_raster_placed_by_gcps_or_rpcs_gives_outputs_placed_the_same_way(trained, tmp_path):
+    """Sentinel-1 GRD and scans placed in QGIS's Georeferencer carry ground control points, L1
+    satellite products RPCs, instead of a geotransform: the class raster carries the same, so it
+    lands where its input does (before, it was written as a bare pixel grid, said to have no CRS)."""
+    from rasterio.control import GroundControlPoint
+    from rasterio.rpc import RPC
+
+    ckpt, _, _ = trained
+    image = synthetic_scene(64, 80)[0]
+    gcps = [GroundControlPoint(row, col, 500000 + 10 * col, 4000000 - 10 * row, id=f"p{i}")
+            for i, (row, col) in enumerate([(0, 0), (0, 80), (64, 0), (64, 80)])]
+    coefficients = [1.0] + [0.0] * 19
+    rpcs = RPC(height_off=100, height_scale=500, lat_off=45, lat_scale=0.01, line_den_coeff=coefficients,
+               line_num_coeff=[0.0, 0.0, -1.0] + [0.0] * 17, line_off=32, line_scale=32, long_off=7,
+               long_scale=0.01, samp_den_coeff=coefficients, samp_num_coeff=[0.0, 1.0] + [0.0] * 18,
+               samp_off=40, samp_scale=40)
+    write_raster(tmp_path / "mapped.tif", image)
+    with rasterio.open(tmp_path / "gcps.tif", "w", driver="GTiff", height=64, width=80, count=image.shape[0],
+                       dtype=image.dtype, gcps=gcps, crs="EPSG:32633") as dst:  # the CRS of the GCPs
+        dst.write(image)
+    write_raster(tmp_path / "rpcs.tif", image, crs=None, rpcs=rpcs)
+    out = tmp_path / "out"
+    results = {r.source.name: r for r in predict_files(
+        ckpt, [str(tmp_path / n) for n in ("mapped.tif", "gcps.tif", "rpcs.tif")], out, device="cpu",
+        progress=False)}
+    assert "placed by ground control points" in results["gcps.tif"].warnings[0]
+    assert "placed by RPCs" in results["rpcs.tif"].warnings[0]
+    with rasterio.open(out / "gcps_classes.tif") as src:
+        written, crs = src.gcps
+        assert crs == "EPSG:32633" and src.transform.is_identity
+        assert [(p.row, p.col, p.x, p.y) for p in written] == [(p.row, p.col, p.x, p.y) for p in gcps]
+    with rasterio.open(out / "rpcs_classes.tif") as src:
+        assert src.rpcs is not None
+        written = src.rpcs.to_dict()
+        for key, value in rpcs.to_dict().items():
+            if value is not None:  # GDAL writes the unset error terms as -1
+                assert written[key] == pytest.approx(value), key
+    mapped = read_band(out / "mapped_classes.tif")
+    assert (read_band(out / "gcps_classes.tif") == mapped).all() and (read_band(out / "rpcs_classes.tif") == mapped).all()

@@ -167,6 +167,21 @@ def _raster_has_masks(dataset, bands: list[int]) -> bool:
     return any(MaskFlags.all_valid not in dataset.mask_flag_enums[b - 1] for b in bands)
 
 
+def placement(dataset) -> dict:
+    """The ``rasterio.open`` write keywords that put an output on the ground ``dataset`` covers,
+    in the form the file has it: a geotransform and CRS; else ground control points and their CRS
+    (Sentinel-1 GRD, scans placed in QGIS's Georeferencer without warping); else RPCs (satellite
+    L1 products); else nothing (a plain pixel grid)."""
+    if dataset.crs is not None or not dataset.transform.is_identity:
+        return {"crs": dataset.crs, "transform": dataset.transform}
+    gcps, crs = dataset.gcps
+    if gcps:
+        return {"gcps": gcps, "crs": crs}
+    if dataset.rpcs:
+        return {"rpcs": dataset.rpcs}
+    return {}
+
+
 def open_raster(path: Path):
     """``rasterio.open`` (read-only) without the not-georeferenced warning; errors name the file."""
     import rasterio

@@ -33,7 +33,7 @@ from PIL import Image
 
 from co2s.atomic import commit, write_error
 from co2s.data.io import colorize
-from co2s.data.raster import RasterReader, Window, bounded_gdal_cache
+from co2s.data.raster import RasterReader, Window, bounded_gdal_cache, placement
 from co2s.errors import Co2sError
 from co2s.inference import streaming
 from co2s.inference.polygons import FORMATS, RegionPolygons, write_polygons
@@ -94,8 +94,7 @@ class SceneOutputs:
         self.files = {}
         profile = dict(driver="GTiff", width=ds.width, height=ds.height, count=1, tiled=True,
                        blockxsize=BLOCK, blockysize=BLOCK, compress="deflate", BIGTIFF="IF_SAFER")
-        if source.georeferenced:
-            profile.update(crs=ds.crs, transform=ds.transform)
+        profile.update(placement(ds))
         try:
             with self._writing("classes"):
                 self.files["classes"] = rasterio.open(self.temp["classes"], "w", dtype="uint8", nodata=NODATA,
@@ -236,7 +235,13 @@ def predict_scene(path: Path, segmenter, outputs: dict[str, Path], options: Pred
     with bounded_gdal_cache(COMPRESS_OVERVIEW="DEFLATE"):
         source = RasterReader(path, segmenter.bands, segmenter.scale, segmenter.in_channels)
         try:
-            if source.dataset.crs is None:
+            placed = placement(source.dataset)
+            if "gcps" in placed or "rpcs" in placed:
+                by = "ground control points" if "gcps" in placed else "RPCs"
+                notes.append(f"{path} is placed by {by}, not a geotransform: its rasters carry the same {by} "
+                             "(gdalwarp makes them maps)"
+                             + ("; its polygons are in pixel coordinates" if options.polygons else ""))
+            elif source.dataset.crs is None:
                 notes.append(f"{path} has no CRS; its outputs are written without one")
             height, width = source.height, source.width
             grid = TileGrid.over(height, width, *segmenter.tiling(options.tile, options.overlap))
