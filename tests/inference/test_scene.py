@@ -338,3 +338,30 @@ def test_a_raster_placed_by_gcps_or_rpcs_gives_outputs_placed_the_same_way(train
                 assert written[key] == pytest.approx(value), key
     mapped = read_band(out / "mapped_classes.tif")
     assert (read_band(out / "gcps_classes.tif") == mapped).all() and (read_band(out / "rpcs_classes.tif") == mapped).all()
+
+
+def test_a_png_or_jpeg_with_a_world_file_is_predicted_as_a_placed_raster(trained, tmp_path):
+    """Orthophoto tiles shipped as JPEG or PNG with a world file (``.jgw``/``.pgw``/``.wld``) and a
+    ``.aux.xml`` (the CRS), as GDAL writes them with WORLDFILE=YES: predicted into a GeoTIFF placed
+    as the input is; the same pixels without them give the plain PNGs. Before, the georeferenced
+    tile also gave a bare PNG, its placement lost without a word."""
+    ckpt, _, _ = trained
+    image = synthetic_scene(64, 80)[0]
+    transform = rasterio.transform.from_origin(500000, 4000000, 0.5, 0.5)
+    (tmp_path / "placed").mkdir()
+    (tmp_path / "bare").mkdir()
+    with rasterio.open(tmp_path / "placed" / "tile.png", "w", driver="PNG", width=80, height=64, count=3,
+                       dtype="uint8", crs="EPSG:32633", transform=transform, WORLDFILE="YES") as dst:
+        dst.write(image)
+    assert sorted(p.name for p in (tmp_path / "placed").iterdir()) == ["tile.png", "tile.png.aux.xml", "tile.wld"]
+    Image.fromarray(image.transpose(1, 2, 0)).save(tmp_path / "bare" / "tile.png")
+    for folder in ("placed", "bare"):
+        results = predict_files(ckpt, [str(tmp_path / folder / "tile.png")], tmp_path / f"out_{folder}",
+                                device="cpu", progress=False)
+        assert results[0].error is None, results[0].error
+    assert _files(tmp_path / "out_bare") == ["tile.png", "tile_color.png"]
+    assert _files(tmp_path / "out_placed") == ["tile_classes.tif"]
+    with rasterio.open(tmp_path / "out_placed" / "tile_classes.tif") as src:
+        assert src.crs == "EPSG:32633" and src.transform == transform
+        placed = src.read(1)
+    assert (placed == np.asarray(Image.open(tmp_path / "out_bare" / "tile.png"))).all()

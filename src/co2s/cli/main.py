@@ -453,8 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(
         "predict", help="predict images and whole scenes of any size (GeoTIFF in, GeoTIFF out)",
         description="Plain PNG/JPEG/BMP images give an index PNG and a colour PNG. Other rasters "
-        "(GeoTIFF, VRT, ...) are streamed in windows into <stem>_classes.tif: uint8 classes with "
-        "the input's CRS and transform, nodata 255 where the input is nodata, the palette as "
+        "(GeoTIFF, VRT, ...), and PNG/JPEG with a world file, are streamed in windows into "
+        "<stem>_classes.tif: uint8 classes placed as the input is (CRS and transform, GCPs or RPCs), nodata 255 where the input is nodata, the palette as "
         "colour table. Overlapping tiles are blended with a smooth (Hann) weight. Every output path "
         "is checked before anything is predicted: an output that is one of the inputs or that two "
         "inputs would both write stops the command, and so does an existing file unless "

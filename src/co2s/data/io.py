@@ -18,7 +18,7 @@ from PIL import Image, ImageMode, ImageOps, UnidentifiedImageError
 from co2s.atomic import atomic_path
 from co2s.config import limits
 from co2s.data.raster import (RasterReader, alpha_bands, check_bands, default_bands, dtype_scale, model_input,
-                              open_raster)
+                              open_raster, placement)
 from co2s.errors import DataError
 
 TIFF_SUFFIXES = {".tif", ".tiff"}
@@ -324,6 +324,17 @@ def images_auto_scale(paths: list, limit: int = 32) -> float | None:
         except DataError:
             continue  # unreadable files are reported by the data checks
     return scales.pop() if len(scales) == 1 else None
+
+
+def placed_on_the_ground(path: str | os.PathLike) -> bool:
+    """Whether GDAL places the file on the ground (a geotransform, GCPs or RPCs;
+    :func:`~co2s.data.raster.placement`): a PNG or JPEG is, with a world file (``.pgw``, ``.jgw``,
+    ``.wld``) or a ``.aux.xml`` beside it, as municipal orthophoto tiles and older GIS exports ship."""
+    try:
+        with open_raster(Path(path)) as src:
+            return bool(placement(src))
+    except DataError:
+        return False  # unreadable here: the reader says why
 
 
 def alpha_band_count(path: str | os.PathLike) -> int:

@@ -26,6 +26,7 @@ from co2s.data.io import (
     atomic_save_image,
     colorize,
     image_files,
+    placed_on_the_ground,
     save_index_png,
 )
 from co2s.errors import Co2sError, DataError
@@ -64,7 +65,10 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
 
 
 def is_plain_image(path: Path) -> bool:
-    return path.suffix.lower() in PLAIN_IMAGE_SUFFIXES
+    """A PNG, JPEG or BMP without georeferencing: predicted whole into PNGs. With a world file or
+    ``.aux.xml`` beside it, it is a scene (GeoTIFF out, placed as the input is): written as a
+    bare PNG, its prediction would lose where it lies without a word."""
+    return path.suffix.lower() in PLAIN_IMAGE_SUFFIXES and not placed_on_the_ground(path)
 
 
 def output_paths(path: Path, out_dir: Path, options: PredictOptions, palette: bool) -> dict[str, Path]:
