@@ -131,3 +131,27 @@ def test_a_list_saved_by_windows_notepad_reads(tiny_dataset):
     samples = read_split("notepad.txt", _data(tiny_dataset), labelled=True)
     assert [(s.image.name, s.mask.name) for s in samples] == [("t0.png", "t0.png"), ("t3.png", "t3.png")]
     assert all(s.image.is_file() and s.mask.is_file() for s in samples)
+
+
+def test_paths_with_spaces_round_trip_through_the_split_lists(tiny_dataset, tmp_path):
+    """Windows names a copy ``t0 (1).png``. A folder of such files splits into lists whose lines
+    quote those paths, and the lists read back to the same files; an unquoted line with spaces
+    says how to write it."""
+    from co2s import api
+
+    root = tmp_path / "my survey"
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+        for i in range(4):
+            (root / sub / f"tile ({i}).png").write_bytes((tiny_dataset / sub / f"t{i}.png").read_bytes())
+    data = _data(root, splits={"train": "."})
+    folder = read_split(".", data, labelled=True)
+    assert [s.image.name for s in folder] == [f"tile ({i}).png" for i in range(4)]
+    assert folder[0].entry == '"images/tile (0).png" "masks/tile (0).png"'
+    api.make_splits(str(root), "1/2", 0, tmp_path / "splits", root=str(root))
+    back = [s for name in ("labelled.txt", "unlabelled.txt")
+            for s in read_split(str(tmp_path / "splits" / name), data, labelled=True)]
+    assert sorted((s.image, s.mask) for s in back) == sorted((s.image, s.mask) for s in folder)
+    (root / "bad.txt").write_text("images/tile (0).png masks/tile (0).png\n")
+    with pytest.raises(DataError, match=r"bad.txt:1: expected 'image \[mask\]', got 4 fields: .*double quotes"):
+        read_split("bad.txt", data, labelled=True)

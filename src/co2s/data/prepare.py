@@ -51,6 +51,7 @@ import numpy as np
 
 from co2s.atomic import atomic_path, write_text
 from co2s.data.io import image_files
+from co2s.data.sources import list_fields
 from co2s.errors import DataError
 from co2s.progress import progress_bar
 from co2s.version import __version__
@@ -542,9 +543,7 @@ def _check_list(path: Path, text: str, out: Path, targets: set[str], dataset: st
         entry = line.strip()
         if not entry or entry.startswith("#"):
             continue
-        tokens = entry.split()
-        if len(tokens) > 2:
-            raise DataError(f"{path}:{number}: expected 'image [mask]', got {len(tokens)} fields: {entry!r}")
+        tokens = list_fields(entry, f"{path}:{number}")
         for token in tokens:
             rel = posixpath.normpath(token.replace("\\", "/"))
             if posixpath.isabs(rel) or rel == ".." or rel.startswith("../"):

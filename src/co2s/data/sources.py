@@ -13,6 +13,7 @@ with too many unknown colours; :func:`class_table` formats the counts for the te
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,25 @@ def resolve(root: str | Path, path: str | Path) -> Path:
     return path if path.is_absolute() else Path(root).expanduser() / path
 
 
+_FIELD = re.compile(r'"([^"]*)"|(\S+)')
+
+
+def list_fields(line: str, where: str) -> list[str]:
+    """The one or two paths of a list line (``image [mask]``, whitespace between them, as the
+    UniMatch lists write them); a path holding spaces (``tile (1).png``, ``Images RGB/a.png``)
+    goes in double quotes, as :func:`list_entry` writes it."""
+    fields = [quoted or bare for quoted, bare in _FIELD.findall(line)]
+    if len(fields) > 2:
+        raise DataError(f"{where}: expected 'image [mask]', got {len(fields)} fields: {line!r} (a path with "
+                        'spaces goes in double quotes: "Images RGB/tile (1).png")')
+    return fields
+
+
+def list_entry(*paths: str) -> str:
+    """A list line naming ``paths``: each quoted when it holds whitespace (:func:`list_fields`)."""
+    return " ".join(f'"{p}"' if any(c.isspace() for c in p) else p for p in paths)
+
+
 def read_list_file(path: Path, root: Path, id_format=None, labelled: bool = True,
                    keep_masks: bool = False) -> list[Sample]:
     try:
@@ -54,9 +74,7 @@ def read_list_file(path: Path, root: Path, id_format=None, labelled: bool = True
         if not text or text.startswith("#"):
             continue
         where = f"{path}:{number}"
-        tokens = text.split()
-        if len(tokens) > 2:
-            raise DataError(f"{where}: expected 'image [mask]', got {len(tokens)} fields: {text!r}")
+        tokens = list_fields(text, where)
         if len(tokens) == 1 and id_format is not None:
             image = resolve(root, id_format.image.format(id=tokens[0]))
             mask = resolve(root, id_format.mask.format(id=tokens[0])) if id_format.mask else None
@@ -87,7 +105,7 @@ def read_folder(folder: Path, labelled: bool = True, keep_masks: bool = False,
     base = Path(root if root is not None else folder).absolute()
 
     def entry(*paths: Path) -> str:
-        return " ".join(os.path.relpath(p.absolute(), base) for p in paths)
+        return list_entry(*(os.path.relpath(p.absolute(), base) for p in paths))
 
     if not labelled:
         masks = {p.stem: p for p in image_files(masks_dir)} if keep_masks and masks_dir else {}
