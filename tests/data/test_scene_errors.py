@@ -78,6 +78,25 @@ def test_missing_crs_of_the_raster_or_the_vector(tmp_path):
         _load(tmp_path, labels={"vector": "nocrs.gpkg", "attribute": "class"})
 
 
+def test_a_raster_placed_by_ground_control_points_says_to_warp_it(tmp_path):
+    """A scan placed in QGIS's Georeferencer without warping, or a Sentinel-1 GRD, carries GCPs:
+    setting a CRS (the advice for a raster without one) would not place its pixels, warping does."""
+    from rasterio.control import GroundControlPoint
+
+    write_scene(tmp_path / "plain.tif", (120, 120), crs=None)
+    with rasterio.open(tmp_path / "plain.tif") as src:
+        image = src.read()
+    gcps = [GroundControlPoint(r, c, 500000 + c, 4000000 - r) for r, c in [(0, 0), (0, 120), (120, 0), (120, 120)]]
+    with rasterio.open(tmp_path / "scene.tif", "w", driver="GTiff", width=120, height=120, count=3, dtype="uint8",
+                       gcps=gcps, crs="EPSG:32633") as dst:
+        dst.write(image)
+    (tmp_path / "plain.tif").unlink()
+    write_vector(tmp_path / "labels.gpkg")
+    with pytest.raises(DataError, match=r"raster .*scene\.tif is placed by ground control points, not a "
+                                        r"geotransform: .* \(gdalwarp scene\.tif scene_warped\.tif\)"):
+        _load(tmp_path)
+
+
 def test_unknown_crs_is_a_data_error():
     with pytest.raises(DataError, match=r"labels\.gpkg has an unknown CRS 'EPSG:999999'"):
         parse_crs("EPSG:999999", "labels.gpkg")

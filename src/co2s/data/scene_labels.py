@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from co2s.data.raster import Window, open_raster
+from co2s.data.raster import Window, open_raster, placement
 from co2s.data.labels import LabelEncoder
 from co2s.errors import DataError
 
@@ -58,6 +58,16 @@ def set_crs(kind: str, path: Path | None) -> str:
     return SET_CRS[kind].format(file=path.name if path is not None else "FILE")
 
 
+def _placed_by_points(path: Path) -> str | None:
+    """"ground control points" or "RPCs" when they, not a geotransform, place the raster."""
+    try:
+        with open_raster(path) as src:
+            placed = placement(src)
+    except DataError:
+        return None
+    return "ground control points" if "gcps" in placed else "RPCs" if "rpcs" in placed else None
+
+
 def parse_crs(value, what: str, kind: str = "raster", path: Path | None = None):
     """A rasterio CRS from a file's CRS (string or CRS); a missing or unknown one is a DataError
     (``kind``, raster or vector, and ``path`` make the message say how to set one)."""
@@ -65,6 +75,11 @@ def parse_crs(value, what: str, kind: str = "raster", path: Path | None = None):
     from rasterio.errors import CRSError
 
     if value is None or (isinstance(value, str) and not value.strip()):
+        by = _placed_by_points(path) if kind == "raster" and path is not None else None
+        if by:  # a CRS set on it would not place it: its pixels are not on a map grid yet
+            raise DataError(f"{what} is placed by {by}, not a geotransform: scene labels are placed by "
+                            f"map coordinates, so warp it onto a map grid first "
+                            f"(gdalwarp {path.name} {path.stem}_warped.tif)")
         raise DataError(f"{what} has no CRS: scene labels are placed by their coordinates, so every "
                         f"raster and vector file needs one ({set_crs(kind, path)})")
     try:
