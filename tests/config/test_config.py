@@ -148,3 +148,18 @@ def test_model_section_is_a_union_by_name_and_config_is_immutable():
         paper.override({"eval.prediction": "median"})
     with pytest.raises(ConfigError, match="eval.prediction must be one of \\['model'\\]"):
         cnn.override({"eval.prediction": "mean"})  # a fusion needs two students
+
+
+def test_a_key_given_twice_is_an_error_not_a_silent_drop(tmp_path):
+    """A second ``train:`` block (or ``lr:`` given twice) would make YAML keep the last and drop the
+    first without a word; it stops with both lines. Anchors and merge keys still override."""
+    path = _write(tmp_path, "base: demo\ntrain:\n  iters: 10\ntrain:\n  lr: 0.01\n")
+    with pytest.raises(ConfigError, match=r"run\.yaml: line 4, column 1: invalid YAML: the key 'train' is given "
+                                          r"twice in one mapping \(first on line 2\)"):
+        load_config(path)
+    path = _write(tmp_path, "base: demo\ntrain:\n  iters: 10\n  lr: 0.01\n  iters: 20\n")
+    with pytest.raises(ConfigError, match=r"line 5, column 3: .* key 'iters' is given twice .*first on line 3"):
+        load_config(path)
+    path = _write(tmp_path, "base: demo\ntrain:\n  <<: {iters: 10, lr: 0.01}\n  iters: 20\n")
+    config = load_config(path)
+    assert config.train.iters == 20 and config.train.lr == 0.01

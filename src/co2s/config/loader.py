@@ -70,9 +70,34 @@ def read_yaml_file(path: str | Path) -> dict[str, Any]:
     return _parse_yaml(text, str(path))
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader, except that a key given twice in one mapping is an error: YAML
+    keeps the last, so a second ``train:`` block would silently drop everything in the first."""
+
+
+def _mapping_without_repeats(loader: _ConfigLoader, node: yaml.MappingNode) -> dict:
+    first: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # ``<<: *base`` then a key of base: overriding a merged key is what merging is for
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            line = first.setdefault(key, key_node.start_mark.line + 1)
+        except TypeError:  # an unhashable key: construct_mapping says so
+            continue
+        if line != key_node.start_mark.line + 1:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"the key {key!r} is given twice in one mapping (first on line {line}); YAML would "
+                "keep only the last, dropping the first without a word", key_node.start_mark)
+    return loader.construct_mapping(node, deep=True)
+
+
+_ConfigLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_repeats)
+
+
 def _parse_yaml(text: str, origin: str) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_ConfigLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
