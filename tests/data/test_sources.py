@@ -124,10 +124,11 @@ def test_hidden_files_beside_the_images_are_not_data(tiny_dataset, tmp_path):
 
 
 def test_a_list_saved_by_windows_notepad_reads(tiny_dataset):
-    """UTF-8 with a byte-order mark and CRLF line ends (Notepad, Excel's "CSV UTF-8"): the mark
-    does not join the first path, the line ends do not join the last."""
-    (tiny_dataset / "notepad.txt").write_bytes("\ufeffimages/t0.png masks/t0.png\r\nimages/t3.png masks/t3.png\r\n"
-                                               .encode("utf-8"))
+    """UTF-8 with a byte-order mark, CRLF line ends and backslashes between folders (a list written
+    on Windows: Notepad, Excel's "CSV UTF-8"): the mark does not join the first path, the line ends
+    do not join the last, and the folders are found."""
+    (tiny_dataset / "notepad.txt").write_bytes("\ufeffimages/t0.png masks/t0.png\r\nimages\\t3.png masks\\t3.png\r\n"
+                                               .encode("utf-8"))  # and Windows' folder separator
     samples = read_split("notepad.txt", _data(tiny_dataset), labelled=True)
     assert [(s.image.name, s.mask.name) for s in samples] == [("t0.png", "t0.png"), ("t3.png", "t3.png")]
     assert all(s.image.is_file() and s.mask.is_file() for s in samples)

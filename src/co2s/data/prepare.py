@@ -545,7 +545,7 @@ def _check_list(path: Path, text: str, out: Path, targets: set[str], dataset: st
             continue
         tokens = list_fields(entry, f"{path}:{number}")
         for token in tokens:
-            rel = posixpath.normpath(token.replace("\\", "/"))
+            rel = posixpath.normpath(token)
             if posixpath.isabs(rel) or rel == ".." or rel.startswith("../"):
                 raise DataError(f"{path}:{number}: {token} is not a path inside the data root")
             if rel not in targets and not (out / rel).is_file():

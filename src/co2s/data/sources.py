@@ -46,8 +46,9 @@ _FIELD = re.compile(r'"([^"]*)"|(\S+)')
 def list_fields(line: str, where: str) -> list[str]:
     """The one or two paths of a list line (``image [mask]``, whitespace between them, as the
     UniMatch lists write them); a path holding spaces (``tile (1).png``, ``Images RGB/a.png``)
-    goes in double quotes, as :func:`list_entry` writes it."""
-    fields = [quoted or bare for quoted, bare in _FIELD.findall(line)]
+    goes in double quotes, as :func:`list_entry` writes it. A backslash separates folders, as in
+    a list written on Windows (every platform reads ``/``)."""
+    fields = [(quoted or bare).replace("\\", "/") for quoted, bare in _FIELD.findall(line)]
     if len(fields) > 2:
         raise DataError(f"{where}: expected 'image [mask]', got {len(fields)} fields: {line!r} (a path with "
                         'spaces goes in double quotes: "Images RGB/tile (1).png")')
