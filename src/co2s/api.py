@@ -140,7 +140,7 @@ def export(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, predict
         if trained is not None and chosen != trained:
             warnings.warn(f"the model's training images were divided by {trained:g} (their data type's range); "
                           f"model.onnx divides by {chosen:g} (--scale): right only for imagery of that range",
-                          stacklevel=2)
+                          stacklevel=3)  # the caller of export, past warning_once_per_call
         tile = tile or segmenter.tile
         written["onnx"] = export_onnx(segmenter, Path(out_dir) / "model.onnx", tile, scale=scale, logits=logits)
         described = {"tile": tile, "resolution": segmenter.contract.gsd is not None}
@@ -148,7 +148,7 @@ def export(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, predict
             warnings.warn("the model's ground sample distance is unknown (its training imagery was not "
                           "georeferenced and data.gsd was not set): model.onnx has no resolution key, so QGIS "
                           "Deepness uses what its panel says and GeoDeep assumes 10 cm/px; give --gsd METRES "
-                          "to record it", stacklevel=2)
+                          "to record it", stacklevel=3)
     written = {"folder": segmenter.save_pretrained(out_dir, evaluations, described), **written}
     return written
 

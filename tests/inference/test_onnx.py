@@ -164,8 +164,10 @@ def test_a_trained_model_exports_with_its_training_images_scale(tmp_path, tiny_d
         written = co2s.export(tmp_path / "run" / "latest.ckpt", tmp_path / "model", onnx=True)
     meta = ort.InferenceSession(str(written["onnx"])).get_modelmeta().custom_metadata_map
     assert json.loads(meta["co2s.scale"]) == 255.0
-    with pytest.warns(UserWarning, match=r"divided by 255 \(their data type's range\); model.onnx divides by 65535"):
+    with pytest.warns(UserWarning, match=r"divided by 255 \(their data type's range\); model.onnx divides by 65535"
+                      ) as caught:
         co2s.export(tmp_path / "run" / "latest.ckpt", tmp_path / "uint16", onnx=True, scale=65535)  # other imagery
+    assert {w.filename for w in caught if "divided by" in str(w.message)} == {__file__}  # the caller's line
 
 
 def test_export_refuses_auto_scale_before_writing_anything(tmp_path):
