@@ -71,7 +71,7 @@ def is_plain_image(path: Path) -> bool:
     return path.suffix.lower() in PLAIN_IMAGE_SUFFIXES and not placed_on_the_ground(path)
 
 
-def output_paths(path: Path, out_dir: Path, options: PredictOptions, palette: bool) -> dict[str, Path]:
+def output_paths(path: Path, out_dir: Path, options: PredictOptions, palette: bool, plain: bool) -> dict[str, Path]:
     """The files ``co2s predict`` writes for the input ``path`` into ``out_dir``, by kind: the one
     place they are named (the writers take them from here).
 
@@ -81,7 +81,7 @@ def output_paths(path: Path, out_dir: Path, options: PredictOptions, palette: bo
     (or ``.geojson``).
     """
     stem = path.stem
-    if is_plain_image(path):
+    if plain:  # is_plain_image(path), asked once per file by the caller
         return {"classes": out_dir / f"{stem}.png", **({"color": out_dir / f"{stem}_color.png"} if palette else {})}
     names = {"classes": out_dir / f"{stem}_classes.tif"}
     if options.confidence:
@@ -106,19 +106,20 @@ def _file_id(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def plan_outputs(paths: list[Path], out_dir: Path, options: PredictOptions, palette: bool,
+def plan_outputs(paths: list[Path], out_dir: Path, options: PredictOptions, palette: bool, plain: dict[Path, bool],
                  overwrite: bool = False) -> dict[Path, dict[str, Path]]:
-    """The output paths of every input (:func:`output_paths`), or a :class:`DataError` naming the
-    first conflict: an output that is one of the inputs (resolved paths, or ``os.path.samefile``
-    where both exist; never allowed), two inputs writing the same file, or an output that exists
-    already (allowed with ``overwrite``). Nothing is written."""
-    plan = {path: output_paths(path, out_dir, options, palette) for path in paths}
+    """The output paths of every input (:func:`output_paths`; ``plain``: :func:`is_plain_image` of
+    each), or a :class:`DataError` naming the first conflict: an output that is one of the inputs
+    (resolved paths, or ``os.path.samefile`` where both exist; never allowed), two inputs writing
+    the same file, or an output that exists already (allowed with ``overwrite``). Nothing is
+    written."""
+    plan = {path: output_paths(path, out_dir, options, palette, plain[path]) for path in paths}
     inputs = {_file_key(p): p for p in paths}
     input_ids = {i: p for p in paths if (i := _file_id(p)) is not None}
     problems: list[str] = []
     if options.polygons:
         problems += [f"{path} is a plain image, without the georeferencing --polygons maps regions in; "
-                     "polygons are written for rasters such as GeoTIFF" for path in paths if is_plain_image(path)]
+                     "polygons are written for rasters such as GeoTIFF" for path in paths if plain[path]]
     writer: dict[str, Path] = {}
     for path, outputs in plan.items():
         for out in outputs.values():
@@ -193,12 +194,13 @@ def predict_files(
                             options.batch_size)  # bad options stop before any file
     paths = list({_file_key(p): p for p in expand_inputs(inputs)}.values())  # each file once
     out_dir = Path(out_dir)
-    plan = plan_outputs(paths, out_dir, options, bool(segmenter.palette), overwrite)
+    plain = {path: is_plain_image(path) for path in paths}  # one GDAL open per file (world files)
+    plan = plan_outputs(paths, out_dir, options, bool(segmenter.palette), plain, overwrite)
     _writable_folder(out_dir)
     results = []
     for path in progress_bar(paths, desc="predicting", enabled=progress and len(paths) > 1, leave=True):
         try:
-            if is_plain_image(path):
+            if plain[path]:
                 outputs, notes = _predict_plain_image(path, segmenter, plan[path], options), []
             else:
                 outputs, notes = predict_scene(path, segmenter, plan[path], options, progress)
