@@ -109,13 +109,13 @@ def _pillow_image(path: Path, what: str = "image", whole: bool = True):
 def _read_raster(path: Path, bands: list[int] | None, colormap: bool = False, mask: bool = False) -> np.ndarray:
     """Stored values ``[bands, H, W]`` of a TIFF. ``colormap``: a single-band raster with a colour
     table comes back as its colours ``[3, H, W]``. ``mask``: lossy compression is refused."""
-    return _read_raster_labelled(path, bands, colormap, mask)[0]
+    return _read_raster_labelled(path, bands, colormap, mask, labelled=False)[0]
 
 
-def _read_raster_labelled(path: Path, bands: list[int] | None, colormap: bool = False, mask: bool = False
-                          ) -> tuple[np.ndarray, np.ndarray | None]:
-    """:func:`_read_raster`, and the pixels GDAL's mask holds as data ``[H, W]`` (nodata and alpha
-    left out; None: all)."""
+def _read_raster_labelled(path: Path, bands: list[int] | None, colormap: bool = False, mask: bool = False,
+                          labelled: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`_read_raster`, and (``labelled``) the pixels GDAL's mask holds as data ``[H, W]``
+    (nodata and alpha left out; None: all, or not asked)."""
     from rasterio.enums import MaskFlags
     from rasterio.errors import RasterioError
 
@@ -134,8 +134,8 @@ def _read_raster_labelled(path: Path, bands: list[int] | None, colormap: bool = 
             read = list(bands) if bands is not None else list(range(1, src.count + 1))
             if bands is not None:
                 check_bands(path, bands, src.count)
-            everywhere = all(MaskFlags.all_valid in src.mask_flag_enums[b - 1] for b in read)
-            data = None if everywhere else src.dataset_mask() > 0
+            everywhere = not labelled or all(MaskFlags.all_valid in src.mask_flag_enums[b - 1] for b in read)
+            data = None if everywhere else src.dataset_mask() > 0  # read only when asked for
             if table:
                 indices = src.read(1)
                 lut = np.zeros((max(256, max(table) + 1, int(indices.max()) + 1), 3), np.uint8)
