@@ -182,6 +182,13 @@ def placement(dataset) -> dict:
     return {}
 
 
+def placed_by_points(dataset) -> str | None:
+    """"ground control points" or "RPCs" when they, not a geotransform, place ``dataset``
+    (:func:`placement`): its pixels are not on a map grid until warped."""
+    placed = placement(dataset)
+    return "ground control points" if "gcps" in placed else "RPCs" if "rpcs" in placed else None
+
+
 def open_raster(path: Path):
     """``rasterio.open`` (read-only) without the not-georeferenced warning; errors name the file."""
     import rasterio

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from co2s.data.raster import Window, open_raster, placement
+from co2s.data.raster import Window, open_raster, placed_by_points
 from co2s.data.labels import LabelEncoder
 from co2s.errors import DataError
 
@@ -59,13 +59,11 @@ def set_crs(kind: str, path: Path | None) -> str:
 
 
 def _placed_by_points(path: Path) -> str | None:
-    """"ground control points" or "RPCs" when they, not a geotransform, place the raster."""
     try:
         with open_raster(path) as src:
-            placed = placement(src)
+            return placed_by_points(src)
     except DataError:
         return None
-    return "ground control points" if "gcps" in placed else "RPCs" if "rpcs" in placed else None
 
 
 def parse_crs(value, what: str, kind: str = "raster", path: Path | None = None):

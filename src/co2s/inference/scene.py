@@ -33,7 +33,7 @@ from PIL import Image
 
 from co2s.atomic import commit, write_error
 from co2s.data.io import colorize
-from co2s.data.raster import RasterReader, Window, bounded_gdal_cache, placement
+from co2s.data.raster import RasterReader, Window, bounded_gdal_cache, placed_by_points, placement
 from co2s.errors import Co2sError
 from co2s.inference import streaming
 from co2s.inference.polygons import FORMATS, RegionPolygons, write_polygons
@@ -235,9 +235,8 @@ def predict_scene(path: Path, segmenter, outputs: dict[str, Path], options: Pred
     with bounded_gdal_cache(COMPRESS_OVERVIEW="DEFLATE"):
         source = RasterReader(path, segmenter.bands, segmenter.scale, segmenter.in_channels)
         try:
-            placed = placement(source.dataset)
-            if "gcps" in placed or "rpcs" in placed:
-                by = "ground control points" if "gcps" in placed else "RPCs"
+            by = placed_by_points(source.dataset)
+            if by:
                 notes.append(f"{path} is placed by {by}, not a geotransform: its rasters carry the same {by} "
                              "(gdalwarp makes them maps)"
                              + ("; its polygons are in pixel coordinates" if options.polygons else ""))
