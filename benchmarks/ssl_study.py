@@ -52,7 +52,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -65,7 +64,7 @@ from co2s.engine.metrics_log import read_log
 from co2s.engine.run_dir import fork_at_burn_in
 from co2s.models.loading import read_checkpoint
 from co2s.run_folder import RunFolder
-from study_records import git_revision, write_record
+from study_records import git_revision, parse_until, run_sitting, write_record
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -138,6 +137,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="any further config override, applied to every run (e.g. engine.precision=bf16-mixed)")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (0: torch's default)")
+    p.add_argument("--until", help="start only runs expected to end by then (HH:MM today, or an ISO date-time; "
+                   "expected from the recorded wall times of each method): a machine that goes away at a known "
+                   "time loses no run half done")
     p.add_argument("--report-only", action="store_true", help="only collect finished runs into tables/plots")
     return p.parse_args(argv)
 
@@ -226,6 +228,9 @@ def execute(run_dir: Path, cfg: dict, threads: int, fork_from: Path | None = Non
             forked = {"forked_from": _recorded(fork_from), "fork_step": step}
             fork_note.write_text(json.dumps(forked))
     run_dir.mkdir(parents=True, exist_ok=True)
+    # where this sitting starts: 0, the fork, or a resumed checkpoint (then the times below are of
+    # part of the run, and do not tell what a whole run costs)
+    start_step = read_checkpoint(RunFolder(run_dir).latest)["step"] if RunFolder(run_dir).latest.is_file() else 0
     cfg_path = run_dir.parent / f"{run_dir.name}.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     env = dict(os.environ)
@@ -247,10 +252,26 @@ def execute(run_dir: Path, cfg: dict, threads: int, fork_from: Path | None = Non
         if proc.returncode:
             return {"run_dir": _recorded(run_dir), "error": f"{command[3]} exited {proc.returncode}; see {log.name}"}
     record = {"run_dir": _recorded(run_dir), "train_s": round(times[0], 1), "evaluate_s": round(times[1], 1),
-              "wall_s": round(time.time() - t0, 1), "git_revision": git_revision(),
+              "wall_s": round(time.time() - t0, 1), "git_revision": git_revision(), "start_step": start_step,
               **forked}  # a forked run's times are of its steps after the fork
     write_record(done, record)
     return record
+
+
+def expected_seconds(records: list[dict], method: str, forked: bool, source: str | None) -> float | None:
+    """What a run of ``method`` is expected to take: the longest whole recorded run of it (forked
+    ones when it will fork, with ``source`` the method it forks from), 10 % more. A run that trains
+    from step 0 costs what its source costs. Runs recorded after a resume time part of a run and do
+    not count; with no whole run of the method recorded, the longest of any method (conservative)."""
+    def walls(m: str, fork: bool) -> list[float]:
+        return [r["timing"]["wall_s"] for r in records if r.get("status") == "done" and r["method"] == m
+                and ("fork_step" in r["timing"]) == fork
+                and r["timing"].get("start_step", 0) == r["timing"].get("fork_step", 0)]
+    found = walls(method, forked) or (walls(source, False) if source and not forked else [])
+    if not found:
+        found = [r["timing"]["wall_s"] for r in records if r.get("status") == "done"
+                 and "fork_step" not in r["timing"] and not r["timing"].get("start_step")]
+    return 1.1 * max(found) if found else None
 
 
 def collect(run_dir: Path, names: Names, method: str, fraction: str, seed: int) -> dict:
@@ -555,6 +576,9 @@ def main(argv=None) -> int:
         sys.exit(f"{settings_file} holds runs of other settings ({settings_file.read_text().strip()}); "
                  "give another --out")
 
+    def recorded() -> list[dict]:
+        return [json.loads(p.read_text()) for p in (out / "records").glob("*/*.json")]
+
     if not args.report_only:
         settings_file.parent.mkdir(parents=True, exist_ok=True)
         settings_file.write_text(json.dumps(settings, indent=1) + "\n")
@@ -572,9 +596,29 @@ def main(argv=None) -> int:
             status = record.get("error") or f"{record['wall_s']:.0f} s"
             print(f"[{time.strftime('%H:%M:%S')}] {m} {f} seed {s}: {status}", flush=True)
 
-        print(f"{len(plan)} runs, {args.jobs} at a time -> {out}", flush=True)
-        with ThreadPoolExecutor(args.jobs) as pool:
-            list(pool.map(job, plan))
+        until = parse_until(args.until)
+
+        def expected(item):
+            m, f, s = item
+            source = FORKS.get(m)
+            forks = source is not None and RunFolder(run_dir(source, f, s)).burn_in.is_file()
+            return expected_seconds(recorded(), m, forks, source)
+
+        def waits_for(item):
+            m, f, s = item
+            source = FORKS.get(m)  # a fork waits for its source's burn-in rather than repeat it
+            return (source, f, s) if source in methods else None
+
+        todo = [item for item in plan if not record_path(*item).is_file()]
+        print(f"{len(plan)} runs, {len(plan) - len(todo)} recorded, {args.jobs} at a time -> {out}"
+              + (f"; starting only runs expected to end by {time.ctime(until)}" if until else ""), flush=True)
+        # seed-major (a partial study covers every fraction and method of a seed first); the longest
+        # first within a seed, which packs a sitting with a deadline best
+        left = run_sitting(todo, job, jobs=args.jobs, expected=expected, waits_for=waits_for, until=until,
+                           priority=lambda item: (item[2], -(expected(item) or 0)))
+        if left:
+            print(f"[{time.strftime('%H:%M:%S')}] left for another sitting ({len(left)}): "
+                  + ", ".join(f"{m} {f} seed {s}" for m, f, s in left), flush=True)
 
     records = [json.loads(record_path(m, f, s).read_text()) if record_path(m, f, s).is_file()
                else collect(run_dir(m, f, s), names, m, f, s) for m, f, s in plan]
