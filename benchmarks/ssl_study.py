@@ -266,7 +266,8 @@ def expected_seconds(records: list[dict], method: str, forked: bool, source: str
     def walls(m: str, fork: bool) -> list[float]:
         return [r["timing"]["wall_s"] for r in records if r.get("status") == "done" and r["method"] == m
                 and ("fork_step" in r["timing"]) == fork
-                and r["timing"].get("start_step", 0) == r["timing"].get("fork_step", 0)]
+                # (records from before start_step was kept began at 0, or at their fork)
+                and r["timing"].get("start_step", r["timing"].get("fork_step", 0)) == r["timing"].get("fork_step", 0)]
     found = walls(method, forked) or (walls(source, False) if source and not forked else [])
     if not found:
         found = [r["timing"]["wall_s"] for r in records if r.get("status") == "done"

@@ -127,11 +127,13 @@ def test_expected_run_time_comes_from_whole_runs_of_the_same_kind():
     records = [
         _record("co2s", 6000.0, start_step=0),
         _record("co2s-detached", 3600.0, start_step=1800, fork_step=1800),
+        _record("co2s-detached", 3000.0, fork_step=1800),  # before start_step was recorded: from its fork
         _record("unimatch-cnn", 1000.0, start_step=2300),  # resumed: part of a run
         _record("supervised-cnn", 1500.0),  # before start_step was recorded: a whole run
     ]
     expected = ssl_study.expected_seconds
     assert expected(records, "co2s-detached", True, "co2s") == pytest.approx(1.1 * 3600)
+    assert expected(records[2:], "co2s-detached", True, "co2s") == pytest.approx(1.1 * 3000)
     # not forked (its source's burn-in is gone): it costs what its source costs
     assert expected(records, "co2s-detached", False, "co2s") == pytest.approx(1.1 * 6000)
     assert expected(records, "supervised-cnn", False, None) == pytest.approx(1.1 * 1500)
