@@ -225,6 +225,8 @@ CASES: list[Case] = [
     Case("format-foreign", "pair", edit_json(lambda r: r.update(format="onnx")), "json", "not a co2s model config"),
     Case("record-a-list", "pair", edit_text(lambda t: "[1, 2]"), "json", "not a co2s model config"),
     Case("json-truncated", "pair", edit_text(lambda t: t[: len(t) // 2]), "json", "unreadable"),
+    # a key given twice (hand-edited): JSON readers keep the last one, silently dropping the first
+    Case("json-repeated-key", "pair", edit_text(lambda t: t.replace("{", '{"step": 7, ', 1)), "json", "given twice"),
     Case("json-not-utf8", "pair", edit_config_bytes(lambda b: b.replace(b'"c0"', b'"c\xff0"', 1)), "json",
          "unreadable"),
     Case("json-nested-100k", "pair", in_turn(edit_json(nested), edit_text(lambda t: t.replace(

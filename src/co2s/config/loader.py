@@ -95,6 +95,24 @@ def _mapping_without_repeats(loader: _ConfigLoader, node: yaml.MappingNode) -> d
 _ConfigLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_repeats)
 
 
+def _object_without_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise ValueError(f"the key {key!r} is given twice in one object; JSON readers keep only the last, "
+                             "dropping the first without a word")
+        found[key] = value
+    return found
+
+
+def parse_json(text: str) -> Any:
+    """``json.loads``, except that a key given twice in one object is a ``ValueError`` (as in YAML
+    configs, :class:`_ConfigLoader`): for the JSON files co2s reads that people edit by hand."""
+    import json
+
+    return json.loads(text, object_pairs_hook=_object_without_repeats)
+
+
 def _parse_yaml(text: str, origin: str) -> dict[str, Any]:
     try:
         data = yaml.load(text, Loader=_ConfigLoader)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from co2s.config.limits import MAX_MODEL_RECORD_BYTES, MAX_MODELS
-from co2s.config.loader import config_to_dict
+from co2s.config.loader import config_to_dict, parse_json
 from co2s.errors import CheckpointError
 from co2s.run_folder import RunFolder
 from co2s.models.contract import InferenceContract, contract_for
@@ -325,8 +325,6 @@ _RECORD_KEYS = {"format", "format_version", "co2s_version", "contract", "step", 
 
 def _read_model_record(path: Path) -> dict:
     """A folder's ``co2s_model.json``, its size bounded and the fields read here checked for type."""
-    import json
-
     if not path.is_file():
         raise CheckpointError(f"{path}: is not a file")
     size = path.stat().st_size
@@ -334,7 +332,7 @@ def _read_model_record(path: Path) -> dict:
         raise CheckpointError(f"{path}: {size} bytes, more than a model config holds (at most "
                               f"{MAX_MODEL_RECORD_BYTES}; docs/models.md#limits-on-what-co2s-reads)")
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = parse_json(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(f"{path}: unreadable model config: {first}") from None
