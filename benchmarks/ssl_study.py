@@ -85,6 +85,9 @@ METHODS = {
     "co2s": ("co2s", ["{a}", "{b}"], {"stability_gradient": True}),
     "co2s-detached": ("co2s", ["{a}", "{b}"], {"stability_gradient": False}),
 }
+#: beside the comparison the study is for (each student supervised and with UniMatch, Co2S with and
+#: without the stability gradient): a sitting starts them only when no run of that comparison is left
+EXTRAS = {"fixmatch-{b}"}
 #: method -> the method whose burn-in is its own: the same students and config but for what acts only
 #: after the burn-in, so it continues from that run's burn_in.ckpt (engine.run_dir.fork_at_burn_in)
 #: instead of repeating the same computation; when that run has none yet it trains from step 0
@@ -613,10 +616,12 @@ def main(argv=None) -> int:
         todo = [item for item in plan if not record_path(*item).is_file()]
         print(f"{len(plan)} runs, {len(plan) - len(todo)} recorded, {args.jobs} at a time -> {out}"
               + (f"; starting only runs expected to end by {time.ctime(until)}" if until else ""), flush=True)
-        # seed-major (a partial study covers every fraction and method of a seed first); the longest
-        # first within a seed, which packs a sitting with a deadline best
+        # the comparison's runs before the extras; seed-major (a partial study covers every fraction
+        # and method of a seed first); the longest first within a seed, which packs a sitting with a
+        # deadline best
+        extras = {names.name(m) for m in EXTRAS}
         left = run_sitting(todo, job, jobs=args.jobs, expected=expected, waits_for=waits_for, until=until,
-                           priority=lambda item: (item[2], -(expected(item) or 0)))
+                           priority=lambda item: (item[0] in extras, item[2], -(expected(item) or 0)))
         if left:
             print(f"[{time.strftime('%H:%M:%S')}] left for another sitting ({len(left)}): "
                   + ", ".join(f"{m} {f} seed {s}" for m, f, s in left), flush=True)
