@@ -13,16 +13,21 @@ import pytest
 from tests.conftest import REPO
 
 
-@pytest.fixture(scope="module")
-def study_records():
+def _benchmark_script(name: str):
+    """benchmarks/NAME.py as a module (the scripts import their siblings from that folder)."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     try:
-        spec = importlib.util.spec_from_file_location("study_records", REPO / "benchmarks" / "study_records.py")
+        spec = importlib.util.spec_from_file_location(f"{name}_under_test", REPO / "benchmarks" / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        yield module
+        return module
     finally:
         sys.path.remove(str(REPO / "benchmarks"))
+
+
+@pytest.fixture(scope="module")
+def study_records():
+    return _benchmark_script("study_records")
 
 
 class FakeClock:
@@ -117,13 +122,7 @@ def _record(method, wall, **timing):
 
 
 def test_expected_run_time_comes_from_whole_runs_of_the_same_kind():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location("ssl_study_under_test", REPO / "benchmarks" / "ssl_study.py")
-        ssl_study = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(ssl_study)
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    ssl_study = _benchmark_script("ssl_study")
     records = [
         _record("co2s", 6000.0, start_step=0),
         _record("co2s-detached", 3600.0, start_step=1800, fork_step=1800),
