@@ -580,8 +580,13 @@ def main(argv=None) -> int:
         sys.exit(f"{settings_file} holds runs of other settings ({settings_file.read_text().strip()}); "
                  "give another --out")
 
+    read: dict[Path, dict] = {}  # a record is written once, whole, and never changed: read each once
+
     def recorded() -> list[dict]:
-        return [json.loads(p.read_text()) for p in (out / "records").glob("*/*.json")]
+        for path in (out / "records").glob("*/*.json"):
+            if path not in read:
+                read[path] = json.loads(path.read_text())
+        return list(read.values())
 
     if not args.report_only:
         settings_file.parent.mkdir(parents=True, exist_ok=True)
