@@ -92,6 +92,10 @@ EXTRAS = {"fixmatch-{b}"}
 #: after the burn-in, so it continues from that run's burn_in.ckpt (engine.run_dir.fork_at_burn_in)
 #: instead of repeating the same computation; when that run has none yet it trains from step 0
 FORKS = {"co2s-detached": "co2s"}
+#: what a two-student run's validation selects best.ckpt by, unless --set eval.prediction says
+#: otherwise: the package default when the study began. Pinned here so that a default set from this
+#: study's evidence (co2s.config.schema.DEFAULT_FUSION) cannot change how the runs still to come are chosen
+SELECTED_BY = "confidence"
 PREDICTION_KINDS = ("{a}", "{b}", "mean", "confidence")  # of a two-student run, in table order
 CURVE_KEYS = ("{a}/pseudo_label_acc", "{b}/pseudo_label_acc", "{a}/pseudo_label_acc_confident",
               "{b}/pseudo_label_acc_confident", "{a}/confident_ratio", "{b}/confident_ratio",
@@ -193,6 +197,8 @@ def run_config(base: dict, names: Names, method: str, split_dir: Path, seed: int
     cfg["train"]["method"] = train_method
     cfg["train"]["seed"] = seed
     cfg["train"]["semi"].update(semi)
+    if len(students) == 2 and cfg["eval"].get("prediction") is None:
+        cfg["eval"]["prediction"] = SELECTED_BY
     return cfg
 
 

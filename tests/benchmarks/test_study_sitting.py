@@ -139,3 +139,20 @@ def test_expected_run_time_comes_from_whole_runs_of_the_same_kind():
     # only a resumed run recorded: the longest whole run of any method, not the partial time
     assert expected(records, "unimatch-cnn", False, None) == pytest.approx(1.1 * 6000)
     assert expected([], "co2s", False, None) is None
+
+
+def test_two_student_runs_select_by_the_pinned_prediction_not_the_package_default(tmp_path):
+    """A default set later from the study's evidence must not change how its remaining runs pick
+    best.ckpt; a prediction the user asked for (--set eval.prediction=...) still wins."""
+    study = _benchmark_script("ssl_study")
+    names = study.Names("clip", "cnn")
+
+    def base(prediction=None):
+        return {"name": "x", "model": {"students": [{"name": "clip"}, {"name": "cnn"}]},
+                "data": {"splits": {}}, "train": {"semi": {}}, "eval": {"prediction": prediction}}
+
+    split = tmp_path / "1-8_seed0"
+    assert study.run_config(base(), names, "co2s", split, 0)["eval"]["prediction"] == study.SELECTED_BY
+    assert study.run_config(base(), names, "co2s-detached", split, 0)["eval"]["prediction"] == study.SELECTED_BY
+    assert study.run_config(base(), names, "supervised-cnn", split, 0)["eval"]["prediction"] is None
+    assert study.run_config(base("mean"), names, "co2s", split, 0)["eval"]["prediction"] == "mean"
