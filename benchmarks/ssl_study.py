@@ -94,7 +94,7 @@ EXTRAS = {"fixmatch-{b}"}
 FORKS = {"co2s-detached": "co2s"}
 #: what a two-student run's validation selects best.ckpt by, unless --set eval.prediction says
 #: otherwise: the package default when the study began. Pinned here so that a default set from this
-#: study's evidence (co2s.config.schema.DEFAULT_FUSION) cannot change how the runs still to come are chosen
+#: study's evidence (eval.prediction auto, co2s.config.schema) cannot change how its remaining runs are chosen
 SELECTED_BY = "confidence"
 PREDICTION_KINDS = ("{a}", "{b}", "mean", "confidence")  # of a two-student run, in table order
 CURVE_KEYS = ("{a}/pseudo_label_acc", "{b}/pseudo_label_acc", "{a}/pseudo_label_acc_confident",

@@ -31,6 +31,7 @@ from co2s.models.weight_checks import check_fit, expected_tensors, tensor_infos
 from co2s.engine.metrics_log import MetricsLog, take_validation
 from co2s.engine.optim import poly_factor, set_lr
 from co2s.config.compare import config_differences
+from co2s.config.schema import best_on_validation, resolve_prediction
 from co2s.engine.run_dir import (Run, check_run_dir, extended_config, last_run_info, prepare_run_dir,
                                  write_run_info)
 from co2s.engine.run_lock import RunLock
@@ -342,7 +343,7 @@ class Trainer:
 
     def _checkpoint_state(self, fabric, state: dict) -> dict:
         contract = contract_for({name: state[name] for name in self._model_names}, self.config, gsd=self._gsd,
-                                auto_scale=self._auto_scale)
+                                auto_scale=self._auto_scale, validated=(state["best"] or {}).get("prediction"))
         return {**state, "config": config_to_dict(self.config), "rng": _rng_state(fabric),
                 "contract": contract.to_record()}
 
@@ -390,7 +391,9 @@ class Trainer:
                                         progress=self.progress and fabric.is_global_zero)
         for m in method.modules.values():
             m.train()
-        main = segmenter.prediction
+        # eval.prediction auto: the prediction this validation scores highest selects the model
+        main = resolve_prediction(self.config.eval.prediction, list(method.modules),
+                                  validated=best_on_validation({k: r["mIoU"] for k, r in results.items()}))
         score = results[main]["mIoU"]
         record = {"step": state["step"], "kind": "val", "split": "val", "selected_by": main,
                   **{f"mIoU/{k}": r["mIoU"] for k, r in results.items()}, "mIoU": score,
