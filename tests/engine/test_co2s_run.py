@@ -72,12 +72,13 @@ def test_co2s_train_evaluate_predict(tiny_dataset, tmp_path):
 def test_auto_prediction_is_the_validation_winner_and_the_checkpoint_keeps_it(tiny_dataset, tmp_path, monkeypatch):
     """With eval.prediction auto (the default for two students) the student or fusion that scores
     highest on a validation selects best.ckpt, and that checkpoint, its export and its evaluation
-    predict it. The validation scores are rigged so that the winner is known: dino at step 2."""
+    predict it, and so does latest.ckpt (written before the validation of its step). The validation
+    scores are rigged so that the winners are known: dino at step 2, then mean, higher, at step 4."""
     import co2s.engine.trainer as trainer
     from co2s import Segmenter
 
     real = trainer.score_predictions
-    rigged = iter([{"dino": 90.0}, {"mean": 80.0}])  # step 2: dino wins; step 4: mean wins, lower
+    rigged = iter([{"dino": 90.0}, {"mean": 95.0}])
 
     def scored(*args, **kwargs):
         results = real(*args, **kwargs)
@@ -95,14 +96,15 @@ def test_auto_prediction_is_the_validation_winner_and_the_checkpoint_keeps_it(ti
         {"name": "dino", "backbone": {"kind": "dinov3", "arch": "tiny"}, "guidance": "queries"}]}
     result = train(validate(cfg), progress=False)
     vals = [r for r in read_log(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "val"]
-    assert [(r["selected_by"], r["mIoU"]) for r in vals] == [("dino", 90.0), ("mean", 80.0)]
-    assert result.best["prediction"] == "dino" and result.best["step"] == 2
+    assert [(r["selected_by"], r["mIoU"]) for r in vals] == [("dino", 90.0), ("mean", 95.0)]
+    assert result.best["prediction"] == "mean" and result.best["step"] == 4
 
     best = Segmenter.load(tmp_path / "run" / "best.ckpt")
-    assert best.prediction == "dino" and best.prediction_models == ["dino"]
-    assert Segmenter.load(tmp_path / "run" / "best.ckpt", prediction="auto").prediction == "dino"
-    assert Segmenter.load(tmp_path / "run" / "best.ckpt", prediction="mean").prediction == "mean"
+    assert best.prediction == "mean" and best.prediction_models == ["clip", "dino"]
+    assert Segmenter.load(tmp_path / "run" / "latest.ckpt").prediction == "mean"
+    assert Segmenter.load(tmp_path / "run" / "best.ckpt", prediction="auto").prediction == "mean"
+    assert Segmenter.load(tmp_path / "run" / "best.ckpt", prediction="dino").prediction == "dino"
     monkeypatch.setattr(trainer, "score_predictions", real)
-    assert evaluate_checkpoint(tmp_path / "run" / "best.ckpt", split="test", progress=False)["prediction"] == "dino"
+    assert evaluate_checkpoint(tmp_path / "run" / "best.ckpt", split="test", progress=False)["prediction"] == "mean"
     folder = best.save_pretrained(tmp_path / "exported")
-    assert Segmenter.load(folder).prediction == "dino"
+    assert Segmenter.load(folder).prediction == "mean"

@@ -341,9 +341,15 @@ class Trainer:
         log.close()
         return Run(self.run_dir, state["step"], state["best"], fabric.is_global_zero, schedule.burn_in)
 
+    def _prediction(self, state: dict) -> str:
+        """What a checkpoint of ``state`` predicts: ``eval.prediction``, with ``auto`` the choice
+        of the best validation so far."""
+        return resolve_prediction(self.config.eval.prediction, self._model_names,
+                                  (state["best"] or {}).get("prediction"))
+
     def _checkpoint_state(self, fabric, state: dict) -> dict:
         contract = contract_for({name: state[name] for name in self._model_names}, self.config, gsd=self._gsd,
-                                auto_scale=self._auto_scale, validated=(state["best"] or {}).get("prediction"))
+                                auto_scale=self._auto_scale, prediction=self._prediction(state))
         return {**state, "config": config_to_dict(self.config), "rng": _rng_state(fabric),
                 "contract": contract.to_record()}
 
@@ -399,9 +405,13 @@ class Trainer:
                   **{f"mIoU/{k}": r["mIoU"] for k, r in results.items()}, "mIoU": score,
                   "IoU": results[main]["IoU"],  # per class, of the selecting prediction (the model card's)
                   "images": len(val_set), "seconds": round(time.perf_counter() - start, 2)}  # what validation costs
+        before = self._prediction(state)
         improved = _take_val_record(state, record)
         if improved:  # committed before the record: a logged validation never lacks its best.ckpt
             save_checkpoint(fabric, RunFolder(self.run_dir).best, self._checkpoint_state(fabric, state))
+            if self._prediction(state) != before:
+                # eval.prediction auto chose anew: `latest`, written before this validation, says so too
+                save_checkpoint(fabric, RunFolder(self.run_dir).latest, self._checkpoint_state(fabric, state))
         log.write(record)
         if fabric.is_global_zero:
             others = ", ".join(f"{k} {r['mIoU']:.2f}" for k, r in results.items() if k != main)
