@@ -64,6 +64,9 @@ def run_cell(setting: str, labelled: int, seed: int, work: Path, extra: list[str
         val = co2s.evaluate_checkpoint(Path(run["checkpoint"]), split="val", progress=False, overwrite=True)
         record[name] = {"test_mIoU": run["mIoU"], "test_IoU": run["IoU"], "val_mIoU": val["mIoU"],
                         "val_IoU": val["IoU"], "prediction": run["prediction"],
+                        # every student's and fusion's score: what the reported prediction was chosen from
+                        "test_mIoU_by_prediction": run.get("mIoU_by_prediction"),
+                        "val_mIoU_by_prediction": {n: s["mIoU"] for n, s in val["predictions"].items()},
                         "train_seconds": run["train_seconds"]}
     record["gain"] = {split: record["co2s"][f"{split}_mIoU"] - record["supervised"][f"{split}_mIoU"]
                       for split in ("val", "test")}

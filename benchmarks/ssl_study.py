@@ -57,6 +57,7 @@ from pathlib import Path
 import yaml
 
 from co2s.config.loader import config_to_dict, load_config
+from co2s.config.schema import best_on_validation
 from co2s.data.sources import read_split
 from co2s.data.splits import make_splits, ratio_tag
 from co2s.models.loading import portable_config
@@ -94,7 +95,7 @@ EXTRAS = {"fixmatch-{b}"}
 FORKS = {"co2s-detached": "co2s"}
 #: what a two-student run's validation selects best.ckpt by, unless --set eval.prediction says
 #: otherwise: the package default when the study began. Pinned here so that a default set from this
-#: study's evidence (co2s.config.schema.DEFAULT_FUSION) cannot change how the runs still to come are chosen
+#: study's evidence (eval.prediction auto, co2s.config.schema) cannot change how its remaining runs are chosen
 SELECTED_BY = "confidence"
 PREDICTION_KINDS = ("{a}", "{b}", "mean", "confidence")  # of a two-student run, in table order
 CURVE_KEYS = ("{a}/pseudo_label_acc", "{b}/pseudo_label_acc", "{a}/pseudo_label_acc_confident",
@@ -426,6 +427,23 @@ def validation_choice(records: list[dict], names: Names, fractions: list[str]) -
         best = max(means, key=means.get)
         lines += ["", f"Best prediction of co2s by mean validation mIoU over every fraction and seed: **{best}** "
                   f"({means[best]:.2f}; " + ", ".join(f"{p} {m:.2f}" for p, m in means.items() if p != best) + ")."]
+    lines += ["", "Per run, the prediction that scored highest on validation at the tested checkpoint's step "
+              "(what `eval.prediction: auto`, the package default for two students, predicts with those "
+              "weights) and its test mIoU, against the confidence fusion the study selected checkpoints by:",
+              "", "| method | fraction | validation's choice per seed (test mIoU) | choice: test mIoU | "
+              "confidence fusion: test mIoU |", "|---|---|---|---|---|"]
+    for method in names.methods:
+        for f in fractions:
+            found = sorted((r for r in runs if r["method"] == method and r["fraction"] == f), key=lambda r: r["seed"])
+            picks = []
+            for r in found:
+                at = [v for v in r["val"] if v["step"] == r["checkpoint_step"]]
+                if at:
+                    choice = best_on_validation({k: v for k, v in at[0].items() if k != "step"})
+                    picks.append((r["seed"], choice, r["test"][choice]["mIoU"], r["test"]["confidence"]["mIoU"]))
+            if picks:
+                lines.append(f"| {method} | {f} | " + ", ".join(f"seed {s}: {c} ({t:.1f})" for s, c, t, _ in picks)
+                             + f" | {fmt([p[2] for p in picks])} | {fmt([p[3] for p in picks])} |")
     return lines
 
 

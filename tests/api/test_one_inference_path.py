@@ -29,6 +29,7 @@ def _train(tiny_dataset, tmp_path, method):
         cfg["model"] = CO2S_TINY
         cfg["data"]["splits"]["unlabelled"] = "unl.txt"
         cfg["train"]["lr"] = 1e-4
+        cfg["eval"]["prediction"] = "confidence"  # the fused path (the default, auto, may choose a student)
     cfg["eval"]["window"] = 32  # the 48 px test images take overlapping tiles
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -146,7 +146,7 @@ def test_model_section_is_a_union_by_name_and_config_is_immutable():
     assert paper.override({"eval.prediction": "dino"}).eval.prediction == "dino"
     with pytest.raises(ConfigError, match="eval.prediction must be one of"):
         paper.override({"eval.prediction": "median"})
-    with pytest.raises(ConfigError, match="eval.prediction must be one of \\['model'\\]"):
+    with pytest.raises(ConfigError, match="eval.prediction must be one of \\['model', 'auto'\\]"):
         cnn.override({"eval.prediction": "mean"})  # a fusion needs two students
 
 

@@ -14,7 +14,7 @@ import torch
 import co2s
 from co2s.config.loader import load_config, validate
 from co2s.config.migrate import Co2sDeprecationWarning
-from co2s.errors import CheckpointError, ConfigError
+from co2s.errors import CheckpointError, Co2sError, ConfigError
 from co2s.models.factory import build_models
 from co2s.models.loading import MODEL_CONFIG
 from tests.compat.make_v1_fixtures import OUT
@@ -158,3 +158,21 @@ def test_a_checkpoint_out_of_bounds_or_disagreeing_with_its_weights_is_refused(t
     with pytest.raises(CheckpointError, match=message) as info:
         co2s.Segmenter.load(ckpt)
     assert str(ckpt) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_auto_prediction_resolves_to_the_validation_winner_else_the_confidence_fusion():
+    from co2s.config.schema import UNVALIDATED_FUSION, best_on_validation, resolve_prediction
+
+    pair = ["clip", "cnn"]
+    assert UNVALIDATED_FUSION == "confidence"
+    assert resolve_prediction(None, pair) == resolve_prediction("auto", pair) == UNVALIDATED_FUSION
+    assert resolve_prediction(None, pair, validated="cnn") == resolve_prediction("auto", pair, "cnn") == "cnn"
+    assert resolve_prediction("mean", pair, validated="cnn") == "mean"  # a fixed choice stays fixed
+    assert resolve_prediction("auto", pair, validated="dino") == UNVALIDATED_FUSION  # not this pair's
+    assert resolve_prediction("auto", ["model"]) == resolve_prediction(None, ["model"]) == "model"
+    with pytest.raises(Co2sError, match="unknown prediction 'median'"):
+        resolve_prediction("median", pair)
+    nan = float("nan")
+    assert best_on_validation({"clip": 30.0, "cnn": 41.0, "mean": 41.0, "confidence": nan}) == "cnn"
+    assert best_on_validation({"clip": nan, "mean": 12.0}) == "mean"
+    assert best_on_validation({"clip": nan}) is None

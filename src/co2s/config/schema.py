@@ -29,9 +29,16 @@ RGB = tuple[int, int, int]
 #: student's name. The one definition: config validation, inference and the CLI read it from here.
 Fusion = Literal["mean", "confidence"]
 FUSIONS: tuple[str, ...] = get_args(Fusion)
-#: what two students predict when ``eval.prediction`` is not set (SPEC 2.6: until the project's
-#: study says which mode wins on validation)
-DEFAULT_FUSION = "confidence"
+#: ``eval.prediction: auto``, the default for two students: per run, the prediction (either student
+#: or either fusion) that scores highest on validation, which then selects best.ckpt and is what the
+#: trained model predicts. SPEC 2.6 makes the default "the mode that wins on validation in the
+#: project's study"; that study (docs/benchmarks.md section 1) found the winner depends on the pair
+#: and the run (on AI4Mars the CPU pair's CNN student alone won most Co2S runs, a fusion some), so
+#: the choice is made on each run's own validation.
+AUTO_PREDICTION = "auto"
+#: what ``auto`` predicts for two students when no validation has chosen (a run without a val
+#: split, or before its first validation): SPEC 2.6's interim default
+UNVALIDATED_FUSION = "confidence"
 
 
 def prediction_choices(model_names: list[str]) -> list[str]:
@@ -39,17 +46,30 @@ def prediction_choices(model_names: list[str]) -> list[str]:
     return [*model_names, *(FUSIONS if len(model_names) == 2 else ())]
 
 
-def resolve_prediction(requested: str | None, model_names: list[str]) -> str:
-    """The prediction to make: ``requested``, else ``DEFAULT_FUSION`` for two students, else the
-    only model. The one place that decides it (config, validation, evaluate, predict, export)."""
+def resolve_prediction(requested: str | None, model_names: list[str], validated: str | None = None) -> str:
+    """The prediction to make: ``requested``; unset, ``auto`` for two students, else the only
+    model; ``auto`` is ``validated`` (what won the validation the weights were chosen by, see
+    :func:`best_on_validation`), else ``UNVALIDATED_FUSION``. The one place that decides it
+    (config, validation, checkpoints, evaluate, predict, export)."""
     from co2s.errors import Co2sError
 
     choices = prediction_choices(model_names)
     if requested is None:
-        requested = DEFAULT_FUSION if len(model_names) == 2 else model_names[0]
+        requested = AUTO_PREDICTION if len(model_names) == 2 else model_names[0]
+    if requested == AUTO_PREDICTION:
+        if len(model_names) == 1:
+            return model_names[0]
+        requested = validated if validated in choices else UNVALIDATED_FUSION
     if requested not in choices:
         raise Co2sError(f"unknown prediction {requested!r}; choose from {choices}")
     return requested
+
+
+def best_on_validation(scores: dict[str, float]) -> str | None:
+    """The prediction with the highest finite validation mIoU (the first of equals, in the order
+    scored: students, then fusions), as ``auto`` chooses it; None when no score is finite."""
+    finite = {name: value for name, value in scores.items() if math.isfinite(value)}
+    return max(finite, key=finite.get) if finite else None
 
 
 class MethodFacts(NamedTuple):
@@ -778,9 +798,10 @@ class EvalConfig(_Strict):
     batch_size: int = Field(default=4, ge=1, le=limits.MAX_BATCH_SIZE, description="windows per forward pass")
     prediction: str | None = Field(
         default=None,
-        description="what validation selects by and the model predicts by default: a model's name, or "
-        "for two students a fusion (mean; confidence: per pixel, the more confident student); null = "
-        f"{DEFAULT_FUSION} for two students, the only model otherwise (was train.semi.fusion)",
+        description="what validation selects best.ckpt by and the model predicts by default: a model's name; "
+        "for two students a fusion (mean; confidence: per pixel, the more confident student) or auto (the "
+        "student or fusion that scores highest on this run's validation); null = auto for two students, "
+        f"the only model otherwise; auto without a validation = {UNVALIDATED_FUSION} (was train.semi.fusion)",
     )
 
 
@@ -809,7 +830,7 @@ class Config(_Strict):
                              f"'model.students=[...]', or use train.method co2s")
         if facts.uses_unlabelled and not (self.data.splits.unlabelled or self.data.scenes):
             raise ValueError(f"train.method {method} needs data.splits.unlabelled (or data.scenes)")
-        choices = prediction_choices(self.model_names)
+        choices = [*prediction_choices(self.model_names), AUTO_PREDICTION]
         if self.eval.prediction is not None and self.eval.prediction not in choices:
             raise ValueError(f"eval.prediction must be one of {choices}, got {self.eval.prediction!r}")
         problem = limits.tiling_problem(*self.tiling, self.eval.batch_size)

@@ -31,6 +31,7 @@ from co2s.models.weight_checks import check_fit, expected_tensors, tensor_infos
 from co2s.engine.metrics_log import MetricsLog, take_validation
 from co2s.engine.optim import poly_factor, set_lr
 from co2s.config.compare import config_differences
+from co2s.config.schema import best_on_validation, resolve_prediction
 from co2s.engine.run_dir import (Run, check_run_dir, extended_config, last_run_info, prepare_run_dir,
                                  write_run_info)
 from co2s.engine.run_lock import RunLock
@@ -340,9 +341,15 @@ class Trainer:
         log.close()
         return Run(self.run_dir, state["step"], state["best"], fabric.is_global_zero, schedule.burn_in)
 
+    def _prediction(self, state: dict) -> str:
+        """What a checkpoint of ``state`` predicts: ``eval.prediction``, with ``auto`` the choice
+        of the best validation so far."""
+        return resolve_prediction(self.config.eval.prediction, self._model_names,
+                                  (state["best"] or {}).get("prediction"))
+
     def _checkpoint_state(self, fabric, state: dict) -> dict:
         contract = contract_for({name: state[name] for name in self._model_names}, self.config, gsd=self._gsd,
-                                auto_scale=self._auto_scale)
+                                auto_scale=self._auto_scale, prediction=self._prediction(state))
         return {**state, "config": config_to_dict(self.config), "rng": _rng_state(fabric),
                 "contract": contract.to_record()}
 
@@ -390,15 +397,21 @@ class Trainer:
                                         progress=self.progress and fabric.is_global_zero)
         for m in method.modules.values():
             m.train()
-        main = segmenter.prediction
+        # eval.prediction auto: the prediction this validation scores highest selects the model
+        main = resolve_prediction(self.config.eval.prediction, list(method.modules),
+                                  validated=best_on_validation({k: r["mIoU"] for k, r in results.items()}))
         score = results[main]["mIoU"]
         record = {"step": state["step"], "kind": "val", "split": "val", "selected_by": main,
                   **{f"mIoU/{k}": r["mIoU"] for k, r in results.items()}, "mIoU": score,
                   "IoU": results[main]["IoU"],  # per class, of the selecting prediction (the model card's)
                   "images": len(val_set), "seconds": round(time.perf_counter() - start, 2)}  # what validation costs
+        before = self._prediction(state)
         improved = _take_val_record(state, record)
         if improved:  # committed before the record: a logged validation never lacks its best.ckpt
             save_checkpoint(fabric, RunFolder(self.run_dir).best, self._checkpoint_state(fabric, state))
+            if self._prediction(state) != before:
+                # eval.prediction auto chose anew: `latest`, written before this validation, says so too
+                save_checkpoint(fabric, RunFolder(self.run_dir).latest, self._checkpoint_state(fabric, state))
         log.write(record)
         if fabric.is_global_zero:
             others = ", ".join(f"{k} {r['mIoU']:.2f}" for k, r in results.items() if k != main)

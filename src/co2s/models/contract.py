@@ -147,16 +147,19 @@ class InferenceContract(_Record):
         return self.model_dump(mode="json")
 
     def with_prediction(self, prediction: str | None) -> InferenceContract:
-        """The same contract predicting ``prediction`` by default (None: unchanged)."""
+        """The same contract predicting ``prediction`` by default (None, or ``auto``: unchanged,
+        the prediction its training chose)."""
         if prediction is None:
             return self
-        return self.model_copy(update={"prediction": resolve_prediction(prediction, self.model_names)})
+        resolved = resolve_prediction(prediction, self.model_names, validated=self.prediction)
+        return self.model_copy(update={"prediction": resolved})
 
 
 def contract_for(models: dict, config, prediction: str | None = None, gsd: float | None = None,
-                 auto_scale: float | None = None) -> InferenceContract:
+                 auto_scale: float | None = None, validated: str | None = None) -> InferenceContract:
     """The contract of ``models`` (built from, and trained under, ``config``); ``prediction``
-    defaults to ``eval.prediction`` (resolved: a fusion for two students, else the model), ``gsd``
+    defaults to ``eval.prediction``, resolved (:func:`~co2s.config.schema.resolve_prediction`:
+    ``auto`` is ``validated``, the winner of the validation that chose these weights); ``gsd``
     to ``data.gsd`` (the trainer passes the ones its data module resolved, ``auto_scale`` too)."""
     modules = {name: getattr(m, "module", m) for name, m in models.items()}  # Fabric/DDP wrappers
     missing = [name for name, m in modules.items() if getattr(m, "architecture", None) is None]
@@ -172,6 +175,6 @@ def contract_for(models: dict, config, prediction: str | None = None, gsd: float
         tiling=Tiling(window=window, stride=stride, batch_size=config.eval.batch_size),
         gsd=gsd if gsd is not None else config.data.gsd,
         auto_scale=auto_scale if config.data.scale == "auto" else None,
-        prediction=resolve_prediction(prediction or config.eval.prediction, list(modules)),
+        prediction=resolve_prediction(prediction or config.eval.prediction, list(modules), validated),
         architectures={name: m.architecture for name, m in modules.items()},
     )
