@@ -156,10 +156,10 @@ class InferenceContract(_Record):
 
 
 def contract_for(models: dict, config, prediction: str | None = None, gsd: float | None = None,
-                 auto_scale: float | None = None, validated: str | None = None) -> InferenceContract:
+                 auto_scale: float | None = None) -> InferenceContract:
     """The contract of ``models`` (built from, and trained under, ``config``); ``prediction``
-    defaults to ``eval.prediction``, resolved (:func:`~co2s.config.schema.resolve_prediction`:
-    ``auto`` is ``validated``, the winner of the validation that chose these weights); ``gsd``
+    defaults to ``eval.prediction``, resolved (:func:`~co2s.config.schema.resolve_prediction`;
+    the trainer passes ``auto``'s choice as ``prediction``); ``gsd``
     to ``data.gsd`` (the trainer passes the ones its data module resolved, ``auto_scale`` too)."""
     modules = {name: getattr(m, "module", m) for name, m in models.items()}  # Fabric/DDP wrappers
     missing = [name for name, m in modules.items() if getattr(m, "architecture", None) is None]
@@ -175,6 +175,6 @@ def contract_for(models: dict, config, prediction: str | None = None, gsd: float
         tiling=Tiling(window=window, stride=stride, batch_size=config.eval.batch_size),
         gsd=gsd if gsd is not None else config.data.gsd,
         auto_scale=auto_scale if config.data.scale == "auto" else None,
-        prediction=resolve_prediction(prediction or config.eval.prediction, list(modules), validated),
+        prediction=resolve_prediction(prediction or config.eval.prediction, list(modules)),
         architectures={name: m.architecture for name, m in modules.items()},
     )
