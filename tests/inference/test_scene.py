@@ -139,16 +139,21 @@ def test_confidence_preview_overviews_and_tta(trained, tmp_path, monkeypatch):
     assert not torch.allclose(plain, probs)  # TTA really changed the result
 
 
-def test_two_student_fusion_equals_whole_image_inference(tmp_path):
+def tiny_pair_config(tmp_path, **eval_):
+    """The config of ``models/co2s-tiny`` (a CLIP and a DINOv3 student) at test size."""
     cfg = tiny_config_dict(tmp_path, tmp_path / "run", crop_size=64)
     cfg["data"]["splits"]["unlabelled"] = "unl.txt"
-    cfg["preset"] = "models/co2s-tiny"
     cfg["train"]["method"] = "co2s"
+    cfg["eval"] = {**cfg.get("eval", {}), **eval_}
     cfg.pop("model")
     from co2s.config.loader import _load_raw
     from co2s.config.merge import merge_configs
 
-    config = validate(merge_configs(_load_raw("models/co2s-tiny")[0], {k: v for k, v in cfg.items() if k != "preset"}))
+    return validate(merge_configs(_load_raw("models/co2s-tiny")[0], cfg))
+
+
+def test_two_student_fusion_equals_whole_image_inference(tmp_path):
+    config = tiny_pair_config(tmp_path)
     torch.manual_seed(0)
     models = {name: m.eval() for name, m in build_models(config).items()}
     ckpt = write_model_checkpoint(tmp_path / "pair.ckpt", config, models)
@@ -162,6 +167,28 @@ def test_two_student_fusion_equals_whole_image_inference(tmp_path):
         conf = read_band(tmp_path / prediction / "pair_confidence.tif")
         probs = reference_probabilities(models, image, config, prediction)
         assert_same_prediction(classes, probs, np.ones(classes.shape, bool), conf)
+
+
+def test_auto_prediction_is_the_models_own_choice(tmp_path):
+    """``--prediction auto`` (what evaluate and export accept) predicts what the model's contract
+    chose, in predict_files and Segmenter.predict alike, instead of being refused as unknown."""
+    from co2s.inference.segmenter import Segmenter
+
+    config = tiny_pair_config(tmp_path, prediction="dino")
+    torch.manual_seed(0)
+    models = {name: m.eval() for name, m in build_models(config).items()}
+    ckpt = write_model_checkpoint(tmp_path / "pair.ckpt", config, models)
+    image = synthetic_scene(96, 120, seed=5)[0]
+    scene = write_raster(tmp_path / "pair.tif", image)
+    [r] = predict_files(ckpt, [str(scene)], tmp_path / "auto", device="cpu", progress=False, prediction="auto")
+    assert r.error is None
+    classes = read_band(tmp_path / "auto" / "pair_classes.tif")
+    assert_same_prediction(classes, reference_probabilities(models, image, config, "dino"), np.ones(classes.shape, bool))
+    assert not np.array_equal(classes, reference_probabilities(models, image, config, "clip").argmax(0).numpy())
+    segmenter = Segmenter.load(ckpt)
+    assert segmenter.resolve("auto") == segmenter.resolve(None) == "dino"
+    x = torch.from_numpy(scale_image(image, "auto"))
+    assert np.array_equal(segmenter.predict(x, "auto").classes, segmenter.predict(x, "dino").classes)
 
 
 def test_band_selection_and_uint16_scaling(trained, tmp_path):

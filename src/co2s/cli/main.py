@@ -126,7 +126,8 @@ def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def _add_prediction_arg(p: argparse.ArgumentParser, help_: str) -> None:
-    p.add_argument("--prediction", help=help_)
+    p.add_argument("--prediction", help=f"{help_} (default, or auto: the model's own, the one its training "
+                                        "chose on validation)")
     p.add_argument("--student", dest="student_alias", help=argparse.SUPPRESS)  # the old name
 
 
@@ -445,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: beside a training checkpoint; the current folder for a model folder)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing metrics file of the split")
     _add_prediction_arg(p, "which prediction leads the report: a model's name, or for two students "
-                        "mean or confidence (default: the model's, eval.prediction); all are reported")
+                        "mean or confidence; all are reported")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, auto (default)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)
@@ -466,8 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "plain images, <stem>_classes.tif (and _confidence.tif, _preview.png, _polygons.gpkg) for rasters")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files (e.g. of an "
                    "earlier prediction); an input is never replaced")
-    _add_prediction_arg(p, "a model's name, or for two students the fusion mean / confidence "
-                        "(default: the model's, eval.prediction when it was trained)")
+    _add_prediction_arg(p, "a model's name, or for two students the fusion mean / confidence")
     p.add_argument("--tile", type=int, help="tile size in pixels (default: eval.window or train.crop_size)")
     p.add_argument("--overlap", type=float, help="overlap of neighbouring tiles: pixels (>= 1) or a "
                    "fraction of the tile (< 1); default: from eval.stride, else 1/6 of the tile")
@@ -528,7 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sheet", type=int, default=12, help="suggestions shown in contact_sheet.png (default 12; "
                    "0: none)")
     _add_prediction_arg(p, "the prediction whose entropy is scored: a model's name, or for two students mean "
-                        "or confidence (default: the model's)")
+                        "or confidence")
     p.add_argument("--batch-size", type=int, help="tiles per forward pass (default: eval.batch_size)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, auto (default)")
     p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier suggestion")
@@ -581,8 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint_positional", nargs="?", metavar="CHECKPOINT",
                    help="the same, as a positional argument (older form)")
     p.add_argument("--out", required=True, help="output folder")
-    _add_prediction_arg(p, "prediction mode: a model's name, or for two students mean or confidence "
-                        "(default: the checkpoint's)")
+    _add_prediction_arg(p, "prediction mode: a model's name, or for two students mean or confidence")
     p.add_argument("--onnx", action="store_true", help="also export model.onnx (needs the onnx extra)")
     p.add_argument("--tile", type=int, help="ONNX tile size (default: the evaluation window)")
     p.add_argument("--scale", type=float, help="ONNX: what the graph divides the stored values by, for a model "

@@ -189,7 +189,7 @@ def predict_files(
     options = options or PredictOptions()
     segmenter = source if isinstance(source, Segmenter) else Segmenter.load(source, prediction=prediction)
     segmenter = segmenter.to(resolve_device(device))
-    options = replace(options, prediction=prediction or options.prediction or segmenter.prediction)
+    options = replace(options, prediction=segmenter.resolve(prediction or options.prediction))
     segmenter.check_options([options.prediction], options.tile, options.overlap, options.precision, options.tta,
                             options.batch_size)  # bad options stop before any file
     paths = list({_file_key(p): p for p in expand_inputs(inputs)}.values())  # each file once

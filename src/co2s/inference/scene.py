@@ -227,7 +227,7 @@ def predict_scene(path: Path, segmenter, outputs: dict[str, Path], options: Pred
     kind: ``classes``, and with the options ``confidence``, ``preview`` and ``polygons``; see
     ``co2s.inference.predict.output_paths``); returns them and any warnings."""
 
-    prediction = options.prediction or segmenter.prediction
+    prediction = segmenter.resolve(options.prediction)
     num_classes = segmenter.num_classes
     if num_classes >= NODATA:
         raise Co2sError(f"{num_classes} classes do not fit a uint8 class raster with nodata {NODATA}")

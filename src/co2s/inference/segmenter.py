@@ -128,6 +128,11 @@ class Segmenter(nn.Module):
         """Every prediction this Segmenter can make: each model, and both fusions for two."""
         return prediction_choices(list(self.models))
 
+    def resolve(self, prediction: str | None) -> str:
+        """``prediction`` by its name: None or ``auto`` is this model's own (the one its training's
+        validation chose, see :func:`co2s.config.schema.resolve_prediction`)."""
+        return self.contract.with_prediction(prediction).prediction
+
     @property
     def prediction_models(self) -> list[str]:
         """The models the default prediction runs: itself, or both students for a fusion."""
@@ -311,5 +316,5 @@ class Segmenter(nn.Module):
     def predict(self, image: torch.Tensor, prediction: str | None = None, **options) -> Prediction:
         """Tiled, blended prediction of one image of any size: a scaled ``[C, H, W]`` tensor or
         array, or an image file (see :meth:`predict_many` for the options)."""
-        prediction = prediction or self.prediction
+        prediction = self.resolve(prediction)
         return self.predict_many(image, [prediction], **options)[prediction]
