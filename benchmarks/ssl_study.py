@@ -447,6 +447,38 @@ def validation_choice(records: list[dict], names: Names, fractions: list[str]) -
     return lines
 
 
+def wall_times(records: list[dict], names: Names, fractions: list[str]) -> list[str]:
+    """Minutes of train + evaluate per run, by method and fraction, marked where a run's sitting
+    did not start at step 0 (a fork from its source's burn-in, or a resumed checkpoint, whose
+    time is only part of a run); whole runs are what a user would wait for."""
+    done = [r for r in records if r["status"] == "done"]
+    if not done:
+        return []
+    lines = ["", "Wall time per run (minutes of train + evaluate; f: after the fork at step N of "
+             "the source run, r: a sitting resumed at step N, only part of the run; two runs shared the "
+             "2 cores):", "", "| method | " + " | ".join(f"{f} labelled" for f in fractions) + " |",
+             "|---|" + "---|" * len(fractions)]
+    for method in names.methods:
+        cells = []
+        for f in fractions:
+            runs = sorted((r for r in done if r["method"] == method and r["fraction"] == f), key=lambda r: r["seed"])
+            marks = []
+            for r in runs:
+                timing = r["timing"]
+                minutes = f"{timing['wall_s'] / 60:.0f}"
+                if timing.get("fork_step"):
+                    minutes += f" (f {timing['fork_step']})"
+                elif timing.get("start_step"):
+                    minutes += f" (r {timing['start_step']})"
+                marks.append(f"seed {r['seed']}: {minutes}")
+            cells.append(", ".join(marks) or "-")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    total = sum(r["timing"]["wall_s"] for r in done)
+    lines += ["", f"Wall time: {total / 3600:.2f} h over {len(done)} runs (sum of the runs' wall times; "
+              "with --jobs > 1 they overlap)."]
+    return lines
+
+
 def markdown(records: list[dict], names: Names, fractions: list[str], classes: list[str], settings: dict) -> str:
     lines = ["# AI4Mars MSL semi-supervised study", "",
              "Test mIoU (%) on test_gold.txt, mean ± sample standard deviation over seeds "
@@ -506,10 +538,7 @@ def markdown(records: list[dict], names: Names, fractions: list[str], classes: l
 
     lines += validation_choice(records, names, fractions)
 
-    times = [r["timing"]["wall_s"] for r in records if r["status"] == "done"]
-    if times:
-        lines += ["", f"Wall time: {sum(times) / 3600:.2f} h over {len(times)} runs (sum of the runs' "
-                  f"wall times; with --jobs > 1 they overlap)."]
+    lines += wall_times(records, names, fractions)
     lines += ["", "Run settings: " + json.dumps(settings), ""]
     missing = [f"{r['method']} {r['fraction']} seed {r['seed']}" for r in records if r["status"] != "done"]
     if missing:
