@@ -52,6 +52,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import yaml
@@ -546,6 +547,25 @@ def markdown(records: list[dict], names: Names, fractions: list[str], classes: l
     return "\n".join(lines)
 
 
+def moving_mean(values, width: int):
+    """Centred moving average that skips missing (NaN) values; NaN where a window has none."""
+    import numpy as np
+
+    present = ~np.isnan(values)
+    kernel = np.ones(width)
+    total = np.convolve(np.where(present, values, 0.0), kernel, mode="same")
+    count = np.convolve(present.astype(float), kernel, mode="same")
+    return np.divide(total, count, out=np.full(len(values), np.nan), where=count > 0)
+
+
+def burn_in_end(record: dict) -> int:
+    """The iteration a run's supervised burn-in ended at (the trainer's own rule)."""
+    from co2s.methods.schedule import Schedule
+
+    config = load_config_dict(record["config"])
+    return Schedule.for_run(config, config.train.iters).burn_in
+
+
 def plots(records: list[dict], names: Names, fractions: list[str], out: Path) -> list[Path]:
     try:
         import matplotlib
@@ -555,21 +575,38 @@ def plots(records: list[dict], names: Names, fractions: list[str], out: Path) ->
     except ImportError:
         print("matplotlib not installed (pip install -c constraints.txt '.[bench]'): no plots")
         return []
-    from co2s.data.splits import parse_ratio
 
-    xs = [parse_ratio(f) for f in fractions]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, (label, method, pred) in enumerate(rows(records, names)):
-        means = [statistics.mean(v) if (v := cell(records, method, pred, f)) else float("nan") for f in fractions]
-        spreads = [statistics.stdev(v) if len(v := cell(records, method, pred, f)) > 1 else 0 for f in fractions]
-        ax.errorbar(xs, means, yerr=spreads, marker="o", capsize=3, label=label,
-                    color=plt.cm.tab20(i % 20))  # 13 rows: the default 10-colour cycle repeats
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(xs, fractions)
-    ax.set_xlabel("labelled fraction of train.txt")
-    ax.set_ylabel("test mIoU (%)")
-    ax.legend(fontsize=7, ncol=2)
-    ax.grid(alpha=0.3)
+    import numpy as np
+
+    # one panel per student, one for the fusions (with both supervised students as the reference);
+    # every seed a dot, the mean a bar: the seed spread is what the gaps are read against
+    table = rows(records, names)
+    panels = {f"{names.a} student": [], f"{names.b} student": [], "fusions": []}
+    for label, method, pred in table:
+        if pred in (names.a, names.b):
+            panels[f"{pred} student"].append((label, method, pred))
+            if method.startswith("supervised"):
+                panels["fusions"].append((label, method, pred))
+        else:
+            panels["fusions"].append((label, method, pred))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5.6), sharey=True)
+    for ax, (title, members) in zip(axes, panels.items()):
+        width = 0.8 / max(len(members), 1)
+        for i, (label, method, pred) in enumerate(members):
+            colour = plt.cm.tab20(table.index((label, method, pred)) % 20)  # one colour per row everywhere
+            for x, f in enumerate(fractions):
+                values = cell(records, method, pred, f)
+                if not values:
+                    continue
+                at = x - 0.4 + width * (i + 0.5)
+                ax.scatter([at] * len(values), values, s=14, color=colour, alpha=0.7,
+                           label=label if x == 0 or not cell(records, method, pred, fractions[0]) else None)
+                ax.hlines(statistics.mean(values), at - width * 0.4, at + width * 0.4, color=colour, lw=2)
+        ax.set_xticks(range(len(fractions)), [f"{f} labelled" for f in fractions])
+        ax.set_title(title)
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)  # below: no dot hidden
+    axes[0].set_ylabel("test mIoU (%): dots seeds, bars means")
     fig.tight_layout()
     paths = [out / "miou_vs_fraction.png"]
     fig.savefig(paths[0], dpi=120)
@@ -577,25 +614,43 @@ def plots(records: list[dict], names: Names, fractions: list[str], out: Path) ->
 
     co2s_runs = [r for r in records if r["method"].startswith("co2s") and r["status"] == "done"]
     if co2s_runs:
+        # rows: fractions; columns: the diagnostics; per method and student the mean over seeds
+        # (a moving average over 9 logged steps), the band the seeds' range: 42 raw curves are noise
         a, b = names.a, names.b
-        fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-        panels = [("pseudo-label accuracy of confident pixels",
-                   (f"{a}/pseudo_label_acc_confident", f"{b}/pseudo_label_acc_confident")),
-                  ("confident pixel ratio", (f"{a}/confident_ratio", f"{b}/confident_ratio")),
-                  ("teaching shares", (f"{a}_teaches", f"{b}_teaches"))]
-        for ax, (title, keys) in zip(axes, panels):
-            for i, r in enumerate(co2s_runs):
-                for j, key in enumerate(keys):
-                    points = [(c["step"], c[key]) for c in r["curve"] if key in c]
-                    if points:
-                        steps, values = zip(*points)
-                        ax.plot(steps, values, lw=1, ls="-" if j == 0 else "--", color=plt.cm.tab20(i % 20),
-                                label=f"{r['method']} {r['fraction']} s{r['seed']} {key.split('/')[0].split('_')[0]}")
-            ax.set_title(title)
-            ax.set_xlabel("iteration")
-            ax.grid(alpha=0.3)
-        axes[0].legend(fontsize=5, ncol=2)
-        fig.tight_layout()
+        panels = [("accuracy of confident pseudo-labels", "{}/pseudo_label_acc_confident"),
+                  ("confident pixel ratio", "{}/confident_ratio"), ("teaching share", "{}_teaches")]
+        burn_in = burn_in_end(co2s_runs[0])
+        fig, axes = plt.subplots(len(fractions), 3, figsize=(15, 3.6 * len(fractions)), squeeze=False)
+        methods = sorted({r["method"] for r in co2s_runs})
+        for row, f in zip(axes, fractions):
+            for ax, (title, template) in zip(row, panels):
+                for i, method in enumerate(methods):
+                    runs = [r for r in co2s_runs if r["method"] == method and r["fraction"] == f]
+                    for j, student in enumerate((a, b)):
+                        key = template.format(student)
+                        curves = [{c["step"]: c[key] for c in r["curve"] if key in c} for r in runs]
+                        steps = sorted(set().union(*curves))  # a run logs accuracy only with confident pixels
+                        if not steps:
+                            continue
+                        values = np.array([[c.get(t, np.nan) for t in steps] for c in curves])
+                        smooth = np.array([moving_mean(v, 9) for v in values])
+                        colour = plt.cm.tab10(2 * i + j)
+                        with np.errstate(all="ignore"), warnings.catch_warnings():
+                            warnings.simplefilter("ignore", RuntimeWarning)  # a step no seed logged
+                            ax.plot(steps, np.nanmean(smooth, axis=0), color=colour, lw=1.2,
+                                    ls="-" if method == "co2s" else "--", label=f"{method}, {student} student")
+                            ax.fill_between(steps, np.nanmin(smooth, axis=0), np.nanmax(smooth, axis=0),
+                                            color=colour, alpha=0.15)
+                if burn_in:
+                    ax.axvline(burn_in, color="grey", lw=0.8, ls=":")
+                ax.set_title(f"{title}, {f} labelled")
+                ax.set_xlabel("iteration (dotted: end of the burn-in)")
+                ax.grid(alpha=0.3)
+        handles = {h.get_label(): h for ax in axes.flat for h in ax.get_lines() if not h.get_label().startswith("_")}
+        seeds = sorted({r["seed"] for r in co2s_runs})
+        fig.legend(list(handles.values()), list(handles), loc="upper center", ncol=4, fontsize=8,
+                   title=f"mean over seeds {seeds} (moving average of 9 logged steps); band: their range")
+        fig.tight_layout(rect=(0, 0, 1, 0.9))
         paths.append(out / "co2s_training.png")
         fig.savefig(paths[1], dpi=120)
         plt.close(fig)

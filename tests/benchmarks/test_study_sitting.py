@@ -8,6 +8,7 @@ import importlib.util
 import sys
 import threading
 
+import numpy as np
 import pytest
 
 from tests.conftest import REPO
@@ -156,3 +157,25 @@ def test_two_student_runs_select_by_the_pinned_prediction_not_the_package_defaul
     assert study.run_config(base(), names, "co2s-detached", split, 0)["eval"]["prediction"] == study.SELECTED_BY
     assert study.run_config(base(), names, "supervised-cnn", split, 0)["eval"]["prediction"] is None
     assert study.run_config(base("mean"), names, "co2s", split, 0)["eval"]["prediction"] == "mean"
+
+
+def test_wall_time_table_marks_forks_and_resumed_sittings():
+    """A run's time is only part of a run after a fork or a resume; the report must say which."""
+    study = _benchmark_script("ssl_study")
+    names = study.Names("clip", "cnn")
+    records = [{**_record("co2s", 3600.0, start_step=0), "fraction": "1/8", "seed": 0},
+               {**_record("co2s-detached", 1200.0, start_step=1800, fork_step=1800), "fraction": "1/8", "seed": 0},
+               {**_record("unimatch-cnn", 600.0, start_step=2300), "fraction": "1/16", "seed": 1}]
+    table = "\n".join(study.wall_times(records, names, ["1/16", "1/8"]))
+    assert "| co2s | - | seed 0: 60 |" in table
+    assert "| co2s-detached | - | seed 0: 20 (f 1800) |" in table
+    assert "| unimatch-cnn | seed 1: 10 (r 2300) | - |" in table
+    assert "1.50 h over 3 runs" in table
+
+
+def test_moving_mean_skips_steps_a_run_did_not_log():
+    study = _benchmark_script("ssl_study")
+    nan = float("nan")
+    smooth = study.moving_mean(np.array([1.0, nan, 3.0, nan, nan, nan, nan]), 3)
+    assert smooth[:3].tolist() == [1.0, 2.0, 3.0]  # the window's present values only
+    assert smooth[3] == 3.0 and all(v != v for v in smooth[5:])  # no value in reach: NaN
