@@ -141,6 +141,23 @@ def test_a_photo_reads_upright_as_its_exif_orientation_says(tmp_path, orientatio
     assert np.array_equal(read_mask(tmp_path / "m.png"), upright(index))
 
 
+def test_a_georeferenced_photo_turned_by_exif_is_refused_not_read_two_ways(tmp_path):
+    """GDAL (and a world file) place a JPEG's pixels as stored, Pillow turns them upright: a
+    georeferenced photo with an EXIF turn would be trained on one way and predicted the other."""
+    from co2s.data.raster import RasterReader
+
+    stored = np.random.default_rng(6).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    for orientation in (1, 6):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        Image.fromarray(stored).save(tmp_path / f"o{orientation}.jpg", exif=exif, quality=95)
+        (tmp_path / f"o{orientation}.jgw").write_text("0.5\n0\n0\n-0.5\n1000\n2000\n")
+    with RasterReader(tmp_path / "o1.jpg") as reader:
+        assert (reader.height, reader.width) == (20, 30)
+    with pytest.raises(DataError, match=r"o6\.jpg: EXIF orientation 6 .* georeferenced"):
+        RasterReader(tmp_path / "o6.jpg")
+
+
 def test_lossy_masks_are_refused(tmp_path):
     """A mask saved as JPEG (or a JPEG-compressed TIFF) has its class values changed where classes
     meet, into other valid classes: label noise no range check finds. It is refused, by content."""

@@ -209,6 +209,18 @@ def check_bands(path: Path, bands: list[int], count: int) -> None:
         raise DataError(f"{path}: has {count} band(s), config selects band(s) {bad} (1-based)")
 
 
+def check_stored_orientation(path: Path, ds) -> None:
+    """Refuse a photo whose EXIF orientation says to show it turned or mirrored when GDAL reads it
+    (a JPEG with a world file or ``.aux.xml``). GDAL, and the georeferencing, place the pixels as
+    stored; Pillow's read of the same file (:func:`co2s.data.io.read_image`, training's) turns them
+    upright. Read here it would be predicted one way and trained on the other without a word."""
+    orientation = str(ds.tags().get("EXIF_Orientation", "1")).strip()
+    if orientation not in ("", "0", "1"):
+        raise DataError(f"{path}: EXIF orientation {orientation} (shown turned or mirrored) on a georeferenced "
+                        "image, whose world file places the pixels as stored; save the pixels upright with "
+                        "orientation 1, or drop the orientation tag if the georeferencing is right")
+
+
 class RasterReader:
     """A raster with the selected ``bands`` (1-based; None: all) and ``scale``, read window by
     window into model input (:func:`model_input`). ``channels``: the band count the model takes
@@ -239,6 +251,7 @@ class RasterReader:
             if channels is not None and len(self.bands) != channels:
                 raise DataError(f"{self.path}: has {self.bands_said} but the model was trained on {channels} "
                                 "(see data.bands)")
+            check_stored_orientation(self.path, ds)
             self.crs, self.transform = ds.crs, ds.transform
             self.block_shape = ds.block_shapes[0]
             self.masked = _raster_has_masks(ds, self.bands)
