@@ -154,8 +154,12 @@ def test_a_georeferenced_photo_turned_by_exif_is_refused_not_read_two_ways(tmp_p
         (tmp_path / f"o{orientation}.jgw").write_text("0.5\n0\n0\n-0.5\n1000\n2000\n")
     with RasterReader(tmp_path / "o1.jpg") as reader:
         assert (reader.height, reader.width) == (20, 30)
-    with pytest.raises(DataError, match=r"o6\.jpg: EXIF orientation 6 .* georeferenced"):
+    with pytest.raises(DataError, match=r"o6\.jpg: EXIF orientation 6 .* on a georeferenced image"):
         RasterReader(tmp_path / "o6.jpg")
+    (tmp_path / "o6.jgw").unlink()  # a plain photo given to scene prediction: the same refusal, its own reason
+    with pytest.raises(DataError, match=r"o6\.jpg: EXIF orientation 6 .* tile training turns it upright") as refused:
+        RasterReader(tmp_path / "o6.jpg")
+    assert "georeferenc" not in str(refused.value).split("o6.jpg:")[1]
 
 
 def test_lossy_masks_are_refused(tmp_path):

@@ -210,15 +210,20 @@ def check_bands(path: Path, bands: list[int], count: int) -> None:
 
 
 def check_stored_orientation(path: Path, ds) -> None:
-    """Refuse a photo whose EXIF orientation says to show it turned or mirrored when GDAL reads it
-    (a JPEG with a world file or ``.aux.xml``). GDAL, and the georeferencing, place the pixels as
-    stored; Pillow's read of the same file (:func:`co2s.data.io.read_image`, training's) turns them
-    upright. Read here it would be predicted one way and trained on the other without a word."""
+    """Refuse a photo whose EXIF orientation says to show it turned or mirrored when GDAL reads it.
+    GDAL, and any georeferencing (a world file, ``.aux.xml``), place the pixels as stored; Pillow's
+    read of the same file (:func:`co2s.data.io.read_image`, training's) turns them upright. Read
+    here it would be predicted one way and trained on the other without a word."""
     orientation = str(ds.tags().get("EXIF_Orientation", "1")).strip()
-    if orientation not in ("", "0", "1"):
-        raise DataError(f"{path}: EXIF orientation {orientation} (shown turned or mirrored) on a georeferenced "
-                        "image, whose world file places the pixels as stored; save the pixels upright with "
-                        "orientation 1, or drop the orientation tag if the georeferencing is right")
+    if orientation in ("", "0", "1"):
+        return
+    if ds.crs is not None or not ds.transform.is_identity or ds.gcps[0] or ds.rpcs:
+        fix = ("on a georeferenced image, whose georeferencing places the pixels as stored; save the pixels "
+               "upright with orientation 1, or drop the orientation tag if the georeferencing is right")
+    else:
+        fix = ("which a scene read (data.scenes) takes as stored while tile training turns it upright; save the pixels "
+               "upright with orientation 1 (e.g. an image editor's 'apply rotation')")
+    raise DataError(f"{path}: EXIF orientation {orientation} (shown turned or mirrored) {fix}")
 
 
 class RasterReader:
