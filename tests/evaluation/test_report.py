@@ -165,8 +165,8 @@ def test_two_students_side_by_side_and_their_teaching(pair_run, tmp_path):
     index = write_report(run)
     out = index.parent
     assert _pngs(out) == {"loss.png", "val_miou.png", "learning_rate.png", "throughput.png", "confident_ratio.png",
-                          "pseudo_label_accuracy.png", "teaching.png", "stability_weight.png", "iou_test.png",
-                          "confusion_test.png"}
+                          "confident_by_class.png", "pseudo_label_accuracy.png", "teaching.png", "stability_weight.png",
+                          "iou_test.png", "confusion_test.png"}
     _check_images(out)
     assert sorted(_page(index).images) == sorted(_pngs(out))
 
@@ -179,6 +179,8 @@ def test_two_students_side_by_side_and_their_teaching(pair_run, tmp_path):
     assert {"clip/sup", "dino/sup", "clip/sta", "dino/fp", "loss", "clip/loss"} <= set(groups["loss"])
     assert set(groups["teaching"]) == {"dino_teaches", "clip_teaches", "no_teaching"}
     assert set(groups["confident"]) == {"clip/confident_ratio", "dino/confident_ratio"}
+    by_class = {k.split(":")[0] for k in groups["by_class"]}  # each student's classes apart, none a loss term
+    assert by_class == {"clip/confident_ratio", "dino/confident_ratio"} and not any(":" in k for k in groups["loss"])
     assert "lr/clip/backbone" in groups["lr"] and groups["schedule"] == ["lambda"]
     plots = {p.name: p for p in _training_plots(train, val, [], _Colours(["clip", "dino"]))}
     assert set(plots) >= {"loss.png", "val_miou.png", "teaching.png"}

@@ -178,7 +178,7 @@ def cmd_train(args) -> int:
     msg = f"finished {run.steps} steps in {run.run_dir}"
     if run.best:
         msg += f"; best {run.best['split']} mIoU {run.best['mIoU']:.2f} at step {run.best['step']}"
-    print(msg)
+    print("\n".join([msg, *run.notes]))
     return 0
 
 

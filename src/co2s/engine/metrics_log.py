@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from co2s.atomic import write_text
+from co2s.methods.unimatch import CONFIDENT_BY_CLASS
 
 
 def _parse(path: Path) -> list[dict[str, Any]]:
@@ -119,6 +120,45 @@ def best_validation(records: list[dict]) -> tuple[dict | None, dict[str, dict]]:
 
 def _finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def untaught_classes(records: list[dict], after_step: int = 0, below: float = 0.25, least: float = 0.05
+                     ) -> list[dict[str, Any]]:
+    """Classes the unlabelled terms hardly teach: in the train records after ``after_step`` (the
+    burn-in), a student whose pseudo-labels of the class were confident on less than ``below``
+    times its share over all classes (when that is at least ``least``). Only confident pixels count
+    in those terms, so such a class gets no pseudo-labels while the others get many: a rare class,
+    or one the students confuse, which the unlabelled images then tend to wear away. One dict per
+    student and class: ``student`` (None for a single model), ``class``, ``ratio``, ``overall``."""
+    train = [r for r in records if r.get("kind") == "train" and (r.get("step") or 0) > after_step]
+    sums: dict[str, list[float]] = {}
+    for record in train:
+        for key, value in record.items():
+            if key.rpartition("/")[2].startswith("confident_ratio") and _finite(value):  # overall and by class
+                sums.setdefault(key, []).append(value)
+    mean = {key: sum(values) / len(values) for key, values in sums.items()}
+    found = []
+    for key, ratio in mean.items():
+        student, _, term = key.rpartition("/")
+        if not term.startswith(CONFIDENT_BY_CLASS):
+            continue
+        overall = mean.get(f"{student}/confident_ratio" if student else "confident_ratio")
+        if overall is not None and overall >= least and ratio < below * overall:
+            found.append({"student": student or None, "class": term[len(CONFIDENT_BY_CLASS):], "ratio": ratio,
+                          "overall": overall})
+    return found
+
+
+def untaught_class_notes(records: list[dict], after_step: int = 0) -> list[str]:
+    """One line per :func:`untaught_classes` finding, for the end of ``co2s train``."""
+    notes = []
+    for f in untaught_classes(records, after_step):
+        whose = f"{f['student']}'s pseudo-labels" if f["student"] else "pseudo-labels"
+        notes.append(f"note: {whose} of {f['class']} were confident on {f['ratio']:.0%} of its pixels in the "
+                     f"semi-supervised steps (all classes: {f['overall']:.0%}): the unlabelled terms hardly teach "
+                     f"{f['class']} and may wear it away; compare its IoU with a supervised run "
+                     "(docs/methods.md, 'Is the semi-supervised part acting?')")
+    return notes
 
 
 def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:

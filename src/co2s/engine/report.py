@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 from co2s.atomic import atomic_path, write_text
 from co2s.engine.metrics_log import best_validation, read_log
+from co2s.methods.unimatch import CONFIDENT_BY_CLASS
 from co2s.errors import Co2sError
 from co2s.evaluation import METRICS_FILE
 from co2s.run_folder import RunFolder
@@ -211,8 +212,9 @@ def _student_panels(train: list[dict], keys: list[str], terms: list[str], total_
 
 def _classify(keys: list[str]) -> dict[str, list[str]]:
     """The train keys by figure: loss terms (every term that is not one of the others), confident
-    ratio, pseudo-label accuracy, teaching shares, learning rates, schedule, throughput."""
-    groups: dict[str, list[str]] = {g: [] for g in ("loss", "confident", "pseudo", "teaching", "lr",
+    ratio (overall, and by class), pseudo-label accuracy, teaching shares, learning rates, schedule,
+    throughput."""
+    groups: dict[str, list[str]] = {g: [] for g in ("loss", "confident", "by_class", "pseudo", "teaching", "lr",
                                                      "schedule", "throughput")}
     for key in keys:
         student, term = _split_key(key)
@@ -222,6 +224,8 @@ def _classify(keys: list[str]) -> dict[str, list[str]]:
             groups["teaching"].append(key)
         elif term == CONFIDENT:
             groups["confident"].append(key)
+        elif term.startswith(CONFIDENT_BY_CLASS):
+            groups["by_class"].append(key)
         elif term in PSEUDO_LABEL_ACC:
             groups["pseudo"].append(key)
         elif student is None and key in SCHEDULE:
@@ -357,6 +361,18 @@ def _training_plots(train: list[dict], val: list[dict], run_info: list[dict], co
                                  "all", unit, ylabel)
         if panels:
             plots.append(_panels_plot(name, title, caption + shaded, panels, colours, burn_in))
+    if groups["by_class"]:
+        students = list(dict.fromkeys(_split_key(k)[0] for k in groups["by_class"]))
+        panels = [_Panel(student or "confident ratio by class",
+                         [s for k in groups["by_class"] if _split_key(k)[0] == student
+                          for s in [_series(train, k, _split_key(k)[1][len(CONFIDENT_BY_CLASS):])] if s.steps],
+                         "share of the class's pixels", True) for student in students]
+        plots.append(_panels_plot(
+            "confident_by_class.png", "Confident ratio by class",
+            "Of the valid unlabelled pixels a student pseudo-labels with a class, the share at or above "
+            "train.semi.tau, per class (`confident_ratio:<class>`). The unlabelled terms count only those "
+            "pixels: a class whose curve stays near 0 while the others' rise gets no pseudo-labels and "
+            "tends to be worn away (co2s train notes it at the end)." + shaded, panels, colours, burn_in))
     if groups["teaching"]:
         series = [_series(train, k, k) for k in groups["teaching"]]
         panels = [_Panel("teaching shares", [s for s in series if s.steps], "share of pixels", True)]

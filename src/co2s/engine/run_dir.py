@@ -49,6 +49,7 @@ class Run:
     best: dict[str, Any] | None  # {"step", "mIoU", "split", "prediction"} of the best validation
     is_global_zero: bool = True  # False in the other processes of a multi-process run
     burn_in_steps: int = 0  # steps of the supervised burn-in (burn_in.ckpt holds their end)
+    notes: tuple[str, ...] = ()  # what the run's diagnostics say to look at (metrics_log.untaught_class_notes)
 
     @property
     def folder(self) -> RunFolder:

@@ -28,7 +28,7 @@ from co2s.models.loading import load_trained_models, read_checkpoint
 from co2s.models.transfer import transfer_weights
 from co2s.models.student_factory import fetch_pretrained
 from co2s.models.weight_checks import check_fit, expected_tensors, tensor_infos
-from co2s.engine.metrics_log import MetricsLog, take_validation
+from co2s.engine.metrics_log import MetricsLog, take_validation, untaught_class_notes
 from co2s.engine.optim import poly_factor, set_lr
 from co2s.config.compare import config_differences
 from co2s.config.schema import best_on_validation, resolve_prediction
@@ -40,6 +40,7 @@ from co2s.errors import CheckpointError, RunLockedError, Terminated, TrainingErr
 from co2s.evaluation.evaluator import score_predictions
 from co2s.inference.segmenter import Segmenter
 from co2s.methods import Schedule, build_method
+from co2s.methods.unimatch import CONFIDENT_BY_CLASS
 from co2s.progress import bars_shown, progress_bar
 
 
@@ -339,7 +340,8 @@ class Trainer:
         if state["step"] == total:
             log.write({"step": total, "kind": "final", **_weights_in_sync(fabric, method.modules)})
         log.close()
-        return Run(self.run_dir, state["step"], state["best"], fabric.is_global_zero, schedule.burn_in)
+        notes = tuple(untaught_class_notes(log.records(), schedule.burn_in)) if fabric.is_global_zero else ()
+        return Run(self.run_dir, state["step"], state["best"], fabric.is_global_zero, schedule.burn_in, notes)
 
     def _prediction(self, state: dict) -> str:
         """What a checkpoint of ``state`` predicts: ``eval.prediction``, with ``auto`` the choice
@@ -540,8 +542,11 @@ class _Interrupts:
 
 
 def _plain_line(record: dict, total: int) -> str:
-    """A train record as one line, for logs where a progress bar cannot redraw."""
-    shown = {k: v for k, v in record.items() if k not in ("step", "kind") and not k.startswith("lr/")}
+    """A train record as one line, for logs where a progress bar cannot redraw: the per-group
+    learning rates and per-class confident ratios stay in metrics.jsonl (a line per class is too
+    long to read; the end of training notes a class that matters)."""
+    shown = {k: v for k, v in record.items()
+             if k not in ("step", "kind") and not k.startswith("lr/") and CONFIDENT_BY_CLASS not in k}
     parts = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()]
     return f"step {record['step']}/{total}: " + ", ".join(parts)
 

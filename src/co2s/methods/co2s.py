@@ -20,7 +20,7 @@ from co2s.methods.unimatch import student_terms
 class Co2S(Method):
 
     def training_loss(self, batch, step, schedule):
-        semi, ignore = self.config.train.semi, self.config.data.ignore_index
+        semi = self.config.train.semi
         a_name, b_name = self.modules  # "global" (CLIP), "local" (DINO)
 
         # Supervised burn-in (train.semi.burn_in, default none): before it ends only L_sup trains;
@@ -30,7 +30,7 @@ class Co2S(Method):
         # Each student's UniMatch terms: supervised, two strong views, feature perturbation (each
         # student's own work: in parallel threads on a CPU, Method.each_model).
         terms = self.each_model(
-            lambda model, generator: student_terms(model, batch, semi, ignore, schedule, step, generator))
+            lambda model, generator: student_terms(model, batch, semi, self.config.data, schedule, step, generator))
         a, b = terms[a_name], terms[b_name]
 
         # Arbitration on the weak view: where exactly one student is confident, or both are and

@@ -16,7 +16,7 @@ class FixMatch(Method):
         model, semi = self.model, self.config.train.semi
         x, y, u_w, valid = batch["image"], batch["mask"], batch["u_w"], batch["u_valid"]
         if schedule.in_burn_in(step):  # supervised burn-in: no unlabelled CE
-            t = supervised_terms(model, batch, semi.tau, self.config.data.ignore_index,
+            t = supervised_terms(model, batch, semi.tau, self.config.data,
                                  schedule.measures_unlabelled(step))
             loss = t.sup / 2
             return {self.model_name: loss}, {"loss": loss.detach(), "sup": t.sup.detach(), "s1": t.s1, "burn_in": 1.0,
@@ -36,7 +36,6 @@ class FixMatch(Method):
                                      apply_cutmix(conf_w, mix_conf, box),
                                      apply_cutmix(valid, batch["mix_valid"], box), semi.tau)
         loss = (sup + unsup) / 2
-        logs = pseudo_label_logs(labels_w, conf_w, valid, batch.get("u_gt"), semi.tau,
-                                 self.config.data.ignore_index)
+        logs = pseudo_label_logs(labels_w, conf_w, valid, batch.get("u_gt"), semi.tau, self.config.data)
         return {self.model_name: loss}, {"loss": loss.detach(), "sup": sup.detach(), "s1": unsup.detach(),
                                          "burn_in": 0.0, **logs}
