@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from co2s.atomic import atomic_path, write_text
-from co2s.engine.metrics_log import best_validation, read_log
+from co2s.engine.metrics_log import best_validation, read_log, untaught_classes
 from co2s.methods.unimatch import CONFIDENT_BY_CLASS
 from co2s.errors import Co2sError
 from co2s.evaluation import METRICS_FILE
@@ -629,6 +629,12 @@ def _summary(folder: RunFolder, records: list[dict], train: list[dict], val: lis
     if final is not None and "ranks_in_sync" in final:
         rows.append(("weights in sync across processes", f"{final['ranks_in_sync']} ({final.get('ranks')} "
                                                          "process(es))"))
+    burn_in = last.get("burn_in_steps")
+    untaught = untaught_classes(train, int(burn_in) if _is_number(burn_in) else 0)
+    if untaught:
+        rows.append(("classes the unlabelled terms hardly teach", "; ".join(
+            f"{f['class']} ({(f['student'] + ': ') if f['student'] else ''}{f['ratio']:.0%} of its pseudo-labels "
+            f"confident, all classes {f['overall']:.0%})" for f in untaught)))
     rates = [r[THROUGHPUT] for r in train if _is_number(r.get(THROUGHPUT))]
     if rates:
         rows.append(("throughput", f"{sum(rates) / len(rates):.2f} labelled images/s (mean of the log periods)"))
