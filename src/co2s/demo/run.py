@@ -211,7 +211,7 @@ def run_demo(out_dir: str | os.PathLike = "demo_output", overrides: list[str] | 
             "IoU": {c: main["IoU"][c] - sup["IoU"][c] for c in main["IoU"]},
         }
     if semi:
-        summary["semi_supervised"] = _semi_diagnostics(config, result)
+        summary["semi_supervised"] = {**_semi_diagnostics(config, result), "notes": list(result.notes)}
     summary.update({
         "checkpoint": str(checkpoint),
         "metrics": main["metrics"],
@@ -230,6 +230,8 @@ def run_demo(out_dir: str | os.PathLike = "demo_output", overrides: list[str] | 
         d = summary["semi_supervised"]["last_quarter"]
         ratios = ", ".join(f"{k.split('/')[0]} {v:.2f}" for k, v in d.items() if k.endswith("confident_ratio"))
         print(f"confident pixels at tau {config.train.semi.tau} (last quarter of the run): {ratios}")
+        for note in result.notes:  # classes the unlabelled terms hardly taught (co2s.engine.metrics_log)
+            print(note)
     print(f"constant predictor {summary['constant_mIoU']:.2f} %, random {summary['random_mIoU']:.2f} %; "
           f"predictions in {out / 'predictions'}; side by side in {comparison}; {summary['seconds']} s")
     return summary
