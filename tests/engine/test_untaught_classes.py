@@ -32,7 +32,19 @@ def test_single_model_keys_and_runs_with_hardly_any_confident_pixel():
     single = [_train(5, confident_ratio=0.5, confident_ratio_by_road=0.05, confident_ratio_by_water=0.9)]
     assert [(f["student"], f["class"]) for f in untaught_classes(single)] == [(None, "road")]
     assert untaught_class_notes(single)[0].startswith("note: pseudo-labels of road were confident on 5%")
-    # nothing is confident yet (tau too high for these students): that is another reading, not a class's
+    # nothing is confident (a student still at the class prior, or tau too high): the student is named, no class
     idle = [_train(5, confident_ratio=0.01, confident_ratio_by_road=0.0, confident_ratio_by_water=0.02)]
-    assert untaught_classes(idle) == []
+    assert untaught_classes(idle) == [{"student": None, "class": None, "ratio": 0.01, "overall": 0.01}]
+    pair = [_train(5, clip__confident_ratio=0.0, cnn__confident_ratio=0.6, cnn__confident_ratio_by_road=0.6)]
+    (note,) = untaught_class_notes(pair)
+    assert note.startswith("note: clip's pseudo-labels were confident on 0% of the pixels") and "taught clip" in note
     assert untaught_classes([_train(5, loss=1.0)]) == []  # a supervised run logs none of it
+
+
+def test_a_class_never_pseudo_labelled_is_named_when_the_classes_are_known():
+    records = [_train(5, cnn__confident_ratio=0.6, cnn__confident_ratio_by_soil=0.6, cnn__confident_ratio_by_rock=0.5)]
+    assert untaught_classes(records) == []  # from the log alone a class never predicted leaves no trace
+    found = untaught_classes(records, classes=["soil", "rock", "sand"])
+    assert found == [{"student": "cnn", "class": "sand", "ratio": 0.0, "overall": 0.6}]
+    assert "pseudo-labels of sand were confident on 0%" in untaught_class_notes(records, classes=["soil", "sand"])[0]
+

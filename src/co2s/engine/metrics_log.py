@@ -122,14 +122,16 @@ def _finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def untaught_classes(records: list[dict], after_step: int = 0, below: float = 0.25, least: float = 0.05
-                     ) -> list[dict[str, Any]]:
+def untaught_classes(records: list[dict], after_step: int = 0, below: float = 0.25, least: float = 0.05,
+                     classes: list[str] | None = None) -> list[dict[str, Any]]:
     """Classes the unlabelled terms hardly teach: in the train records after ``after_step`` (the
     burn-in), a student whose pseudo-labels of the class were confident on less than ``below``
     times its share over all classes (when that is at least ``least``). Only confident pixels count
     in those terms, so such a class gets no pseudo-labels while the others get many: a rare class,
-    or one the students confuse, which the unlabelled images then tend to wear away. One dict per
-    student and class: ``student`` (None for a single model), ``class``, ``ratio``, ``overall``."""
+    or one the students confuse, which the unlabelled images then tend to wear away. And a student
+    confident on less than ``least`` of its pixels overall, whom they teach nothing (``class``
+    None). With ``classes``, a class a student never pseudo-labels at all is one too (``ratio`` 0).
+    One dict per finding: ``student`` (None for a single model), ``class``, ``ratio``, ``overall``."""
     train = [r for r in records if r.get("kind") == "train" and (r.get("step") or 0) > after_step]
     sums: dict[str, list[float]] = {}
     for record in train:
@@ -140,20 +142,33 @@ def untaught_classes(records: list[dict], after_step: int = 0, below: float = 0.
     found = []
     for key, ratio in mean.items():
         student, _, term = key.rpartition("/")
+        if term == "confident_ratio" and ratio < least:
+            found.append({"student": student or None, "class": None, "ratio": ratio, "overall": ratio})
         if not term.startswith(CONFIDENT_BY_CLASS):
             continue
         overall = mean.get(f"{student}/confident_ratio" if student else "confident_ratio")
         if overall is not None and overall >= least and ratio < below * overall:
             found.append({"student": student or None, "class": term[len(CONFIDENT_BY_CLASS):], "ratio": ratio,
                           "overall": overall})
+    for prefix in dict.fromkeys(k.partition(CONFIDENT_BY_CLASS)[0] for k in mean if CONFIDENT_BY_CLASS in k):
+        overall = mean.get(f"{prefix}confident_ratio")
+        for name in classes or []:
+            if f"{prefix}{CONFIDENT_BY_CLASS}{name}" not in mean and overall is not None and overall >= least:
+                found.append({"student": prefix.rstrip("/") or None, "class": name, "ratio": 0.0, "overall": overall})
     return found
 
 
-def untaught_class_notes(records: list[dict], after_step: int = 0) -> list[str]:
+def untaught_class_notes(records: list[dict], after_step: int = 0, classes: list[str] | None = None) -> list[str]:
     """One line per :func:`untaught_classes` finding, for the end of ``co2s train``."""
     notes = []
-    for f in untaught_classes(records, after_step):
+    for f in untaught_classes(records, after_step, classes=classes):
         whose = f"{f['student']}'s pseudo-labels" if f["student"] else "pseudo-labels"
+        if f["class"] is None:
+            notes.append(f"note: {whose} were confident on {f['ratio']:.0%} of the pixels in the semi-supervised "
+                         f"steps: the unlabelled terms taught {f['student'] or 'the model'} next to nothing, a "
+                         "supervised run in all but name (a student still learning the labels, or train.semi.tau "
+                         "too high for it; docs/methods.md, 'Is the semi-supervised part acting?')")
+            continue
         notes.append(f"note: {whose} of {f['class']} were confident on {f['ratio']:.0%} of its pixels in the "
                      f"semi-supervised steps (all classes: {f['overall']:.0%}): the unlabelled terms hardly teach "
                      f"{f['class']} and may wear it away; compare its IoU with a supervised run "

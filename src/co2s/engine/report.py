@@ -633,8 +633,8 @@ def _summary(folder: RunFolder, records: list[dict], train: list[dict], val: lis
     untaught = untaught_classes(train, int(burn_in) if _is_number(burn_in) else 0)
     if untaught:
         rows.append(("classes the unlabelled terms hardly teach", "; ".join(
-            f"{f['class']} ({(f['student'] + ': ') if f['student'] else ''}{f['ratio']:.0%} of its pseudo-labels "
-            f"confident, all classes {f['overall']:.0%})" for f in untaught)))
+            f"{f['class'] or 'every class'} ({(f['student'] + ': ') if f['student'] else ''}{f['ratio']:.0%} of "
+            f"its pseudo-labels confident, all classes {f['overall']:.0%})" for f in untaught)))
     rates = [r[THROUGHPUT] for r in train if _is_number(r.get(THROUGHPUT))]
     if rates:
         rows.append(("throughput", f"{sum(rates) / len(rates):.2f} labelled images/s (mean of the log periods)"))

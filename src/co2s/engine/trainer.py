@@ -340,7 +340,8 @@ class Trainer:
         if state["step"] == total:
             log.write({"step": total, "kind": "final", **_weights_in_sync(fabric, method.modules)})
         log.close()
-        notes = tuple(untaught_class_notes(log.records(), schedule.burn_in)) if fabric.is_global_zero else ()
+        notes = (tuple(untaught_class_notes(log.records(), schedule.burn_in, list(self.config.data.classes)))
+                 if fabric.is_global_zero else ())
         return Run(self.run_dir, state["step"], state["best"], fabric.is_global_zero, schedule.burn_in, notes)
 
     def _prediction(self, state: dict) -> str:
