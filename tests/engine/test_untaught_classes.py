@@ -45,6 +45,6 @@ def test_a_class_never_pseudo_labelled_is_named_when_the_classes_are_known():
     records = [_train(5, cnn__confident_ratio=0.6, cnn__confident_ratio_by_soil=0.6, cnn__confident_ratio_by_rock=0.5)]
     assert untaught_classes(records) == []  # from the log alone a class never predicted leaves no trace
     found = untaught_classes(records, classes=["soil", "rock", "sand"])
-    assert found == [{"student": "cnn", "class": "sand", "ratio": 0.0, "overall": 0.6}]
-    assert "pseudo-labels of sand were confident on 0%" in untaught_class_notes(records, classes=["soil", "sand"])[0]
+    assert found == [{"student": "cnn", "class": "sand", "ratio": None, "overall": 0.6}]
+    assert "cnn's pseudo-labels never gave sand" in untaught_class_notes(records, classes=["soil", "sand"])[0]
 

@@ -267,6 +267,7 @@ def test_a_torn_log_line_and_an_old_metrics_file_without_a_matrix(tmp_path):
     assert "confident_by_class.png" in _pngs(index.parent)
     text = " ".join(_page(index).text)
     assert f"{ODD_CLASSES[2]} (dino: 0% of its pseudo-labels confident, all classes 55%)" in text  # steps 3-8
+    assert f"{ODD_CLASSES[1]} (clip: never pseudo-labelled, all classes 55%)" in text  # classes from config.yaml
 
 
 @pytest.mark.slow  # the run it reads is trained once for the module: 3 s
@@ -364,7 +365,8 @@ def _synthetic_run(tmp_path: Path) -> Path:
             record.update({f"{student}/confident_ratio": step / 10, f"{student}/pseudo_label_acc": 0.5})
             # per class: the third class is never confident for dino after the burn-in (steps 1-2)
             record.update({f"{student}/confident_ratio:{c}": (0.0 if (student, i, burn_in) == ("dino", 2, False)
-                                                              else step / 10) for i, c in enumerate(ODD_CLASSES)})
+                                                              else step / 10) for i, c in enumerate(ODD_CLASSES)
+                           if (student, i, burn_in) != ("clip", 1, False)})  # clip gives class 1 no more
         record.update({"lr/clip/backbone": 0.01 / step, "lr/dino/backbone": 0.02 / step, "images_per_sec": 3.0})
         lines.append(record)
         if step % 4 == 0:

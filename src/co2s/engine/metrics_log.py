@@ -130,7 +130,7 @@ def untaught_classes(records: list[dict], after_step: int = 0, below: float = 0.
     in those terms, so such a class gets no pseudo-labels while the others get many: a rare class,
     or one the students confuse, which the unlabelled images then tend to wear away. And a student
     confident on less than ``least`` of its pixels overall, whom they teach nothing (``class``
-    None). With ``classes``, a class a student never pseudo-labels at all is one too (``ratio`` 0).
+    None). With ``classes``, a class a student never pseudo-labels at all is one too (``ratio`` None).
     One dict per finding: ``student`` (None for a single model), ``class``, ``ratio``, ``overall``."""
     train = [r for r in records if r.get("kind") == "train" and (r.get("step") or 0) > after_step]
     sums: dict[str, list[float]] = {}
@@ -154,7 +154,7 @@ def untaught_classes(records: list[dict], after_step: int = 0, below: float = 0.
         overall = mean.get(f"{prefix}confident_ratio")
         for name in classes or []:
             if f"{prefix}{CONFIDENT_BY_CLASS}{name}" not in mean and overall is not None and overall >= least:
-                found.append({"student": prefix.rstrip("/") or None, "class": name, "ratio": 0.0, "overall": overall})
+                found.append({"student": prefix.rstrip("/") or None, "class": name, "ratio": None, "overall": overall})
     return found
 
 
@@ -169,10 +169,11 @@ def untaught_class_notes(records: list[dict], after_step: int = 0, classes: list
                          "supervised run in all but name (a student still learning the labels, or train.semi.tau "
                          "too high for it; docs/methods.md, 'Is the semi-supervised part acting?')")
             continue
-        notes.append(f"note: {whose} of {f['class']} were confident on {f['ratio']:.0%} of its pixels in the "
-                     f"semi-supervised steps (all classes: {f['overall']:.0%}): the unlabelled terms hardly teach "
-                     f"{f['class']} and may wear it away; compare its IoU with a supervised run "
-                     "(docs/methods.md, 'Is the semi-supervised part acting?')")
+        said = (f"{whose} never gave {f['class']}" if f["ratio"] is None
+                else f"{whose} of {f['class']} were confident on {f['ratio']:.0%} of its pixels")
+        notes.append(f"note: {said} in the semi-supervised steps (all classes: {f['overall']:.0%} confident): the "
+                     f"unlabelled terms hardly teach {f['class']} and may wear it away; compare its IoU with a "
+                     "supervised run (docs/methods.md, 'Is the semi-supervised part acting?')")
     return notes
 
 

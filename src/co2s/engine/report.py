@@ -24,6 +24,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
+import yaml
+
 from co2s.atomic import atomic_path, write_text
 from co2s.engine.metrics_log import best_validation, read_log, untaught_classes
 from co2s.methods.unimatch import CONFIDENT_BY_CLASS
@@ -609,8 +611,17 @@ def _duration(seconds: float) -> str:
     return f"{h} h {rest // 60:02d} min" if h else f"{rest // 60} min {rest % 60:02d} s"
 
 
+def _run_classes(config_text: str | None) -> list[str] | None:
+    """``data.classes`` of the run's config.yaml, for the same untaught-class findings as the end
+    of ``co2s train``; None when the file is missing or unreadable (the log alone then speaks)."""
+    with contextlib.suppress(yaml.YAMLError, AttributeError, TypeError):
+        classes = (yaml.safe_load(config_text or "") or {}).get("data", {}).get("classes")
+        return [str(c) for c in classes] if isinstance(classes, list) else None
+    return None
+
+
 def _summary(folder: RunFolder, records: list[dict], train: list[dict], val: list[dict],
-             run_info: list[dict]) -> str:
+             run_info: list[dict], classes: list[str] | None = None) -> str:
     last = run_info[-1] if run_info else {}
     final = next((r for r in reversed(records) if r.get("kind") == "final"), None)
     steps = max((r["step"] for r in records if _is_number(r.get("step"))), default=0)
@@ -630,11 +641,12 @@ def _summary(folder: RunFolder, records: list[dict], train: list[dict], val: lis
         rows.append(("weights in sync across processes", f"{final['ranks_in_sync']} ({final.get('ranks')} "
                                                          "process(es))"))
     burn_in = last.get("burn_in_steps")
-    untaught = untaught_classes(train, int(burn_in) if _is_number(burn_in) else 0)
+    untaught = untaught_classes(train, int(burn_in) if _is_number(burn_in) else 0, classes=classes)
     if untaught:
         rows.append(("classes the unlabelled terms hardly teach", "; ".join(
-            f"{f['class'] or 'every class'} ({(f['student'] + ': ') if f['student'] else ''}{f['ratio']:.0%} of "
-            f"its pseudo-labels confident, all classes {f['overall']:.0%})" for f in untaught)))
+            f"{f['class'] or 'every class'} ({(f['student'] + ': ') if f['student'] else ''}"
+            + ("never pseudo-labelled" if f["ratio"] is None else f"{f['ratio']:.0%} of its pseudo-labels confident")
+            + f", all classes {f['overall']:.0%})" for f in untaught)))
     rates = [r[THROUGHPUT] for r in train if _is_number(r.get(THROUGHPUT))]
     if rates:
         rows.append(("throughput", f"{sum(rates) / len(rates):.2f} labelled images/s (mean of the log periods)"))
@@ -698,7 +710,8 @@ def _page(folder: RunFolder, records, train, val, run_info, plots, evaluations, 
     body = [f"<h1>co2s report: {_e(name)}</h1>",
             f"<p>Run folder <code>{_e(folder.path.resolve())}</code>, written by co2s {_e(__version__)} "
             f"on {_e(time.strftime('%Y-%m-%d %H:%M'))}.</p>",
-            "<h2>Run</h2>", _summary(folder, records, train, val, run_info), "<h2>Training</h2>"]
+            "<h2>Run</h2>", _summary(folder, records, train, val, run_info, _run_classes(config_text)),
+            "<h2>Training</h2>"]
     if not train:
         body.append('<p class="note">No train records yet.</p>')
     if not val:
